@@ -1,0 +1,456 @@
+//! Layered configuration: defaults, then an optional TOML file, then `ZENTRA_`-prefixed environment
+//! variables (`ZENTRA_DATABASE__URL` sets `database.url`). Secrets never appear when config is shown.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
+
+/// Placeholder shown instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// Settings every service shares; a service's own settings sit beside them (see [`ServiceConfig`]).
+// No deny_unknown_fields here: it is flattened beside the service's section. Nested sections deny them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CommonConfig {
+    /// The gRPC / grpc-web listener.
+    pub grpc: GrpcConfig,
+    /// PostgreSQL.
+    pub database: DatabaseConfig,
+    /// Kafka.
+    pub kafka: KafkaConfig,
+    /// The transactional outbox relay.
+    pub outbox: OutboxConfig,
+    /// Logs, traces and metrics.
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for CommonConfig {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcConfig::default(),
+            database: DatabaseConfig::default(),
+            kafka: KafkaConfig::default(),
+            outbox: OutboxConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+/// A service's whole configuration: the shared part plus the service's own section.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ServiceConfig<D> {
+    /// Shared settings.
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// The service's own settings, under the service's name (for example `[inventory]`).
+    #[serde(flatten)]
+    pub domain: D,
+}
+
+/// The domain settings of a service that has none of its own.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default)]
+pub struct NoSettings {}
+
+/// The gRPC listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Address to bind; port 0 picks a free port, which the service reports once bound.
+    pub listen_addr: SocketAddr,
+    /// Upper bound on any request's handling time.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Origins allowed to call over grpc-web; `["*"]` allows any.
+    pub cors_allowed_origins: Vec<String>,
+    /// Largest accepted request message.
+    pub max_request_bytes: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            request_timeout: Duration::from_secs(30),
+            cors_allowed_origins: vec!["*".to_owned()],
+            max_request_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// PostgreSQL connection pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Connection URL; its password is redacted when shown.
+    pub url: SecretUrl,
+    /// Pool size upper bound.
+    pub max_connections: u32,
+    /// Connections kept open while idle.
+    pub min_connections: u32,
+    /// How long to wait for a connection from the pool.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl("postgres://postgres@127.0.0.1:5432/zentra".to_owned()),
+            max_connections: 16,
+            min_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Kafka producer and consumers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Prepended to every topic name, so several stacks (or tests) can share one broker.
+    pub topic_prefix: String,
+    /// Prepended to every consumer group id.
+    pub group_prefix: String,
+    /// Producer delivery timeout.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Partitions of topics the service creates.
+    pub partitions: i32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".to_owned(),
+            topic_prefix: String::new(),
+            group_prefix: String::new(),
+            delivery_timeout: Duration::from_secs(10),
+            partitions: 3,
+        }
+    }
+}
+
+/// The outbox relay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// How often the relay looks for unsent events when nothing wakes it.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Events published per round.
+    pub batch_size: u32,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(250),
+            batch_size: 256,
+        }
+    }
+}
+
+/// Logs, traces and metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Initial log filter in tracing's EnvFilter syntax; changeable at runtime through the ops API.
+    pub log_filter: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// OTLP/gRPC endpoint for traces, for example `http://127.0.0.1:4317`; unset disables export.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_filter: "info".to_owned(),
+            log_format: LogFormat::Text,
+            otlp_endpoint: None,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A URL that may hold a password: shown with the password replaced by [`REDACTED`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The real URL, for connecting; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced.
+    pub fn redacted(&self) -> String {
+        let Some(scheme_end) = self.0.find("://") else {
+            return self.0.clone();
+        };
+        let rest = &self.0[scheme_end + 3..];
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let Some(at) = rest[..authority_end].rfind('@') else {
+            return self.0.clone();
+        };
+        let userinfo = &rest[..at];
+        match userinfo.find(':') {
+            Some(colon) => format!(
+                "{}{}:{REDACTED}{}",
+                &self.0[..scheme_end + 3],
+                &userinfo[..colon],
+                &rest[at..]
+            ),
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(SecretUrl)
+    }
+}
+
+/// A secret string (key, token, password): shown as [`REDACTED`], never printed.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// Where configuration was read from, in order of precedence (last wins).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources(pub Vec<String>);
+
+/// Configuration errors: one line each.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is missing, mistyped or unknown.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    /// The file named by `--config` or `ZENTRA_CONFIG` is missing.
+    #[error("invalid config: file {path} does not exist")]
+    MissingFile {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A command-line argument is not understood.
+    #[error("invalid arguments: {0} (usage: [--config FILE] [--print-config])")]
+    Arguments(String),
+}
+
+/// What the command line asked for.
+#[derive(Debug, Clone, Default)]
+pub struct CommandLine {
+    /// `--config FILE`.
+    pub config_file: Option<PathBuf>,
+    /// `--print-config`: print the effective config (redacted) and exit.
+    pub print_config: bool,
+}
+
+impl CommandLine {
+    /// Parses `--config FILE` and `--print-config`.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, ConfigError> {
+        let mut parsed = Self::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--config" => {
+                    let path = args.next().ok_or_else(|| {
+                        ConfigError::Arguments("--config needs a file path".to_owned())
+                    })?;
+                    parsed.config_file = Some(PathBuf::from(path));
+                }
+                "--print-config" => parsed.print_config = true,
+                other => return Err(ConfigError::Arguments(format!("unknown argument {other}"))),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// Loads configuration: defaults, then `file` (or `ZENTRA_CONFIG`), then `ZENTRA_*` variables.
+pub fn load<C>(file: Option<PathBuf>) -> Result<(C, ConfigSources), ConfigError>
+where
+    C: Serialize + DeserializeOwned + Default,
+{
+    load_from(file, Env::prefixed("ZENTRA_").split("__"))
+}
+
+/// Like [`load`], with the environment layer given (tests use [`figment::providers::Env`] maps).
+pub fn load_from<C>(file: Option<PathBuf>, env: Env) -> Result<(C, ConfigSources), ConfigError>
+where
+    C: Serialize + DeserializeOwned + Default,
+{
+    let mut sources = vec!["defaults".to_owned()];
+    let mut figment = Figment::from(Serialized::defaults(C::default()));
+    let file = file.or_else(|| std::env::var_os("ZENTRA_CONFIG").map(PathBuf::from));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::MissingFile { path });
+        }
+        sources.push(path.display().to_string());
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    // ZENTRA_CONFIG names the file; it is not a setting.
+    figment = figment.merge(env.ignore(&["config"]));
+    sources.push("environment".to_owned());
+    let config = figment
+        .extract::<C>()
+        .map_err(|error| ConfigError::Invalid(one_line(&error)))?;
+    Ok((config, ConfigSources(sources)))
+}
+
+fn one_line(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+        .replace('\n', " ")
+}
+
+/// Renders a config as TOML; secrets are already redacted by their types.
+pub fn to_toml<C: Serialize>(config: &C) -> String {
+    toml::to_string_pretty(config).unwrap_or_else(|error| format!("# cannot render: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_password_is_redacted_but_user_and_host_stay() {
+        let url = SecretUrl::new("postgres://zentra:hunter2@db.local:5432/orders");
+        assert_eq!(
+            url.redacted(),
+            "postgres://zentra:<redacted>@db.local:5432/orders"
+        );
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert!(!to_toml(&DatabaseConfig { url, ..Default::default() }).contains("hunter2"));
+    }
+
+    #[test]
+    fn url_without_password_is_shown_as_is() {
+        let url = SecretUrl::new("postgres://postgres@127.0.0.1/zentra");
+        assert_eq!(url.redacted(), "postgres://postgres@127.0.0.1/zentra");
+    }
+
+    #[test]
+    fn environment_overrides_defaults_with_double_underscore_nesting() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ZENTRA_KAFKA__TOPIC_PREFIX", "t1.");
+            jail.set_env("ZENTRA_OUTBOX__POLL_INTERVAL", "2s");
+            let (config, sources) =
+                load::<ServiceConfig<NoSettings>>(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.common.kafka.topic_prefix, "t1.");
+            assert_eq!(config.common.outbox.poll_interval, Duration::from_secs(2));
+            assert_eq!(sources.0, vec!["defaults", "environment"]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_layer_sits_between_defaults_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "zentra.toml",
+                "[kafka]\ntopic_prefix = \"file.\"\npartitions = 7\n",
+            )?;
+            jail.set_env("ZENTRA_KAFKA__TOPIC_PREFIX", "env.");
+            let (config, _) = load::<ServiceConfig<NoSettings>>(Some("zentra.toml".into()))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(config.common.kafka.topic_prefix, "env.");
+            assert_eq!(config.common.kafka.partitions, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_mistyped_value_is_one_clear_line() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ZENTRA_OUTBOX__BATCH_SIZE", "lots");
+            let error = load::<ServiceConfig<NoSettings>>(None)
+                .err()
+                .ok_or("expected an error")?
+                .to_string();
+            assert!(error.starts_with("invalid config:"), "{error}");
+            assert!(error.contains("batch_size"), "{error}");
+            assert!(!error.contains('\n'));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_config_file_is_reported() {
+        let error = load::<ServiceConfig<NoSettings>>(Some("/nonexistent/zentra.toml".into()))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            error.as_deref(),
+            Some("invalid config: file /nonexistent/zentra.toml does not exist")
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! PostgreSQL through sea-orm: the pool, and migrations applied at start.
+//!
+//! Migrations are SQL in code, applied in order by sea-orm-migration and recorded in its table.
+//! The runtime's own tables (outbox, inbox, idempotency) come first in every service's list.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, ConnectionTrait as _, Database, DatabaseConnection, DbErr};
+use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTraitSelf, SchemaManager};
+
+use crate::config::DatabaseConfig;
+
+/// A migration written as SQL statements.
+#[derive(Debug, Clone, Copy)]
+pub struct SqlMigration {
+    /// Unique, ordered name, for example `m0001_products`.
+    pub name: &'static str,
+    /// The statements; run in one transaction.
+    pub up: &'static str,
+}
+
+impl MigrationName for SqlMigration {
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for SqlMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.get_connection().execute_unprepared(self.up).await?;
+        Ok(())
+    }
+}
+
+/// The runtime's tables, needed by every service.
+pub const RUNTIME_MIGRATIONS: &[SqlMigration] = &[SqlMigration {
+    name: "m0000_runtime_outbox_inbox_idempotency",
+    up: r#"
+CREATE TABLE outbox (
+    seq           BIGSERIAL PRIMARY KEY,
+    event_id      UUID        NOT NULL UNIQUE,
+    topic         TEXT        NOT NULL,
+    record_key    TEXT        NOT NULL,
+    event_type    TEXT        NOT NULL,
+    envelope      BYTEA       NOT NULL,
+    traceparent   TEXT        NOT NULL DEFAULT '',
+    tracestate    TEXT        NOT NULL DEFAULT '',
+    created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    published_at  TIMESTAMPTZ
+);
+-- The relay only ever looks for unsent rows, oldest first.
+CREATE INDEX outbox_unsent ON outbox (seq) WHERE published_at IS NULL;
+
+CREATE TABLE inbox (
+    consumer      TEXT        NOT NULL,
+    event_id      UUID        NOT NULL,
+    topic         TEXT        NOT NULL,
+    processed_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, event_id)
+);
+
+CREATE TABLE idempotency_keys (
+    scope         TEXT        NOT NULL,
+    key           TEXT        NOT NULL,
+    fingerprint   BYTEA       NOT NULL,
+    response      BYTEA,
+    created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, key)
+);
+"#,
+}];
+
+/// Opens the pool.
+pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(config.url.expose().to_owned());
+    options
+        .max_connections(config.max_connections)
+        .min_connections(config.min_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_timeout(Duration::from_secs(5))
+        .sqlx_logging(false);
+    Database::connect(options).await
+}
+
+/// Applies every migration not yet applied: the runtime's, then the service's.
+pub async fn migrate(
+    db: &DatabaseConnection,
+    service_migrations: &'static [SqlMigration],
+) -> Result<(), DbErr> {
+    Migrations(service_migrations).up(db, None).await
+}
+
+struct Migrations(&'static [SqlMigration]);
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigratorTraitSelf for Migrations {
+    fn migrations(&self) -> Vec<Box<dyn MigrationTrait>> {
+        RUNTIME_MIGRATIONS
+            .iter()
+            .chain(self.0)
+            .map(|migration| Box::new(*migration) as Box<dyn MigrationTrait>)
+            .collect()
+    }
+}
+
+/// Health probe for the database.
+pub struct PostgresProbe(pub DatabaseConnection);
+
+impl crate::ops::DependencyProbe for PostgresProbe {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn probe(&self) -> futures::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.0.ping().await.map_err(|error| error.to_string()) })
+    }
+}

@@ -1,0 +1,87 @@
+//! Idempotency keys for mutating RPCs. Inside the operation's transaction the key is claimed; a
+//! retry with the same key and the same request gets the stored response, a reuse of the key with
+//! a different request is refused. Concurrent calls with one key serialise on the key's row.
+
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use sha2::{Digest as _, Sha256};
+
+/// What claiming a key found.
+#[derive(Debug)]
+pub enum Claim {
+    /// First use of the key: perform the operation, then [`store_response`].
+    New,
+    /// The key was used for this same request: return this stored response.
+    Replay(Vec<u8>),
+}
+
+/// Idempotency failures.
+#[derive(Debug, thiserror::Error)]
+pub enum IdempotencyError {
+    /// The key was used before for a different request.
+    #[error("idempotency key {key:?} was already used for a different request")]
+    KeyReused {
+        /// The key.
+        key: String,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] DbErr),
+}
+
+/// A fingerprint of a request; callers clear the idempotency key field before hashing.
+pub fn fingerprint<M: prost::Message>(request: &M) -> Vec<u8> {
+    Sha256::digest(request.encode_to_vec()).to_vec()
+}
+
+/// Claims `key` within `scope` (usually the RPC name) in the caller's transaction.
+pub async fn claim<C: ConnectionTrait>(
+    transaction: &C,
+    scope: &str,
+    key: &str,
+    fingerprint: &[u8],
+) -> Result<Claim, IdempotencyError> {
+    let inserted = transaction
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+            [scope.into(), key.into(), fingerprint.to_vec().into()],
+        ))
+        .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(Claim::New);
+    }
+    let row = transaction
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT fingerprint, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
+            [scope.into(), key.into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("idempotency key {key}")))?;
+    let stored: Vec<u8> = row.try_get("", "fingerprint")?;
+    if stored != fingerprint {
+        return Err(IdempotencyError::KeyReused {
+            key: key.to_owned(),
+        });
+    }
+    let response: Option<Vec<u8>> = row.try_get("", "response")?;
+    Ok(Claim::Replay(response.unwrap_or_default()))
+}
+
+/// Stores the response of a [`Claim::New`] operation, in the same transaction.
+pub async fn store_response<C: ConnectionTrait>(
+    transaction: &C,
+    scope: &str,
+    key: &str,
+    response: &[u8],
+) -> Result<(), DbErr> {
+    transaction
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE idempotency_keys SET response = $3 WHERE scope = $1 AND key = $2",
+            [scope.into(), key.into(), response.to_vec().into()],
+        ))
+        .await?;
+    Ok(())
+}

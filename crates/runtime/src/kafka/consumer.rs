@@ -1,0 +1,179 @@
+//! A consumer that processes each message before committing its offset: a crash replays what was
+//! not committed, so handlers must be idempotent (the inbox makes them so).
+
+use std::{future::Future, time::Duration};
+
+use prost::Message as _;
+use rdkafka::{
+    ClientConfig, Message as _,
+    consumer::{CommitMode, Consumer as _, StreamConsumer},
+    message::{BorrowedMessage, Headers as _},
+};
+use tokio_util::sync::CancellationToken;
+use zentra_proto::events::v1::EventEnvelope;
+
+use crate::{config::KafkaConfig, kafka::KafkaFailure, telemetry::names};
+
+/// One decoded message.
+#[derive(Debug, Clone)]
+pub struct ReceivedEvent {
+    /// Topic it came from.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Record key.
+    pub key: String,
+    /// The event.
+    pub envelope: EventEnvelope,
+}
+
+/// Why a handler failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying (a database or downstream hiccup).
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Will fail again however often it is retried.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// Processes events; must be idempotent, since a message can arrive twice.
+pub trait EventHandler: Send + Sync + 'static {
+    /// Handles one event.
+    fn handle(&self, event: &ReceivedEvent) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// How a consumer behaves.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Consumer group (the configured group prefix is prepended).
+    pub group: String,
+    /// Full topic names.
+    pub topics: Vec<String>,
+    /// First retry delay of a failing message; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+}
+
+/// A subscribed consumer.
+pub struct EventConsumer {
+    consumer: StreamConsumer,
+    settings: ConsumerSettings,
+}
+
+impl EventConsumer {
+    /// Subscribes; reading starts at the group's committed offsets, else at the earliest record.
+    pub fn subscribe(config: &KafkaConfig, settings: ConsumerSettings) -> Result<Self, KafkaFailure> {
+        let group = format!("{}{}", config.group_prefix, settings.group);
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(KafkaFailure::Setup)?;
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(KafkaFailure::Setup)?;
+        Ok(Self { consumer, settings })
+    }
+
+    /// Consumes until `shutdown` is cancelled. A failing message is retried with backoff and its
+    /// offset is not committed until it succeeds; an undecodable one is logged and skipped.
+    pub async fn run<H: EventHandler>(self, handler: H, shutdown: CancellationToken) {
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => return,
+                message = self.consumer.recv() => message,
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "kafka receive failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            if !self.process(&message, &handler, &shutdown).await {
+                return;
+            }
+            if let Err(error) = self.consumer.commit_message(&message, CommitMode::Async) {
+                tracing::warn!(%error, topic = message.topic(), offset = message.offset(), "offset commit failed");
+            }
+        }
+    }
+
+    /// Returns false when shutdown interrupted a retry (the offset must then stay uncommitted).
+    async fn process<H: EventHandler>(
+        &self,
+        message: &BorrowedMessage<'_>,
+        handler: &H,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let topic = message.topic().to_owned();
+        let Some(event) = decode(message) else {
+            tracing::error!(topic = %topic, offset = message.offset(), "undecodable message skipped");
+            metrics::counter!(names::CONSUMER_MESSAGES, "topic" => topic, "outcome" => "undecodable")
+                .increment(1);
+            return true;
+        };
+        let mut backoff = self.settings.initial_backoff;
+        let mut attempt = 1u32;
+        loop {
+            match handler.handle(&event).await {
+                Ok(()) => {
+                    metrics::counter!(names::CONSUMER_MESSAGES, "topic" => topic, "outcome" => "processed")
+                        .increment(1);
+                    return true;
+                }
+                Err(error) => {
+                    metrics::counter!(names::CONSUMER_MESSAGES, "topic" => topic.clone(), "outcome" => "failed")
+                        .increment(1);
+                    tracing::warn!(
+                        topic = %topic,
+                        offset = event.offset,
+                        event_id = %event.envelope.event_id,
+                        attempt,
+                        %error,
+                        "event handling failed; retrying"
+                    );
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.settings.max_backoff);
+            attempt += 1;
+        }
+    }
+}
+
+fn decode(message: &BorrowedMessage<'_>) -> Option<ReceivedEvent> {
+    let envelope = EventEnvelope::decode(message.payload()?).ok()?;
+    let key = message
+        .key()
+        .map(|key| String::from_utf8_lossy(key).into_owned())
+        .unwrap_or_default();
+    if let Some(headers) = message.headers() {
+        // Headers repeat the envelope's fields; trust the envelope, note a mismatch.
+        for header in headers.iter() {
+            if header.key == "event_id"
+                && header.value.map(String::from_utf8_lossy).as_deref() != Some(&envelope.event_id)
+            {
+                tracing::warn!(event_id = %envelope.event_id, "event_id header differs from envelope");
+            }
+        }
+    }
+    Some(ReceivedEvent {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key,
+        envelope,
+    })
+}

@@ -1,0 +1,20 @@
+//! What every Zentra service is built on: layered config, telemetry, the gRPC server with its
+//! tower stack (health, reflection, grpc-web, tracing, metrics, fault injection, graceful
+//! shutdown), the ops service, PostgreSQL with migrations, Kafka, the outbox and the inbox.
+//! A service adds only its domain.
+
+pub mod config;
+pub mod db;
+pub mod events;
+pub mod faults;
+pub mod idempotency;
+pub mod inbox;
+pub mod kafka;
+pub mod ops;
+pub mod outbox;
+pub mod server;
+pub mod status;
+pub mod telemetry;
+pub mod time;
+
+pub use tokio_util::sync::CancellationToken;

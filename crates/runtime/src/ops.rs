@@ -1,0 +1,330 @@
+//! The ops service every Zentra service serves: health summary, build info, effective config,
+//! runtime log levels and fault injection.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures::future::BoxFuture;
+use tonic::{Request, Response, Status};
+use zentra_proto::ops::v1::{
+    self as pb, ops_service_server::OpsService, ClearFaultsRequest, ClearFaultsResponse,
+    DependencyHealth, FaultKind, GetBuildInfoRequest, GetBuildInfoResponse,
+    GetEffectiveConfigRequest, GetEffectiveConfigResponse, GetHealthSummaryRequest,
+    GetHealthSummaryResponse, GetLogLevelRequest, GetLogLevelResponse, HealthStatus,
+    InjectFaultRequest, InjectFaultResponse, ListFaultsRequest, ListFaultsResponse,
+    SetLogLevelRequest, SetLogLevelResponse,
+};
+
+use crate::{
+    faults::{ActiveFault, FaultSpec, Faults},
+    status::{Violations, check_idempotency_key},
+    telemetry::Telemetry,
+    time::{from_proto_duration, to_proto_duration, to_timestamp},
+};
+
+/// A dependency the service needs (database, broker, cache), probed for health.
+pub trait DependencyProbe: Send + Sync {
+    /// Name shown in the health summary: "postgres", "kafka", "redis".
+    fn name(&self) -> &'static str;
+    /// Succeeds when the dependency answers.
+    fn probe(&self) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// Result of probing one dependency.
+#[derive(Debug, Clone)]
+pub struct ProbeResult {
+    /// Dependency name.
+    pub name: &'static str,
+    /// Round-trip time.
+    pub latency: Duration,
+    /// The error, if it failed.
+    pub error: Option<String>,
+}
+
+/// Everything the ops service reports about one service; cheap to clone.
+#[derive(Clone)]
+pub struct OpsContext {
+    /// Service name, for example "inventory".
+    pub service: &'static str,
+    /// Crate version of the service.
+    pub version: &'static str,
+    /// Process telemetry (log filter).
+    pub telemetry: Telemetry,
+    /// The effective config, rendered and redacted.
+    pub config_toml: Arc<str>,
+    /// Where the config came from.
+    pub config_sources: Arc<[String]>,
+    /// When the process started.
+    pub started_at: SystemTime,
+    /// Dependencies to probe.
+    pub probes: Arc<[Arc<dyn DependencyProbe>]>,
+    /// Injected faults.
+    pub faults: Faults,
+}
+
+impl OpsContext {
+    /// Probes every dependency concurrently, each bounded by `timeout`.
+    pub async fn probe_all(&self, timeout: Duration) -> Vec<ProbeResult> {
+        let probes = self.probes.iter().map(|probe| async move {
+            let started = Instant::now();
+            let outcome = tokio::time::timeout(timeout, probe.probe()).await;
+            let error = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error),
+                Err(_) => Some(format!("no answer within {timeout:?}")),
+            };
+            ProbeResult {
+                name: probe.name(),
+                latency: started.elapsed(),
+                error,
+            }
+        });
+        futures::future::join_all(probes).await
+    }
+}
+
+/// The gRPC implementation of `zentra.ops.v1.OpsService`.
+pub struct OpsApi {
+    context: OpsContext,
+}
+
+impl OpsApi {
+    /// Serves the given context.
+    pub fn new(context: OpsContext) -> Self {
+        Self { context }
+    }
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[tonic::async_trait]
+impl OpsService for OpsApi {
+    async fn get_health_summary(
+        &self,
+        _request: Request<GetHealthSummaryRequest>,
+    ) -> Result<Response<GetHealthSummaryResponse>, Status> {
+        let results = self.context.probe_all(PROBE_TIMEOUT).await;
+        let all_serving = results.iter().all(|result| result.error.is_none());
+        let dependencies = results
+            .into_iter()
+            .map(|result| DependencyHealth {
+                name: result.name.to_owned(),
+                status: if result.error.is_none() {
+                    HealthStatus::Serving
+                } else {
+                    HealthStatus::NotServing
+                } as i32,
+                latency: Some(to_proto_duration(result.latency)),
+                detail: result.error.unwrap_or_default(),
+            })
+            .collect();
+        let uptime = SystemTime::now()
+            .duration_since(self.context.started_at)
+            .unwrap_or_default();
+        Ok(Response::new(GetHealthSummaryResponse {
+            service: self.context.service.to_owned(),
+            status: if all_serving {
+                HealthStatus::Serving
+            } else {
+                HealthStatus::NotServing
+            } as i32,
+            dependencies,
+            start_time: Some(to_timestamp(self.context.started_at)),
+            uptime: Some(to_proto_duration(uptime)),
+        }))
+    }
+
+    async fn get_build_info(
+        &self,
+        _request: Request<GetBuildInfoRequest>,
+    ) -> Result<Response<GetBuildInfoResponse>, Status> {
+        Ok(Response::new(GetBuildInfoResponse {
+            service: self.context.service.to_owned(),
+            version: self.context.version.to_owned(),
+            git_commit: option_env!("ZENTRA_GIT_COMMIT").unwrap_or_default().to_owned(),
+            rustc_version: option_env!("ZENTRA_RUSTC_VERSION").unwrap_or_default().to_owned(),
+            pid: std::process::id(),
+            start_time: Some(to_timestamp(self.context.started_at)),
+        }))
+    }
+
+    async fn get_effective_config(
+        &self,
+        _request: Request<GetEffectiveConfigRequest>,
+    ) -> Result<Response<GetEffectiveConfigResponse>, Status> {
+        Ok(Response::new(GetEffectiveConfigResponse {
+            config_toml: self.context.config_toml.to_string(),
+            sources: self.context.config_sources.to_vec(),
+        }))
+    }
+
+    async fn get_log_level(
+        &self,
+        _request: Request<GetLogLevelRequest>,
+    ) -> Result<Response<GetLogLevelResponse>, Status> {
+        Ok(Response::new(GetLogLevelResponse {
+            filter: self.context.telemetry.log_filter().current(),
+        }))
+    }
+
+    async fn set_log_level(
+        &self,
+        request: Request<SetLogLevelRequest>,
+    ) -> Result<Response<SetLogLevelResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        violations.into_result()?;
+        let previous = self
+            .context
+            .telemetry
+            .log_filter()
+            .set(&request.filter)
+            .map_err(|error| crate::status::invalid_field("filter", &error.reason))?;
+        tracing::info!(filter = %request.filter, previous = %previous, "log filter changed");
+        Ok(Response::new(SetLogLevelResponse {
+            previous_filter: previous,
+            filter: request.filter,
+        }))
+    }
+
+    async fn list_faults(
+        &self,
+        _request: Request<ListFaultsRequest>,
+    ) -> Result<Response<ListFaultsResponse>, Status> {
+        let faults = self.context.faults.active().iter().map(fault_to_proto).collect();
+        Ok(Response::new(ListFaultsResponse { faults }))
+    }
+
+    async fn inject_fault(
+        &self,
+        request: Request<InjectFaultRequest>,
+    ) -> Result<Response<InjectFaultResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        let fault = request.fault.unwrap_or_default();
+        let spec = fault_from_proto(&fault, &mut violations);
+        let duration = match fault.duration {
+            Some(duration) => from_proto_duration(&duration, "fault.duration", &mut violations),
+            None => None,
+        };
+        violations.into_result()?;
+        let Some(spec) = spec else {
+            return Err(crate::status::invalid_field("fault.kind", "is required"));
+        };
+        let kill = spec == FaultSpec::Kill;
+        let active = self.context.faults.inject(spec, duration);
+        tracing::warn!(kind = active.spec.kind(), "fault injected");
+        if kill {
+            // Answer first, then die the way a crash does: no graceful shutdown, no flush.
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                std::process::exit(137);
+            });
+        }
+        Ok(Response::new(InjectFaultResponse {
+            fault: Some(fault_to_proto(&active)),
+        }))
+    }
+
+    async fn clear_faults(
+        &self,
+        request: Request<ClearFaultsRequest>,
+    ) -> Result<Response<ClearFaultsResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        violations.into_result()?;
+        let kind = match FaultKind::try_from(request.kind) {
+            Ok(FaultKind::Unspecified) => None,
+            Ok(FaultKind::Latency) => Some("latency"),
+            Ok(FaultKind::ErrorRate) => Some("error_rate"),
+            Ok(FaultKind::TpsLimit) => Some("tps_limit"),
+            Ok(FaultKind::Kill) => Some("kill"),
+            Err(_) => return Err(crate::status::invalid_field("kind", "unknown fault kind")),
+        };
+        let cleared = self.context.faults.clear(kind);
+        tracing::info!(kind = kind.unwrap_or("all"), cleared, "faults cleared");
+        Ok(Response::new(ClearFaultsResponse {
+            cleared: i32::try_from(cleared).unwrap_or(i32::MAX),
+        }))
+    }
+}
+
+const MAX_INJECTED_LATENCY: Duration = Duration::from_secs(60);
+
+fn fault_from_proto(fault: &pb::Fault, violations: &mut Violations) -> Option<FaultSpec> {
+    match FaultKind::try_from(fault.kind) {
+        Ok(FaultKind::Latency) => {
+            let min = fault
+                .latency_min
+                .as_ref()
+                .and_then(|d| from_proto_duration(d, "fault.latency_min", violations));
+            let max = fault
+                .latency_max
+                .as_ref()
+                .and_then(|d| from_proto_duration(d, "fault.latency_max", violations));
+            let Some(min) = min else {
+                violations.add("fault.latency_min", "is required for LATENCY");
+                return None;
+            };
+            let max = max.unwrap_or(min);
+            if max < min {
+                violations.add("fault.latency_max", "must not be below latency_min");
+            }
+            if max > MAX_INJECTED_LATENCY {
+                violations.add("fault.latency_max", "must be at most 60s");
+            }
+            Some(FaultSpec::Latency { min, max })
+        }
+        Ok(FaultKind::ErrorRate) => {
+            if !(0.0..=1.0).contains(&fault.error_rate) {
+                violations.add("fault.error_rate", "must be between 0.0 and 1.0");
+            }
+            Some(FaultSpec::ErrorRate(fault.error_rate))
+        }
+        Ok(FaultKind::TpsLimit) => {
+            if fault.tps_limit == 0 {
+                violations.add("fault.tps_limit", "must be at least 1");
+            }
+            Some(FaultSpec::TpsLimit(fault.tps_limit))
+        }
+        Ok(FaultKind::Kill) => Some(FaultSpec::Kill),
+        Ok(FaultKind::Unspecified) | Err(_) => {
+            violations.add("fault.kind", "must be LATENCY, ERROR_RATE, TPS_LIMIT or KILL");
+            None
+        }
+    }
+}
+
+fn fault_to_proto(fault: &ActiveFault) -> pb::Fault {
+    let mut proto = pb::Fault {
+        inject_time: Some(to_timestamp(fault.injected_at)),
+        expire_time: fault.expires_at.map(to_timestamp),
+        duration: fault
+            .expires_at
+            .and_then(|expires| expires.duration_since(fault.injected_at).ok())
+            .map(to_proto_duration),
+        ..Default::default()
+    };
+    match &fault.spec {
+        FaultSpec::Latency { min, max } => {
+            proto.kind = FaultKind::Latency as i32;
+            proto.latency_min = Some(to_proto_duration(*min));
+            proto.latency_max = Some(to_proto_duration(*max));
+        }
+        FaultSpec::ErrorRate(rate) => {
+            proto.kind = FaultKind::ErrorRate as i32;
+            proto.error_rate = *rate;
+        }
+        FaultSpec::TpsLimit(limit) => {
+            proto.kind = FaultKind::TpsLimit as i32;
+            proto.tps_limit = *limit;
+        }
+        FaultSpec::Kill => proto.kind = FaultKind::Kill as i32,
+    }
+    proto
+}

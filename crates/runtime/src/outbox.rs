@@ -1,0 +1,234 @@
+//! The transactional outbox. A service writes its events into the `outbox` table in the same
+//! transaction as the state change ([`enqueue`]); the [`OutboxRelay`] publishes unsent rows and
+//! marks them sent only after the broker acknowledged them. A crash between the two publishes
+//! the row again on restart: consumers deduplicate by event id (the inbox).
+
+use std::{sync::Arc, time::Duration};
+
+use prost::Message as _;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait as _,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use zentra_proto::events::v1::EventEnvelope;
+
+use crate::{
+    config::OutboxConfig,
+    kafka::{EventProducer, KafkaFailure},
+    telemetry::names,
+};
+
+/// Outbox failures.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The database failed.
+    #[error("outbox database error: {0}")]
+    Database(#[from] DbErr),
+    /// The broker did not acknowledge.
+    #[error(transparent)]
+    Kafka(#[from] KafkaFailure),
+    /// A stored event id is not a UUID (written outside [`enqueue`]).
+    #[error("outbox row has a malformed event id {0}")]
+    MalformedEventId(String),
+}
+
+/// Writes an event to the outbox inside the caller's transaction.
+pub async fn enqueue<C: ConnectionTrait>(
+    connection: &C,
+    topic: &str,
+    envelope: &EventEnvelope,
+) -> Result<(), DbErr> {
+    let event_id = Uuid::parse_str(&envelope.event_id)
+        .map_err(|_| DbErr::Custom(format!("event id {} is not a UUID", envelope.event_id)))?;
+    let trace = envelope.trace_context.clone().unwrap_or_default();
+    connection
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO outbox (event_id, topic, record_key, event_type, envelope, traceparent, tracestate) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            [
+                event_id.into(),
+                topic.into(),
+                envelope.aggregate_id.clone().into(),
+                envelope.event_type.clone().into(),
+                envelope.encode_to_vec().into(),
+                trace.traceparent.into(),
+                trace.tracestate.into(),
+            ],
+        ))
+        .await?;
+    Ok(())
+}
+
+/// What a relay round does after the broker acknowledged a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterPublish {
+    /// Mark the rows sent (normal operation).
+    MarkSent,
+    /// Stop as a crash would: the rows stay unsent and are published again later. For
+    /// crash-recovery tests and drills.
+    Crash,
+}
+
+/// Publishes unsent outbox rows, oldest first.
+#[derive(Clone)]
+pub struct OutboxRelay {
+    db: DatabaseConnection,
+    producer: EventProducer,
+    config: OutboxConfig,
+    wake: Arc<Notify>,
+}
+
+impl OutboxRelay {
+    /// A relay over `db`'s outbox.
+    pub fn new(db: DatabaseConnection, producer: EventProducer, config: OutboxConfig) -> Self {
+        Self {
+            db,
+            producer,
+            config,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// A handle that wakes the relay at once (call it after committing events).
+    pub fn waker(&self) -> OutboxWaker {
+        OutboxWaker(self.wake.clone())
+    }
+
+    /// Runs rounds until `shutdown` is cancelled: at once when woken, else every poll interval.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = self.config.poll_interval;
+        loop {
+            match self.publish_round(AfterPublish::MarkSent).await {
+                // A full batch means more may be waiting: go again without sleeping.
+                Ok(published) if published >= self.config.batch_size as usize => continue,
+                Ok(_) => backoff = self.config.poll_interval,
+                Err(error) => {
+                    metrics::counter!(names::OUTBOX_FAILURES).increment(1);
+                    tracing::warn!(%error, "outbox relay round failed");
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(backoff) => {}
+            }
+        }
+    }
+
+    /// One round: locks up to a batch of unsent rows (other relays skip them), publishes them,
+    /// waits for every acknowledgement, then marks them sent in the same transaction.
+    pub async fn publish_round(&self, after: AfterPublish) -> Result<usize, OutboxError> {
+        let transaction = self.db.begin().await?;
+        let rows = transaction
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT seq, event_id, topic, record_key, event_type, envelope, traceparent, tracestate \
+                 FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                [i64::from(self.config.batch_size).into()],
+            ))
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut pending = Vec::with_capacity(rows.len());
+        for row in &rows {
+            pending.push(PendingRow {
+                seq: row.try_get("", "seq")?,
+                event_id: row.try_get::<Uuid>("", "event_id")?.to_string(),
+                topic: row.try_get("", "topic")?,
+                key: row.try_get("", "record_key")?,
+                event_type: row.try_get("", "event_type")?,
+                envelope: row.try_get("", "envelope")?,
+                traceparent: row.try_get("", "traceparent")?,
+                tracestate: row.try_get("", "tracestate")?,
+            });
+        }
+        // Sent together, so the producer pipelines them; per-partition order is kept by the
+        // idempotent producer.
+        let sends = pending.iter().map(|row| {
+            let mut headers: Vec<(&str, &[u8])> = vec![
+                ("event_id", row.event_id.as_bytes()),
+                ("event_type", row.event_type.as_bytes()),
+            ];
+            if !row.traceparent.is_empty() {
+                headers.push(("traceparent", row.traceparent.as_bytes()));
+            }
+            if !row.tracestate.is_empty() {
+                headers.push(("tracestate", row.tracestate.as_bytes()));
+            }
+            async move {
+                self.producer
+                    .send(&row.topic, &row.key, &row.envelope, &headers)
+                    .await
+            }
+        });
+        let results = futures::future::join_all(sends).await;
+        // Mark only the acknowledged prefix: a gap would let a later event overtake an earlier
+        // one of the same aggregate on retry.
+        let acknowledged: Vec<i64> = pending
+            .iter()
+            .zip(&results)
+            .take_while(|(_, result)| result.is_ok())
+            .map(|(row, _)| row.seq)
+            .collect();
+        if after == AfterPublish::Crash {
+            drop(transaction);
+            return Ok(acknowledged.len());
+        }
+        if !acknowledged.is_empty() {
+            transaction
+                .execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "UPDATE outbox SET published_at = now() WHERE seq = ANY($1)",
+                    [acknowledged.clone().into()],
+                ))
+                .await?;
+        }
+        transaction.commit().await?;
+        metrics::counter!(names::OUTBOX_PUBLISHED).increment(acknowledged.len() as u64);
+        if let Some(Err(error)) = results.into_iter().find(Result::is_err) {
+            return Err(error.into());
+        }
+        Ok(acknowledged.len())
+    }
+
+    /// Number of rows not yet published.
+    pub async fn pending(&self) -> Result<i64, DbErr> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(*) AS pending FROM outbox WHERE published_at IS NULL",
+            ))
+            .await?;
+        let pending = row.map(|row| row.try_get::<i64>("", "pending")).transpose()?.unwrap_or(0);
+        metrics::gauge!(names::OUTBOX_PENDING).set(pending as f64);
+        Ok(pending)
+    }
+}
+
+/// Wakes an [`OutboxRelay`].
+#[derive(Clone)]
+pub struct OutboxWaker(Arc<Notify>);
+
+impl OutboxWaker {
+    /// Asks the relay to publish now.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+struct PendingRow {
+    seq: i64,
+    event_id: String,
+    topic: String,
+    key: String,
+    event_type: String,
+    envelope: Vec<u8>,
+    traceparent: String,
+    tracestate: String,
+}

@@ -1,0 +1,285 @@
+//! The gRPC server every service runs: its domain services plus health, reflection, ops and
+//! `/metrics`, reachable over gRPC and grpc-web on one port, with graceful shutdown.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context as _;
+use http::{HeaderName, HeaderValue, Method};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{
+    server::NamedService,
+    service::{Routes, RoutesBuilder},
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::Layer as _;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::{config::GrpcConfig, ops::OpsContext};
+
+mod inject_faults;
+mod observe;
+
+pub use inject_faults::InjectFaultsLayer;
+pub use observe::ObserveLayer;
+
+/// Collects a service's gRPC services before binding.
+pub struct GrpcServerBuilder {
+    config: GrpcConfig,
+    ops: OpsContext,
+    routes: RoutesBuilder,
+    domain_services: Vec<String>,
+}
+
+impl GrpcServerBuilder {
+    /// Starts a server description for the service that `ops` describes.
+    pub fn new(config: GrpcConfig, ops: OpsContext) -> Self {
+        Self {
+            config,
+            ops,
+            routes: RoutesBuilder::default(),
+            domain_services: Vec::new(),
+        }
+    }
+
+    /// Adds a domain service (reachable over gRPC and grpc-web, subject to injected faults).
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.domain_services.push(S::NAME.to_owned());
+        self.routes.add_service(tonic_web::GrpcWebLayer::new().layer(service));
+        self
+    }
+
+    /// Binds the listener (port 0 picks a free port) and returns the server ready to run.
+    pub async fn bind(self) -> anyhow::Result<BoundServer> {
+        let listener = TcpListener::bind(self.config.listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", self.config.listen_addr))?;
+        let local_addr = listener.local_addr()?;
+        Ok(BoundServer {
+            builder: self,
+            listener,
+            local_addr,
+        })
+    }
+}
+
+/// A server whose port is bound; [`BoundServer::serve`] runs it.
+pub struct BoundServer {
+    builder: GrpcServerBuilder,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl BoundServer {
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then reports NOT_SERVING and drains open calls.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let BoundServer {
+            builder,
+            listener,
+            local_addr,
+        } = self;
+        let GrpcServerBuilder {
+            config,
+            ops,
+            mut routes,
+            domain_services,
+        } = builder;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut all_services = domain_services.clone();
+        all_services.push(<zentra_proto::ops::v1::ops_service_server::OpsServiceServer<
+            crate::ops::OpsApi,
+        > as NamedService>::NAME
+            .to_owned());
+
+        // grpcurl and Python's grpcio-reflection still speak v1alpha; newer tools speak v1.
+        let reflection = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(zentra_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health");
+            for name in &all_services {
+                builder = builder.with_service_name(name.clone());
+            }
+            builder
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        routes
+            .add_service(tonic_web::GrpcWebLayer::new().layer(health_service))
+            .add_service(tonic_web::GrpcWebLayer::new().layer(reflection_v1))
+            .add_service(tonic_web::GrpcWebLayer::new().layer(reflection_v1alpha))
+            .add_service(tonic_web::GrpcWebLayer::new().layer(
+                zentra_proto::ops::v1::ops_service_server::OpsServiceServer::new(
+                    crate::ops::OpsApi::new(ops.clone()),
+                ),
+            ));
+
+        let telemetry = ops.telemetry.clone();
+        let router = routes
+            .routes()
+            .into_axum_router()
+            // Browsers call grpc-web cross-origin (the control center's dev server, other tools).
+            .layer(cors(&config.cors_allowed_origins))
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let telemetry = telemetry.clone();
+                    async move { telemetry.render_metrics() }
+                }),
+            );
+
+        let mut observed = all_services.clone();
+        observed.extend(["grpc.health.v1.Health".to_owned()]);
+        // The tower stack, outermost first:
+        let stack = tower::ServiceBuilder::new()
+            // 1. Span and metrics: outermost, so latency and status include everything below,
+            //    injected faults too, as a caller sees them.
+            .layer(ObserveLayer::new(observed))
+            // 2. Faults: only domain RPCs, so ops, health and reflection always answer.
+            .layer(InjectFaultsLayer::new(ops.faults.clone(), domain_services.clone()))
+            .into_inner();
+
+        let health_task = tokio::spawn(report_health(
+            health.clone(),
+            ops.clone(),
+            all_services.clone(),
+        ));
+        tracing::info!(service = ops.service, address = %local_addr, "serving gRPC and grpc-web");
+
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let result = Server::builder()
+            // grpc-web arrives over HTTP/1.1.
+            .accept_http1(true)
+            .timeout(config.request_timeout)
+            .layer(stack)
+            .add_routes(Routes::from(router))
+            .serve_with_incoming_shutdown(incoming, async {
+                shutdown.await;
+                tracing::info!(service = ops.service, "shutting down: draining open calls");
+            })
+            .await;
+        health_task.abort();
+        for name in &all_services {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        result.context("gRPC server failed")
+    }
+
+    /// Runs the server on a task; returns its address and a handle that stops it.
+    pub fn spawn(self) -> RunningServer {
+        let local_addr = self.local_addr;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(self.serve(async {
+            let _ = stopped.await;
+        }));
+        RunningServer {
+            local_addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+}
+
+/// A server running on a task.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// The address it serves on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops it gracefully and waits until it has.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.context("server task panicked")?
+    }
+
+    /// Stops it at once, as a crash would (open calls are cut).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+/// Health follows the dependencies: SERVING while every probe passes.
+async fn report_health(health: HealthReporter, ops: OpsContext, services: Vec<String>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(5));
+    let mut last: Option<ServingStatus> = None;
+    loop {
+        interval.tick().await;
+        let results = ops.probe_all(Duration::from_secs(2)).await;
+        let status = if results.iter().all(|result| result.error.is_none()) {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            for failed in results.iter().filter(|result| result.error.is_some()) {
+                tracing::warn!(dependency = failed.name, error = ?failed.error, "dependency unhealthy");
+            }
+            health.set_service_status("", status).await;
+            for name in &services {
+                health.set_service_status(name, status).await;
+            }
+            last = Some(status);
+        }
+    }
+}
+
+fn cors(allowed_origins: &[String]) -> CorsLayer {
+    let origin = if allowed_origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            allowed_origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers([
+            HeaderName::from_static("content-type"),
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+            HeaderName::from_static("authorization"),
+            HeaderName::from_static("traceparent"),
+            HeaderName::from_static("tracestate"),
+        ])
+        // Without these the browser hides the status of a failed call.
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(600))
+}

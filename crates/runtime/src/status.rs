@@ -1,0 +1,122 @@
+//! Turning validation failures into precise gRPC statuses.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
+
+/// Field violations collected while validating a request; empty means valid.
+#[derive(Debug, Default, Clone)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// No violations yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `field` (a proto field path such as `lines[2].quantity`) is invalid.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// True when nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The violations recorded so far.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0
+            .iter()
+            .map(|violation| (violation.field.as_str(), violation.description.as_str()))
+    }
+
+    /// `Ok(())` when empty, else INVALID_ARGUMENT carrying every violation as `BadRequest`.
+    pub fn into_result(self) -> Result<(), Status> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.into_status())
+        }
+    }
+
+    /// INVALID_ARGUMENT with a message naming the fields and a `BadRequest` detail.
+    pub fn into_status(self) -> Status {
+        let message = self
+            .0
+            .iter()
+            .map(|violation| format!("{}: {}", violation.field, violation.description))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Status::with_error_details(
+            Code::InvalidArgument,
+            message,
+            ErrorDetails::with_bad_request(self.0),
+        )
+    }
+}
+
+/// INVALID_ARGUMENT for a single field.
+pub fn invalid_field(field: &str, description: &str) -> Status {
+    let mut violations = Violations::new();
+    violations.add(field, description);
+    violations.into_status()
+}
+
+/// Checks an idempotency key: 1..=128 printable ASCII characters.
+pub fn check_idempotency_key(key: &str, violations: &mut Violations) {
+    if key.is_empty() {
+        violations.add("idempotency_key", "is required");
+    } else if key.len() > 128 {
+        violations.add("idempotency_key", "must be at most 128 characters");
+    } else if !key.bytes().all(|byte| byte.is_ascii_graphic()) {
+        violations.add("idempotency_key", "must be printable ASCII without spaces");
+    }
+}
+
+/// Parses a UUID field, recording a violation when it is missing or malformed.
+pub fn parse_uuid(field: &str, value: &str, violations: &mut Violations) -> Option<uuid::Uuid> {
+    if value.is_empty() {
+        violations.add(field, "is required");
+        return None;
+    }
+    if value.len() > 36 {
+        violations.add(field, "must be a UUID (36 characters)");
+        return None;
+    }
+    match uuid::Uuid::parse_str(value) {
+        Ok(id) => Some(id),
+        Err(_) => {
+            violations.add(field, "must be a UUID");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violations_become_invalid_argument_with_bad_request_details() {
+        let mut violations = Violations::new();
+        violations.add("sku", "is required");
+        violations.add("lines[0].quantity", "must be at least 1");
+        let status = violations.into_status();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let fields: Vec<_> = details
+            .bad_request()
+            .map(|bad| bad.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(fields, ["sku", "lines[0].quantity"]);
+    }
+
+    #[test]
+    fn idempotency_keys_must_be_present_short_and_printable() {
+        for (key, ok) in [("", false), ("k-1", true), ("has space", false), (&"x".repeat(129), false)] {
+            let mut violations = Violations::new();
+            check_idempotency_key(key, &mut violations);
+            assert_eq!(violations.is_empty(), ok, "{key:?}");
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Every metric the runtime records, named and described once.
+
+/// gRPC requests handled, by service, method and status code.
+pub const GRPC_REQUESTS: &str = "zentra_grpc_server_requests_total";
+/// gRPC requests that ended with a status other than OK.
+pub const GRPC_ERRORS: &str = "zentra_grpc_server_errors_total";
+/// gRPC request handling time.
+pub const GRPC_DURATION: &str = "zentra_grpc_server_request_duration_seconds";
+/// Outbox events published to Kafka.
+pub const OUTBOX_PUBLISHED: &str = "zentra_outbox_published_total";
+/// Outbox publish rounds that failed.
+pub const OUTBOX_FAILURES: &str = "zentra_outbox_publish_failures_total";
+/// Events waiting in the outbox, as of the last relay round.
+pub const OUTBOX_PENDING: &str = "zentra_outbox_pending";
+/// Kafka messages a consumer processed, by topic and outcome.
+pub const CONSUMER_MESSAGES: &str = "zentra_consumer_messages_total";
+/// Events skipped because the inbox had already applied them.
+pub const INBOX_DUPLICATES: &str = "zentra_inbox_duplicates_total";
+/// Faults injected into RPCs, by kind.
+pub const FAULTS_APPLIED: &str = "zentra_faults_applied_total";
+
+/// Registers descriptions with the recorder.
+pub fn describe() {
+    metrics::describe_counter!(GRPC_REQUESTS, "gRPC requests handled, by service, method and code");
+    metrics::describe_counter!(GRPC_ERRORS, "gRPC requests that ended with a non-OK status");
+    metrics::describe_histogram!(
+        GRPC_DURATION,
+        metrics::Unit::Seconds,
+        "gRPC request handling time"
+    );
+    metrics::describe_counter!(OUTBOX_PUBLISHED, "outbox events published to Kafka");
+    metrics::describe_counter!(OUTBOX_FAILURES, "outbox publish rounds that failed");
+    metrics::describe_gauge!(OUTBOX_PENDING, "events waiting in the outbox");
+    metrics::describe_counter!(CONSUMER_MESSAGES, "Kafka messages processed, by topic and outcome");
+    metrics::describe_counter!(INBOX_DUPLICATES, "events skipped as already applied");
+    metrics::describe_counter!(FAULTS_APPLIED, "faults injected into RPCs, by kind");
+}
