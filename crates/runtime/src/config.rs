@@ -172,7 +172,7 @@ pub struct TelemetryConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
-            log_filter: "info".to_owned(),
+            log_filter: "info,sqlx=warn,sea_orm_migration=warn".to_owned(),
             log_format: LogFormat::Text,
             otlp_endpoint: None,
         }
@@ -366,7 +366,14 @@ fn one_line(error: &figment::Error) -> String {
     error
         .clone()
         .into_iter()
-        .map(|e| e.to_string())
+        .map(|e| {
+            let path = e.path.join(".");
+            if path.is_empty() {
+                e.to_string()
+            } else {
+                format!("{path}: {e}")
+            }
+        })
         .collect::<Vec<_>>()
         .join("; ")
         .replace('\n', " ")
@@ -447,7 +454,14 @@ mod tests {
     fn a_missing_config_file_is_reported() {
         let error = load::<ServiceConfig<NoSettings>>(Some("/nonexistent/zentra.toml".into()))
             .err()
-            .map(|e| e.to_string());
+            .map(|e| {
+            let path = e.path.join(".");
+            if path.is_empty() {
+                e.to_string()
+            } else {
+                format!("{path}: {e}")
+            }
+        });
         assert_eq!(
             error.as_deref(),
             Some("invalid config: file /nonexistent/zentra.toml does not exist")

@@ -2,7 +2,10 @@
 //! retry with the same key and the same request gets the stored response, a reuse of the key with
 //! a different request is refused. Concurrent calls with one key serialise on the key's row.
 
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
+    TransactionTrait as _,
+};
 use sha2::{Digest as _, Sha256};
 
 /// What claiming a key found.
@@ -84,4 +87,56 @@ pub async fn store_response<C: ConnectionTrait>(
         ))
         .await?;
     Ok(())
+}
+
+/// The start of an idempotent operation: either the stored answer of an earlier identical call,
+/// or an open transaction in which the key is claimed.
+pub enum Begin<R> {
+    /// The same request ran before; this is its response.
+    Replay(R),
+    /// First use of the key: do the work in [`IdempotentTransaction::transaction`], then commit.
+    Fresh(IdempotentTransaction),
+}
+
+/// A transaction holding a claimed idempotency key.
+pub struct IdempotentTransaction {
+    transaction: DatabaseTransaction,
+    scope: &'static str,
+    key: String,
+}
+
+impl IdempotentTransaction {
+    /// The transaction to do the work in.
+    pub fn transaction(&self) -> &DatabaseTransaction {
+        &self.transaction
+    }
+
+    /// Stores `response` under the key and commits the work with it.
+    pub async fn commit<R: prost::Message>(self, response: &R) -> Result<(), DbErr> {
+        store_response(&self.transaction, self.scope, &self.key, &response.encode_to_vec()).await?;
+        self.transaction.commit().await
+    }
+}
+
+/// Opens a transaction and claims `key` for a request with `fingerprint`.
+pub async fn begin<R: prost::Message + Default>(
+    db: &DatabaseConnection,
+    scope: &'static str,
+    key: &str,
+    fingerprint: &[u8],
+) -> Result<Begin<R>, IdempotencyError> {
+    let transaction = db.begin().await?;
+    match claim(&transaction, scope, key, fingerprint).await? {
+        Claim::New => Ok(Begin::Fresh(IdempotentTransaction {
+            transaction,
+            scope,
+            key: key.to_owned(),
+        })),
+        Claim::Replay(bytes) => {
+            transaction.commit().await?;
+            let response = R::decode(bytes.as_slice())
+                .map_err(|error| DbErr::Custom(format!("stored response undecodable: {error}")))?;
+            Ok(Begin::Replay(response))
+        }
+    }
 }

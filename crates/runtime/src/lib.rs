@@ -3,6 +3,7 @@
 //! shutdown), the ops service, PostgreSQL with migrations, Kafka, the outbox and the inbox.
 //! A service adds only its domain.
 
+pub mod bin_support;
 pub mod config;
 pub mod db;
 pub mod events;
@@ -12,6 +13,8 @@ pub mod inbox;
 pub mod kafka;
 pub mod ops;
 pub mod outbox;
+pub mod paging;
+pub mod platform;
 pub mod server;
 pub mod status;
 pub mod telemetry;

@@ -1,0 +1,119 @@
+//! The shared start-up of a service: database with migrations, Kafka topics and producer, the
+//! outbox relay, the ops context, and a shutdown token for background tasks. A service builds
+//! its domain on top and hands its gRPC services to [`Platform::server`].
+
+use std::{sync::Arc, time::SystemTime};
+
+use anyhow::Context as _;
+use sea_orm::DatabaseConnection;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{CommonConfig, ConfigSources, ServiceConfig, to_toml},
+    db::{self, PostgresProbe, SqlMigration},
+    faults::Faults,
+    kafka::{self, EventProducer, KafkaProbe},
+    ops::{DependencyProbe, OpsContext},
+    outbox::OutboxRelay,
+    server::GrpcServerBuilder,
+    telemetry::Telemetry,
+};
+
+/// What a service declares about itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceInfo {
+    /// Short name: "inventory".
+    pub name: &'static str,
+    /// Crate version.
+    pub version: &'static str,
+    /// Its migrations, after the runtime's.
+    pub migrations: &'static [SqlMigration],
+    /// Base names of the topics it produces to (the prefix is added).
+    pub topics: &'static [&'static str],
+}
+
+/// The shared parts of a running service.
+pub struct Platform {
+    /// The service.
+    pub info: ServiceInfo,
+    /// Shared configuration.
+    pub config: CommonConfig,
+    /// PostgreSQL pool, migrated.
+    pub db: DatabaseConnection,
+    /// Idempotent producer.
+    pub producer: EventProducer,
+    /// Outbox relay over `db` (not yet running).
+    pub relay: OutboxRelay,
+    /// What the ops service reports.
+    pub ops: OpsContext,
+    /// Cancelled at shutdown; background tasks stop on it.
+    pub shutdown: CancellationToken,
+}
+
+impl Platform {
+    /// Connects, migrates and creates topics.
+    pub async fn start<D: Serialize>(
+        info: ServiceInfo,
+        config: &ServiceConfig<D>,
+        sources: &ConfigSources,
+        telemetry: Telemetry,
+    ) -> anyhow::Result<Self> {
+        let common = config.common.clone();
+        let db = db::connect(&common.database)
+            .await
+            .with_context(|| format!("cannot connect to {}", common.database.url.redacted()))?;
+        db::migrate(&db, info.migrations)
+            .await
+            .context("database migration failed")?;
+        let topics: Vec<String> = info
+            .topics
+            .iter()
+            .map(|base| kafka::topic_name(&common.kafka, base))
+            .collect();
+        kafka::ensure_topics(&common.kafka, &topics)
+            .await
+            .with_context(|| format!("cannot set up topics on {}", common.kafka.bootstrap_servers))?;
+        let producer = EventProducer::new(&common.kafka, info.name)?;
+        let relay = OutboxRelay::new(db.clone(), producer.clone(), common.outbox.clone());
+        let probes: Vec<Arc<dyn DependencyProbe>> = vec![
+            Arc::new(PostgresProbe(db.clone())),
+            Arc::new(KafkaProbe(producer.clone())),
+        ];
+        let ops = OpsContext {
+            service: info.name,
+            version: info.version,
+            telemetry,
+            config_toml: to_toml(config).into(),
+            config_sources: sources.0.clone().into(),
+            started_at: SystemTime::now(),
+            probes: probes.into(),
+            faults: Faults::default(),
+        };
+        tracing::info!(service = info.name, "platform ready: database migrated, topics present");
+        Ok(Self {
+            info,
+            config: common,
+            db,
+            producer,
+            relay,
+            ops,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// A full topic name for a base name.
+    pub fn topic(&self, base: &str) -> String {
+        kafka::topic_name(&self.config.kafka, base)
+    }
+
+    /// Starts the outbox relay on a task; it stops at shutdown.
+    pub fn spawn_relay(&self) {
+        tokio::spawn(self.relay.clone().run(self.shutdown.clone()));
+    }
+
+    /// A server builder for this service.
+    pub fn server(&self) -> GrpcServerBuilder {
+        GrpcServerBuilder::new(self.config.grpc.clone(), self.ops.clone())
+    }
+}

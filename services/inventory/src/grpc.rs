@@ -1,0 +1,306 @@
+//! The gRPC face of inventory: validate, run the operation (idempotently where it mutates),
+//! convert. Every failure becomes a precise status through [`InventoryError`].
+
+use tonic::{Request, Response, Status};
+use zentra_proto::{common::v1::PageResponse, inventory::v1 as pb};
+use zentra_runtime::{
+    idempotency::{self, Begin},
+    paging::{Page, encode_token},
+    status::{Violations, check_idempotency_key, parse_uuid},
+};
+
+use crate::{
+    config::InventorySettings,
+    convert,
+    domain::{CreateProduct, ReserveStock, Sku},
+    error::InventoryError,
+    stock::Stock,
+    store::{self, ReservationState},
+};
+
+/// Implements `zentra.inventory.v1.InventoryService`.
+pub struct InventoryApi {
+    stock: Stock,
+    settings: InventorySettings,
+}
+
+impl InventoryApi {
+    /// The API over `stock`.
+    pub fn new(stock: Stock, settings: InventorySettings) -> Self {
+        Self { stock, settings }
+    }
+
+    /// Opens an idempotent transaction for `request` (hashed without its key).
+    async fn begin<R: prost::Message + Default, Q: prost::Message + Clone>(
+        &self,
+        scope: &'static str,
+        key: &str,
+        request: &Q,
+        clear_key: impl FnOnce(&mut Q),
+    ) -> Result<Begin<R>, InventoryError> {
+        let mut keyless = request.clone();
+        clear_key(&mut keyless);
+        let fingerprint = idempotency::fingerprint(&keyless);
+        Ok(idempotency::begin(self.stock.db(), scope, key, &fingerprint).await?)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::inventory_service_server::InventoryService for InventoryApi {
+    async fn create_product(
+        &self,
+        request: Request<pb::CreateProductRequest>,
+    ) -> Result<Response<pb::CreateProductResponse>, Status> {
+        let request = request.into_inner();
+        let product = CreateProduct::parse(&request).map_err(InventoryError::from)?;
+        let tx = match self
+            .begin("CreateProduct", &product.idempotency_key, &request, |r| r.idempotency_key.clear())
+            .await?
+        {
+            Begin::Replay(response) => return Ok(Response::new(response)),
+            Begin::Fresh(tx) => tx,
+        };
+        let row = store::insert_product(tx.transaction(), &product).await?;
+        let response = pb::CreateProductResponse {
+            product: Some(convert::product(row)),
+        };
+        tx.commit(&response).await.map_err(InventoryError::from)?;
+        tracing::info!(sku = %product.sku, stock = product.initial_stock, "product created");
+        Ok(Response::new(response))
+    }
+
+    async fn get_product(
+        &self,
+        request: Request<pb::GetProductRequest>,
+    ) -> Result<Response<pb::GetProductResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let sku = Sku::parse("sku", &request.sku, &mut violations);
+        let Some(sku) = sku else {
+            return Err(violations.into_status());
+        };
+        let row = store::product(self.stock.db(), sku.as_str()).await?;
+        Ok(Response::new(pb::GetProductResponse {
+            product: Some(convert::product(row)),
+        }))
+    }
+
+    async fn list_products(
+        &self,
+        request: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let page = Page::parse(request.page.as_ref(), &mut violations);
+        if request.sku_prefix.len() > 64 {
+            violations.add("sku_prefix", "must be at most 64 characters");
+        }
+        violations.into_result()?;
+        let mut rows = store::list_products(
+            self.stock.db(),
+            page.after.as_deref(),
+            &request.sku_prefix,
+            request.low_stock_only,
+            page.size + 1,
+        )
+        .await
+        .map_err(InventoryError::from)?;
+        let next_page_token = next_token(&mut rows, page.size, |row| row.sku.clone());
+        Ok(Response::new(pb::ListProductsResponse {
+            products: rows.into_iter().map(convert::product).collect(),
+            page: Some(PageResponse { next_page_token }),
+        }))
+    }
+
+    async fn adjust_stock(
+        &self,
+        request: Request<pb::AdjustStockRequest>,
+    ) -> Result<Response<pb::AdjustStockResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        let sku = Sku::parse("sku", &request.sku, &mut violations);
+        if request.delta == 0 || request.delta.abs() > 1_000_000_000 {
+            violations.add("delta", "must be non-zero and at most 1000000000 in size");
+        }
+        let reason = request.reason.trim();
+        if reason.is_empty() || reason.chars().count() > 500 {
+            violations.add("reason", "must be 1..=500 characters");
+        }
+        let Some(sku) = sku.filter(|_| violations.is_empty()) else {
+            return Err(violations.into_status());
+        };
+        let tx = match self
+            .begin("AdjustStock", &request.idempotency_key, &request, |r| r.idempotency_key.clear())
+            .await?
+        {
+            Begin::Replay(response) => return Ok(Response::new(response)),
+            Begin::Fresh(tx) => tx,
+        };
+        let row = store::adjust_stock(tx.transaction(), &sku, request.delta, reason).await?;
+        let response = pb::AdjustStockResponse {
+            product: Some(convert::product(row)),
+        };
+        tx.commit(&response).await.map_err(InventoryError::from)?;
+        tracing::info!(sku = %sku, delta = request.delta, reason, "stock adjusted");
+        Ok(Response::new(response))
+    }
+
+    async fn reserve_stock(
+        &self,
+        request: Request<pb::ReserveStockRequest>,
+    ) -> Result<Response<pb::ReserveStockResponse>, Status> {
+        let request = request.into_inner();
+        let reserve =
+            ReserveStock::parse(&request, self.settings.max_hold).map_err(InventoryError::from)?;
+        let tx = match self
+            .begin("ReserveStock", &reserve.idempotency_key, &request, |r| r.idempotency_key.clear())
+            .await?
+        {
+            Begin::Replay(response) => return Ok(Response::new(response)),
+            Begin::Fresh(tx) => tx,
+        };
+        let hold = reserve.hold.unwrap_or(self.settings.default_hold);
+        let reservation = self.stock.reserve(tx.transaction(), &reserve, hold).await?;
+        let response = pb::ReserveStockResponse {
+            reservation: Some(convert::reservation(&reservation)),
+        };
+        tx.commit(&response).await.map_err(InventoryError::from)?;
+        self.stock.committed();
+        tracing::info!(reservation_id = %reservation.id, order_id = %reservation.order_id, "stock reserved");
+        Ok(Response::new(response))
+    }
+
+    async fn confirm_reservation(
+        &self,
+        request: Request<pb::ConfirmReservationRequest>,
+    ) -> Result<Response<pb::ConfirmReservationResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        let id = parse_uuid("reservation_id", &request.reservation_id, &mut violations);
+        let Some(id) = id.filter(|_| violations.is_empty()) else {
+            return Err(violations.into_status());
+        };
+        let tx = match self
+            .begin("ConfirmReservation", &request.idempotency_key, &request, |r| {
+                r.idempotency_key.clear()
+            })
+            .await?
+        {
+            Begin::Replay(response) => return Ok(Response::new(response)),
+            Begin::Fresh(tx) => tx,
+        };
+        let reservation = self.stock.confirm(tx.transaction(), id).await?;
+        let response = pb::ConfirmReservationResponse {
+            reservation: Some(convert::reservation(&reservation)),
+        };
+        tx.commit(&response).await.map_err(InventoryError::from)?;
+        self.stock.committed();
+        tracing::info!(reservation_id = %id, "reservation confirmed");
+        Ok(Response::new(response))
+    }
+
+    async fn release_reservation(
+        &self,
+        request: Request<pb::ReleaseReservationRequest>,
+    ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        let id = parse_uuid("reservation_id", &request.reservation_id, &mut violations);
+        let reason = request.reason.trim();
+        if reason.is_empty() || reason.chars().count() > 500 {
+            violations.add("reason", "must be 1..=500 characters");
+        }
+        let Some(id) = id.filter(|_| violations.is_empty()) else {
+            return Err(violations.into_status());
+        };
+        let tx = match self
+            .begin("ReleaseReservation", &request.idempotency_key, &request, |r| {
+                r.idempotency_key.clear()
+            })
+            .await?
+        {
+            Begin::Replay(response) => return Ok(Response::new(response)),
+            Begin::Fresh(tx) => tx,
+        };
+        let reservation = self.stock.release(tx.transaction(), id, reason).await?;
+        let response = pb::ReleaseReservationResponse {
+            reservation: Some(convert::reservation(&reservation)),
+        };
+        tx.commit(&response).await.map_err(InventoryError::from)?;
+        self.stock.committed();
+        tracing::info!(reservation_id = %id, reason, "reservation released");
+        Ok(Response::new(response))
+    }
+
+    async fn get_reservation(
+        &self,
+        request: Request<pb::GetReservationRequest>,
+    ) -> Result<Response<pb::GetReservationResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let id = parse_uuid("reservation_id", &request.reservation_id, &mut violations);
+        let Some(id) = id else {
+            return Err(violations.into_status());
+        };
+        let reservation = store::reservation(self.stock.db(), id, false).await?;
+        Ok(Response::new(pb::GetReservationResponse {
+            reservation: Some(convert::reservation(&reservation)),
+        }))
+    }
+
+    async fn list_reservations(
+        &self,
+        request: Request<pb::ListReservationsRequest>,
+    ) -> Result<Response<pb::ListReservationsResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let page = Page::parse(request.page.as_ref(), &mut violations);
+        let order_id = if request.order_id.is_empty() {
+            None
+        } else {
+            parse_uuid("order_id", &request.order_id, &mut violations)
+        };
+        let state = match pb::ReservationStatus::try_from(request.status) {
+            Ok(pb::ReservationStatus::Unspecified) => None,
+            Ok(pb::ReservationStatus::Pending) => Some(ReservationState::Pending),
+            Ok(pb::ReservationStatus::Confirmed) => Some(ReservationState::Confirmed),
+            Ok(pb::ReservationStatus::Released) => Some(ReservationState::Released),
+            Ok(pb::ReservationStatus::Expired) => Some(ReservationState::Expired),
+            Err(_) => {
+                violations.add("status", "is not a ReservationStatus");
+                None
+            }
+        };
+        let after = match page.after.as_deref().map(uuid::Uuid::parse_str) {
+            Some(Ok(id)) => Some(id),
+            Some(Err(_)) => {
+                violations.add("page.page_token", "is not a token this service issued");
+                None
+            }
+            None => None,
+        };
+        violations.into_result()?;
+        let mut reservations =
+            store::list_reservations(self.stock.db(), after, order_id, state, page.size + 1)
+                .await
+                .map_err(InventoryError::from)?;
+        let next_page_token = next_token(&mut reservations, page.size, |r| r.id.to_string());
+        Ok(Response::new(pb::ListReservationsResponse {
+            reservations: reservations.iter().map(convert::reservation).collect(),
+            page: Some(PageResponse { next_page_token }),
+        }))
+    }
+}
+
+/// Trims the one extra row fetched and returns the token of the next page, if there is one.
+fn next_token<T>(rows: &mut Vec<T>, size: u64, cursor: impl Fn(&T) -> String) -> String {
+    if rows.len() as u64 > size {
+        rows.truncate(size as usize);
+        rows.last().map(|row| encode_token(&cursor(row))).unwrap_or_default()
+    } else {
+        String::new()
+    }
+}

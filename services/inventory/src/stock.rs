@@ -1,0 +1,223 @@
+//! Inventory's operations. Each runs in one transaction together with the events it emits
+//! (outbox), so state and events never disagree.
+
+use chrono::Utc;
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait as _};
+use uuid::Uuid;
+use zentra_proto::inventory::v1 as pb;
+use zentra_runtime::{
+    events::{EventMeta, envelope},
+    outbox::{self, OutboxWaker},
+};
+
+use crate::{
+    convert,
+    domain::ReserveStock,
+    error::InventoryError,
+    store::{self, Reservation, ReservationState},
+};
+
+/// Name of the service, as producer of its events.
+pub const SERVICE: &str = "inventory";
+
+/// Topic names, with the configured prefix.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Where every inventory event goes.
+    pub events: String,
+}
+
+/// The operations, over one database.
+#[derive(Clone)]
+pub struct Stock {
+    db: DatabaseConnection,
+    topics: Topics,
+    waker: Option<OutboxWaker>,
+}
+
+impl Stock {
+    /// Operations over `db`, emitting to `topics`, waking the relay after each commit.
+    pub fn new(db: DatabaseConnection, topics: Topics, waker: Option<OutboxWaker>) -> Self {
+        Self { db, topics, waker }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Tells the relay that events were committed.
+    pub fn committed(&self) {
+        if let Some(waker) = &self.waker {
+            waker.wake();
+        }
+    }
+
+    /// Reserves every line or nothing, inside `tx`; emits StockReserved (and StockLow where a line
+    /// crosses its threshold).
+    pub async fn reserve<C: ConnectionTrait>(
+        &self,
+        tx: &C,
+        request: &ReserveStock,
+        hold: std::time::Duration,
+    ) -> Result<Reservation, InventoryError> {
+        let reservation_id = Uuid::now_v7();
+        let expires_at = Utc::now()
+            + chrono::Duration::from_std(hold).unwrap_or_else(|_| chrono::Duration::hours(24));
+        let mut low = Vec::new();
+        // Lines are sorted by SKU, so concurrent reservations lock products in the same order.
+        for (sku, quantity) in &request.lines {
+            let taken = store::take_stock(tx, sku, *quantity).await?;
+            let before = taken.available + quantity;
+            if taken.available <= taken.low_stock_threshold && before > taken.low_stock_threshold {
+                low.push(taken);
+            }
+        }
+        store::insert_reservation(tx, reservation_id, request.order_id, &request.lines, expires_at)
+            .await?;
+        let reservation = store::reservation(tx, reservation_id, false).await?;
+        let reserved = pb::StockReserved {
+            reservation_id: reservation_id.to_string(),
+            order_id: request.order_id.to_string(),
+            lines: convert::lines(&reservation.lines),
+            expire_time: Some(zentra_runtime::time::chrono_to_timestamp(expires_at)),
+        };
+        self.emit(tx, &reserved, &reservation).await?;
+        for taken in low {
+            let event = pb::StockLow {
+                sku: taken.sku.clone(),
+                available: taken.available,
+                low_stock_threshold: taken.low_stock_threshold,
+            };
+            let meta = EventMeta {
+                producer: SERVICE,
+                aggregate_type: "product",
+                aggregate_id: taken.sku.clone(),
+                correlation_id: request.order_id.to_string(),
+                causation_id: String::new(),
+            };
+            outbox::enqueue(tx, &self.topics.events, &envelope(&event, meta)).await?;
+        }
+        Ok(reservation)
+    }
+
+    /// Confirms a pending reservation (its stock is sold); confirming twice is a no-op.
+    pub async fn confirm<C: ConnectionTrait>(
+        &self,
+        tx: &C,
+        reservation_id: Uuid,
+    ) -> Result<Reservation, InventoryError> {
+        let reservation = store::reservation(tx, reservation_id, true).await?;
+        match reservation.state {
+            ReservationState::Confirmed => return Ok(reservation),
+            ReservationState::Pending => {}
+            other => {
+                return Err(InventoryError::IllegalTransition {
+                    reservation_id: reservation_id.to_string(),
+                    status: other.as_str(),
+                    action: "confirmed",
+                });
+            }
+        }
+        store::settle(tx, &reservation, ReservationState::Confirmed, "").await?;
+        let event = pb::ReservationConfirmed {
+            reservation_id: reservation_id.to_string(),
+            order_id: reservation.order_id.to_string(),
+        };
+        self.emit(tx, &event, &reservation).await?;
+        store::reservation(tx, reservation_id, false).await
+    }
+
+    /// Releases a pending reservation (its stock returns); releasing a released or expired one
+    /// is a no-op, releasing a confirmed one is refused.
+    pub async fn release<C: ConnectionTrait>(
+        &self,
+        tx: &C,
+        reservation_id: Uuid,
+        reason: &str,
+    ) -> Result<Reservation, InventoryError> {
+        let reservation = store::reservation(tx, reservation_id, true).await?;
+        match reservation.state {
+            ReservationState::Released | ReservationState::Expired => return Ok(reservation),
+            ReservationState::Pending => {}
+            ReservationState::Confirmed => {
+                return Err(InventoryError::IllegalTransition {
+                    reservation_id: reservation_id.to_string(),
+                    status: "CONFIRMED",
+                    action: "released",
+                });
+            }
+        }
+        store::settle(tx, &reservation, ReservationState::Released, reason).await?;
+        let event = pb::ReservationReleased {
+            reservation_id: reservation_id.to_string(),
+            order_id: reservation.order_id.to_string(),
+            reason: reason.to_owned(),
+        };
+        self.emit(tx, &event, &reservation).await?;
+        store::reservation(tx, reservation_id, false).await
+    }
+
+    /// Returns the stock of up to `limit` expired pending reservations; returns how many.
+    pub async fn expire_due(&self, limit: u64) -> Result<usize, InventoryError> {
+        let tx = self.db.begin().await?;
+        let ids = store::lock_expired(&tx, limit).await?;
+        for id in &ids {
+            let reservation = store::reservation(&tx, *id, false).await?;
+            store::settle(&tx, &reservation, ReservationState::Expired, "hold expired").await?;
+            let event = pb::ReservationExpired {
+                reservation_id: id.to_string(),
+                order_id: reservation.order_id.to_string(),
+            };
+            self.emit(&tx, &event, &reservation).await?;
+            tracing::info!(reservation_id = %id, order_id = %reservation.order_id, "reservation expired");
+        }
+        tx.commit().await?;
+        if !ids.is_empty() {
+            self.committed();
+        }
+        Ok(ids.len())
+    }
+
+    async fn emit<C: ConnectionTrait, M: prost::Name>(
+        &self,
+        tx: &C,
+        event: &M,
+        reservation: &Reservation,
+    ) -> Result<(), InventoryError> {
+        let meta = EventMeta {
+            producer: SERVICE,
+            aggregate_type: "reservation",
+            aggregate_id: reservation.id.to_string(),
+            correlation_id: reservation.order_id.to_string(),
+            causation_id: String::new(),
+        };
+        outbox::enqueue(tx, &self.topics.events, &envelope(event, meta)).await?;
+        Ok(())
+    }
+}
+
+/// Expires reservations every `interval` until `shutdown`.
+pub async fn run_expiry(
+    stock: Stock,
+    interval: std::time::Duration,
+    shutdown: zentra_runtime::CancellationToken,
+) {
+    loop {
+        // Drain in batches so a backlog clears quickly.
+        loop {
+            match stock.expire_due(100).await {
+                Ok(100) => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "reservation expiry sweep failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
