@@ -9,6 +9,7 @@
 include!(concat!(env!("OUT_DIR"), "/zentra.rs"));
 
 /// The encoded `FileDescriptorSet` of every contract, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/zentra_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/zentra_descriptor.bin"));
 
 pub use zentra::{common, events, fulfillment, inventory, notification, ops, order, payment, saga};

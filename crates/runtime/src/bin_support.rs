@@ -18,7 +18,7 @@ where
     D: Serialize + DeserializeOwned + Default,
 {
     let loaded = CommandLine::parse(std::env::args().skip(1)).and_then(|command_line| {
-        let (config, sources) = config::load::<ServiceConfig<D>>(command_line.config_file)?;
+        let (config, sources) = config::load::<D>(command_line.config_file)?;
         Ok((config, sources, command_line.print_config))
     });
     match loaded {

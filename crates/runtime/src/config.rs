@@ -14,7 +14,7 @@ pub const REDACTED: &str = "<redacted>";
 
 /// Settings every service shares; a service's own settings sit beside them (see [`ServiceConfig`]).
 // No deny_unknown_fields here: it is flattened beside the service's section. Nested sections deny them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct CommonConfig {
     /// The gRPC / grpc-web listener.
@@ -27,18 +27,6 @@ pub struct CommonConfig {
     pub outbox: OutboxConfig,
     /// Logs, traces and metrics.
     pub telemetry: TelemetryConfig,
-}
-
-impl Default for CommonConfig {
-    fn default() -> Self {
-        Self {
-            grpc: GrpcConfig::default(),
-            database: DatabaseConfig::default(),
-            kafka: KafkaConfig::default(),
-            outbox: OutboxConfig::default(),
-            telemetry: TelemetryConfig::default(),
-        }
-    }
 }
 
 /// A service's whole configuration: the shared part plus the service's own section.
@@ -331,20 +319,23 @@ impl CommandLine {
 }
 
 /// Loads configuration: defaults, then `file` (or `ZENTRA_CONFIG`), then `ZENTRA_*` variables.
-pub fn load<C>(file: Option<PathBuf>) -> Result<(C, ConfigSources), ConfigError>
+pub fn load<D>(file: Option<PathBuf>) -> Result<(ServiceConfig<D>, ConfigSources), ConfigError>
 where
-    C: Serialize + DeserializeOwned + Default,
+    D: Serialize + DeserializeOwned + Default,
 {
     load_from(file, Env::prefixed("ZENTRA_").split("__"))
 }
 
-/// Like [`load`], with the environment layer given (tests use [`figment::providers::Env`] maps).
-pub fn load_from<C>(file: Option<PathBuf>, env: Env) -> Result<(C, ConfigSources), ConfigError>
+/// Like [`load`], with the environment layer given.
+pub fn load_from<D>(
+    file: Option<PathBuf>,
+    env: Env,
+) -> Result<(ServiceConfig<D>, ConfigSources), ConfigError>
 where
-    C: Serialize + DeserializeOwned + Default,
+    D: Serialize + DeserializeOwned + Default,
 {
     let mut sources = vec!["defaults".to_owned()];
-    let mut figment = Figment::from(Serialized::defaults(C::default()));
+    let mut figment = Figment::from(Serialized::defaults(ServiceConfig::<D>::default()));
     let file = file.or_else(|| std::env::var_os("ZENTRA_CONFIG").map(PathBuf::from));
     if let Some(path) = file {
         if !path.exists() {
@@ -356,24 +347,18 @@ where
     // ZENTRA_CONFIG names the file; it is not a setting.
     figment = figment.merge(env.ignore(&["config"]));
     sources.push("environment".to_owned());
-    let config = figment
-        .extract::<C>()
-        .map_err(|error| ConfigError::Invalid(one_line(&error)))?;
-    Ok((config, ConfigSources(sources)))
+    // Extracted separately, not through serde's flatten, so an error names the key at fault.
+    let invalid = |error: figment::Error| ConfigError::Invalid(one_line(&error));
+    let common = figment.extract::<CommonConfig>().map_err(invalid)?;
+    let domain = figment.extract::<D>().map_err(invalid)?;
+    Ok((ServiceConfig { common, domain }, ConfigSources(sources)))
 }
 
 fn one_line(error: &figment::Error) -> String {
     error
         .clone()
         .into_iter()
-        .map(|e| {
-            let path = e.path.join(".");
-            if path.is_empty() {
-                e.to_string()
-            } else {
-                format!("{path}: {e}")
-            }
-        })
+        .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join("; ")
         .replace('\n', " ")
@@ -396,7 +381,13 @@ mod tests {
             "postgres://zentra:<redacted>@db.local:5432/orders"
         );
         assert!(!format!("{url:?}").contains("hunter2"));
-        assert!(!to_toml(&DatabaseConfig { url, ..Default::default() }).contains("hunter2"));
+        assert!(
+            !to_toml(&DatabaseConfig {
+                url,
+                ..Default::default()
+            })
+            .contains("hunter2")
+        );
     }
 
     #[test]
@@ -410,8 +401,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("ZENTRA_KAFKA__TOPIC_PREFIX", "t1.");
             jail.set_env("ZENTRA_OUTBOX__POLL_INTERVAL", "2s");
-            let (config, sources) =
-                load::<ServiceConfig<NoSettings>>(None).map_err(|e| e.to_string())?;
+            let (config, sources) = load::<NoSettings>(None).map_err(|e| e.to_string())?;
             assert_eq!(config.common.kafka.topic_prefix, "t1.");
             assert_eq!(config.common.outbox.poll_interval, Duration::from_secs(2));
             assert_eq!(sources.0, vec!["defaults", "environment"]);
@@ -427,8 +417,8 @@ mod tests {
                 "[kafka]\ntopic_prefix = \"file.\"\npartitions = 7\n",
             )?;
             jail.set_env("ZENTRA_KAFKA__TOPIC_PREFIX", "env.");
-            let (config, _) = load::<ServiceConfig<NoSettings>>(Some("zentra.toml".into()))
-                .map_err(|e| e.to_string())?;
+            let (config, _) =
+                load::<NoSettings>(Some("zentra.toml".into())).map_err(|e| e.to_string())?;
             assert_eq!(config.common.kafka.topic_prefix, "env.");
             assert_eq!(config.common.kafka.partitions, 7);
             Ok(())
@@ -439,12 +429,15 @@ mod tests {
     fn a_mistyped_value_is_one_clear_line() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("ZENTRA_OUTBOX__BATCH_SIZE", "lots");
-            let error = load::<ServiceConfig<NoSettings>>(None)
+            let error = load::<NoSettings>(None)
                 .err()
                 .ok_or("expected an error")?
                 .to_string();
             assert!(error.starts_with("invalid config:"), "{error}");
-            assert!(error.contains("batch_size"), "{error}");
+            assert!(
+                error.to_lowercase().contains("outbox.batch_size"),
+                "{error}"
+            );
             assert!(!error.contains('\n'));
             Ok(())
         });
@@ -452,16 +445,9 @@ mod tests {
 
     #[test]
     fn a_missing_config_file_is_reported() {
-        let error = load::<ServiceConfig<NoSettings>>(Some("/nonexistent/zentra.toml".into()))
+        let error = load::<NoSettings>(Some("/nonexistent/zentra.toml".into()))
             .err()
-            .map(|e| {
-            let path = e.path.join(".");
-            if path.is_empty() {
-                e.to_string()
-            } else {
-                format!("{path}: {e}")
-            }
-        });
+            .map(|e| e.to_string());
         assert_eq!(
             error.as_deref(),
             Some("invalid config: file /nonexistent/zentra.toml does not exist")

@@ -97,7 +97,9 @@ impl Faults {
             return 0;
         };
         let before = state.faults.len();
-        state.faults.retain(|f| kind.is_some_and(|kind| f.spec.kind() != kind));
+        state
+            .faults
+            .retain(|f| kind.is_some_and(|kind| f.spec.kind() != kind));
         before - state.faults.len()
     }
 

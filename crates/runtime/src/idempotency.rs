@@ -113,7 +113,13 @@ impl IdempotentTransaction {
 
     /// Stores `response` under the key and commits the work with it.
     pub async fn commit<R: prost::Message>(self, response: &R) -> Result<(), DbErr> {
-        store_response(&self.transaction, self.scope, &self.key, &response.encode_to_vec()).await?;
+        store_response(
+            &self.transaction,
+            self.scope,
+            &self.key,
+            &response.encode_to_vec(),
+        )
+        .await?;
         self.transaction.commit().await
     }
 }

@@ -9,12 +9,12 @@ use std::{
 use futures::future::BoxFuture;
 use tonic::{Request, Response, Status};
 use zentra_proto::ops::v1::{
-    self as pb, ops_service_server::OpsService, ClearFaultsRequest, ClearFaultsResponse,
-    DependencyHealth, FaultKind, GetBuildInfoRequest, GetBuildInfoResponse,
-    GetEffectiveConfigRequest, GetEffectiveConfigResponse, GetHealthSummaryRequest,
-    GetHealthSummaryResponse, GetLogLevelRequest, GetLogLevelResponse, HealthStatus,
-    InjectFaultRequest, InjectFaultResponse, ListFaultsRequest, ListFaultsResponse,
-    SetLogLevelRequest, SetLogLevelResponse,
+    self as pb, ClearFaultsRequest, ClearFaultsResponse, DependencyHealth, FaultKind,
+    GetBuildInfoRequest, GetBuildInfoResponse, GetEffectiveConfigRequest,
+    GetEffectiveConfigResponse, GetHealthSummaryRequest, GetHealthSummaryResponse,
+    GetLogLevelRequest, GetLogLevelResponse, HealthStatus, InjectFaultRequest, InjectFaultResponse,
+    ListFaultsRequest, ListFaultsResponse, SetLogLevelRequest, SetLogLevelResponse,
+    ops_service_server::OpsService,
 };
 
 use crate::{
@@ -143,8 +143,12 @@ impl OpsService for OpsApi {
         Ok(Response::new(GetBuildInfoResponse {
             service: self.context.service.to_owned(),
             version: self.context.version.to_owned(),
-            git_commit: option_env!("ZENTRA_GIT_COMMIT").unwrap_or_default().to_owned(),
-            rustc_version: option_env!("ZENTRA_RUSTC_VERSION").unwrap_or_default().to_owned(),
+            git_commit: option_env!("ZENTRA_GIT_COMMIT")
+                .unwrap_or_default()
+                .to_owned(),
+            rustc_version: option_env!("ZENTRA_RUSTC_VERSION")
+                .unwrap_or_default()
+                .to_owned(),
             pid: std::process::id(),
             start_time: Some(to_timestamp(self.context.started_at)),
         }))
@@ -194,7 +198,13 @@ impl OpsService for OpsApi {
         &self,
         _request: Request<ListFaultsRequest>,
     ) -> Result<Response<ListFaultsResponse>, Status> {
-        let faults = self.context.faults.active().iter().map(fault_to_proto).collect();
+        let faults = self
+            .context
+            .faults
+            .active()
+            .iter()
+            .map(fault_to_proto)
+            .collect();
         Ok(Response::new(ListFaultsResponse { faults }))
     }
 
@@ -294,7 +304,10 @@ fn fault_from_proto(fault: &pb::Fault, violations: &mut Violations) -> Option<Fa
         }
         Ok(FaultKind::Kill) => Some(FaultSpec::Kill),
         Ok(FaultKind::Unspecified) | Err(_) => {
-            violations.add("fault.kind", "must be LATENCY, ERROR_RATE, TPS_LIMIT or KILL");
+            violations.add(
+                "fault.kind",
+                "must be LATENCY, ERROR_RATE, TPS_LIMIT or KILL",
+            );
             None
         }
     }

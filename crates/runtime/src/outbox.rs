@@ -205,7 +205,10 @@ impl OutboxRelay {
                 "SELECT count(*) AS pending FROM outbox WHERE published_at IS NULL",
             ))
             .await?;
-        let pending = row.map(|row| row.try_get::<i64>("", "pending")).transpose()?.unwrap_or(0);
+        let pending = row
+            .map(|row| row.try_get::<i64>("", "pending"))
+            .transpose()?
+            .unwrap_or(0);
         metrics::gauge!(names::OUTBOX_PENDING).set(pending as f64);
         Ok(pending)
     }

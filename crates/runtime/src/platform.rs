@@ -73,7 +73,9 @@ impl Platform {
             .collect();
         kafka::ensure_topics(&common.kafka, &topics)
             .await
-            .with_context(|| format!("cannot set up topics on {}", common.kafka.bootstrap_servers))?;
+            .with_context(|| {
+                format!("cannot set up topics on {}", common.kafka.bootstrap_servers)
+            })?;
         let producer = EventProducer::new(&common.kafka, info.name)?;
         let relay = OutboxRelay::new(db.clone(), producer.clone(), common.outbox.clone());
         let probes: Vec<Arc<dyn DependencyProbe>> = vec![
@@ -90,7 +92,10 @@ impl Platform {
             probes: probes.into(),
             faults: Faults::default(),
         };
-        tracing::info!(service = info.name, "platform ready: database migrated, topics present");
+        tracing::info!(
+            service = info.name,
+            "platform ready: database migrated, topics present"
+        );
         Ok(Self {
             info,
             config: common,

@@ -57,7 +57,8 @@ impl GrpcServerBuilder {
         S::Future: Send + 'static,
     {
         self.domain_services.push(S::NAME.to_owned());
-        self.routes.add_service(tonic_web::GrpcWebLayer::new().layer(service));
+        self.routes
+            .add_service(tonic_web::GrpcWebLayer::new().layer(service));
         self
     }
 
@@ -155,7 +156,10 @@ impl BoundServer {
             //    injected faults too, as a caller sees them.
             .layer(ObserveLayer::new(observed))
             // 2. Faults: only domain RPCs, so ops, health and reflection always answer.
-            .layer(InjectFaultsLayer::new(ops.faults.clone(), domain_services.clone()))
+            .layer(InjectFaultsLayer::new(
+                ops.faults.clone(),
+                domain_services.clone(),
+            ))
             .into_inner();
 
         let health_task = tokio::spawn(report_health(

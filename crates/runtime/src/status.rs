@@ -106,14 +106,24 @@ mod tests {
         let details = status.get_error_details();
         let fields: Vec<_> = details
             .bad_request()
-            .map(|bad| bad.field_violations.iter().map(|v| v.field.clone()).collect())
+            .map(|bad| {
+                bad.field_violations
+                    .iter()
+                    .map(|v| v.field.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         assert_eq!(fields, ["sku", "lines[0].quantity"]);
     }
 
     #[test]
     fn idempotency_keys_must_be_present_short_and_printable() {
-        for (key, ok) in [("", false), ("k-1", true), ("has space", false), (&"x".repeat(129), false)] {
+        for (key, ok) in [
+            ("", false),
+            ("k-1", true),
+            ("has space", false),
+            (&"x".repeat(129), false),
+        ] {
             let mut violations = Violations::new();
             check_idempotency_key(key, &mut violations);
             assert_eq!(violations.is_empty(), ok, "{key:?}");

@@ -8,7 +8,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
-use tracing_subscriber::{EnvFilter, Layer as _, Registry, layer::SubscriberExt as _, reload};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, Registry, filter::LevelFilter, layer::SubscriberExt as _, reload,
+};
 
 use crate::config::{LogFormat, TelemetryConfig};
 
@@ -92,13 +94,10 @@ impl LogControl {
                 filter: filter.to_owned(),
                 reason: error.to_string(),
             })?;
-        let mut current = self
-            .current
-            .lock()
-            .map_err(|_| InvalidLogFilter {
-                filter: filter.to_owned(),
-                reason: "log filter lock poisoned".to_owned(),
-            })?;
+        let mut current = self.current.lock().map_err(|_| InvalidLogFilter {
+            filter: filter.to_owned(),
+            reason: "log filter lock poisoned".to_owned(),
+        })?;
         Ok(std::mem::replace(&mut *current, filter.to_owned()))
     }
 }
@@ -136,8 +135,11 @@ fn build(service: &str, config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
 
     // Spans always get trace ids (so incoming trace context flows into events and logs); they
     // leave the process only when an OTLP endpoint is configured.
-    let mut provider = SdkTracerProvider::builder()
-        .with_resource(Resource::builder().with_service_name(service.to_owned()).build());
+    let mut provider = SdkTracerProvider::builder().with_resource(
+        Resource::builder()
+            .with_service_name(service.to_owned())
+            .build(),
+    );
     if let Some(endpoint) = &config.otlp_endpoint {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -152,10 +154,15 @@ fn build(service: &str, config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_target(true).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
     };
+    // The runtime-changeable filter governs log output only: spans keep flowing to OpenTelemetry
+    // (and so trace context keeps flowing into events) even when logs are quiet.
     let subscriber = tracing_subscriber::registry()
-        .with(filter_layer)
-        .with(fmt_layer)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer));
+        .with(fmt_layer.with_filter(filter_layer))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(LevelFilter::INFO),
+        );
     // Another subscriber may already be installed (a test harness); ours then stays unused.
     let _ = tracing::subscriber::set_global_default(subscriber);
 
@@ -175,7 +182,8 @@ fn install_prometheus() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".to_owned()),
             &[
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ],
         )?
         .install_recorder()?;

@@ -1,0 +1,240 @@
+//! Fixtures for Zentra's integration tests. Every test gets its own PostgreSQL database, its own
+//! topic and consumer-group prefix and its own Redis key prefix, so tests run in parallel against
+//! one shared server of each kind and a rerun never sees old data.
+//!
+//! Environment (all optional): `ZENTRA_TEST_PG_URL` (admin URL, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), `ZENTRA_TEST_KAFKA` (default `127.0.0.1:9092`),
+//! `TEST_LOG` (a log filter; logs are off without it).
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use sea_orm::{ConnectionTrait as _, Database, DatabaseConnection};
+use zentra_runtime::{
+    config::{CommonConfig, SecretUrl, TelemetryConfig},
+    telemetry::{self, Telemetry},
+};
+
+/// Admin URL of the shared PostgreSQL server.
+pub fn postgres_admin_url() -> String {
+    std::env::var("ZENTRA_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Bootstrap servers of the shared broker.
+pub fn kafka_bootstrap() -> String {
+    std::env::var("ZENTRA_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// A short unique id for names.
+pub fn unique_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// Process telemetry for tests: quiet unless `TEST_LOG` holds a filter.
+pub fn telemetry() -> Telemetry {
+    let filter = std::env::var("TEST_LOG")
+        .ok()
+        .filter(|filter| !filter.is_empty())
+        .map(|filter| {
+            if filter == "1" {
+                "info".to_owned()
+            } else {
+                filter
+            }
+        })
+        .unwrap_or_else(|| "off".to_owned());
+    let config = TelemetryConfig {
+        log_filter: filter,
+        ..TelemetryConfig::default()
+    };
+    telemetry::init("test", &config)
+        .map(|guard| guard.telemetry().clone())
+        .unwrap_or_else(|error| panic!("telemetry: {error}"))
+}
+
+/// A uniquely named database on the shared server; dropped by [`TestDatabase::drop_database`].
+pub struct TestDatabase {
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    /// Creates `zt_<label>_<unique>`.
+    pub async fn create(label: &str) -> anyhow::Result<Self> {
+        let name = format!("zt_{label}_{}", unique_suffix());
+        let admin = admin().await?;
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        admin.close().await?;
+        let url = replace_database(&postgres_admin_url(), &name);
+        Ok(Self { name, url })
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its connection URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Opens a connection pool to it.
+    pub async fn connect(&self) -> anyhow::Result<DatabaseConnection> {
+        Ok(Database::connect(self.url.clone()).await?)
+    }
+
+    /// Drops it, ending any connection still open.
+    pub async fn drop_database(self) -> anyhow::Result<()> {
+        let admin = admin().await?;
+        admin
+            .execute_unprepared(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .await?;
+        admin.close().await?;
+        Ok(())
+    }
+}
+
+async fn admin() -> anyhow::Result<DatabaseConnection> {
+    Database::connect(postgres_admin_url())
+        .await
+        .context("cannot reach PostgreSQL (run deploy/local/infra-up.sh)")
+}
+
+fn replace_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[authority_end..]
+        .find('/')
+        .map(|i| authority_end + i)
+        .unwrap_or(base.len());
+    let mut replaced = format!("{}/{database}", &base[..path_start]);
+    if let Some(query) = query {
+        replaced.push('?');
+        replaced.push_str(query);
+    }
+    replaced
+}
+
+/// One test's isolated slice of the shared infrastructure.
+pub struct TestEnv {
+    /// Its database.
+    pub database: TestDatabase,
+    /// Prefix of its topics, consumer groups and Redis keys.
+    pub prefix: String,
+}
+
+impl TestEnv {
+    /// A fresh database and prefix for a test of `label`.
+    pub async fn new(label: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            database: TestDatabase::create(label).await?,
+            prefix: format!("zt-{label}-{}.", unique_suffix()),
+        })
+    }
+
+    /// Shared config pointing at this environment: its database, prefixed topics and groups,
+    /// port 0, a fast outbox relay.
+    pub fn common_config(&self) -> CommonConfig {
+        let mut config = CommonConfig::default();
+        config.database.url = SecretUrl::new(self.database.url());
+        config.database.max_connections = 12;
+        config.kafka.bootstrap_servers = kafka_bootstrap();
+        config.kafka.topic_prefix = self.prefix.clone();
+        config.kafka.group_prefix = self.prefix.clone();
+        config.kafka.partitions = 1;
+        config.outbox.poll_interval = Duration::from_millis(20);
+        config
+    }
+
+    /// Drops the database and deletes the topics named.
+    pub async fn cleanup(self, topics: &[String]) -> anyhow::Result<()> {
+        delete_topics(topics).await;
+        self.database.drop_database().await
+    }
+}
+
+/// Deletes topics; a broker that fails to is only logged (the prefix keeps tests apart anyway).
+pub async fn delete_topics(topics: &[String]) {
+    use rdkafka::{
+        ClientConfig,
+        admin::{AdminClient, AdminOptions},
+        client::DefaultClientContext,
+    };
+    if topics.is_empty() {
+        return;
+    }
+    let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create();
+    let Ok(admin) = admin else { return };
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if let Err(error) = admin.delete_topics(&names, &AdminOptions::new()).await {
+        tracing::warn!(%error, "deleting test topics failed");
+    }
+}
+
+/// Finds a command-line tool the project installs (`deploy/local/install-tools.sh`): on PATH or
+/// in the tool cache.
+pub fn tool(name: &str) -> PathBuf {
+    let cache = std::env::var_os("ZENTRA_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/zentra")));
+    let candidates = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(cache.map(|cache| cache.join("bin")));
+    for dir in candidates {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("{name} not found: run deploy/local/install-tools.sh");
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_replaces_the_path_and_keeps_the_query() {
+        assert_eq!(
+            replace_database("postgres://u@h:5432/postgres?sslmode=disable", "zt_x"),
+            "postgres://u@h:5432/zt_x?sslmode=disable"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h", "zt_x"),
+            "postgres://u@h/zt_x"
+        );
+    }
+}

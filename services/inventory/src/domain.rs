@@ -25,10 +25,9 @@ impl Sku {
             violations.add(field, "must be at most 64 characters");
             return None;
         }
-        if !value
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
-        {
+        if !value.bytes().all(|b| {
+            b.is_ascii_uppercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        }) {
             violations.add(field, "may hold only A-Z, 0-9, '-', '_' and '.'");
             return None;
         }
@@ -67,7 +66,10 @@ pub struct ReserveStock {
 
 impl ReserveStock {
     /// Validates a `ReserveStockRequest`.
-    pub fn parse(request: &pb::ReserveStockRequest, max_hold: Duration) -> Result<Self, Violations> {
+    pub fn parse(
+        request: &pb::ReserveStockRequest,
+        max_hold: Duration,
+    ) -> Result<Self, Violations> {
         let mut violations = Violations::new();
         check_idempotency_key(&request.idempotency_key, &mut violations);
         let order_id = parse_uuid("order_id", &request.order_id, &mut violations);
@@ -80,7 +82,11 @@ impl ReserveStock {
         let mut seen = BTreeSet::new();
         for (index, line) in request.lines.iter().take(MAX_LINES).enumerate() {
             let sku = Sku::parse(&format!("lines[{index}].sku"), &line.sku, &mut violations);
-            let quantity_ok = check_quantity(&format!("lines[{index}].quantity"), line.quantity, &mut violations);
+            let quantity_ok = check_quantity(
+                &format!("lines[{index}].quantity"),
+                line.quantity,
+                &mut violations,
+            );
             if let Some(sku) = sku {
                 if !seen.insert(sku.clone()) {
                     violations.add(format!("lines[{index}].sku"), "appears more than once");
@@ -98,7 +104,10 @@ impl ReserveStock {
             if hold.is_zero() {
                 violations.add("hold_duration", "must be positive");
             } else if hold > max_hold {
-                violations.add("hold_duration", format!("must be at most {}s", max_hold.as_secs()));
+                violations.add(
+                    "hold_duration",
+                    format!("must be at most {}s", max_hold.as_secs()),
+                );
             }
         }
         match (violations.is_empty(), order_id) {
@@ -173,7 +182,10 @@ impl CreateProduct {
                 if price.currency_code.len() != 3
                     || !price.currency_code.bytes().all(|b| b.is_ascii_uppercase())
                 {
-                    violations.add("unit_price.currency_code", "must be an ISO 4217 code such as USD");
+                    violations.add(
+                        "unit_price.currency_code",
+                        "must be an ISO 4217 code such as USD",
+                    );
                 }
                 (price.amount_minor, price.currency_code.clone())
             }
@@ -202,7 +214,10 @@ mod tests {
             order_id: Uuid::now_v7().to_string(),
             lines: lines
                 .into_iter()
-                .map(|(sku, quantity)| pb::ReservationLine { sku: sku.to_owned(), quantity })
+                .map(|(sku, quantity)| pb::ReservationLine {
+                    sku: sku.to_owned(),
+                    quantity,
+                })
                 .collect(),
             hold_duration: None,
             idempotency_key: "k".to_owned(),
@@ -210,13 +225,19 @@ mod tests {
     }
 
     fn fields(violations: &Violations) -> Vec<String> {
-        violations.fields().map(|(field, _)| field.to_owned()).collect()
+        violations
+            .fields()
+            .map(|(field, _)| field.to_owned())
+            .collect()
     }
 
     #[test]
     fn lines_are_sorted_by_sku_for_a_fixed_lock_order() {
-        let parsed = ReserveStock::parse(&request(vec![("B", 1), ("A", 2)]), Duration::from_secs(60));
-        let skus: Vec<_> = parsed.map(|p| p.lines.into_iter().map(|(s, _)| s.0).collect()).unwrap_or_default();
+        let parsed =
+            ReserveStock::parse(&request(vec![("B", 1), ("A", 2)]), Duration::from_secs(60));
+        let skus: Vec<_> = parsed
+            .map(|p| p.lines.into_iter().map(|(s, _)| s.0).collect())
+            .unwrap_or_default();
         assert_eq!(skus, ["A", "B"]);
     }
 
@@ -225,18 +246,32 @@ mod tests {
         let mut bad = request(vec![("a b", 0), ("OK", -1), ("OK", 1)]);
         bad.order_id = "not-a-uuid".to_owned();
         bad.idempotency_key.clear();
-        let violations = ReserveStock::parse(&bad, Duration::from_secs(60)).err().unwrap_or_default();
+        let violations = ReserveStock::parse(&bad, Duration::from_secs(60))
+            .err()
+            .unwrap_or_default();
         assert_eq!(
             fields(&violations),
-            ["idempotency_key", "order_id", "lines[0].sku", "lines[0].quantity", "lines[1].quantity", "lines[2].sku"]
+            [
+                "idempotency_key",
+                "order_id",
+                "lines[0].sku",
+                "lines[0].quantity",
+                "lines[1].quantity",
+                "lines[2].sku"
+            ]
         );
     }
 
     #[test]
     fn overlong_sku_and_hold_are_refused() {
         let mut bad = request(vec![(&"X".repeat(65), 1)]);
-        bad.hold_duration = Some(prost_types::Duration { seconds: 90_000, nanos: 0 });
-        let violations = ReserveStock::parse(&bad, Duration::from_secs(86_400)).err().unwrap_or_default();
+        bad.hold_duration = Some(prost_types::Duration {
+            seconds: 90_000,
+            nanos: 0,
+        });
+        let violations = ReserveStock::parse(&bad, Duration::from_secs(86_400))
+            .err()
+            .unwrap_or_default();
         assert_eq!(fields(&violations), ["lines[0].sku", "hold_duration"]);
     }
 }

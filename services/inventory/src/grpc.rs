@@ -54,7 +54,9 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let request = request.into_inner();
         let product = CreateProduct::parse(&request).map_err(InventoryError::from)?;
         let tx = match self
-            .begin("CreateProduct", &product.idempotency_key, &request, |r| r.idempotency_key.clear())
+            .begin("CreateProduct", &product.idempotency_key, &request, |r| {
+                r.idempotency_key.clear()
+            })
             .await?
         {
             Begin::Replay(response) => return Ok(Response::new(response)),
@@ -131,7 +133,9 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             return Err(violations.into_status());
         };
         let tx = match self
-            .begin("AdjustStock", &request.idempotency_key, &request, |r| r.idempotency_key.clear())
+            .begin("AdjustStock", &request.idempotency_key, &request, |r| {
+                r.idempotency_key.clear()
+            })
             .await?
         {
             Begin::Replay(response) => return Ok(Response::new(response)),
@@ -154,7 +158,9 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let reserve =
             ReserveStock::parse(&request, self.settings.max_hold).map_err(InventoryError::from)?;
         let tx = match self
-            .begin("ReserveStock", &reserve.idempotency_key, &request, |r| r.idempotency_key.clear())
+            .begin("ReserveStock", &reserve.idempotency_key, &request, |r| {
+                r.idempotency_key.clear()
+            })
             .await?
         {
             Begin::Replay(response) => return Ok(Response::new(response)),
@@ -183,9 +189,12 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             return Err(violations.into_status());
         };
         let tx = match self
-            .begin("ConfirmReservation", &request.idempotency_key, &request, |r| {
-                r.idempotency_key.clear()
-            })
+            .begin(
+                "ConfirmReservation",
+                &request.idempotency_key,
+                &request,
+                |r| r.idempotency_key.clear(),
+            )
             .await?
         {
             Begin::Replay(response) => return Ok(Response::new(response)),
@@ -217,9 +226,12 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             return Err(violations.into_status());
         };
         let tx = match self
-            .begin("ReleaseReservation", &request.idempotency_key, &request, |r| {
-                r.idempotency_key.clear()
-            })
+            .begin(
+                "ReleaseReservation",
+                &request.idempotency_key,
+                &request,
+                |r| r.idempotency_key.clear(),
+            )
             .await?
         {
             Begin::Replay(response) => return Ok(Response::new(response)),
@@ -299,7 +311,9 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
 fn next_token<T>(rows: &mut Vec<T>, size: u64, cursor: impl Fn(&T) -> String) -> String {
     if rows.len() as u64 > size {
         rows.truncate(size as usize);
-        rows.last().map(|row| encode_token(&cursor(row))).unwrap_or_default()
+        rows.last()
+            .map(|row| encode_token(&cursor(row)))
+            .unwrap_or_default()
     } else {
         String::new()
     }

@@ -76,7 +76,10 @@ impl Inventory {
     }
 
     /// Serves until `shutdown`, then stops background work.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
         let token = self.platform.shutdown.clone();
         let result = self.server.serve(shutdown).await;
         token.cancel();

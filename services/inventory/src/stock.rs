@@ -73,8 +73,14 @@ impl Stock {
                 low.push(taken);
             }
         }
-        store::insert_reservation(tx, reservation_id, request.order_id, &request.lines, expires_at)
-            .await?;
+        store::insert_reservation(
+            tx,
+            reservation_id,
+            request.order_id,
+            &request.lines,
+            expires_at,
+        )
+        .await?;
         let reservation = store::reservation(tx, reservation_id, false).await?;
         let reserved = pb::StockReserved {
             reservation_id: reservation_id.to_string(),

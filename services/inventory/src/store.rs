@@ -2,9 +2,7 @@
 //! conditional updates (`available >= $n`), so concurrent reservations can never oversell.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, Value,
-};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, Value};
 use uuid::Uuid;
 
 use crate::{domain::Sku, error::InventoryError};
@@ -151,7 +149,9 @@ pub async fn product<C: ConnectionTrait>(db: &C, sku: &str) -> Result<ProductRow
     ))
     .one(db)
     .await?
-    .ok_or_else(|| InventoryError::ProductNotFound { sku: sku.to_owned() })
+    .ok_or_else(|| InventoryError::ProductNotFound {
+        sku: sku.to_owned(),
+    })
 }
 
 /// Products in SKU order after `after`, filtered; `limit` rows at most.
@@ -367,7 +367,11 @@ pub async fn settle<C: ConnectionTrait>(
     to: ReservationState,
     reason: &str,
 ) -> Result<(), DbErr> {
-    let skus: Vec<String> = reservation.lines.iter().map(|(sku, _)| sku.clone()).collect();
+    let skus: Vec<String> = reservation
+        .lines
+        .iter()
+        .map(|(sku, _)| sku.clone())
+        .collect();
     let quantities: Vec<i64> = reservation.lines.iter().map(|(_, q)| *q).collect();
     let stock_change = if to == ReservationState::Confirmed {
         "reserved = p.reserved - l.quantity, sold = p.sold + l.quantity"

@@ -43,7 +43,10 @@ pub enum HandlerError {
 /// Processes events; must be idempotent, since a message can arrive twice.
 pub trait EventHandler: Send + Sync + 'static {
     /// Handles one event.
-    fn handle(&self, event: &ReceivedEvent) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    fn handle(
+        &self,
+        event: &ReceivedEvent,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 /// How a consumer behaves.
@@ -67,7 +70,10 @@ pub struct EventConsumer {
 
 impl EventConsumer {
     /// Subscribes; reading starts at the group's committed offsets, else at the earliest record.
-    pub fn subscribe(config: &KafkaConfig, settings: ConsumerSettings) -> Result<Self, KafkaFailure> {
+    pub fn subscribe(
+        config: &KafkaConfig,
+        settings: ConsumerSettings,
+    ) -> Result<Self, KafkaFailure> {
         let group = format!("{}{}", config.group_prefix, settings.group);
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &config.bootstrap_servers)

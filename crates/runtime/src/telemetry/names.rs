@@ -21,7 +21,10 @@ pub const FAULTS_APPLIED: &str = "zentra_faults_applied_total";
 
 /// Registers descriptions with the recorder.
 pub fn describe() {
-    metrics::describe_counter!(GRPC_REQUESTS, "gRPC requests handled, by service, method and code");
+    metrics::describe_counter!(
+        GRPC_REQUESTS,
+        "gRPC requests handled, by service, method and code"
+    );
     metrics::describe_counter!(GRPC_ERRORS, "gRPC requests that ended with a non-OK status");
     metrics::describe_histogram!(
         GRPC_DURATION,
@@ -31,7 +34,10 @@ pub fn describe() {
     metrics::describe_counter!(OUTBOX_PUBLISHED, "outbox events published to Kafka");
     metrics::describe_counter!(OUTBOX_FAILURES, "outbox publish rounds that failed");
     metrics::describe_gauge!(OUTBOX_PENDING, "events waiting in the outbox");
-    metrics::describe_counter!(CONSUMER_MESSAGES, "Kafka messages processed, by topic and outcome");
+    metrics::describe_counter!(
+        CONSUMER_MESSAGES,
+        "Kafka messages processed, by topic and outcome"
+    );
     metrics::describe_counter!(INBOX_DUPLICATES, "events skipped as already applied");
     metrics::describe_counter!(FAULTS_APPLIED, "faults injected into RPCs, by kind");
 }

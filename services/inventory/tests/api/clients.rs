@@ -1,0 +1,367 @@
+//! Clients nobody here wrote (grpcurl, buf curl), a raw grpc-web call over HTTP/1.1, health,
+//! the ops service and the metrics endpoint.
+
+use std::{process::Command, time::Duration};
+
+use prost::Message as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use zentra_proto::{
+    inventory::v1 as pb,
+    ops::v1::{self as ops, ops_service_client::OpsServiceClient},
+};
+use zentra_test_support::tool;
+
+use crate::helpers::TestApp;
+
+fn run(command: &mut Command) -> String {
+    let output = command.output().expect("tool runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_explores_the_service_through_reflection_v1alpha_and_calls_it() {
+    let app = TestApp::spawn("grpcurl").await;
+    app.create_product("SKU-CURL", 7).await;
+    let grpcurl = tool("grpcurl");
+    let addr = app.addr();
+
+    let services = run(Command::new(&grpcurl).args(["-plaintext", &addr, "list"]));
+    for service in [
+        "zentra.inventory.v1.InventoryService",
+        "zentra.ops.v1.OpsService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            services.lines().any(|line| line == service),
+            "{service} in {services}"
+        );
+    }
+    let described = run(Command::new(&grpcurl).args([
+        "-plaintext",
+        &addr,
+        "describe",
+        "zentra.inventory.v1.InventoryService.ReserveStock",
+    ]));
+    assert!(
+        described.contains("rpc ReserveStock ( .zentra.inventory.v1.ReserveStockRequest )"),
+        "{described}"
+    );
+    let message = run(Command::new(&grpcurl).args([
+        "-plaintext",
+        &addr,
+        "describe",
+        "zentra.inventory.v1.ReservationLine",
+    ]));
+    assert!(message.contains("int64 quantity = 2;"), "{message}");
+
+    let product = run(Command::new(&grpcurl).args([
+        "-plaintext",
+        "-d",
+        r#"{"sku":"SKU-CURL"}"#,
+        &addr,
+        "zentra.inventory.v1.InventoryService/GetProduct",
+    ]));
+    assert!(product.contains(r#""available": "7""#), "{product}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buf_curl_lists_and_calls_through_reflection_v1() {
+    let app = TestApp::spawn("bufcurl").await;
+    app.create_product("SKU-BUF", 3).await;
+    let buf = tool("buf");
+    let url = format!("http://{}", app.addr());
+
+    let methods = run(Command::new(&buf).args([
+        "curl",
+        "--http2-prior-knowledge",
+        "--protocol",
+        "grpc",
+        "--reflect-protocol",
+        "grpc-v1",
+        "--list-methods",
+        &url,
+    ]));
+    assert!(
+        methods.contains("zentra.inventory.v1.InventoryService/ReserveStock"),
+        "{methods}"
+    );
+
+    let reserved = run(Command::new(&buf).args([
+        "curl",
+        "--http2-prior-knowledge",
+        "--protocol",
+        "grpc",
+        "--reflect-protocol",
+        "grpc-v1",
+        "-d",
+        r#"{"order_id":"0190f0c8-0000-7000-8000-000000000001","lines":[{"sku":"SKU-BUF","quantity":2}],"idempotency_key":"buf-1"}"#,
+        &format!("{url}/zentra.inventory.v1.InventoryService/ReserveStock"),
+    ]));
+    assert!(
+        reserved.contains("RESERVATION_STATUS_PENDING"),
+        "{reserved}"
+    );
+    assert_eq!(app.product("SKU-BUF").await.available, 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_serving() {
+    let app = TestApp::spawn("health").await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr()))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+    let status = zentra_test_support::eventually(Duration::from_secs(10), || {
+        let mut health = health.clone();
+        async move {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: "zentra.inventory.v1.InventoryService".to_owned(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status;
+            (status == ServingStatus::Serving as i32).then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(status, Some(ServingStatus::Serving as i32));
+    let overall = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("overall");
+    assert_eq!(overall.into_inner().status, ServingStatus::Serving as i32);
+    app.stop().await;
+}
+
+/// One HTTP/1.1 exchange on a fresh connection; returns (head, body) with chunking undone.
+async fn http1(addr: &str, request: Vec<u8>) -> (String, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(&request).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head ends");
+    let head = String::from_utf8_lossy(&response[..split]).to_lowercase();
+    let mut body = response[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (head, body)
+}
+
+fn dechunk(mut input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = input.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&input[..line_end]).expect("hex"), 16)
+            .expect("size");
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&input[line_end + 2..line_end + 2 + size]);
+        input = &input[line_end + 2 + size + 2..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_web_call_over_http1_succeeds_on_the_same_port() {
+    let app = TestApp::spawn("grpcweb").await;
+    app.create_product("SKU-WEB", 9).await;
+    let message = pb::GetProductRequest {
+        sku: "SKU-WEB".to_owned(),
+    }
+    .encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    let mut request = format!(
+        "POST /zentra.inventory.v1.InventoryService/GetProduct HTTP/1.1\r\nhost: {}\r\n\
+         content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\norigin: http://control.example\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        app.addr(),
+        frame.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&frame);
+
+    let (head, body) = http1(&app.addr(), request).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: application/grpc-web+proto"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-expose-headers"),
+        "CORS exposes grpc-status: {head}"
+    );
+    // A data frame with the product, then a trailer frame with grpc-status 0.
+    assert_eq!(body[0], 0, "data frame first");
+    let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    let response = pb::GetProductResponse::decode(&body[5..5 + length]).expect("decodes");
+    assert_eq!(response.product.map(|p| p.available), Some(9));
+    let trailer = &body[5 + length..];
+    assert_eq!(trailer[0], 0x80, "trailer frame");
+    assert!(String::from_utf8_lossy(&trailer[5..]).contains("grpc-status:0"));
+
+    // The browser's CORS preflight is answered too.
+    let preflight = format!(
+        "OPTIONS /zentra.inventory.v1.InventoryService/GetProduct HTTP/1.1\r\nhost: {}\r\n\
+         origin: http://control.example\r\naccess-control-request-method: POST\r\n\
+         access-control-request-headers: content-type,x-grpc-web\r\nconnection: close\r\n\r\n",
+        app.addr()
+    );
+    let (head, _) = http1(&app.addr(), preflight.into_bytes()).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("access-control-allow-origin"), "{head}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_changes_log_level_injects_faults_and_metrics_count_rpcs() {
+    let app = TestApp::spawn("ops").await;
+    app.create_product("SKU-OPS", 1).await;
+    let mut ops = OpsServiceClient::connect(format!("http://{}", app.addr()))
+        .await
+        .expect("connect");
+
+    let changed = ops
+        .set_log_level(ops::SetLogLevelRequest {
+            filter: "warn,zentra_inventory=debug".to_owned(),
+            idempotency_key: "log-1".to_owned(),
+        })
+        .await
+        .expect("log level set")
+        .into_inner();
+    assert_eq!(changed.filter, "warn,zentra_inventory=debug");
+    let current = ops
+        .get_log_level(ops::GetLogLevelRequest {})
+        .await
+        .expect("read")
+        .into_inner();
+    assert_eq!(current.filter, "warn,zentra_inventory=debug");
+    ops.set_log_level(ops::SetLogLevelRequest {
+        filter: changed.previous_filter,
+        idempotency_key: "log-2".to_owned(),
+    })
+    .await
+    .expect("restored");
+    let bad = ops
+        .set_log_level(ops::SetLogLevelRequest {
+            filter: "[[[".to_owned(),
+            idempotency_key: "log-3".to_owned(),
+        })
+        .await
+        .expect_err("bad filter");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+
+    // A TPS limit of 2 really limits domain calls, and ops keeps answering.
+    ops.inject_fault(ops::InjectFaultRequest {
+        fault: Some(ops::Fault {
+            kind: ops::FaultKind::TpsLimit as i32,
+            tps_limit: 2,
+            ..Default::default()
+        }),
+        idempotency_key: "fault-1".to_owned(),
+    })
+    .await
+    .expect("fault injected");
+    let calls = (0..6).map(|_| {
+        let mut client = app.client.clone();
+        async move {
+            client
+                .get_product(pb::GetProductRequest {
+                    sku: "SKU-OPS".to_owned(),
+                })
+                .await
+        }
+    });
+    let limited = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter(|result| matches!(result, Err(status) if status.code() == Code::ResourceExhausted))
+        .count();
+    assert!(limited >= 4, "{limited} of 6 limited");
+    let faults = ops
+        .list_faults(ops::ListFaultsRequest {})
+        .await
+        .expect("listed")
+        .into_inner()
+        .faults;
+    assert_eq!(faults.len(), 1);
+    ops.clear_faults(ops::ClearFaultsRequest {
+        kind: 0,
+        idempotency_key: "clear-1".to_owned(),
+    })
+    .await
+    .expect("cleared");
+    app.product("SKU-OPS").await;
+
+    let config = ops
+        .get_effective_config(ops::GetEffectiveConfigRequest {})
+        .await
+        .expect("config")
+        .into_inner();
+    assert!(
+        config.config_toml.contains("[inventory]"),
+        "{}",
+        config.config_toml
+    );
+    let summary = ops
+        .get_health_summary(ops::GetHealthSummaryRequest {})
+        .await
+        .expect("summary")
+        .into_inner();
+    assert_eq!(
+        summary.status,
+        ops::HealthStatus::Serving as i32,
+        "{summary:?}"
+    );
+    let names: Vec<_> = summary
+        .dependencies
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(names, ["postgres", "kafka"]);
+
+    let (head, body) = http1(
+        &app.addr(),
+        format!(
+            "GET /metrics HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+            app.addr()
+        )
+        .into_bytes(),
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let metrics = String::from_utf8_lossy(&body);
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("zentra_grpc_server_requests_total")
+                && line.contains("method=\"GetProduct\"")
+                && line.contains("code=\"RESOURCE_EXHAUSTED\"")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("zentra_grpc_server_request_duration_seconds_bucket"));
+    app.stop().await;
+}

@@ -1,0 +1,219 @@
+//! Hostile and malformed input: precise statuses, and nothing stored changes.
+
+use tonic::Code;
+use tonic_types::StatusExt as _;
+use zentra_proto::inventory::v1 as pb;
+
+use crate::helpers::{TestApp, reserve_request};
+
+fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|v| v.field.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_reservations_are_refused_precisely_and_change_nothing() {
+    let app = TestApp::spawn("badinput").await;
+    app.create_product("SKU-OK", 5).await;
+    let tables = [
+        "products",
+        "reservations",
+        "reservation_lines",
+        "outbox",
+        "idempotency_keys",
+    ];
+    let mut before = Vec::new();
+    for table in tables {
+        before.push(app.count(table).await);
+    }
+
+    let cases: Vec<(&str, pb::ReserveStockRequest, &str)> = vec![
+        (
+            "empty request",
+            pb::ReserveStockRequest::default(),
+            "idempotency_key",
+        ),
+        (
+            "missing key",
+            reserve_request("SKU-OK", 1, ""),
+            "idempotency_key",
+        ),
+        (
+            "overlong key",
+            reserve_request("SKU-OK", 1, &"k".repeat(129)),
+            "idempotency_key",
+        ),
+        (
+            "zero quantity",
+            reserve_request("SKU-OK", 0, "q0"),
+            "lines[0].quantity",
+        ),
+        (
+            "negative quantity",
+            reserve_request("SKU-OK", -3, "qn"),
+            "lines[0].quantity",
+        ),
+        ("empty sku", reserve_request("", 1, "s0"), "lines[0].sku"),
+        (
+            "overlong sku",
+            reserve_request(&"S".repeat(65), 1, "s1"),
+            "lines[0].sku",
+        ),
+        (
+            "malformed sku",
+            reserve_request("sku with spaces;--", 1, "s2"),
+            "lines[0].sku",
+        ),
+        (
+            "malformed order id",
+            pb::ReserveStockRequest {
+                order_id: "order-1".to_owned(),
+                ..reserve_request("SKU-OK", 1, "o1")
+            },
+            "order_id",
+        ),
+        (
+            "overlong order id",
+            pb::ReserveStockRequest {
+                order_id: "0".repeat(1000),
+                ..reserve_request("SKU-OK", 1, "o2")
+            },
+            "order_id",
+        ),
+        (
+            "no lines",
+            pb::ReserveStockRequest {
+                lines: vec![],
+                ..reserve_request("SKU-OK", 1, "l0")
+            },
+            "lines",
+        ),
+    ];
+    for (case, request, field) in cases {
+        let status = app
+            .client
+            .clone()
+            .reserve_stock(request)
+            .await
+            .expect_err(case);
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert!(
+            violated_fields(&status).iter().any(|f| f == field),
+            "{case}: {:?}",
+            violated_fields(&status)
+        );
+    }
+
+    // An unknown SKU is NOT_FOUND, and the known line before it is not left taken.
+    let mut request = reserve_request("SKU-OK", 1, "unknown-sku");
+    request.lines.push(pb::ReservationLine {
+        sku: "SKU-ZZZ".to_owned(),
+        quantity: 1,
+    });
+    let status = app
+        .client
+        .clone()
+        .reserve_stock(request)
+        .await
+        .expect_err("unknown sku");
+    assert_eq!(status.code(), Code::NotFound);
+
+    let get = app
+        .client
+        .clone()
+        .get_reservation(pb::GetReservationRequest {
+            reservation_id: "../../etc/passwd".to_owned(),
+        })
+        .await
+        .expect_err("malformed id");
+    assert_eq!(get.code(), Code::InvalidArgument);
+    let missing = app
+        .client
+        .clone()
+        .get_reservation(pb::GetReservationRequest {
+            reservation_id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .expect_err("absent id");
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let mut after = Vec::new();
+    for table in tables {
+        after.push(app.count(table).await);
+    }
+    assert_eq!(before, after, "tables {tables:?}");
+    assert_eq!(app.product("SKU-OK").await.available, 5);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_product_and_stock_requests_are_refused() {
+    let app = TestApp::spawn("badproduct").await;
+    app.create_product("SKU-P", 1).await;
+    let duplicate = app
+        .client
+        .clone()
+        .create_product(pb::CreateProductRequest {
+            sku: "SKU-P".to_owned(),
+            name: "again".to_owned(),
+            unit_price: Some(zentra_proto::common::v1::Money {
+                currency_code: "USD".to_owned(),
+                amount_minor: 1,
+            }),
+            idempotency_key: "other-key".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("duplicate sku");
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+
+    let invalid = app
+        .client
+        .clone()
+        .create_product(pb::CreateProductRequest {
+            sku: "SKU-Q".to_owned(),
+            name: String::new(),
+            initial_stock: -1,
+            unit_price: Some(zentra_proto::common::v1::Money {
+                currency_code: "dollars".to_owned(),
+                amount_minor: -5,
+            }),
+            idempotency_key: "bad-product".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("invalid product");
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&invalid),
+        [
+            "name",
+            "initial_stock",
+            "unit_price.amount_minor",
+            "unit_price.currency_code"
+        ]
+    );
+
+    let overdraw = app
+        .client
+        .clone()
+        .adjust_stock(pb::AdjustStockRequest {
+            sku: "SKU-P".to_owned(),
+            delta: -2,
+            reason: "damaged".to_owned(),
+            idempotency_key: "overdraw".to_owned(),
+        })
+        .await
+        .expect_err("would go negative");
+    assert_eq!(overdraw.code(), Code::FailedPrecondition);
+    assert_eq!(app.product("SKU-P").await.available, 1);
+    app.stop().await;
+}
