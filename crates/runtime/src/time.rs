@@ -1,6 +1,6 @@
 //! Conversions between protobuf time types and std / chrono.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 
@@ -56,11 +56,4 @@ pub fn from_proto_duration(
             None
         }
     }
-}
-
-/// Seconds since the epoch, for logs.
-pub fn unix_seconds(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
