@@ -5,7 +5,7 @@ use std::{future::Future, time::Duration};
 
 use prost::Message as _;
 use rdkafka::{
-    ClientConfig, Message as _,
+    ClientConfig, Message as _, Offset, TopicPartitionList,
     consumer::{CommitMode, Consumer as _, StreamConsumer},
     message::{BorrowedMessage, Headers as _},
 };
@@ -90,10 +90,15 @@ impl EventConsumer {
 
     /// Consumes until `shutdown` is cancelled. A failing message is retried with backoff and its
     /// offset is not committed until it succeeds; an undecodable one is logged and skipped.
+    ///
+    /// Offsets are committed asynchronously as messages complete; at shutdown the positions of
+    /// what was processed are committed synchronously, so a successor in the group starts exactly
+    /// after them.
     pub async fn run<H: EventHandler>(self, handler: H, shutdown: CancellationToken) {
+        let mut processed = TopicPartitionList::new();
         loop {
             let message = tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
                 message = self.consumer.recv() => message,
             };
             let message = match message {
@@ -105,11 +110,34 @@ impl EventConsumer {
                 }
             };
             if !self.process(&message, &handler, &shutdown).await {
-                return;
+                break;
+            }
+            if processed
+                .find_partition(message.topic(), message.partition())
+                .is_none()
+            {
+                processed.add_partition(message.topic(), message.partition());
+            }
+            let next = Offset::Offset(message.offset() + 1);
+            if let Err(error) =
+                processed.set_partition_offset(message.topic(), message.partition(), next)
+            {
+                tracing::warn!(%error, "cannot track processed offset");
             }
             if let Err(error) = self.consumer.commit_message(&message, CommitMode::Async) {
                 tracing::warn!(%error, topic = message.topic(), offset = message.offset(), "offset commit failed");
             }
+        }
+        if processed.count() == 0 {
+            return;
+        }
+        // The synchronous commit blocks on the broker: keep it off the async workers.
+        let consumer = self.consumer;
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit(&processed, CommitMode::Sync))
+                .await;
+        if let Ok(Err(error)) = committed {
+            tracing::warn!(%error, "final offset commit failed");
         }
     }
 
