@@ -221,6 +221,9 @@ impl OpsService for OpsApi {
             Some(duration) => from_proto_duration(&duration, "fault.duration", &mut violations),
             None => None,
         };
+        if duration.is_some_and(|duration| duration > MAX_FAULT_DURATION) {
+            violations.add("fault.duration", "must be at most 24h");
+        }
         violations.into_result()?;
         let Some(spec) = spec else {
             return Err(crate::status::invalid_field("fault.kind", "is required"));
@@ -265,6 +268,7 @@ impl OpsService for OpsApi {
 }
 
 const MAX_INJECTED_LATENCY: Duration = Duration::from_secs(60);
+const MAX_FAULT_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 fn fault_from_proto(fault: &pb::Fault, violations: &mut Violations) -> Option<FaultSpec> {
     match FaultKind::try_from(fault.kind) {

@@ -119,10 +119,24 @@ impl OutboxRelay {
         }
     }
 
-    /// One round: locks up to a batch of unsent rows (other relays skip them), publishes them,
+    /// One round: takes the relay lock, locks up to a batch of unsent rows, publishes them,
     /// waits for every acknowledgement, then marks them sent in the same transaction.
     pub async fn publish_round(&self, after: AfterPublish) -> Result<usize, OutboxError> {
         let transaction = self.db.begin().await?;
+        // One relay at a time per database: two replicas publishing interleaved batches could
+        // put a later event of an aggregate on Kafka before an earlier one.
+        let locked = transaction
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT pg_try_advisory_xact_lock(hashtext('zentra.outbox.relay')) AS locked",
+            ))
+            .await?
+            .map(|row| row.try_get::<bool>("", "locked"))
+            .transpose()?
+            .unwrap_or(false);
+        if !locked {
+            return Ok(0);
+        }
         let rows = transaction
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,

@@ -73,7 +73,9 @@ fn decode_token(token: &str) -> Option<String> {
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
         .collect();
-    String::from_utf8(bytes?).ok()
+    String::from_utf8(bytes?)
+        .ok()
+        .filter(|cursor| !cursor.chars().any(char::is_control))
 }
 
 #[cfg(test)]
@@ -95,7 +97,7 @@ mod tests {
         Page::parse(
             Some(&PageRequest {
                 page_size: 501,
-                page_token: "garbage".to_owned(),
+                page_token: "pt100".to_owned(),
             }),
             &mut violations,
         );

@@ -148,8 +148,11 @@ impl BoundServer {
                 }),
             );
 
-        let mut observed = all_services.clone();
-        observed.extend(["grpc.health.v1.Health".to_owned()]);
+        let mut observed = method_paths(&all_services);
+        observed.extend([
+            "grpc.health.v1.Health/Check".to_owned(),
+            "grpc.health.v1.Health/Watch".to_owned(),
+        ]);
         // The tower stack, outermost first:
         let stack = tower::ServiceBuilder::new()
             // 1. Span and metrics: outermost, so latency and status include everything below,
@@ -255,6 +258,30 @@ async fn report_health(health: HealthReporter, ops: OpsContext, services: Vec<St
             last = Some(status);
         }
     }
+}
+
+/// Every `service/method` path of the given services, from the contracts' descriptor set.
+fn method_paths(services: &[String]) -> Vec<String> {
+    use prost::Message as _;
+    let Ok(descriptors) = prost_types::FileDescriptorSet::decode(zentra_proto::FILE_DESCRIPTOR_SET)
+    else {
+        return Vec::new();
+    };
+    let mut paths = Vec::new();
+    for file in &descriptors.file {
+        for service in &file.service {
+            let name = format!("{}.{}", file.package(), service.name());
+            if services.contains(&name) {
+                paths.extend(
+                    service
+                        .method
+                        .iter()
+                        .map(|m| format!("{name}/{}", m.name())),
+                );
+            }
+        }
+    }
+    paths
 }
 
 fn cors(allowed_origins: &[String]) -> CorsLayer {

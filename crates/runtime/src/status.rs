@@ -73,6 +73,17 @@ pub fn check_idempotency_key(key: &str, violations: &mut Violations) {
     }
 }
 
+/// Checks a free-text field: 1..=`max_chars` characters after trimming, no control characters
+/// (PostgreSQL refuses NUL in text, and nothing legitimate needs the others).
+pub fn check_text(field: &str, value: &str, max_chars: usize, violations: &mut Violations) {
+    let trimmed = value.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > max_chars {
+        violations.add(field, format!("must be 1..={max_chars} characters"));
+    } else if trimmed.chars().any(char::is_control) {
+        violations.add(field, "must not contain control characters");
+    }
+}
+
 /// Parses a UUID field, recording a violation when it is missing or malformed.
 pub fn parse_uuid(field: &str, value: &str, violations: &mut Violations) -> Option<uuid::Uuid> {
     if value.is_empty() {

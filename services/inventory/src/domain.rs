@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, fmt, time::Duration};
 use uuid::Uuid;
 use zentra_proto::inventory::v1 as pb;
 use zentra_runtime::{
-    status::{Violations, check_idempotency_key, parse_uuid},
+    status::{Violations, check_idempotency_key, check_text, parse_uuid},
     time::from_proto_duration,
 };
 
@@ -161,9 +161,7 @@ impl CreateProduct {
         check_idempotency_key(&request.idempotency_key, &mut violations);
         let sku = Sku::parse("sku", &request.sku, &mut violations);
         let name = request.name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
-            violations.add("name", "must be 1..=200 characters");
-        }
+        check_text("name", name, 200, &mut violations);
         if !(0..=1_000_000_000).contains(&request.initial_stock) {
             violations.add("initial_stock", "must be between 0 and 1000000000");
         }

@@ -6,7 +6,7 @@ use zentra_proto::{common::v1::PageResponse, inventory::v1 as pb};
 use zentra_runtime::{
     idempotency::{self, Begin},
     paging::{Page, encode_token},
-    status::{Violations, check_idempotency_key, parse_uuid},
+    status::{Violations, check_idempotency_key, check_text, parse_uuid},
 };
 
 use crate::{
@@ -94,8 +94,8 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let request = request.into_inner();
         let mut violations = Violations::new();
         let page = Page::parse(request.page.as_ref(), &mut violations);
-        if request.sku_prefix.len() > 64 {
-            violations.add("sku_prefix", "must be at most 64 characters");
+        if !request.sku_prefix.is_empty() {
+            Sku::parse("sku_prefix", &request.sku_prefix, &mut violations);
         }
         violations.into_result()?;
         let mut rows = store::list_products(
@@ -126,9 +126,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             violations.add("delta", "must be non-zero and at most 1000000000 in size");
         }
         let reason = request.reason.trim();
-        if reason.is_empty() || reason.chars().count() > 500 {
-            violations.add("reason", "must be 1..=500 characters");
-        }
+        check_text("reason", reason, 500, &mut violations);
         let Some(sku) = sku.filter(|_| violations.is_empty()) else {
             return Err(violations.into_status());
         };
@@ -219,9 +217,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         check_idempotency_key(&request.idempotency_key, &mut violations);
         let id = parse_uuid("reservation_id", &request.reservation_id, &mut violations);
         let reason = request.reason.trim();
-        if reason.is_empty() || reason.chars().count() > 500 {
-            violations.add("reason", "must be 1..=500 characters");
-        }
+        check_text("reason", reason, 500, &mut violations);
         let Some(id) = id.filter(|_| violations.is_empty()) else {
             return Err(violations.into_status());
         };

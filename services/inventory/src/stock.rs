@@ -116,6 +116,14 @@ impl Stock {
         let reservation = store::reservation(tx, reservation_id, true).await?;
         match reservation.state {
             ReservationState::Confirmed => return Ok(reservation),
+            // Past its hold but not yet swept: as good as expired.
+            ReservationState::Pending if reservation.expires_at <= Utc::now() => {
+                return Err(InventoryError::IllegalTransition {
+                    reservation_id: reservation_id.to_string(),
+                    status: "EXPIRED",
+                    action: "confirmed",
+                });
+            }
             ReservationState::Pending => {}
             other => {
                 return Err(InventoryError::IllegalTransition {
@@ -164,25 +172,28 @@ impl Stock {
         store::reservation(tx, reservation_id, false).await
     }
 
-    /// Returns the stock of up to `limit` expired pending reservations; returns how many.
+    /// Returns the stock of up to `limit` expired pending reservations, one transaction each
+    /// (a transaction then locks only one reservation's products); returns how many.
     pub async fn expire_due(&self, limit: u64) -> Result<usize, InventoryError> {
-        let tx = self.db.begin().await?;
-        let ids = store::lock_expired(&tx, limit).await?;
-        for id in &ids {
-            let reservation = store::reservation(&tx, *id, false).await?;
+        let mut expired = 0;
+        while (expired as u64) < limit {
+            let tx = self.db.begin().await?;
+            let Some(id) = store::lock_expired(&tx, 1).await?.pop() else {
+                break;
+            };
+            let reservation = store::reservation(&tx, id, false).await?;
             store::settle(&tx, &reservation, ReservationState::Expired, "hold expired").await?;
             let event = pb::ReservationExpired {
                 reservation_id: id.to_string(),
                 order_id: reservation.order_id.to_string(),
             };
             self.emit(&tx, &event, &reservation).await?;
+            tx.commit().await?;
+            self.committed();
+            expired += 1;
             tracing::info!(reservation_id = %id, order_id = %reservation.order_id, "reservation expired");
         }
-        tx.commit().await?;
-        if !ids.is_empty() {
-            self.committed();
-        }
-        Ok(ids.len())
+        Ok(expired)
     }
 
     async fn emit<C: ConnectionTrait, M: prost::Name>(

@@ -373,6 +373,13 @@ pub async fn settle<C: ConnectionTrait>(
         .map(|(sku, _)| sku.clone())
         .collect();
     let quantities: Vec<i64> = reservation.lines.iter().map(|(_, q)| *q).collect();
+    // Lock the products in SKU order, the order reservations take them in, so a settle and a
+    // reservation touching the same products can never deadlock.
+    db.execute_raw(statement(
+        "SELECT 1 FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+        [skus.clone().into()],
+    ))
+    .await?;
     let stock_change = if to == ReservationState::Confirmed {
         "reserved = p.reserved - l.quantity, sold = p.sold + l.quantity"
     } else {
@@ -396,6 +403,7 @@ pub async fn settle<C: ConnectionTrait>(
 
 /// Locks up to `limit` pending reservations past their expiry; other sweepers skip them.
 pub async fn lock_expired<C: ConnectionTrait>(db: &C, limit: u64) -> Result<Vec<Uuid>, DbErr> {
+    // One at a time keeps each sweep transaction to one reservation's products.
     #[derive(FromQueryResult)]
     struct Id {
         id: Uuid,

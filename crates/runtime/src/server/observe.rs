@@ -21,15 +21,16 @@ use crate::telemetry::names;
 /// Wraps services with [`Observe`].
 #[derive(Clone)]
 pub struct ObserveLayer {
-    /// gRPC service names served here; other paths are labelled `unknown` to bound cardinality.
-    known_services: Arc<HashSet<String>>,
+    /// `service/method` paths served here; any other path is labelled `unknown`, so callers
+    /// cannot grow the number of time series.
+    known_methods: Arc<HashSet<String>>,
 }
 
 impl ObserveLayer {
-    /// Observes RPCs of the given services.
-    pub fn new(known_services: impl IntoIterator<Item = String>) -> Self {
+    /// Observes RPCs of the given `service/method` paths.
+    pub fn new(known_methods: impl IntoIterator<Item = String>) -> Self {
         Self {
-            known_services: Arc::new(known_services.into_iter().collect()),
+            known_methods: Arc::new(known_methods.into_iter().collect()),
         }
     }
 }
@@ -40,7 +41,7 @@ impl<S> Layer<S> for ObserveLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Observe {
             inner,
-            known_services: self.known_services.clone(),
+            known_methods: self.known_methods.clone(),
         }
     }
 }
@@ -49,7 +50,7 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
-    known_services: Arc<HashSet<String>>,
+    known_methods: Arc<HashSet<String>>,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for Observe<S>
@@ -70,7 +71,7 @@ where
         // Take the service that was driven to readiness; leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let Some((service, method)) = rpc_name(request.uri().path(), &self.known_services) else {
+        let Some((service, method)) = rpc_name(request.uri().path(), &self.known_methods) else {
             return Box::pin(inner.call(request));
         };
 
@@ -114,8 +115,9 @@ where
 
 /// `(service, method)` of a gRPC path; `None` for other HTTP paths such as `/metrics`.
 fn rpc_name(path: &str, known: &HashSet<String>) -> Option<(String, String)> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    if known.contains(service) {
+    let full = path.strip_prefix('/')?;
+    let (service, method) = full.split_once('/')?;
+    if known.contains(full) {
         Some((service.to_owned(), method.to_owned()))
     } else {
         Some(("unknown".to_owned(), "unknown".to_owned()))

@@ -274,6 +274,24 @@ async fn ops_changes_log_level_injects_faults_and_metrics_count_rpcs() {
         .expect_err("bad filter");
     assert_eq!(bad.code(), Code::InvalidArgument);
 
+    // A duration beyond any sane bound is refused, not an overflow.
+    let forever = ops
+        .inject_fault(ops::InjectFaultRequest {
+            fault: Some(ops::Fault {
+                kind: ops::FaultKind::ErrorRate as i32,
+                error_rate: 0.5,
+                duration: Some(prost_types::Duration {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            idempotency_key: "fault-forever".to_owned(),
+        })
+        .await
+        .expect_err("too long");
+    assert_eq!(forever.code(), Code::InvalidArgument);
+
     // A TPS limit of 2 really limits domain calls, and ops keeps answering.
     ops.inject_fault(ops::InjectFaultRequest {
         fault: Some(ops::Fault {

@@ -275,3 +275,43 @@ async fn products_page_through_in_sku_order() {
     assert_eq!(seen, ["P-A", "P-B", "P-C"]);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_past_its_expiry_cannot_be_confirmed_even_before_the_sweep() {
+    let app = TestApp::spawn_with(
+        "latehold",
+        Options {
+            sweep: Duration::from_secs(3600),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.create_product("SKU-LATE", 2).await;
+    let mut request = reserve_request("SKU-LATE", 1, "late-hold");
+    request.hold_duration = Some(prost_types::Duration {
+        seconds: 0,
+        nanos: 200_000_000,
+    });
+    let reservation = app
+        .client
+        .clone()
+        .reserve_stock(request)
+        .await
+        .expect("reserved")
+        .into_inner()
+        .reservation
+        .expect("reservation");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let status = app
+        .client
+        .clone()
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: reservation.reservation_id,
+            idempotency_key: "confirm-late-hold".to_owned(),
+        })
+        .await
+        .expect_err("hold ran out");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(app.product("SKU-LATE").await.sold, 0);
+    app.stop().await;
+}

@@ -215,5 +215,43 @@ async fn bad_product_and_stock_requests_are_refused() {
         .expect_err("would go negative");
     assert_eq!(overdraw.code(), Code::FailedPrecondition);
     assert_eq!(app.product("SKU-P").await.available, 1);
+
+    // Control characters (PostgreSQL refuses NUL in text) are the caller's error, not ours.
+    let nul = app
+        .client
+        .clone()
+        .adjust_stock(pb::AdjustStockRequest {
+            sku: "SKU-P".to_owned(),
+            delta: 1,
+            reason: "restock\0".to_owned(),
+            idempotency_key: "nul".to_owned(),
+        })
+        .await
+        .expect_err("nul in reason");
+    assert_eq!(nul.code(), Code::InvalidArgument);
+    let prefix = app
+        .client
+        .clone()
+        .list_products(pb::ListProductsRequest {
+            sku_prefix: "P\0".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("nul in prefix");
+    assert_eq!(prefix.code(), Code::InvalidArgument);
+    let token = app
+        .client
+        .clone()
+        .list_products(pb::ListProductsRequest {
+            page: Some(zentra_proto::common::v1::PageRequest {
+                page_size: 1,
+                page_token: "pt100".to_owned(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("forged token");
+    assert_eq!(token.code(), Code::InvalidArgument);
+    assert_eq!(app.product("SKU-P").await.available, 1);
     app.stop().await;
 }
