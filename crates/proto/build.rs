@@ -26,6 +26,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("zentra_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
+    fs::write(
+        out_dir.join("idempotent_requests.rs"),
+        idempotent_requests(&descriptors),
+    )?;
 
     // Server code and transport-backed clients only when the `server` feature is on; the browser
     // build keeps just the messages and transport-agnostic clients.
@@ -42,6 +46,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .emit_rerun_if_changed(false)
         .compile_fds_with_config(descriptors, config)?;
     Ok(())
+}
+
+/// `IdempotentRequest` impls for every message with a string `idempotency_key` field.
+fn idempotent_requests(descriptors: &prost_types::FileDescriptorSet) -> String {
+    let mut code = String::new();
+    for file in &descriptors.file {
+        let package = file.package();
+        if !package.starts_with("zentra.") {
+            continue;
+        }
+        let module = package.replace('.', "::");
+        for message in &file.message_type {
+            let keyed = message.field.iter().any(|field| {
+                field.name() == "idempotency_key"
+                    && field.r#type() == prost_types::field_descriptor_proto::Type::String
+            });
+            if keyed {
+                code.push_str(&format!(
+                    "impl crate::IdempotentRequest for crate::{module}::{name} {{\n\
+                     \x20   fn idempotency_key(&self) -> &str {{ &self.idempotency_key }}\n\
+                     \x20   fn without_key(&self) -> Self {{ Self {{ idempotency_key: String::new(), ..self.clone() }} }}\n\
+                     }}\n",
+                    name = message.name()
+                ));
+            }
+        }
+    }
+    code
 }
 
 fn collect_protos(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {

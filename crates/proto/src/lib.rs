@@ -13,3 +13,14 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/zentra_descriptor.bin"));
 
 pub use zentra::{common, events, fulfillment, inventory, notification, ops, order, payment, saga};
+
+/// A request that carries an idempotency key; implemented for every contract message with a
+/// string `idempotency_key` field.
+pub trait IdempotentRequest: prost::Message + Clone {
+    /// The key.
+    fn idempotency_key(&self) -> &str;
+    /// A copy without the key, for fingerprinting (a retry must match on everything else).
+    fn without_key(&self) -> Self;
+}
+
+include!(concat!(env!("OUT_DIR"), "/idempotent_requests.rs"));

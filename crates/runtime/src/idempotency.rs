@@ -7,6 +7,7 @@ use sea_orm::{
     TransactionTrait as _,
 };
 use sha2::{Digest as _, Sha256};
+pub use zentra_proto::IdempotentRequest;
 
 /// What claiming a key found.
 #[derive(Debug)]
@@ -145,4 +146,18 @@ pub async fn begin<R: prost::Message + Default>(
             Ok(Begin::Replay(response))
         }
     }
+}
+
+/// [`begin`] for a request: claims its key with the fingerprint of the rest of it.
+pub async fn begin_request<R, Q>(
+    db: &DatabaseConnection,
+    scope: &'static str,
+    request: &Q,
+) -> Result<Begin<R>, IdempotencyError>
+where
+    R: prost::Message + Default,
+    Q: IdempotentRequest,
+{
+    let fingerprint = fingerprint(&request.without_key());
+    begin(db, scope, request.idempotency_key(), &fingerprint).await
 }

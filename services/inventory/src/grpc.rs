@@ -29,20 +29,19 @@ impl InventoryApi {
     pub fn new(stock: Stock, settings: InventorySettings) -> Self {
         Self { stock, settings }
     }
+}
 
-    /// Opens an idempotent transaction for `request` (hashed without its key).
-    async fn begin<R: prost::Message + Default, Q: prost::Message + Clone>(
-        &self,
-        scope: &'static str,
-        key: &str,
-        request: &Q,
-        clear_key: impl FnOnce(&mut Q),
-    ) -> Result<Begin<R>, InventoryError> {
-        let mut keyless = request.clone();
-        clear_key(&mut keyless);
-        let fingerprint = idempotency::fingerprint(&keyless);
-        Ok(idempotency::begin(self.stock.db(), scope, key, &fingerprint).await?)
-    }
+/// Opens the transaction of a mutating RPC, or returns its earlier answer from the handler.
+macro_rules! fresh_or_replay {
+    ($api:expr, $scope:literal, $request:expr) => {
+        match idempotency::begin_request($api.stock.db(), $scope, &$request)
+            .await
+            .map_err(InventoryError::from)?
+        {
+            Begin::Replay(response) => return Ok(Response::new(response)),
+            Begin::Fresh(tx) => tx,
+        }
+    };
 }
 
 #[tonic::async_trait]
@@ -53,15 +52,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     ) -> Result<Response<pb::CreateProductResponse>, Status> {
         let request = request.into_inner();
         let product = CreateProduct::parse(&request).map_err(InventoryError::from)?;
-        let tx = match self
-            .begin("CreateProduct", &product.idempotency_key, &request, |r| {
-                r.idempotency_key.clear()
-            })
-            .await?
-        {
-            Begin::Replay(response) => return Ok(Response::new(response)),
-            Begin::Fresh(tx) => tx,
-        };
+        let tx = fresh_or_replay!(self, "CreateProduct", request);
         let row = store::insert_product(tx.transaction(), &product).await?;
         let response = pb::CreateProductResponse {
             product: Some(convert::product(row)),
@@ -130,15 +121,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let Some(sku) = sku.filter(|_| violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let tx = match self
-            .begin("AdjustStock", &request.idempotency_key, &request, |r| {
-                r.idempotency_key.clear()
-            })
-            .await?
-        {
-            Begin::Replay(response) => return Ok(Response::new(response)),
-            Begin::Fresh(tx) => tx,
-        };
+        let tx = fresh_or_replay!(self, "AdjustStock", request);
         let row = store::adjust_stock(tx.transaction(), &sku, request.delta, reason).await?;
         let response = pb::AdjustStockResponse {
             product: Some(convert::product(row)),
@@ -155,15 +138,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let request = request.into_inner();
         let reserve =
             ReserveStock::parse(&request, self.settings.max_hold).map_err(InventoryError::from)?;
-        let tx = match self
-            .begin("ReserveStock", &reserve.idempotency_key, &request, |r| {
-                r.idempotency_key.clear()
-            })
-            .await?
-        {
-            Begin::Replay(response) => return Ok(Response::new(response)),
-            Begin::Fresh(tx) => tx,
-        };
+        let tx = fresh_or_replay!(self, "ReserveStock", request);
         let hold = reserve.hold.unwrap_or(self.settings.default_hold);
         let reservation = self.stock.reserve(tx.transaction(), &reserve, hold).await?;
         let response = pb::ReserveStockResponse {
@@ -186,18 +161,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let Some(id) = id.filter(|_| violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let tx = match self
-            .begin(
-                "ConfirmReservation",
-                &request.idempotency_key,
-                &request,
-                |r| r.idempotency_key.clear(),
-            )
-            .await?
-        {
-            Begin::Replay(response) => return Ok(Response::new(response)),
-            Begin::Fresh(tx) => tx,
-        };
+        let tx = fresh_or_replay!(self, "ConfirmReservation", request);
         let reservation = self.stock.confirm(tx.transaction(), id).await?;
         let response = pb::ConfirmReservationResponse {
             reservation: Some(convert::reservation(&reservation)),
@@ -221,18 +185,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let Some(id) = id.filter(|_| violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let tx = match self
-            .begin(
-                "ReleaseReservation",
-                &request.idempotency_key,
-                &request,
-                |r| r.idempotency_key.clear(),
-            )
-            .await?
-        {
-            Begin::Replay(response) => return Ok(Response::new(response)),
-            Begin::Fresh(tx) => tx,
-        };
+        let tx = fresh_or_replay!(self, "ReleaseReservation", request);
         let reservation = self.stock.release(tx.transaction(), id, reason).await?;
         let response = pb::ReleaseReservationResponse {
             reservation: Some(convert::reservation(&reservation)),
