@@ -15,17 +15,20 @@ tools:
 
 # Start PostgreSQL, Redis and the tansu broker if they are not running
 infra:
-    deploy/local/infra-up.sh zentra_inventory
+    deploy/local/infra-up.sh zentra_inventory zentra_order
 
 # Stop the broker started by `just infra`
 infra-down:
     deploy/local/infra-down.sh
 
 # Run the inventory service on :50051 against the local infrastructure
-up: infra
-    ZENTRA_DATABASE__URL=${ZENTRA_DATABASE__URL:-postgres://postgres@127.0.0.1:5432/zentra_inventory} \
-    ZENTRA_GRPC__LISTEN_ADDR=${ZENTRA_GRPC__LISTEN_ADDR:-127.0.0.1:50051} \
-    cargo run -p zentra-inventory
+up: (run "inventory" "50051")
+
+# Run one service (inventory, order) on a port against the local infrastructure
+run service port: infra
+    ZENTRA_DATABASE__URL=${ZENTRA_DATABASE__URL:-postgres://postgres@127.0.0.1:5432/zentra_{{service}}} \
+    ZENTRA_GRPC__LISTEN_ADDR=${ZENTRA_GRPC__LISTEN_ADDR:-127.0.0.1:{{port}}} \
+    cargo run -p zentra-{{service}}
 
 # Formatting, clippy (warnings are errors) and buf lint
 lint:

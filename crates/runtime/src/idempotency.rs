@@ -161,3 +161,21 @@ where
     let fingerprint = fingerprint(&request.without_key());
     begin(db, scope, request.idempotency_key(), &fingerprint).await
 }
+
+/// In a tonic handler: opens the transaction of a mutating RPC, or returns the stored answer of
+/// an earlier identical call from the handler. `$error` must convert from [`IdempotencyError`]
+/// and into `tonic::Status`.
+#[macro_export]
+macro_rules! fresh_or_replay {
+    ($db:expr, $scope:literal, $request:expr, $error:ty) => {
+        match $crate::idempotency::begin_request($db, $scope, &$request)
+            .await
+            .map_err(<$error>::from)?
+        {
+            $crate::idempotency::Begin::Replay(response) => {
+                return Ok(::tonic::Response::new(response));
+            }
+            $crate::idempotency::Begin::Fresh(tx) => tx,
+        }
+    };
+}

@@ -19,5 +19,6 @@ pub mod server;
 pub mod status;
 pub mod telemetry;
 pub mod time;
+pub mod validate;
 
 pub use tokio_util::sync::CancellationToken;

@@ -238,3 +238,62 @@ mod tests {
         );
     }
 }
+
+/// Collects every event on some topics with a consumer group of its own.
+pub struct EventCollector {
+    received: std::sync::Arc<std::sync::Mutex<Vec<zentra_runtime::kafka::ReceivedEvent>>>,
+    stop: zentra_runtime::CancellationToken,
+}
+
+#[derive(Clone)]
+struct Collect(std::sync::Arc<std::sync::Mutex<Vec<zentra_runtime::kafka::ReceivedEvent>>>);
+
+impl zentra_runtime::kafka::EventHandler for Collect {
+    async fn handle(
+        &self,
+        event: &zentra_runtime::kafka::ReceivedEvent,
+    ) -> Result<(), zentra_runtime::kafka::HandlerError> {
+        self.0
+            .lock()
+            .map_err(|_| zentra_runtime::kafka::HandlerError::Permanent("poisoned".to_owned()))?
+            .push(event.clone());
+        Ok(())
+    }
+}
+
+impl EventCollector {
+    /// Starts collecting `topics` from their beginning.
+    pub fn start(config: &zentra_runtime::config::KafkaConfig, topics: &[String]) -> Self {
+        let consumer = zentra_runtime::kafka::EventConsumer::subscribe(
+            config,
+            zentra_runtime::kafka::ConsumerSettings {
+                group: format!("collector-{}", unique_suffix()),
+                topics: topics.to_vec(),
+                initial_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_millis(500),
+            },
+        )
+        .unwrap_or_else(|error| panic!("collector subscribes: {error}"));
+        let received = std::sync::Arc::default();
+        let stop = zentra_runtime::CancellationToken::new();
+        tokio::spawn(consumer.run(Collect(std::sync::Arc::clone(&received)), stop.clone()));
+        Self { received, stop }
+    }
+
+    /// Waits until at least `count` events arrived (20 s at most), gives stragglers 700 ms, stops
+    /// and returns everything received.
+    pub async fn collect(self, count: usize) -> Vec<zentra_runtime::kafka::ReceivedEvent> {
+        let received = std::sync::Arc::clone(&self.received);
+        eventually(Duration::from_secs(20), || {
+            let received = std::sync::Arc::clone(&received);
+            async move {
+                let len = received.lock().map(|r| r.len()).unwrap_or(0);
+                (len >= count).then_some(())
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        self.stop.cancel();
+        received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}

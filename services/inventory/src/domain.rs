@@ -1,50 +1,17 @@
 //! Inventory's domain types, validated at the edge: a proto request becomes one of these or an
 //! INVALID_ARGUMENT naming every offending field.
 
-use std::{collections::BTreeSet, fmt, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use uuid::Uuid;
 use zentra_proto::inventory::v1 as pb;
 use zentra_runtime::{
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
     time::from_proto_duration,
+    validate::check_currency,
 };
 
-/// A stock keeping unit: 1..=64 characters of A-Z, 0-9, '-', '_' and '.'.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Sku(String);
-
-impl Sku {
-    /// Validates a SKU, recording a violation under `field`.
-    pub fn parse(field: &str, value: &str, violations: &mut Violations) -> Option<Self> {
-        if value.is_empty() {
-            violations.add(field, "is required");
-            return None;
-        }
-        if value.len() > 64 {
-            violations.add(field, "must be at most 64 characters");
-            return None;
-        }
-        if !value.bytes().all(|b| {
-            b.is_ascii_uppercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
-        }) {
-            violations.add(field, "may hold only A-Z, 0-9, '-', '_' and '.'");
-            return None;
-        }
-        Some(Self(value.to_owned()))
-    }
-
-    /// The SKU text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Sku {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use zentra_runtime::validate::Sku;
 
 /// Most units one line may ask for; keeps sums far from overflow.
 pub const MAX_QUANTITY: i64 = 1_000_000;
@@ -177,14 +144,11 @@ impl CreateProduct {
                 if price.amount_minor < 0 {
                     violations.add("unit_price.amount_minor", "must not be negative");
                 }
-                if price.currency_code.len() != 3
-                    || !price.currency_code.bytes().all(|b| b.is_ascii_uppercase())
-                {
-                    violations.add(
-                        "unit_price.currency_code",
-                        "must be an ISO 4217 code such as USD",
-                    );
-                }
+                check_currency(
+                    "unit_price.currency_code",
+                    &price.currency_code,
+                    &mut violations,
+                );
                 (price.amount_minor, price.currency_code.clone())
             }
         };
@@ -234,7 +198,7 @@ mod tests {
         let parsed =
             ReserveStock::parse(&request(vec![("B", 1), ("A", 2)]), Duration::from_secs(60));
         let skus: Vec<_> = parsed
-            .map(|p| p.lines.into_iter().map(|(s, _)| s.0).collect())
+            .map(|p| p.lines.into_iter().map(|(s, _)| s.to_string()).collect())
             .unwrap_or_default();
         assert_eq!(skus, ["A", "B"]);
     }

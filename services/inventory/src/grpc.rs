@@ -4,7 +4,6 @@
 use tonic::{Request, Response, Status};
 use zentra_proto::{common::v1::PageResponse, inventory::v1 as pb};
 use zentra_runtime::{
-    idempotency::{self, Begin},
     paging::{Page, encode_token},
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
 };
@@ -31,19 +30,6 @@ impl InventoryApi {
     }
 }
 
-/// Opens the transaction of a mutating RPC, or returns its earlier answer from the handler.
-macro_rules! fresh_or_replay {
-    ($api:expr, $scope:literal, $request:expr) => {
-        match idempotency::begin_request($api.stock.db(), $scope, &$request)
-            .await
-            .map_err(InventoryError::from)?
-        {
-            Begin::Replay(response) => return Ok(Response::new(response)),
-            Begin::Fresh(tx) => tx,
-        }
-    };
-}
-
 #[tonic::async_trait]
 impl pb::inventory_service_server::InventoryService for InventoryApi {
     async fn create_product(
@@ -52,7 +38,12 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     ) -> Result<Response<pb::CreateProductResponse>, Status> {
         let request = request.into_inner();
         let product = CreateProduct::parse(&request).map_err(InventoryError::from)?;
-        let tx = fresh_or_replay!(self, "CreateProduct", request);
+        let tx = zentra_runtime::fresh_or_replay!(
+            self.stock.db(),
+            "CreateProduct",
+            request,
+            InventoryError
+        );
         let row = store::insert_product(tx.transaction(), &product).await?;
         let response = pb::CreateProductResponse {
             product: Some(convert::product(row)),
@@ -121,7 +112,12 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let Some(sku) = sku.filter(|_| violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let tx = fresh_or_replay!(self, "AdjustStock", request);
+        let tx = zentra_runtime::fresh_or_replay!(
+            self.stock.db(),
+            "AdjustStock",
+            request,
+            InventoryError
+        );
         let row = store::adjust_stock(tx.transaction(), &sku, request.delta, reason).await?;
         let response = pb::AdjustStockResponse {
             product: Some(convert::product(row)),
@@ -138,7 +134,12 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let request = request.into_inner();
         let reserve =
             ReserveStock::parse(&request, self.settings.max_hold).map_err(InventoryError::from)?;
-        let tx = fresh_or_replay!(self, "ReserveStock", request);
+        let tx = zentra_runtime::fresh_or_replay!(
+            self.stock.db(),
+            "ReserveStock",
+            request,
+            InventoryError
+        );
         let hold = reserve.hold.unwrap_or(self.settings.default_hold);
         let reservation = self.stock.reserve(tx.transaction(), &reserve, hold).await?;
         let response = pb::ReserveStockResponse {
@@ -161,7 +162,12 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let Some(id) = id.filter(|_| violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let tx = fresh_or_replay!(self, "ConfirmReservation", request);
+        let tx = zentra_runtime::fresh_or_replay!(
+            self.stock.db(),
+            "ConfirmReservation",
+            request,
+            InventoryError
+        );
         let reservation = self.stock.confirm(tx.transaction(), id).await?;
         let response = pb::ConfirmReservationResponse {
             reservation: Some(convert::reservation(&reservation)),
@@ -185,7 +191,12 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let Some(id) = id.filter(|_| violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let tx = fresh_or_replay!(self, "ReleaseReservation", request);
+        let tx = zentra_runtime::fresh_or_replay!(
+            self.stock.db(),
+            "ReleaseReservation",
+            request,
+            InventoryError
+        );
         let reservation = self.stock.release(tx.transaction(), id, reason).await?;
         let response = pb::ReleaseReservationResponse {
             reservation: Some(convert::reservation(&reservation)),

@@ -1,0 +1,99 @@
+//! Validators for values several services accept: SKUs, currencies, postal addresses.
+
+use std::fmt;
+
+use zentra_proto::common::v1::Address;
+
+use crate::status::{Violations, check_text};
+
+/// A stock keeping unit: 1..=64 characters of A-Z, 0-9, '-', '_' and '.'.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Sku(String);
+
+impl Sku {
+    /// Validates a SKU, recording a violation under `field`.
+    pub fn parse(field: &str, value: &str, violations: &mut Violations) -> Option<Self> {
+        if value.is_empty() {
+            violations.add(field, "is required");
+            return None;
+        }
+        if value.len() > 64 {
+            violations.add(field, "must be at most 64 characters");
+            return None;
+        }
+        if !value.bytes().all(|b| {
+            b.is_ascii_uppercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        }) {
+            violations.add(field, "may hold only A-Z, 0-9, '-', '_' and '.'");
+            return None;
+        }
+        Some(Self(value.to_owned()))
+    }
+
+    /// The SKU text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Sku {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// ISO 4217 codes Zentra accepts, each with two minor-unit digits or none (JPY, KRW).
+const CURRENCIES: &[&str] = &[
+    "AUD", "BRL", "CAD", "CHF", "CNY", "CZK", "DKK", "EUR", "GBP", "HKD", "INR", "JPY", "KRW",
+    "MXN", "NOK", "NZD", "PLN", "SEK", "SGD", "USD", "ZAR",
+];
+
+/// Records a violation unless `code` is a supported ISO 4217 currency.
+pub fn check_currency(field: &str, code: &str, violations: &mut Violations) -> bool {
+    if CURRENCIES.contains(&code) {
+        true
+    } else {
+        violations.add(
+            field,
+            "must be a supported ISO 4217 code such as USD or EUR",
+        );
+        false
+    }
+}
+
+/// Checks a postal address under `field` (for example `shipping_address`).
+pub fn check_address(field: &str, address: Option<&Address>, violations: &mut Violations) {
+    let Some(address) = address else {
+        violations.add(field, "is required");
+        return;
+    };
+    check_text(
+        &format!("{field}.recipient"),
+        &address.recipient,
+        200,
+        violations,
+    );
+    if address.lines.is_empty() || address.lines.len() > 4 {
+        violations.add(format!("{field}.lines"), "must hold 1..=4 lines");
+    }
+    for (index, line) in address.lines.iter().take(4).enumerate() {
+        check_text(&format!("{field}.lines[{index}]"), line, 200, violations);
+    }
+    check_text(&format!("{field}.city"), &address.city, 100, violations);
+    if !address.region.is_empty() {
+        check_text(&format!("{field}.region"), &address.region, 100, violations);
+    }
+    check_text(
+        &format!("{field}.postal_code"),
+        &address.postal_code,
+        20,
+        violations,
+    );
+    let country = &address.country_code;
+    if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
+        violations.add(
+            format!("{field}.country_code"),
+            "must be an ISO 3166-1 alpha-2 code such as DE",
+        );
+    }
+}

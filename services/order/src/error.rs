@@ -1,0 +1,78 @@
+//! The order service's errors and their one mapping to gRPC statuses.
+
+use sea_orm::DbErr;
+use tonic::Status;
+use zentra_runtime::{idempotency::IdempotencyError, status::Violations};
+
+/// Everything an order operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    /// The request is malformed.
+    #[error("invalid request")]
+    Invalid(Violations),
+    /// No order has this id.
+    #[error("order {order_id} not found")]
+    NotFound {
+        /// The id asked for.
+        order_id: String,
+    },
+    /// The order's status does not allow the change.
+    #[error("order {order_id} is {status} and cannot become {target}")]
+    IllegalTransition {
+        /// The order.
+        order_id: String,
+        /// Its status.
+        status: &'static str,
+        /// The status asked for.
+        target: &'static str,
+    },
+    /// Another change got there first (optimistic concurrency).
+    #[error("order {order_id} changed concurrently: expected version {expected}, found {actual}")]
+    VersionConflict {
+        /// The order.
+        order_id: String,
+        /// The version the caller expected.
+        expected: i64,
+        /// The version found.
+        actual: i64,
+    },
+    /// The idempotency key was used for another request.
+    #[error(transparent)]
+    KeyReused(IdempotencyError),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+}
+
+impl From<IdempotencyError> for OrderError {
+    fn from(error: IdempotencyError) -> Self {
+        match error {
+            IdempotencyError::Database(error) => Self::Database(error),
+            reused @ IdempotencyError::KeyReused { .. } => Self::KeyReused(reused),
+        }
+    }
+}
+
+impl From<Violations> for OrderError {
+    fn from(violations: Violations) -> Self {
+        Self::Invalid(violations)
+    }
+}
+
+impl From<OrderError> for Status {
+    fn from(error: OrderError) -> Self {
+        match error {
+            OrderError::Invalid(violations) => violations.into_status(),
+            error @ OrderError::NotFound { .. } => Status::not_found(error.to_string()),
+            error @ OrderError::IllegalTransition { .. } => {
+                Status::failed_precondition(error.to_string())
+            }
+            error @ OrderError::VersionConflict { .. } => Status::aborted(error.to_string()),
+            error @ OrderError::KeyReused(_) => Status::already_exists(error.to_string()),
+            OrderError::Database(error) => {
+                tracing::error!(%error, "database error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The gRPC face of the order service: validate, run the operation idempotently, convert.
+
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+use zentra_proto::{common::v1::PageResponse, order::v1 as pb};
+use zentra_runtime::{
+    fresh_or_replay,
+    paging::{Page, encode_token},
+    status::{Violations, check_idempotency_key, check_text, parse_uuid},
+    time::timestamp_to_chrono,
+};
+
+use crate::{
+    convert,
+    domain::{OrderState, PlaceOrder, check_customer_id},
+    error::OrderError,
+    orders::Orders,
+    store::{self, Change, Filter},
+};
+
+/// Implements `zentra.order.v1.OrderService`.
+pub struct OrderApi {
+    orders: Orders,
+}
+
+impl OrderApi {
+    /// The API over `orders`.
+    pub fn new(orders: Orders) -> Self {
+        Self { orders }
+    }
+
+    /// Validates a status-change request's common fields.
+    fn parse_change(
+        order_id: &str,
+        idempotency_key: &str,
+        expected_version: i64,
+        reason: Option<&str>,
+    ) -> Result<Uuid, Status> {
+        let mut violations = Violations::new();
+        check_idempotency_key(idempotency_key, &mut violations);
+        let id = parse_uuid("order_id", order_id, &mut violations);
+        if expected_version < 0 {
+            violations.add("expected_version", "must not be negative");
+        }
+        if let Some(reason) = reason {
+            check_text("reason", reason, 500, &mut violations);
+        }
+        match id.filter(|_| violations.is_empty()) {
+            Some(id) => Ok(id),
+            None => Err(violations.into_status()),
+        }
+    }
+}
+
+macro_rules! status_change {
+    ($self:ident, $request:ident, $scope:literal, $response:ident, $change:expr) => {{
+        let tx = fresh_or_replay!($self.orders.db(), $scope, $request, OrderError);
+        let id = Uuid::parse_str(&$request.order_id).map_err(|_| Status::internal("validated id"))?;
+        let order = $self.orders.change(tx.transaction(), id, $change).await?;
+        let response = pb::$response {
+            order: Some(convert::order(&order)),
+        };
+        tx.commit(&response).await.map_err(OrderError::from)?;
+        $self.orders.committed();
+        tracing::info!(order_id = %id, status = order.state.as_str(), "order status changed");
+        Ok(Response::new(response))
+    }};
+}
+
+#[tonic::async_trait]
+impl pb::order_service_server::OrderService for OrderApi {
+    async fn place_order(
+        &self,
+        request: Request<pb::PlaceOrderRequest>,
+    ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+        let request = request.into_inner();
+        let order = PlaceOrder::parse(&request).map_err(OrderError::from)?;
+        let tx = fresh_or_replay!(self.orders.db(), "PlaceOrder", request, OrderError);
+        let stored = self
+            .orders
+            .place(tx.transaction(), &order, &request.idempotency_key)
+            .await?;
+        let response = pb::PlaceOrderResponse {
+            order: Some(convert::order(&stored)),
+        };
+        tx.commit(&response).await.map_err(OrderError::from)?;
+        self.orders.committed();
+        tracing::info!(order_id = %stored.id, customer_id = %stored.customer_id, total_minor = stored.total_minor, "order placed");
+        Ok(Response::new(response))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let mut violations = Violations::new();
+        let id = parse_uuid("order_id", &request.get_ref().order_id, &mut violations);
+        let Some(id) = id else {
+            return Err(violations.into_status());
+        };
+        let order = store::order(self.orders.db(), id).await?;
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(convert::order(&order)),
+        }))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let page = Page::parse(request.page.as_ref(), &mut violations);
+        let mut filter = Filter::default();
+        if request.status != 0 {
+            filter.state = OrderState::from_proto(request.status);
+            if filter.state.is_none() {
+                violations.add("status", "is not an OrderStatus");
+            }
+        }
+        if !request.customer_id.is_empty() {
+            check_customer_id("customer_id", &request.customer_id, &mut violations);
+            filter.customer_id = Some(request.customer_id.clone());
+        }
+        if let Some(range) = &request.create_time_range {
+            filter.created_from = range.start_time.as_ref().and_then(|t| {
+                timestamp_to_chrono(t, "create_time_range.start_time", &mut violations)
+            });
+            filter.created_to = range.end_time.as_ref().and_then(|t| {
+                timestamp_to_chrono(t, "create_time_range.end_time", &mut violations)
+            });
+        }
+        let after = match page.after.as_deref().map(Uuid::parse_str) {
+            Some(Ok(id)) => Some(id),
+            Some(Err(_)) => {
+                violations.add("page.page_token", "is not a token this service issued");
+                None
+            }
+            None => None,
+        };
+        violations.into_result()?;
+        let mut orders = store::list(self.orders.db(), after, &filter, page.size + 1)
+            .await
+            .map_err(OrderError::from)?;
+        let next_page_token = if orders.len() as u64 > page.size {
+            orders.truncate(page.size as usize);
+            orders
+                .last()
+                .map(|o| encode_token(&o.id.to_string()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListOrdersResponse {
+            orders: orders.iter().map(convert::order).collect(),
+            page: Some(PageResponse { next_page_token }),
+        }))
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        let request = request.into_inner();
+        Self::parse_change(
+            &request.order_id,
+            &request.idempotency_key,
+            request.expected_version,
+            Some(&request.reason),
+        )?;
+        status_change!(
+            self,
+            request,
+            "CancelOrder",
+            CancelOrderResponse,
+            Change {
+                to: OrderState::CancellationRequested,
+                cause: "CUSTOMER_CANCELLATION",
+                reason: request.reason.trim(),
+                expected_version: request.expected_version,
+                idempotency_key: &request.idempotency_key,
+            }
+        )
+    }
+
+    async fn confirm_order(
+        &self,
+        request: Request<pb::ConfirmOrderRequest>,
+    ) -> Result<Response<pb::ConfirmOrderResponse>, Status> {
+        let request = request.into_inner();
+        Self::parse_change(
+            &request.order_id,
+            &request.idempotency_key,
+            request.expected_version,
+            None,
+        )?;
+        status_change!(
+            self,
+            request,
+            "ConfirmOrder",
+            ConfirmOrderResponse,
+            Change {
+                to: OrderState::Confirmed,
+                cause: "SAGA_CONFIRMED",
+                reason: "",
+                expected_version: request.expected_version,
+                idempotency_key: &request.idempotency_key,
+            }
+        )
+    }
+
+    async fn reject_order(
+        &self,
+        request: Request<pb::RejectOrderRequest>,
+    ) -> Result<Response<pb::RejectOrderResponse>, Status> {
+        let request = request.into_inner();
+        Self::parse_change(
+            &request.order_id,
+            &request.idempotency_key,
+            request.expected_version,
+            Some(&request.reason),
+        )?;
+        status_change!(
+            self,
+            request,
+            "RejectOrder",
+            RejectOrderResponse,
+            Change {
+                to: OrderState::Rejected,
+                cause: "SAGA_REJECTED",
+                reason: request.reason.trim(),
+                expected_version: request.expected_version,
+                idempotency_key: &request.idempotency_key,
+            }
+        )
+    }
+
+    async fn complete_cancellation(
+        &self,
+        request: Request<pb::CompleteCancellationRequest>,
+    ) -> Result<Response<pb::CompleteCancellationResponse>, Status> {
+        let request = request.into_inner();
+        Self::parse_change(
+            &request.order_id,
+            &request.idempotency_key,
+            request.expected_version,
+            None,
+        )?;
+        status_change!(
+            self,
+            request,
+            "CompleteCancellation",
+            CompleteCancellationResponse,
+            Change {
+                to: OrderState::Cancelled,
+                cause: "SAGA_CANCELLATION_COMPLETED",
+                reason: "",
+                expected_version: request.expected_version,
+                idempotency_key: &request.idempotency_key,
+            }
+        )
+    }
+
+    async fn get_order_history(
+        &self,
+        request: Request<pb::GetOrderHistoryRequest>,
+    ) -> Result<Response<pb::GetOrderHistoryResponse>, Status> {
+        let mut violations = Violations::new();
+        let id = parse_uuid("order_id", &request.get_ref().order_id, &mut violations);
+        let Some(id) = id else {
+            return Err(violations.into_status());
+        };
+        let history = store::history(self.orders.db(), id).await?;
+        Ok(Response::new(pb::GetOrderHistoryResponse {
+            changes: history.iter().map(convert::change).collect(),
+        }))
+    }
+}

@@ -1,0 +1,112 @@
+//! Zentra's order service: places orders idempotently, prices them in integer minor units, and
+//! records every status change the saga or the customer drives, with optimistic concurrency.
+
+use std::net::SocketAddr;
+
+use zentra_proto::order::v1::order_service_server::OrderServiceServer;
+use zentra_runtime::{
+    config::{ConfigSources, NoSettings, ServiceConfig},
+    platform::{Platform, ServiceInfo},
+    server::{BoundServer, RunningServer},
+    telemetry::Telemetry,
+};
+
+pub mod convert;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod orders;
+pub mod store;
+
+/// The order service's configuration (it has no settings of its own yet).
+pub type Config = ServiceConfig<NoSettings>;
+
+/// Base name of the topic the order service publishes to.
+pub const EVENTS_TOPIC: &str = "order.events";
+
+/// What the service declares to the runtime.
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: orders::SERVICE,
+    version: env!("CARGO_PKG_VERSION"),
+    migrations: store::migrations::MIGRATIONS,
+    topics: &[EVENTS_TOPIC],
+};
+
+/// A started order service whose port is bound.
+pub struct OrderService {
+    platform: Platform,
+    server: BoundServer,
+}
+
+impl OrderService {
+    /// Connects, migrates, starts the outbox relay and binds the port.
+    pub async fn start(
+        config: Config,
+        sources: ConfigSources,
+        telemetry: Telemetry,
+    ) -> anyhow::Result<Self> {
+        let platform = Platform::start(INFO, &config, &sources, telemetry).await?;
+        let orders = orders::Orders::new(
+            platform.db.clone(),
+            platform.topic(EVENTS_TOPIC),
+            platform.relay.waker(),
+        );
+        platform.spawn_relay();
+        let server = platform
+            .server()
+            .add_service(OrderServiceServer::new(grpc::OrderApi::new(orders)))
+            .bind()
+            .await?;
+        Ok(Self { platform, server })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown`, then stops background work.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let token = self.platform.shutdown.clone();
+        let result = self.server.serve(shutdown).await;
+        token.cancel();
+        result
+    }
+
+    /// Runs on tasks; the handle stops it.
+    pub fn spawn(self) -> RunningOrderService {
+        RunningOrderService {
+            token: self.platform.shutdown.clone(),
+            db: self.platform.db.clone(),
+            server: self.server.spawn(),
+        }
+    }
+}
+
+/// An order service running on tasks.
+pub struct RunningOrderService {
+    server: RunningServer,
+    token: zentra_runtime::CancellationToken,
+    db: sea_orm::DatabaseConnection,
+}
+
+impl RunningOrderService {
+    /// The address it serves on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Its database.
+    pub fn db(&self) -> &sea_orm::DatabaseConnection {
+        &self.db
+    }
+
+    /// Stops serving and background work.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.token.cancel();
+        self.server.shutdown().await
+    }
+}

@@ -1,0 +1,6 @@
+//! Order service integration tests: the real service on port 0 against a fresh PostgreSQL
+//! database and the shared Kafka-protocol broker.
+
+mod helpers;
+mod lifecycle;
+mod placement;
