@@ -1,0 +1,324 @@
+//! The gRPC face of the payment service: validate, run the operation idempotently, convert.
+
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+use zentra_proto::{
+    common::v1::{Money, PageResponse},
+    payment::v1 as pb,
+};
+use zentra_runtime::{
+    fresh_or_replay,
+    paging::{Page, encode_token},
+    status::{Violations, check_idempotency_key, check_text, parse_uuid},
+    validate::check_currency,
+};
+
+use crate::{
+    convert,
+    error::PaymentError,
+    payments::{Authorize, Payments},
+    store,
+};
+
+/// Largest amount one payment may carry, in minor units.
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
+
+/// Implements `zentra.payment.v1.PaymentService`.
+pub struct PaymentApi {
+    payments: Payments,
+}
+
+impl PaymentApi {
+    /// The API over `payments`.
+    pub fn new(payments: Payments) -> Self {
+        Self { payments }
+    }
+}
+
+/// Validates a required amount: supported currency, 1..=MAX_AMOUNT minor units.
+fn check_amount(
+    field: &str,
+    money: Option<&Money>,
+    violations: &mut Violations,
+) -> Option<(String, i64)> {
+    let Some(money) = money else {
+        violations.add(field, "is required");
+        return None;
+    };
+    let currency_ok = check_currency(
+        &format!("{field}.currency_code"),
+        &money.currency_code,
+        violations,
+    );
+    if !(1..=MAX_AMOUNT).contains(&money.amount_minor) {
+        violations.add(
+            format!("{field}.amount_minor"),
+            format!("must be 1..={MAX_AMOUNT}"),
+        );
+        return None;
+    }
+    currency_ok.then(|| (money.currency_code.clone(), money.amount_minor))
+}
+
+fn parse_id(field: &str, value: &str, key: &str, violations: &mut Violations) -> Option<Uuid> {
+    check_idempotency_key(key, violations);
+    parse_uuid(field, value, violations)
+}
+
+macro_rules! respond {
+    ($self:ident, $tx:ident, $payment:expr, $response:ident) => {{
+        let payment = $payment;
+        let response = pb::$response {
+            payment: Some(convert::payment(&payment)),
+        };
+        $tx.commit(&response).await.map_err(PaymentError::from)?;
+        $self.payments.committed();
+        tracing::info!(payment_id = %payment.id, status = %payment.status, "payment changed");
+        Ok(Response::new(response))
+    }};
+}
+
+#[tonic::async_trait]
+impl pb::payment_service_server::PaymentService for PaymentApi {
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let order_id = parse_id(
+            "order_id",
+            &request.order_id,
+            &request.idempotency_key,
+            &mut violations,
+        );
+        let amount = check_amount("amount", request.amount.as_ref(), &mut violations);
+        check_text(
+            "payment_method_token",
+            &request.payment_method_token,
+            128,
+            &mut violations,
+        );
+        let (Some(order_id), Some((currency, amount_minor)), true) =
+            (order_id, amount, violations.is_empty())
+        else {
+            return Err(violations.into_status());
+        };
+        let tx = fresh_or_replay!(self.payments.db(), "Authorize", request, PaymentError);
+        let authorize = Authorize {
+            order_id,
+            currency,
+            amount_minor,
+            token: request.payment_method_token.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+        };
+        respond!(
+            self,
+            tx,
+            self.payments
+                .authorize(tx.transaction(), &authorize)
+                .await?,
+            AuthorizeResponse
+        )
+    }
+
+    async fn capture(
+        &self,
+        request: Request<pb::CaptureRequest>,
+    ) -> Result<Response<pb::CaptureResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let id = parse_id(
+            "payment_id",
+            &request.payment_id,
+            &request.idempotency_key,
+            &mut violations,
+        );
+        // Unset amount captures the full authorization.
+        let amount = request
+            .amount
+            .as_ref()
+            .map(|money| check_amount("amount", Some(money), &mut violations));
+        let (Some(id), true) = (id, violations.is_empty()) else {
+            return Err(violations.into_status());
+        };
+        let tx = fresh_or_replay!(self.payments.db(), "Capture", request, PaymentError);
+        let payment = self
+            .payments
+            .capture(
+                tx.transaction(),
+                id,
+                amount.flatten(),
+                &request.idempotency_key,
+            )
+            .await?;
+        respond!(self, tx, payment, CaptureResponse)
+    }
+
+    async fn void(
+        &self,
+        request: Request<pb::VoidRequest>,
+    ) -> Result<Response<pb::VoidResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let id = parse_id(
+            "payment_id",
+            &request.payment_id,
+            &request.idempotency_key,
+            &mut violations,
+        );
+        check_text("reason", &request.reason, 500, &mut violations);
+        let (Some(id), true) = (id, violations.is_empty()) else {
+            return Err(violations.into_status());
+        };
+        let tx = fresh_or_replay!(self.payments.db(), "Void", request, PaymentError);
+        let payment = self
+            .payments
+            .void(
+                tx.transaction(),
+                id,
+                request.reason.trim(),
+                &request.idempotency_key,
+            )
+            .await?;
+        respond!(self, tx, payment, VoidResponse)
+    }
+
+    async fn refund(
+        &self,
+        request: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let id = parse_id(
+            "payment_id",
+            &request.payment_id,
+            &request.idempotency_key,
+            &mut violations,
+        );
+        let amount = check_amount("amount", request.amount.as_ref(), &mut violations);
+        check_text("reason", &request.reason, 500, &mut violations);
+        let (Some(id), Some(amount), true) = (id, amount, violations.is_empty()) else {
+            return Err(violations.into_status());
+        };
+        let tx = fresh_or_replay!(self.payments.db(), "Refund", request, PaymentError);
+        let payment = self
+            .payments
+            .refund(
+                tx.transaction(),
+                id,
+                amount,
+                request.reason.trim(),
+                &request.idempotency_key,
+            )
+            .await?;
+        respond!(self, tx, payment, RefundResponse)
+    }
+
+    async fn get_payment(
+        &self,
+        request: Request<pb::GetPaymentRequest>,
+    ) -> Result<Response<pb::GetPaymentResponse>, Status> {
+        let mut violations = Violations::new();
+        let Some(id) = parse_uuid("payment_id", &request.get_ref().payment_id, &mut violations)
+        else {
+            return Err(violations.into_status());
+        };
+        let payment = store::payment(self.payments.db(), id).await?;
+        Ok(Response::new(pb::GetPaymentResponse {
+            payment: Some(convert::payment(&payment)),
+        }))
+    }
+
+    async fn list_payments(
+        &self,
+        request: Request<pb::ListPaymentsRequest>,
+    ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let page = Page::parse(request.page.as_ref(), &mut violations);
+        let order_id = (!request.order_id.is_empty())
+            .then(|| parse_uuid("order_id", &request.order_id, &mut violations))
+            .flatten();
+        let status = match pb::PaymentStatus::try_from(request.status) {
+            Ok(pb::PaymentStatus::Unspecified) => None,
+            Ok(status) => match convert::status_text(status) {
+                Some(text) => Some(text),
+                None => {
+                    violations.add("status", "is never stored");
+                    None
+                }
+            },
+            Err(_) => {
+                violations.add("status", "is not a PaymentStatus");
+                None
+            }
+        };
+        let after = cursor(&page, &mut violations);
+        violations.into_result()?;
+        let mut payments = store::list(self.payments.db(), after, order_id, status, page.size + 1)
+            .await
+            .map_err(PaymentError::from)?;
+        let next_page_token = next_token(&mut payments, page.size, |p| p.id);
+        Ok(Response::new(pb::ListPaymentsResponse {
+            payments: payments.iter().map(convert::payment).collect(),
+            page: Some(PageResponse { next_page_token }),
+        }))
+    }
+
+    async fn get_payment_ledger(
+        &self,
+        request: Request<pb::GetPaymentLedgerRequest>,
+    ) -> Result<Response<pb::GetPaymentLedgerResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let page = Page::parse(request.page.as_ref(), &mut violations);
+        let order_id = (!request.order_id.is_empty())
+            .then(|| parse_uuid("order_id", &request.order_id, &mut violations))
+            .flatten();
+        let payment_id = (!request.payment_id.is_empty())
+            .then(|| parse_uuid("payment_id", &request.payment_id, &mut violations))
+            .flatten();
+        if request.order_id.is_empty() && request.payment_id.is_empty() {
+            violations.add("order_id", "order_id or payment_id is required");
+        }
+        let after = cursor(&page, &mut violations);
+        violations.into_result()?;
+        let mut entries = store::ledger(
+            self.payments.db(),
+            after,
+            order_id,
+            payment_id,
+            page.size + 1,
+        )
+        .await
+        .map_err(PaymentError::from)?;
+        let next_page_token = next_token(&mut entries, page.size, |e| e.id);
+        Ok(Response::new(pb::GetPaymentLedgerResponse {
+            entries: entries.iter().map(convert::ledger_entry).collect(),
+            page: Some(PageResponse { next_page_token }),
+        }))
+    }
+}
+
+fn cursor(page: &Page, violations: &mut Violations) -> Option<Uuid> {
+    match page.after.as_deref().map(Uuid::parse_str) {
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => {
+            violations.add("page.page_token", "is not a token this service issued");
+            None
+        }
+        None => None,
+    }
+}
+
+fn next_token<T>(rows: &mut Vec<T>, size: u64, id: impl Fn(&T) -> Uuid) -> String {
+    if rows.len() as u64 > size {
+        rows.truncate(size as usize);
+        rows.last()
+            .map(|row| encode_token(&id(row).to_string()))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    }
+}

@@ -1,0 +1,118 @@
+//! Zentra's payment service: authorizations through a processor adapter (a simulated processor
+//! is built in), captures, voids and refunds that are idempotent and can never capture twice or
+//! refund beyond the capture, and a ledger of every movement.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use zentra_proto::payment::v1::payment_service_server::PaymentServiceServer;
+use zentra_runtime::{
+    config::ConfigSources,
+    platform::{Platform, ServiceInfo},
+    server::{BoundServer, RunningServer},
+    telemetry::Telemetry,
+};
+
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod grpc;
+pub mod payments;
+pub mod processor;
+pub mod store;
+
+pub use config::Config;
+
+/// Base name of the topic the payment service publishes to.
+pub const EVENTS_TOPIC: &str = "payment.events";
+
+/// What the service declares to the runtime.
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: payments::SERVICE,
+    version: env!("CARGO_PKG_VERSION"),
+    migrations: store::migrations::MIGRATIONS,
+    topics: &[EVENTS_TOPIC],
+};
+
+/// A started payment service whose port is bound.
+pub struct PaymentService {
+    platform: Platform,
+    server: BoundServer,
+}
+
+impl PaymentService {
+    /// Connects, migrates, starts the outbox relay and binds the port, with the simulated
+    /// processor.
+    pub async fn start(
+        config: Config,
+        sources: ConfigSources,
+        telemetry: Telemetry,
+    ) -> anyhow::Result<Self> {
+        let settings = config.domain.payment.clone();
+        let platform = Platform::start(INFO, &config, &sources, telemetry).await?;
+        let processor = Arc::new(processor::SimulatedProcessor::new(settings.simulated_delay));
+        let payments = payments::Payments::new(
+            platform.db.clone(),
+            processor,
+            platform.topic(EVENTS_TOPIC),
+            platform.relay.waker(),
+            settings.authorization_validity,
+        );
+        platform.spawn_relay();
+        let server = platform
+            .server()
+            .add_service(PaymentServiceServer::new(grpc::PaymentApi::new(payments)))
+            .bind()
+            .await?;
+        Ok(Self { platform, server })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown`, then stops background work.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let token = self.platform.shutdown.clone();
+        let result = self.server.serve(shutdown).await;
+        token.cancel();
+        result
+    }
+
+    /// Runs on tasks; the handle stops it.
+    pub fn spawn(self) -> RunningPaymentService {
+        RunningPaymentService {
+            token: self.platform.shutdown.clone(),
+            db: self.platform.db.clone(),
+            server: self.server.spawn(),
+        }
+    }
+}
+
+/// A payment service running on tasks.
+pub struct RunningPaymentService {
+    server: RunningServer,
+    token: zentra_runtime::CancellationToken,
+    db: sea_orm::DatabaseConnection,
+}
+
+impl RunningPaymentService {
+    /// The address it serves on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Its database.
+    pub fn db(&self) -> &sea_orm::DatabaseConnection {
+        &self.db
+    }
+
+    /// Stops serving and background work.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.token.cancel();
+        self.server.shutdown().await
+    }
+}
