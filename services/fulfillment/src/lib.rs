@@ -1,0 +1,127 @@
+//! Zentra's fulfillment service: accepts shipments for confirmed orders and completes them
+//! asynchronously (PICKING → PACKED → DISPATCHED) with a worker that resumes from the database
+//! after a restart; an unshippable destination or SKU fails the shipment so the saga has a real
+//! asynchronous failure to compensate.
+
+use std::net::SocketAddr;
+
+use zentra_proto::fulfillment::v1::fulfillment_service_server::FulfillmentServiceServer;
+use zentra_runtime::{
+    config::ConfigSources,
+    platform::{Platform, ServiceInfo},
+    server::{BoundServer, RunningServer},
+    telemetry::Telemetry,
+};
+
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod grpc;
+pub mod shipments;
+pub mod store;
+
+pub use config::Config;
+
+/// Base name of the topic the fulfillment service publishes to.
+pub const EVENTS_TOPIC: &str = "fulfillment.events";
+
+/// What the service declares to the runtime.
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: shipments::SERVICE,
+    version: env!("CARGO_PKG_VERSION"),
+    migrations: store::migrations::MIGRATIONS,
+    topics: &[EVENTS_TOPIC],
+};
+
+/// A started fulfillment service whose port is bound.
+pub struct FulfillmentService {
+    platform: Platform,
+    server: BoundServer,
+}
+
+impl FulfillmentService {
+    /// Connects, migrates, starts the relay and the shipment worker, binds the port.
+    pub async fn start(
+        config: Config,
+        sources: ConfigSources,
+        telemetry: Telemetry,
+    ) -> anyhow::Result<Self> {
+        let settings = config.domain.fulfillment.clone();
+        let platform = Platform::start(INFO, &config, &sources, telemetry).await?;
+        let shipments = shipments::Shipments::new(
+            platform.db.clone(),
+            platform.topic(EVENTS_TOPIC),
+            platform.relay.waker(),
+            settings,
+        );
+        platform.spawn_relay();
+        tokio::spawn(shipments::run_worker(
+            shipments.clone(),
+            platform.shutdown.clone(),
+        ));
+        let server = platform
+            .server()
+            .add_service(FulfillmentServiceServer::new(grpc::FulfillmentApi::new(
+                shipments,
+            )))
+            .bind()
+            .await?;
+        Ok(Self { platform, server })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown`, then stops background work.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let token = self.platform.shutdown.clone();
+        let result = self.server.serve(shutdown).await;
+        token.cancel();
+        result
+    }
+
+    /// Runs on tasks; the handle stops it.
+    pub fn spawn(self) -> RunningFulfillmentService {
+        RunningFulfillmentService {
+            token: self.platform.shutdown.clone(),
+            db: self.platform.db.clone(),
+            server: self.server.spawn(),
+        }
+    }
+}
+
+/// A fulfillment service running on tasks.
+pub struct RunningFulfillmentService {
+    server: RunningServer,
+    token: zentra_runtime::CancellationToken,
+    db: sea_orm::DatabaseConnection,
+}
+
+impl RunningFulfillmentService {
+    /// The address it serves on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Its database.
+    pub fn db(&self) -> &sea_orm::DatabaseConnection {
+        &self.db
+    }
+
+    /// Stops at once, as a crash would: background work and open calls are cut.
+    pub fn kill(self) {
+        self.token.cancel();
+        self.server.abort();
+    }
+
+    /// Stops serving and background work.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.token.cancel();
+        self.server.shutdown().await
+    }
+}

@@ -1,0 +1,231 @@
+//! Shipment operations and the worker that moves shipments PENDING → PICKING → PACKED →
+//! DISPATCHED. Each step is one transaction with its events, so a restart resumes from the
+//! database and no step (in particular, dispatch) happens twice.
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait as _};
+use uuid::Uuid;
+use zentra_proto::{common::v1::Address, fulfillment::v1 as pb};
+use zentra_runtime::{
+    CancellationToken,
+    events::{EventMeta, envelope},
+    outbox::{self, OutboxWaker},
+};
+
+use crate::{
+    config::FulfillmentSettings,
+    convert,
+    error::FulfillmentError,
+    store::{self, Shipment},
+};
+
+/// Name of the service, as producer of its events.
+pub const SERVICE: &str = "fulfillment";
+
+/// The operations.
+#[derive(Clone)]
+pub struct Shipments {
+    db: DatabaseConnection,
+    events_topic: String,
+    waker: OutboxWaker,
+    settings: FulfillmentSettings,
+}
+
+impl Shipments {
+    /// Operations over `db`.
+    pub fn new(
+        db: DatabaseConnection,
+        events_topic: String,
+        waker: OutboxWaker,
+        settings: FulfillmentSettings,
+    ) -> Self {
+        Self {
+            db,
+            events_topic,
+            waker,
+            settings,
+        }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Tells the relay that events were committed.
+    pub fn committed(&self) {
+        self.waker.wake();
+    }
+
+    /// Accepts a shipment; the worker takes it from here.
+    pub async fn create<C: ConnectionTrait>(
+        &self,
+        tx: &C,
+        order_id: Uuid,
+        address: &Address,
+        lines: &[(String, i64)],
+    ) -> Result<Shipment, FulfillmentError> {
+        let shipment = store::insert(
+            tx,
+            Uuid::now_v7(),
+            order_id,
+            address,
+            lines,
+            self.settings.step_delay,
+        )
+        .await?;
+        let event = pb::ShipmentCreated {
+            shipment_id: shipment.row.id.to_string(),
+            order_id: order_id.to_string(),
+            lines: convert::lines(&shipment),
+            shipping_address: Some(address.clone()),
+        };
+        self.emit(tx, &event, &shipment).await?;
+        Ok(shipment)
+    }
+
+    /// Cancels a shipment that has not been dispatched; cancelling twice is a no-op.
+    pub async fn cancel<C: ConnectionTrait>(
+        &self,
+        tx: &C,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<Shipment, FulfillmentError> {
+        let cancelled = store::transition(
+            tx,
+            id,
+            &["PENDING", "PICKING", "PACKED"],
+            "status = 'CANCELLED', cancellation_reason = $3, cancelled_at = now(), next_step_at = NULL",
+            vec![reason.into()],
+        )
+        .await?;
+        let Some(shipment) = cancelled else {
+            let current = store::shipment(tx, id).await?;
+            if current.row.status == "CANCELLED" {
+                return Ok(current);
+            }
+            return Err(FulfillmentError::IllegalTransition {
+                shipment_id: id.to_string(),
+                status: current.row.status,
+                action: "cancelled",
+            });
+        };
+        let event = pb::ShipmentCancelled {
+            shipment_id: id.to_string(),
+            order_id: shipment.row.order_id.to_string(),
+            reason: reason.to_owned(),
+        };
+        self.emit(tx, &event, &shipment).await?;
+        Ok(shipment)
+    }
+
+    /// Advances one due shipment by one step; returns false when none was due.
+    pub async fn advance_one(&self) -> Result<bool, FulfillmentError> {
+        let tx = self.db.begin().await?;
+        let Some(id) = store::lock_due(&tx).await? else {
+            return Ok(false);
+        };
+        let current = store::shipment(&tx, id).await?;
+        let delay = self.settings.step_delay.as_millis() as i64;
+        let next_step = "next_step_at = now() + $3 * interval '1 millisecond'";
+        let (to, moved) = match current.row.status.as_str() {
+            "PENDING" => ("PICKING", store::transition(&tx, id, &["PENDING"], &format!("status = 'PICKING', picking_at = now(), {next_step}"), vec![delay.into()]).await?),
+            "PICKING" => match self.unshippable(&current) {
+                Some(reason) => ("FAILED", store::transition(&tx, id, &["PICKING"], "status = 'FAILED', failure_reason = $3, failed_at = now(), next_step_at = NULL", vec![reason.into()]).await?),
+                None => ("PACKED", store::transition(&tx, id, &["PICKING"], &format!("status = 'PACKED', packed_at = now(), {next_step}"), vec![delay.into()]).await?),
+            },
+            "PACKED" => {
+                let tracking = format!("ZT{}", id.simple().to_string()[..12].to_uppercase());
+                ("DISPATCHED", store::transition(&tx, id, &["PACKED"], "status = 'DISPATCHED', carrier = 'zentra-post', tracking_number = $3, dispatched_at = now(), next_step_at = NULL", vec![tracking.into()]).await?)
+            }
+            _ => ("", None),
+        };
+        let Some(shipment) = moved else {
+            return Ok(true);
+        };
+        let changed = pb::ShipmentStatusChanged {
+            shipment_id: id.to_string(),
+            order_id: shipment.row.order_id.to_string(),
+            from_status: convert::status(&current.row.status) as i32,
+            to_status: convert::status(to) as i32,
+        };
+        self.emit(&tx, &changed, &shipment).await?;
+        match to {
+            "DISPATCHED" => {
+                let event = pb::ShipmentDispatched {
+                    shipment_id: id.to_string(),
+                    order_id: shipment.row.order_id.to_string(),
+                    carrier: shipment.row.carrier.clone(),
+                    tracking_number: shipment.row.tracking_number.clone(),
+                };
+                self.emit(&tx, &event, &shipment).await?;
+            }
+            "FAILED" => {
+                let event = pb::ShipmentFailed {
+                    shipment_id: id.to_string(),
+                    order_id: shipment.row.order_id.to_string(),
+                    failure_reason: shipment.row.failure_reason.clone(),
+                };
+                self.emit(&tx, &event, &shipment).await?;
+            }
+            _ => {}
+        }
+        tx.commit().await?;
+        self.committed();
+        tracing::info!(shipment_id = %id, from = %current.row.status, to, "shipment advanced");
+        Ok(true)
+    }
+
+    fn unshippable(&self, shipment: &Shipment) -> Option<String> {
+        if self
+            .settings
+            .unshippable_countries
+            .contains(&shipment.row.country_code)
+        {
+            return Some(format!("no carrier serves {}", shipment.row.country_code));
+        }
+        let prefix = &self.settings.unshippable_sku_prefix;
+        shipment
+            .lines
+            .iter()
+            .find(|(sku, _)| !prefix.is_empty() && sku.starts_with(prefix.as_str()))
+            .map(|(sku, _)| format!("{sku} cannot be shipped"))
+    }
+
+    async fn emit<C: ConnectionTrait, M: prost::Name>(
+        &self,
+        tx: &C,
+        event: &M,
+        shipment: &Shipment,
+    ) -> Result<(), FulfillmentError> {
+        let meta = EventMeta {
+            producer: SERVICE,
+            aggregate_type: "shipment",
+            aggregate_id: shipment.row.id.to_string(),
+            correlation_id: shipment.row.order_id.to_string(),
+            causation_id: String::new(),
+        };
+        outbox::enqueue(tx, &self.events_topic, &envelope(event, meta)).await?;
+        Ok(())
+    }
+}
+
+/// Advances due shipments until `shutdown`.
+pub async fn run_worker(shipments: Shipments, shutdown: CancellationToken) {
+    let interval = shipments.settings.poll_interval;
+    loop {
+        loop {
+            match shipments.advance_one().await {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "shipment step failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! A running fulfillment service per test, restartable on the same database.
+
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use zentra_fulfillment::{
+    Config, EVENTS_TOPIC, FulfillmentService, RunningFulfillmentService, config::FulfillmentConfig,
+};
+use zentra_proto::{
+    common::v1::Address,
+    fulfillment::v1::{self as pb, fulfillment_service_client::FulfillmentServiceClient},
+};
+use zentra_test_support::TestEnv;
+
+pub struct TestApp {
+    pub env: TestEnv,
+    pub service: RunningFulfillmentService,
+    pub client: FulfillmentServiceClient<Channel>,
+    pub events_topic: String,
+}
+
+async fn start(env: &TestEnv) -> (RunningFulfillmentService, FulfillmentServiceClient<Channel>) {
+    let mut domain = FulfillmentConfig::default();
+    domain.fulfillment.step_delay = Duration::from_millis(300);
+    domain.fulfillment.poll_interval = Duration::from_millis(50);
+    let config = Config {
+        common: env.common_config(),
+        domain,
+    };
+    let service =
+        FulfillmentService::start(config, Default::default(), zentra_test_support::telemetry())
+            .await
+            .expect("fulfillment service starts")
+            .spawn();
+    let client = FulfillmentServiceClient::connect(format!("http://{}", service.local_addr()))
+        .await
+        .expect("client connects");
+    (service, client)
+}
+
+impl TestApp {
+    pub async fn spawn(label: &str) -> Self {
+        let env = TestEnv::new(label).await.expect("test environment");
+        let (service, client) = start(&env).await;
+        let events_topic = format!("{}{EVENTS_TOPIC}", env.prefix);
+        Self {
+            env,
+            service,
+            client,
+            events_topic,
+        }
+    }
+
+    /// Kills the service as a crash would and starts a new one on the same database.
+    pub async fn crash_and_restart(self) -> Self {
+        self.service.kill();
+        let (service, client) = start(&self.env).await;
+        Self {
+            service,
+            client,
+            ..self
+        }
+    }
+
+    pub async fn stop(self) {
+        self.service.shutdown().await.expect("clean shutdown");
+        self.env
+            .cleanup(&[self.events_topic])
+            .await
+            .expect("cleanup");
+    }
+
+    pub async fn shipment(&self, id: &str) -> pb::Shipment {
+        self.client
+            .clone()
+            .get_shipment(pb::GetShipmentRequest {
+                shipment_id: id.to_owned(),
+            })
+            .await
+            .expect("read")
+            .into_inner()
+            .shipment
+            .expect("shipment")
+    }
+
+    pub async fn wait_for(&self, id: &str, status: pb::ShipmentStatus) -> pb::Shipment {
+        zentra_test_support::eventually(Duration::from_secs(15), || async {
+            let shipment = self.shipment(id).await;
+            (shipment.status == status as i32).then_some(shipment)
+        })
+        .await
+        .unwrap_or_else(|| panic!("shipment {id} never became {status:?}"))
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        use sea_orm::{ConnectionTrait as _, DbBackend, Statement};
+        let row = self
+            .service
+            .db()
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned()))
+            .await
+            .expect("count")
+            .expect("a row");
+        row.try_get_by_index::<i64>(0).expect("a number")
+    }
+}
+
+pub fn shipment_request(key: &str, country: &str, sku: &str) -> pb::CreateShipmentRequest {
+    pb::CreateShipmentRequest {
+        order_id: uuid::Uuid::now_v7().to_string(),
+        shipping_address: Some(Address {
+            recipient: "Grace Hopper".to_owned(),
+            lines: vec!["1 Compiler Way".to_owned()],
+            city: "Arlington".to_owned(),
+            region: "VA".to_owned(),
+            postal_code: "22201".to_owned(),
+            country_code: country.to_owned(),
+        }),
+        lines: vec![pb::ShipmentLine {
+            sku: sku.to_owned(),
+            quantity: 2,
+        }],
+        idempotency_key: key.to_owned(),
+    }
+}
