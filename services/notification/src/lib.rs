@@ -1,0 +1,144 @@
+//! Zentra's notification service: consumes order, payment and shipment events (deduplicated by
+//! the inbox), renders a message per event and customer, delivers it by SMTP, records every
+//! attempt, retries with exponential backoff and dead-letters what keeps failing.
+
+use std::net::SocketAddr;
+
+use zentra_proto::notification::v1::notification_service_server::NotificationServiceServer;
+use zentra_runtime::{
+    config::ConfigSources,
+    kafka::{ConsumerSettings, EventConsumer},
+    platform::{Platform, ServiceInfo},
+    server::{BoundServer, RunningServer},
+    telemetry::Telemetry,
+};
+
+pub mod config;
+pub mod delivery;
+pub mod error;
+pub mod grpc;
+pub mod intake;
+pub mod render;
+pub mod store;
+
+pub use config::Config;
+
+/// Name of the service, as producer of its events.
+pub const SERVICE: &str = "notification";
+/// Base name of the topic the notification service publishes to.
+pub const EVENTS_TOPIC: &str = "notification.events";
+/// Base names of the topics it consumes.
+pub const CONSUMED_TOPICS: &[&str] = &["order.events", "payment.events", "fulfillment.events"];
+
+/// What the service declares to the runtime.
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: SERVICE,
+    version: env!("CARGO_PKG_VERSION"),
+    migrations: store::migrations::MIGRATIONS,
+    // The consumed topics are created too, so the service can start before their producers.
+    topics: &[
+        EVENTS_TOPIC,
+        "order.events",
+        "payment.events",
+        "fulfillment.events",
+    ],
+};
+
+/// A started notification service whose port is bound.
+pub struct NotificationService {
+    platform: Platform,
+    server: BoundServer,
+}
+
+impl NotificationService {
+    /// Connects, migrates, subscribes, starts delivery and binds the port.
+    pub async fn start(
+        config: Config,
+        sources: ConfigSources,
+        telemetry: Telemetry,
+    ) -> anyhow::Result<Self> {
+        let settings = config.domain.notification.clone();
+        let platform = Platform::start(INFO, &config, &sources, telemetry).await?;
+        platform.spawn_relay();
+        let consumer = EventConsumer::subscribe(
+            &platform.config.kafka,
+            ConsumerSettings {
+                group: "notification".to_owned(),
+                topics: CONSUMED_TOPICS
+                    .iter()
+                    .map(|topic| platform.topic(topic))
+                    .collect(),
+                initial_backoff: std::time::Duration::from_millis(200),
+                max_backoff: std::time::Duration::from_secs(30),
+            },
+        )?;
+        let intake =
+            intake::Intake::new(platform.db.clone(), settings.customer_email_domain.clone());
+        tokio::spawn(consumer.run(intake, platform.shutdown.clone()));
+        let delivery = delivery::Delivery::new(
+            platform.db.clone(),
+            settings,
+            platform.topic(EVENTS_TOPIC),
+            platform.relay.waker(),
+        );
+        tokio::spawn(delivery::run(delivery, platform.shutdown.clone()));
+        let server = platform
+            .server()
+            .add_service(NotificationServiceServer::new(grpc::NotificationApi::new(
+                platform.db.clone(),
+            )))
+            .bind()
+            .await?;
+        Ok(Self { platform, server })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown`, then stops background work.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let token = self.platform.shutdown.clone();
+        let result = self.server.serve(shutdown).await;
+        token.cancel();
+        result
+    }
+
+    /// Runs on tasks; the handle stops it.
+    pub fn spawn(self) -> RunningNotificationService {
+        RunningNotificationService {
+            token: self.platform.shutdown.clone(),
+            db: self.platform.db.clone(),
+            server: self.server.spawn(),
+        }
+    }
+}
+
+/// A notification service running on tasks.
+pub struct RunningNotificationService {
+    server: RunningServer,
+    token: zentra_runtime::CancellationToken,
+    db: sea_orm::DatabaseConnection,
+}
+
+impl RunningNotificationService {
+    /// The address it serves on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Its database.
+    pub fn db(&self) -> &sea_orm::DatabaseConnection {
+        &self.db
+    }
+
+    /// Stops serving and background work.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.token.cancel();
+        self.server.shutdown().await
+    }
+}

@@ -1,0 +1,44 @@
+//! The notification service's schema.
+
+use zentra_runtime::db::SqlMigration;
+
+/// Every notification migration.
+pub const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
+    name: "m0001_notifications",
+    up: r#"
+-- Who placed which order, learnt from OrderPlaced, so payment and shipment events find the customer.
+CREATE TABLE order_customers (
+    order_id     UUID PRIMARY KEY,
+    customer_id  TEXT NOT NULL
+);
+
+CREATE TABLE notifications (
+    id                  UUID PRIMARY KEY,
+    trigger_event_id    UUID        NOT NULL UNIQUE,
+    trigger_event_type  TEXT        NOT NULL,
+    customer_id         TEXT        NOT NULL,
+    order_id            UUID        NOT NULL,
+    recipient           TEXT        NOT NULL,
+    subject             TEXT        NOT NULL,
+    body                TEXT        NOT NULL,
+    status              TEXT        NOT NULL CHECK (status IN ('PENDING', 'SENT', 'RETRYING', 'DEAD_LETTERED')),
+    attempts            INT         NOT NULL DEFAULT 0,
+    next_attempt_at     TIMESTAMPTZ,
+    sent_at             TIMESTAMPTZ,
+    created_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at          TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX notifications_due ON notifications (next_attempt_at) WHERE status IN ('PENDING', 'RETRYING');
+CREATE INDEX notifications_by_order ON notifications (order_id, id DESC);
+CREATE INDEX notifications_by_customer ON notifications (customer_id, id DESC);
+
+CREATE TABLE delivery_attempts (
+    notification_id  UUID        NOT NULL REFERENCES notifications (id),
+    attempt          INT         NOT NULL,
+    attempted_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    outcome          TEXT        NOT NULL,
+    error            TEXT        NOT NULL DEFAULT '',
+    PRIMARY KEY (notification_id, attempt)
+);
+"#,
+}];

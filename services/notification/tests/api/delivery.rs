@@ -1,0 +1,164 @@
+//! Notifications reach a real SMTP server once, retry when it is down, and dead-letter.
+
+use std::time::Duration;
+
+use zentra_proto::{
+    common::v1::Money,
+    notification::v1::{DeliveryOutcome, NotificationStatus},
+    order::v1 as order,
+};
+use zentra_runtime::events::{EventMeta, envelope};
+use zentra_test_support::eventually;
+
+use crate::helpers::{SmtpServer, TestApp};
+
+fn order_event<M: prost::Name>(
+    event: &M,
+    order_id: &str,
+) -> zentra_proto::events::v1::EventEnvelope {
+    envelope(
+        event,
+        EventMeta {
+            producer: "order",
+            aggregate_type: "order",
+            aggregate_id: order_id.to_owned(),
+            correlation_id: order_id.to_owned(),
+            causation_id: String::new(),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_order_is_mailed_once_even_when_its_event_arrives_twice() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn("mailonce", smtp.port, 3).await;
+    let order_id = uuid::Uuid::now_v7().to_string();
+    let total = Some(Money {
+        currency_code: "EUR".to_owned(),
+        amount_minor: 4250,
+    });
+    let placed = order_event(
+        &order::OrderPlaced {
+            order_id: order_id.clone(),
+            customer_id: "customer-7".to_owned(),
+            total: total.clone(),
+            ..Default::default()
+        },
+        &order_id,
+    );
+    let confirmed = order_event(
+        &order::OrderConfirmed {
+            order_id: order_id.clone(),
+            customer_id: "customer-7".to_owned(),
+            total,
+        },
+        &order_id,
+    );
+    app.publish("order.events", &placed).await;
+    app.publish("order.events", &confirmed).await;
+    app.publish("order.events", &confirmed).await; // delivered twice
+
+    let sent = eventually(Duration::from_secs(20), || async {
+        let notifications = app.notifications("customer-7").await;
+        (notifications.len() == 2
+            && notifications
+                .iter()
+                .all(|n| n.status == NotificationStatus::Sent as i32))
+        .then_some(notifications)
+    })
+    .await
+    .expect("both notifications sent");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 2, "placed and confirmed, each once");
+    let confirmations: Vec<&String> = messages
+        .iter()
+        .filter(|m| m.contains("Total charged"))
+        .collect();
+    assert_eq!(confirmations.len(), 1);
+    assert!(
+        confirmations[0].contains("customer-7@customers.zentra.test"),
+        "{}",
+        confirmations[0]
+    );
+    assert!(
+        confirmations[0].contains("42.50 EUR"),
+        "{}",
+        confirmations[0]
+    );
+    assert!(sent.iter().all(
+        |n| n.attempts.len() == 1 && n.attempts[0].outcome == DeliveryOutcome::Delivered as i32
+    ));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_that_keeps_failing_is_retried_then_dead_lettered() {
+    // Nothing listens on this port: every attempt fails.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port();
+    let app = TestApp::spawn("maildead", port, 3).await;
+    let order_id = uuid::Uuid::now_v7().to_string();
+    let placed = order_event(
+        &order::OrderPlaced {
+            order_id: order_id.clone(),
+            customer_id: "customer-9".to_owned(),
+            ..Default::default()
+        },
+        &order_id,
+    );
+    app.publish("order.events", &placed).await;
+
+    let dead = eventually(Duration::from_secs(20), || async {
+        let notifications = app.notifications("customer-9").await;
+        notifications
+            .into_iter()
+            .find(|n| n.status == NotificationStatus::DeadLettered as i32)
+    })
+    .await
+    .expect("dead-lettered");
+    assert_eq!(dead.attempts.len(), 3);
+    assert!(
+        dead.attempts
+            .iter()
+            .all(|a| a.outcome == DeliveryOutcome::TransientFailure as i32 && !a.error.is_empty())
+    );
+    let times: Vec<i64> = dead
+        .attempts
+        .iter()
+        .map(|a| {
+            a.attempt_time
+                .as_ref()
+                .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+                .unwrap_or(0)
+        })
+        .collect();
+    assert!(
+        times[2] - times[1] >= times[1] - times[0],
+        "backoff grows: {times:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_needs_a_filter_and_refuses_malformed_ones() {
+    let app = TestApp::spawn("mailinput", 1, 1).await;
+    let mut client = app.client.clone();
+    let no_filter = client
+        .list_notifications(zentra_proto::notification::v1::ListNotificationsRequest::default())
+        .await
+        .expect_err("filter required");
+    assert_eq!(no_filter.code(), tonic::Code::InvalidArgument);
+    let bad_order = client
+        .list_notifications(zentra_proto::notification::v1::ListNotificationsRequest {
+            order_id: "nope".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("malformed order id");
+    assert_eq!(bad_order.code(), tonic::Code::InvalidArgument);
+    app.stop().await;
+}
