@@ -7,7 +7,7 @@ use std::{sync::Arc, time::SystemTime};
 use anyhow::Context as _;
 use sea_orm::DatabaseConnection;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     config::{CommonConfig, ConfigSources, ServiceConfig, to_toml},
@@ -16,7 +16,7 @@ use crate::{
     kafka::{self, EventProducer, KafkaProbe},
     ops::{DependencyProbe, OpsContext},
     outbox::OutboxRelay,
-    server::GrpcServerBuilder,
+    server::{BoundServer, GrpcServerBuilder, RunningServer},
     telemetry::Telemetry,
 };
 
@@ -49,6 +49,8 @@ pub struct Platform {
     pub ops: OpsContext,
     /// Cancelled at shutdown; background tasks stop on it.
     pub shutdown: CancellationToken,
+    /// Background tasks, awaited at shutdown so none is cut mid-transaction or mid-commit.
+    tasks: TaskTracker,
 }
 
 impl Platform {
@@ -104,6 +106,7 @@ impl Platform {
             relay,
             ops,
             shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         })
     }
 
@@ -112,13 +115,83 @@ impl Platform {
         kafka::topic_name(&self.config.kafka, base)
     }
 
+    /// Runs background work that must stop when [`Platform::shutdown`] is cancelled; shutdown
+    /// waits for it.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
     /// Starts the outbox relay on a task; it stops at shutdown.
     pub fn spawn_relay(&self) {
-        tokio::spawn(self.relay.clone().run(self.shutdown.clone()));
+        self.spawn(self.relay.clone().run(self.shutdown.clone()));
+    }
+
+    /// Serves `server` until `signal`, then stops background work and waits for it.
+    pub async fn run(
+        self,
+        server: BoundServer,
+        signal: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let result = server.serve(signal).await;
+        self.stop_background().await;
+        result
+    }
+
+    /// Serves `server` on a task; the handle stops everything.
+    pub fn run_in_background(self, server: BoundServer) -> RunningService {
+        RunningService {
+            server: server.spawn(),
+            platform: self,
+        }
+    }
+
+    async fn stop_background(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// A server builder for this service.
     pub fn server(&self) -> GrpcServerBuilder {
         GrpcServerBuilder::new(self.config.grpc.clone(), self.ops.clone())
+    }
+}
+
+/// A service running on tasks (tests and embedded use).
+pub struct RunningService {
+    server: RunningServer,
+    platform: Platform,
+}
+
+impl RunningService {
+    /// The address it serves on.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Its database.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.platform.db
+    }
+
+    /// Its outbox relay.
+    pub fn relay(&self) -> &OutboxRelay {
+        &self.platform.relay
+    }
+
+    /// Stops serving, then stops background work and waits for it.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let result = self.server.shutdown().await;
+        self.platform.stop_background().await;
+        result
+    }
+
+    /// Stops at once, as a crash would: open calls and background work are cut.
+    pub fn kill(self) {
+        self.platform.shutdown.cancel();
+        self.server.abort();
     }
 }

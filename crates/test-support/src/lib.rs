@@ -243,6 +243,7 @@ mod tests {
 pub struct EventCollector {
     received: std::sync::Arc<std::sync::Mutex<Vec<zentra_runtime::kafka::ReceivedEvent>>>,
     stop: zentra_runtime::CancellationToken,
+    running: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Clone)]
@@ -276,8 +277,13 @@ impl EventCollector {
         .unwrap_or_else(|error| panic!("collector subscribes: {error}"));
         let received = std::sync::Arc::default();
         let stop = zentra_runtime::CancellationToken::new();
-        tokio::spawn(consumer.run(Collect(std::sync::Arc::clone(&received)), stop.clone()));
-        Self { received, stop }
+        let running =
+            tokio::spawn(consumer.run(Collect(std::sync::Arc::clone(&received)), stop.clone()));
+        Self {
+            received,
+            stop,
+            running,
+        }
     }
 
     /// Waits until at least `count` events arrived (20 s at most), gives stragglers 700 ms, stops
@@ -294,6 +300,9 @@ impl EventCollector {
         .await;
         tokio::time::sleep(Duration::from_millis(700)).await;
         self.stop.cancel();
+        // The consumer is closed before the test goes on (librdkafka dislikes clients that
+        // outlive the process's last await).
+        let _ = self.running.await;
         received.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use zentra_proto::fulfillment::v1::fulfillment_service_server::FulfillmentServiceServer;
 use zentra_runtime::{
     config::ConfigSources,
-    platform::{Platform, ServiceInfo},
-    server::{BoundServer, RunningServer},
+    platform::{Platform, RunningService, ServiceInfo},
+    server::BoundServer,
     telemetry::Telemetry,
 };
 
@@ -55,7 +55,7 @@ impl FulfillmentService {
             settings,
         );
         platform.spawn_relay();
-        tokio::spawn(shipments::run_worker(
+        platform.spawn(shipments::run_worker(
             shipments.clone(),
             platform.shutdown.clone(),
         ));
@@ -74,54 +74,16 @@ impl FulfillmentService {
         self.server.local_addr()
     }
 
-    /// Serves until `shutdown`, then stops background work.
+    /// Serves until `shutdown`, then stops background work and waits for it.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let token = self.platform.shutdown.clone();
-        let result = self.server.serve(shutdown).await;
-        token.cancel();
-        result
+        self.platform.run(self.server, shutdown).await
     }
 
     /// Runs on tasks; the handle stops it.
-    pub fn spawn(self) -> RunningFulfillmentService {
-        RunningFulfillmentService {
-            token: self.platform.shutdown.clone(),
-            db: self.platform.db.clone(),
-            server: self.server.spawn(),
-        }
-    }
-}
-
-/// A fulfillment service running on tasks.
-pub struct RunningFulfillmentService {
-    server: RunningServer,
-    token: zentra_runtime::CancellationToken,
-    db: sea_orm::DatabaseConnection,
-}
-
-impl RunningFulfillmentService {
-    /// The address it serves on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// Its database.
-    pub fn db(&self) -> &sea_orm::DatabaseConnection {
-        &self.db
-    }
-
-    /// Stops at once, as a crash would: background work and open calls are cut.
-    pub fn kill(self) {
-        self.token.cancel();
-        self.server.abort();
-    }
-
-    /// Stops serving and background work.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.token.cancel();
-        self.server.shutdown().await
+    pub fn spawn(self) -> RunningService {
+        self.platform.run_in_background(self.server)
     }
 }

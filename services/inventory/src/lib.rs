@@ -6,9 +6,8 @@ use std::net::SocketAddr;
 use zentra_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use zentra_runtime::{
     config::ConfigSources,
-    outbox::OutboxRelay,
-    platform::{Platform, ServiceInfo},
-    server::{BoundServer, RunningServer},
+    platform::{Platform, RunningService, ServiceInfo},
+    server::BoundServer,
     telemetry::Telemetry,
 };
 
@@ -56,7 +55,7 @@ impl Inventory {
         if settings.run_outbox_relay {
             platform.spawn_relay();
         }
-        tokio::spawn(stock::run_expiry(
+        platform.spawn(stock::run_expiry(
             stock.clone(),
             settings.expiry_sweep_interval,
             platform.shutdown.clone(),
@@ -75,58 +74,16 @@ impl Inventory {
         self.server.local_addr()
     }
 
-    /// Serves until `shutdown`, then stops background work.
+    /// Serves until `shutdown`, then stops background work and waits for it.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let token = self.platform.shutdown.clone();
-        let result = self.server.serve(shutdown).await;
-        token.cancel();
-        result
+        self.platform.run(self.server, shutdown).await
     }
 
     /// Runs on tasks; the handle stops it.
-    pub fn spawn(self) -> RunningInventory {
-        let relay = self.platform.relay.clone();
-        let token = self.platform.shutdown.clone();
-        let db = self.platform.db.clone();
-        RunningInventory {
-            server: self.server.spawn(),
-            relay,
-            token,
-            db,
-        }
-    }
-}
-
-/// An inventory service running on tasks.
-pub struct RunningInventory {
-    server: RunningServer,
-    relay: OutboxRelay,
-    token: zentra_runtime::CancellationToken,
-    db: sea_orm::DatabaseConnection,
-}
-
-impl RunningInventory {
-    /// The address it serves on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// Its outbox relay (for driving rounds by hand when `run_outbox_relay` is off).
-    pub fn relay(&self) -> &OutboxRelay {
-        &self.relay
-    }
-
-    /// Its database.
-    pub fn db(&self) -> &sea_orm::DatabaseConnection {
-        &self.db
-    }
-
-    /// Stops serving and background work.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.token.cancel();
-        self.server.shutdown().await
+    pub fn spawn(self) -> RunningService {
+        self.platform.run_in_background(self.server)
     }
 }

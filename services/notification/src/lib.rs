@@ -8,8 +8,8 @@ use zentra_proto::notification::v1::notification_service_server::NotificationSer
 use zentra_runtime::{
     config::ConfigSources,
     kafka::{ConsumerSettings, EventConsumer},
-    platform::{Platform, ServiceInfo},
-    server::{BoundServer, RunningServer},
+    platform::{Platform, RunningService, ServiceInfo},
+    server::BoundServer,
     telemetry::Telemetry,
 };
 
@@ -74,14 +74,14 @@ impl NotificationService {
         )?;
         let intake =
             intake::Intake::new(platform.db.clone(), settings.customer_email_domain.clone());
-        tokio::spawn(consumer.run(intake, platform.shutdown.clone()));
+        platform.spawn(consumer.run(intake, platform.shutdown.clone()));
         let delivery = delivery::Delivery::new(
             platform.db.clone(),
             settings,
             platform.topic(EVENTS_TOPIC),
             platform.relay.waker(),
         );
-        tokio::spawn(delivery::run(delivery, platform.shutdown.clone()));
+        platform.spawn(delivery::run(delivery, platform.shutdown.clone()));
         let server = platform
             .server()
             .add_service(NotificationServiceServer::new(grpc::NotificationApi::new(
@@ -97,48 +97,16 @@ impl NotificationService {
         self.server.local_addr()
     }
 
-    /// Serves until `shutdown`, then stops background work.
+    /// Serves until `shutdown`, then stops background work and waits for it.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let token = self.platform.shutdown.clone();
-        let result = self.server.serve(shutdown).await;
-        token.cancel();
-        result
+        self.platform.run(self.server, shutdown).await
     }
 
     /// Runs on tasks; the handle stops it.
-    pub fn spawn(self) -> RunningNotificationService {
-        RunningNotificationService {
-            token: self.platform.shutdown.clone(),
-            db: self.platform.db.clone(),
-            server: self.server.spawn(),
-        }
-    }
-}
-
-/// A notification service running on tasks.
-pub struct RunningNotificationService {
-    server: RunningServer,
-    token: zentra_runtime::CancellationToken,
-    db: sea_orm::DatabaseConnection,
-}
-
-impl RunningNotificationService {
-    /// The address it serves on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// Its database.
-    pub fn db(&self) -> &sea_orm::DatabaseConnection {
-        &self.db
-    }
-
-    /// Stops serving and background work.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.token.cancel();
-        self.server.shutdown().await
+    pub fn spawn(self) -> RunningService {
+        self.platform.run_in_background(self.server)
     }
 }

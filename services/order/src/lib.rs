@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use zentra_proto::order::v1::order_service_server::OrderServiceServer;
 use zentra_runtime::{
     config::{ConfigSources, NoSettings, ServiceConfig},
-    platform::{Platform, ServiceInfo},
-    server::{BoundServer, RunningServer},
+    platform::{Platform, RunningService, ServiceInfo},
+    server::BoundServer,
     telemetry::Telemetry,
 };
 
@@ -65,48 +65,16 @@ impl OrderService {
         self.server.local_addr()
     }
 
-    /// Serves until `shutdown`, then stops background work.
+    /// Serves until `shutdown`, then stops background work and waits for it.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let token = self.platform.shutdown.clone();
-        let result = self.server.serve(shutdown).await;
-        token.cancel();
-        result
+        self.platform.run(self.server, shutdown).await
     }
 
     /// Runs on tasks; the handle stops it.
-    pub fn spawn(self) -> RunningOrderService {
-        RunningOrderService {
-            token: self.platform.shutdown.clone(),
-            db: self.platform.db.clone(),
-            server: self.server.spawn(),
-        }
-    }
-}
-
-/// An order service running on tasks.
-pub struct RunningOrderService {
-    server: RunningServer,
-    token: zentra_runtime::CancellationToken,
-    db: sea_orm::DatabaseConnection,
-}
-
-impl RunningOrderService {
-    /// The address it serves on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// Its database.
-    pub fn db(&self) -> &sea_orm::DatabaseConnection {
-        &self.db
-    }
-
-    /// Stops serving and background work.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.token.cancel();
-        self.server.shutdown().await
+    pub fn spawn(self) -> RunningService {
+        self.platform.run_in_background(self.server)
     }
 }

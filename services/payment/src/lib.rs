@@ -7,8 +7,8 @@ use std::{net::SocketAddr, sync::Arc};
 use zentra_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use zentra_runtime::{
     config::ConfigSources,
-    platform::{Platform, ServiceInfo},
-    server::{BoundServer, RunningServer},
+    platform::{Platform, RunningService, ServiceInfo},
+    server::BoundServer,
     telemetry::Telemetry,
 };
 
@@ -71,48 +71,16 @@ impl PaymentService {
         self.server.local_addr()
     }
 
-    /// Serves until `shutdown`, then stops background work.
+    /// Serves until `shutdown`, then stops background work and waits for it.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let token = self.platform.shutdown.clone();
-        let result = self.server.serve(shutdown).await;
-        token.cancel();
-        result
+        self.platform.run(self.server, shutdown).await
     }
 
     /// Runs on tasks; the handle stops it.
-    pub fn spawn(self) -> RunningPaymentService {
-        RunningPaymentService {
-            token: self.platform.shutdown.clone(),
-            db: self.platform.db.clone(),
-            server: self.server.spawn(),
-        }
-    }
-}
-
-/// A payment service running on tasks.
-pub struct RunningPaymentService {
-    server: RunningServer,
-    token: zentra_runtime::CancellationToken,
-    db: sea_orm::DatabaseConnection,
-}
-
-impl RunningPaymentService {
-    /// The address it serves on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// Its database.
-    pub fn db(&self) -> &sea_orm::DatabaseConnection {
-        &self.db
-    }
-
-    /// Stops serving and background work.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.token.cancel();
-        self.server.shutdown().await
+    pub fn spawn(self) -> RunningService {
+        self.platform.run_in_background(self.server)
     }
 }

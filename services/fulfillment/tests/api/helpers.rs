@@ -1,11 +1,10 @@
 //! A running fulfillment service per test, restartable on the same database.
 
 use std::time::Duration;
+use zentra_runtime::platform::RunningService;
 
 use tonic::transport::Channel;
-use zentra_fulfillment::{
-    Config, EVENTS_TOPIC, FulfillmentService, RunningFulfillmentService, config::FulfillmentConfig,
-};
+use zentra_fulfillment::{Config, EVENTS_TOPIC, FulfillmentService, config::FulfillmentConfig};
 use zentra_proto::{
     common::v1::Address,
     fulfillment::v1::{self as pb, fulfillment_service_client::FulfillmentServiceClient},
@@ -14,12 +13,12 @@ use zentra_test_support::TestEnv;
 
 pub struct TestApp {
     pub env: TestEnv,
-    pub service: RunningFulfillmentService,
+    pub service: RunningService,
     pub client: FulfillmentServiceClient<Channel>,
     pub events_topic: String,
 }
 
-async fn start(env: &TestEnv) -> (RunningFulfillmentService, FulfillmentServiceClient<Channel>) {
+async fn start(env: &TestEnv) -> (RunningService, FulfillmentServiceClient<Channel>) {
     let mut domain = FulfillmentConfig::default();
     domain.fulfillment.step_delay = Duration::from_millis(300);
     domain.fulfillment.poll_interval = Duration::from_millis(50);

@@ -186,3 +186,62 @@ async fn hostile_shipments_are_refused_and_store_nothing() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_cancel_and_read_requests_are_refused_with_details() {
+    use tonic_types::StatusExt as _;
+    let app = TestApp::spawn("shiphostile2").await;
+    let shipment = create(&app, shipment_request("base", "US", "MUG-1")).await;
+    let mut client = app.client.clone();
+    let statuses = vec![
+        client
+            .cancel_shipment(pb::CancelShipmentRequest {
+                shipment_id: "nope".to_owned(),
+                reason: "r".to_owned(),
+                idempotency_key: "c1".to_owned(),
+            })
+            .await
+            .expect_err("malformed id"),
+        client
+            .cancel_shipment(pb::CancelShipmentRequest {
+                shipment_id: shipment.shipment_id.clone(),
+                reason: "r".repeat(100_000),
+                idempotency_key: "c2".to_owned(),
+            })
+            .await
+            .expect_err("oversized reason"),
+        client
+            .cancel_shipment(pb::CancelShipmentRequest {
+                shipment_id: shipment.shipment_id.clone(),
+                reason: "r".to_owned(),
+                idempotency_key: String::new(),
+            })
+            .await
+            .expect_err("missing key"),
+        client
+            .get_shipment(pb::GetShipmentRequest {
+                shipment_id: String::new(),
+            })
+            .await
+            .expect_err("missing id"),
+        client
+            .list_shipments(pb::ListShipmentsRequest {
+                status: 77,
+                ..Default::default()
+            })
+            .await
+            .expect_err("unknown status"),
+    ];
+    for status in statuses {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.get_error_details().bad_request().is_some(),
+            "details: {status:?}"
+        );
+    }
+    assert_ne!(
+        app.shipment(&shipment.shipment_id).await.status,
+        ShipmentStatus::Cancelled as i32
+    );
+    app.stop().await;
+}

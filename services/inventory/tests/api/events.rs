@@ -18,6 +18,19 @@ use zentra_runtime::{
 
 use crate::helpers::{Options, TestApp, reserve_request};
 
+/// Stops a consumer and waits until it has closed.
+struct Stop {
+    token: CancellationToken,
+    running: tokio::task::JoinHandle<()>,
+}
+
+impl Stop {
+    async fn cancel(self) {
+        self.token.cancel();
+        let _ = self.running.await;
+    }
+}
+
 /// Records every delivery, and applies each event through the inbox.
 #[derive(Clone)]
 struct Recorder {
@@ -46,7 +59,7 @@ impl EventHandler for Recorder {
 }
 
 impl Recorder {
-    fn start(app: &TestApp) -> (Self, CancellationToken) {
+    fn start(app: &TestApp) -> (Self, Stop) {
         let recorder = Recorder {
             db: app.service.db().clone(),
             deliveries: Arc::default(),
@@ -63,9 +76,9 @@ impl Recorder {
             },
         )
         .expect("consumer subscribes");
-        let stop = CancellationToken::new();
-        tokio::spawn(consumer.run(recorder.clone(), stop.clone()));
-        (recorder, stop)
+        let token = CancellationToken::new();
+        let running = tokio::spawn(consumer.run(recorder.clone(), token.clone()));
+        (recorder, Stop { token, running })
     }
 
     async fn wait_for_deliveries(&self, count: usize) -> Vec<ReceivedEvent> {
@@ -127,7 +140,7 @@ async fn a_relay_crash_between_publishing_and_marking_sent_is_absorbed_by_the_in
 
     let (recorder, stop) = Recorder::start(&app);
     let deliveries = recorder.wait_for_deliveries(2).await;
-    stop.cancel();
+    stop.cancel().await;
     let ids: Vec<&str> = deliveries
         .iter()
         .map(|d| d.envelope.event_id.as_str())
@@ -173,7 +186,7 @@ async fn each_event_reaches_the_broker_once_with_its_trace_context() {
 
     let (recorder, stop) = Recorder::start(&app);
     let deliveries = recorder.wait_for_deliveries(2).await;
-    stop.cancel();
+    stop.cancel().await;
     assert_eq!(deliveries.len(), 2, "one delivery per event");
     assert_ne!(
         deliveries[0].envelope.event_id,

@@ -1,12 +1,11 @@
 //! A running inventory service per test, and shortcuts to call it.
 
 use std::time::Duration;
+use zentra_runtime::platform::RunningService;
 
 use tonic::transport::Channel;
 use uuid::Uuid;
-use zentra_inventory::{
-    Config, EVENTS_TOPIC, Inventory, RunningInventory, config::InventoryConfig,
-};
+use zentra_inventory::{Config, EVENTS_TOPIC, Inventory, config::InventoryConfig};
 use zentra_proto::{
     common::v1::Money,
     inventory::v1::{self as pb, inventory_service_client::InventoryServiceClient},
@@ -15,7 +14,7 @@ use zentra_test_support::TestEnv;
 
 pub struct TestApp {
     pub env: TestEnv,
-    pub service: RunningInventory,
+    pub service: RunningService,
     pub client: InventoryServiceClient<Channel>,
     pub events_topic: String,
 }

@@ -2,12 +2,11 @@
 //! producer standing in for the order service.
 
 use std::{path::PathBuf, process::Child, time::Duration};
+use zentra_runtime::platform::RunningService;
 
 use prost::Message as _;
 use tonic::transport::Channel;
-use zentra_notification::{
-    Config, NotificationService, RunningNotificationService, config::NotificationConfig,
-};
+use zentra_notification::{Config, NotificationService, config::NotificationConfig};
 use zentra_proto::{
     events::v1::EventEnvelope,
     notification::v1::{self as pb, notification_service_client::NotificationServiceClient},
@@ -81,7 +80,7 @@ impl Drop for SmtpServer {
 
 pub struct TestApp {
     pub env: TestEnv,
-    pub service: RunningNotificationService,
+    pub service: RunningService,
     pub client: NotificationServiceClient<Channel>,
     pub producer: EventProducer,
 }

@@ -1,16 +1,17 @@
 //! A running order service per test, and a valid order to vary.
 
 use tonic::transport::Channel;
-use zentra_order::{Config, EVENTS_TOPIC, OrderService, RunningOrderService};
+use zentra_order::{Config, EVENTS_TOPIC, OrderService};
 use zentra_proto::{
     common::v1::{Address, Money},
     order::v1::{self as pb, order_service_client::OrderServiceClient},
 };
+use zentra_runtime::platform::RunningService;
 use zentra_test_support::TestEnv;
 
 pub struct TestApp {
     pub env: TestEnv,
-    pub service: RunningOrderService,
+    pub service: RunningService,
     pub client: OrderServiceClient<Channel>,
     pub events_topic: String,
 }

@@ -195,3 +195,92 @@ async fn orders_list_newest_first_filtered_by_status_and_customer_in_pages() {
     assert_eq!(bad.code(), Code::InvalidArgument);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_status_change_and_read_requests_are_refused_with_details() {
+    use tonic_types::StatusExt as _;
+    let app = TestApp::spawn("orderhostile").await;
+    let order = app
+        .place(order_request("hostile-base"))
+        .await
+        .expect("placed");
+    let mut client = app.client.clone();
+    let huge = "r".repeat(100_000);
+    let statuses = vec![
+        client
+            .cancel_order(pb::CancelOrderRequest {
+                order_id: "x".to_owned(),
+                reason: "r".to_owned(),
+                expected_version: 0,
+                idempotency_key: "k1".to_owned(),
+            })
+            .await
+            .expect_err("malformed id"),
+        client
+            .cancel_order(pb::CancelOrderRequest {
+                order_id: order.order_id.clone(),
+                reason: huge.clone(),
+                expected_version: 0,
+                idempotency_key: "k2".to_owned(),
+            })
+            .await
+            .expect_err("oversized reason"),
+        client
+            .reject_order(pb::RejectOrderRequest {
+                order_id: order.order_id.clone(),
+                reason: String::new(),
+                expected_version: -1,
+                idempotency_key: String::new(),
+            })
+            .await
+            .expect_err("missing fields"),
+        client
+            .confirm_order(confirm(&order.order_id, -5, "k3"))
+            .await
+            .expect_err("negative version"),
+        client
+            .complete_cancellation(pb::CompleteCancellationRequest {
+                order_id: huge.clone(),
+                expected_version: 0,
+                idempotency_key: "k4".to_owned(),
+            })
+            .await
+            .expect_err("oversized id"),
+        client
+            .get_order_history(pb::GetOrderHistoryRequest {
+                order_id: String::new(),
+            })
+            .await
+            .expect_err("missing id"),
+        client
+            .list_orders(pb::ListOrdersRequest {
+                page: Some(zentra_proto::common::v1::PageRequest {
+                    page_size: -1,
+                    page_token: "forged".to_owned(),
+                }),
+                customer_id: huge,
+                ..Default::default()
+            })
+            .await
+            .expect_err("bad list"),
+    ];
+    for status in statuses {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.get_error_details().bad_request().is_some(),
+            "details: {status:?}"
+        );
+    }
+    let unchanged = client
+        .get_order(pb::GetOrderRequest {
+            order_id: order.order_id.clone(),
+        })
+        .await
+        .expect("read");
+    assert_eq!(
+        unchanged.into_inner().order.map(|o| (o.status, o.version)),
+        Some((OrderStatus::Pending as i32, 1))
+    );
+    assert_eq!(app.count("SELECT count(*) FROM order_history").await, 1);
+    app.stop().await;
+}

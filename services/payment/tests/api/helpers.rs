@@ -1,11 +1,10 @@
 //! A running payment service per test.
 
 use std::time::Duration;
+use zentra_runtime::platform::RunningService;
 
 use tonic::transport::Channel;
-use zentra_payment::{
-    Config, EVENTS_TOPIC, PaymentService, RunningPaymentService, config::PaymentConfig,
-};
+use zentra_payment::{Config, EVENTS_TOPIC, PaymentService, config::PaymentConfig};
 use zentra_proto::{
     common::v1::Money,
     payment::v1::{self as pb, payment_service_client::PaymentServiceClient},
@@ -14,7 +13,7 @@ use zentra_test_support::TestEnv;
 
 pub struct TestApp {
     pub env: TestEnv,
-    pub service: RunningPaymentService,
+    pub service: RunningService,
     pub client: PaymentServiceClient<Channel>,
     pub events_topic: String,
 }

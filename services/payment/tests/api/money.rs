@@ -272,3 +272,93 @@ async fn hostile_payment_requests_are_refused_with_details_and_store_nothing() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_capture_void_refund_and_reads_are_refused_with_details() {
+    let app = TestApp::spawn("payhostile2").await;
+    let payment = app
+        .authorize("tok_approve", 500, "base")
+        .await
+        .expect("authorized");
+    let mut client = app.client.clone();
+    let huge = "x".repeat(100_000);
+    let statuses = vec![
+        client
+            .capture(pb::CaptureRequest {
+                payment_id: payment.payment_id.clone(),
+                amount: usd(-1),
+                idempotency_key: "c1".to_owned(),
+            })
+            .await
+            .expect_err("negative capture"),
+        client
+            .capture(pb::CaptureRequest {
+                payment_id: huge.clone(),
+                amount: None,
+                idempotency_key: "c2".to_owned(),
+            })
+            .await
+            .expect_err("oversized id"),
+        client
+            .void(pb::VoidRequest {
+                payment_id: payment.payment_id.clone(),
+                reason: huge.clone(),
+                idempotency_key: "v1".to_owned(),
+            })
+            .await
+            .expect_err("oversized reason"),
+        client
+            .void(pb::VoidRequest {
+                payment_id: payment.payment_id.clone(),
+                reason: "ok".to_owned(),
+                idempotency_key: String::new(),
+            })
+            .await
+            .expect_err("missing key"),
+        client
+            .refund(pb::RefundRequest {
+                payment_id: payment.payment_id.clone(),
+                amount: usd(i64::MAX),
+                reason: "r".to_owned(),
+                idempotency_key: "r1".to_owned(),
+            })
+            .await
+            .expect_err("overflowing refund"),
+        client
+            .get_payment(pb::GetPaymentRequest {
+                payment_id: "42".to_owned(),
+            })
+            .await
+            .expect_err("malformed id"),
+        client
+            .list_payments(pb::ListPaymentsRequest {
+                status: 42,
+                ..Default::default()
+            })
+            .await
+            .expect_err("unknown status"),
+        client
+            .get_payment_ledger(pb::GetPaymentLedgerRequest::default())
+            .await
+            .expect_err("no filter"),
+    ];
+    for status in statuses {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.get_error_details().bad_request().is_some(),
+            "details: {status:?}"
+        );
+    }
+    let unchanged = client
+        .get_payment(pb::GetPaymentRequest {
+            payment_id: payment.payment_id.clone(),
+        })
+        .await
+        .expect("read")
+        .into_inner()
+        .payment
+        .expect("payment");
+    assert_eq!(unchanged.status, PaymentStatus::Authorized as i32);
+    assert_eq!(app.count("payment_ledger").await, 1);
+    app.stop().await;
+}
