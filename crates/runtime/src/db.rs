@@ -34,9 +34,10 @@ impl MigrationTrait for SqlMigration {
 }
 
 /// The runtime's tables, needed by every service.
-pub const RUNTIME_MIGRATIONS: &[SqlMigration] = &[SqlMigration {
-    name: "m0000_runtime_outbox_inbox_idempotency",
-    up: r#"
+pub const RUNTIME_MIGRATIONS: &[SqlMigration] = &[
+    SqlMigration {
+        name: "m0000_runtime_outbox_inbox_idempotency",
+        up: r#"
 CREATE TABLE outbox (
     seq           BIGSERIAL PRIMARY KEY,
     event_id      UUID        NOT NULL UNIQUE,
@@ -69,7 +70,35 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (scope, key)
 );
 "#,
-}];
+    },
+    SqlMigration {
+        name: "m0000a_runtime_dead_letters",
+        up: r#"
+CREATE TABLE dead_letters (
+    id               UUID PRIMARY KEY,
+    consumer_group   TEXT        NOT NULL,
+    source_topic     TEXT        NOT NULL,
+    partition        INT         NOT NULL,
+    record_offset    BIGINT      NOT NULL,
+    record_key       BYTEA       NOT NULL,
+    headers          BYTEA       NOT NULL,
+    payload          BYTEA       NOT NULL,
+    event_id         TEXT        NOT NULL DEFAULT '',
+    event_type       TEXT        NOT NULL DEFAULT '',
+    error            TEXT        NOT NULL,
+    attempt_count    INT         NOT NULL,
+    status           TEXT        NOT NULL CHECK (status IN ('PENDING', 'REPLAYED', 'DISMISSED')),
+    first_failure_at TIMESTAMPTZ NOT NULL,
+    last_failure_at  TIMESTAMPTZ NOT NULL,
+    replayed_at      TIMESTAMPTZ,
+    dismissed_at     TIMESTAMPTZ,
+    dismiss_reason   TEXT        NOT NULL DEFAULT '',
+    UNIQUE (consumer_group, source_topic, partition, record_offset)
+);
+CREATE INDEX dead_letters_by_failure ON dead_letters (last_failure_at DESC);
+"#,
+    },
+];
 
 /// Opens the pool.
 pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbErr> {

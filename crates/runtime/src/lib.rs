@@ -6,6 +6,7 @@
 pub mod bin_support;
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod events;
 pub mod faults;
 pub mod idempotency;

@@ -9,9 +9,12 @@ use sea_orm::DatabaseConnection;
 use serde::Serialize;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use zentra_proto::saga::v1::dead_letter_service_server::DeadLetterServiceServer;
+
 use crate::{
     config::{CommonConfig, ConfigSources, ServiceConfig, to_toml},
     db::{self, PostgresProbe, SqlMigration},
+    dead_letters::{DeadLetterApi, DeadLetterSink},
     faults::Faults,
     kafka::{self, EventProducer, KafkaProbe},
     ops::{DependencyProbe, OpsContext},
@@ -154,9 +157,23 @@ impl Platform {
         self.tasks.wait().await;
     }
 
-    /// A server builder for this service.
+    /// Where this service's consumers park messages that keep failing.
+    pub fn dead_letter_sink(&self) -> DeadLetterSink {
+        DeadLetterSink::new(
+            self.db.clone(),
+            self.producer.clone(),
+            self.config.kafka.clone(),
+        )
+    }
+
+    /// A server builder for this service, already serving its dead-letter API.
     pub fn server(&self) -> GrpcServerBuilder {
-        GrpcServerBuilder::new(self.config.grpc.clone(), self.ops.clone())
+        GrpcServerBuilder::new(self.config.grpc.clone(), self.ops.clone()).add_service(
+            DeadLetterServiceServer::new(DeadLetterApi::new(
+                self.db.clone(),
+                self.producer.clone(),
+            )),
+        )
     }
 }
 

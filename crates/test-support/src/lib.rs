@@ -267,12 +267,10 @@ impl EventCollector {
     pub fn start(config: &zentra_runtime::config::KafkaConfig, topics: &[String]) -> Self {
         let consumer = zentra_runtime::kafka::EventConsumer::subscribe(
             config,
-            zentra_runtime::kafka::ConsumerSettings {
-                group: format!("collector-{}", unique_suffix()),
-                topics: topics.to_vec(),
-                initial_backoff: Duration::from_millis(50),
-                max_backoff: Duration::from_millis(500),
-            },
+            zentra_runtime::kafka::ConsumerSettings::new(
+                format!("collector-{}", unique_suffix()),
+                topics.to_vec(),
+            ),
         )
         .unwrap_or_else(|error| panic!("collector subscribes: {error}"));
         let received = std::sync::Arc::default();

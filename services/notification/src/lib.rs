@@ -63,13 +63,14 @@ impl NotificationService {
         let consumer = EventConsumer::subscribe(
             &platform.config.kafka,
             ConsumerSettings {
-                group: "notification".to_owned(),
-                topics: CONSUMED_TOPICS
-                    .iter()
-                    .map(|topic| platform.topic(topic))
-                    .collect(),
-                initial_backoff: std::time::Duration::from_millis(200),
-                max_backoff: std::time::Duration::from_secs(30),
+                dead_letters: Some(platform.dead_letter_sink()),
+                ..ConsumerSettings::new(
+                    "notification",
+                    CONSUMED_TOPICS
+                        .iter()
+                        .map(|topic| platform.topic(topic))
+                        .collect(),
+                )
             },
         )?;
         let intake =

@@ -1,7 +1,10 @@
 //! A consumer that processes each message before committing its offset: a crash replays what was
 //! not committed, so handlers must be idempotent (the inbox makes them so).
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    time::{Duration, SystemTime},
+};
 
 use prost::Message as _;
 use rdkafka::{
@@ -12,7 +15,12 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 use zentra_proto::events::v1::EventEnvelope;
 
-use crate::{config::KafkaConfig, kafka::KafkaFailure, telemetry::names};
+use crate::{
+    config::KafkaConfig,
+    dead_letters::{DeadLetterSink, FailedRecord},
+    kafka::KafkaFailure,
+    telemetry::names,
+};
 
 /// One decoded message.
 #[derive(Debug, Clone)]
@@ -50,7 +58,7 @@ pub trait EventHandler: Send + Sync + 'static {
 }
 
 /// How a consumer behaves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConsumerSettings {
     /// Consumer group (the configured group prefix is prepended).
     pub group: String,
@@ -60,12 +68,31 @@ pub struct ConsumerSettings {
     pub initial_backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// Attempts before a message is dead-lettered (with a sink; without one it is retried forever).
+    pub max_attempts: u32,
+    /// Where messages that keep failing go; `None` retries them forever.
+    pub dead_letters: Option<DeadLetterSink>,
+}
+
+impl ConsumerSettings {
+    /// Settings for `group` on `topics`: 3 attempts, 200 ms to 30 s backoff, no dead letters.
+    pub fn new(group: impl Into<String>, topics: Vec<String>) -> Self {
+        Self {
+            group: group.into(),
+            topics,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            max_attempts: 3,
+            dead_letters: None,
+        }
+    }
 }
 
 /// A subscribed consumer.
 pub struct EventConsumer {
     consumer: StreamConsumer,
     settings: ConsumerSettings,
+    group: String,
 }
 
 impl EventConsumer {
@@ -85,7 +112,11 @@ impl EventConsumer {
             .map_err(KafkaFailure::Setup)?;
         let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(KafkaFailure::Setup)?;
-        Ok(Self { consumer, settings })
+        Ok(Self {
+            consumer,
+            settings,
+            group,
+        })
     }
 
     /// Consumes until `shutdown` is cancelled. A failing message is retried with backoff and its
@@ -149,33 +180,60 @@ impl EventConsumer {
         shutdown: &CancellationToken,
     ) -> bool {
         let topic = message.topic().to_owned();
+        let first_failure = SystemTime::now();
         let Some(event) = decode(message) else {
-            tracing::error!(topic = %topic, offset = message.offset(), "undecodable message skipped");
+            tracing::error!(topic = %topic, offset = message.offset(), "undecodable message");
             metrics::counter!(names::CONSUMER_MESSAGES, "topic" => topic, "outcome" => "undecodable")
                 .increment(1);
-            return true;
+            return self
+                .dead_letter(
+                    message,
+                    None,
+                    "undecodable message",
+                    1,
+                    first_failure,
+                    shutdown,
+                )
+                .await;
         };
         let mut backoff = self.settings.initial_backoff;
         let mut attempt = 1u32;
         loop {
-            match handler.handle(&event).await {
+            let error = match handler.handle(&event).await {
                 Ok(()) => {
                     metrics::counter!(names::CONSUMER_MESSAGES, "topic" => topic, "outcome" => "processed")
                         .increment(1);
                     return true;
                 }
-                Err(error) => {
-                    metrics::counter!(names::CONSUMER_MESSAGES, "topic" => topic.clone(), "outcome" => "failed")
-                        .increment(1);
-                    tracing::warn!(
-                        topic = %topic,
-                        offset = event.offset,
-                        event_id = %event.envelope.event_id,
+                Err(error) => error,
+            };
+            metrics::counter!(names::CONSUMER_MESSAGES, "topic" => topic.clone(), "outcome" => "failed")
+                .increment(1);
+            tracing::warn!(
+                topic = %topic,
+                offset = event.offset,
+                event_id = %event.envelope.event_id,
+                attempt,
+                %error,
+                "event handling failed"
+            );
+            let give_up = matches!(error, HandlerError::Permanent(_))
+                || attempt >= self.settings.max_attempts;
+            if give_up && self.settings.dead_letters.is_some() {
+                let identity = Some((
+                    event.envelope.event_id.clone(),
+                    event.envelope.event_type.clone(),
+                ));
+                return self
+                    .dead_letter(
+                        message,
+                        identity,
+                        &error.to_string(),
                         attempt,
-                        %error,
-                        "event handling failed; retrying"
-                    );
-                }
+                        first_failure,
+                        shutdown,
+                    )
+                    .await;
             }
             tokio::select! {
                 () = shutdown.cancelled() => return false,
@@ -183,6 +241,69 @@ impl EventConsumer {
             }
             backoff = (backoff * 2).min(self.settings.max_backoff);
             attempt += 1;
+        }
+    }
+
+    /// Parks the message; retries parking until it succeeds (nothing may be lost). Without a
+    /// sink the message is skipped with an error log.
+    async fn dead_letter(
+        &self,
+        message: &BorrowedMessage<'_>,
+        event: Option<(String, String)>,
+        error: &str,
+        attempts: u32,
+        first_failure: SystemTime,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let Some(sink) = &self.settings.dead_letters else {
+            tracing::error!(
+                topic = message.topic(),
+                offset = message.offset(),
+                error,
+                "message skipped: no dead-letter sink"
+            );
+            return true;
+        };
+        let record = FailedRecord {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers: message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            event,
+            first_failure,
+        };
+        let mut backoff = self.settings.initial_backoff;
+        loop {
+            match sink.park(&self.group, &record, error, attempts).await {
+                Ok(()) => {
+                    metrics::counter!(names::CONSUMER_MESSAGES, "topic" => record.topic.clone(), "outcome" => "dead_lettered")
+                        .increment(1);
+                    return true;
+                }
+                Err(park_error) => {
+                    tracing::warn!(%park_error, topic = %record.topic, offset = record.offset, "dead-lettering failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.settings.max_backoff);
         }
     }
 }

@@ -69,10 +69,8 @@ impl Recorder {
         let consumer = EventConsumer::subscribe(
             &config,
             ConsumerSettings {
-                group: "recorder".to_owned(),
-                topics: vec![app.events_topic.clone()],
                 initial_backoff: Duration::from_millis(50),
-                max_backoff: Duration::from_millis(500),
+                ..ConsumerSettings::new("recorder", vec![app.events_topic.clone()])
             },
         )
         .expect("consumer subscribes");
