@@ -24,7 +24,7 @@ use crate::{
     fresh_or_replay,
     idempotency::IdempotencyError,
     kafka::{EventProducer, KafkaFailure, ensure_topics},
-    paging::{Page, encode_token},
+    paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
     time::{chrono_to_timestamp, timestamp_to_chrono},
 };
@@ -357,14 +357,7 @@ impl DeadLetterService for DeadLetterApi {
         let to = range.end_time.as_ref().and_then(|t| {
             timestamp_to_chrono(t, "last_failure_time_range.end_time", &mut violations)
         });
-        let after = match page.after.as_deref().map(Uuid::parse_str) {
-            Some(Ok(id)) => Some(id),
-            Some(Err(_)) => {
-                violations.add("page.page_token", "is not a token this service issued");
-                None
-            }
-            None => None,
-        };
+        let after = page.uuid_cursor(&mut violations);
         violations.into_result()?;
         let non_empty = |value: &str| (!value.is_empty()).then(|| value.to_owned());
         let mut rows = Row::find_by_statement(Statement::from_sql_and_values(
@@ -388,14 +381,7 @@ impl DeadLetterService for DeadLetterApi {
         .all(&self.db)
         .await
         .map_err(DeadLetterError::from)?;
-        let next_page_token = if rows.len() as u64 > page.size {
-            rows.truncate(page.size as usize);
-            rows.last()
-                .map(|row| encode_token(&row.id.to_string()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page.finish(&mut rows, |row| row.id.to_string());
         Ok(Response::new(pb::ListDeadLettersResponse {
             dead_letters: rows.iter().map(to_proto).collect(),
             page: Some(zentra_proto::common::v1::PageResponse { next_page_token }),

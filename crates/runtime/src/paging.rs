@@ -54,6 +54,33 @@ impl Page {
     }
 }
 
+impl Page {
+    /// The cursor as a UUID, for lists keyed by time-ordered ids; records a violation when the
+    /// token holds something else.
+    pub fn uuid_cursor(&self, violations: &mut Violations) -> Option<uuid::Uuid> {
+        let cursor = self.after.as_deref()?;
+        match uuid::Uuid::parse_str(cursor) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                violations.add("page.page_token", "is not a token this service issued");
+                None
+            }
+        }
+    }
+
+    /// Trims the one extra row a list fetched (`size + 1`) and returns the next page's token,
+    /// empty when this was the last page.
+    pub fn finish<T>(&self, rows: &mut Vec<T>, cursor: impl Fn(&T) -> String) -> String {
+        if rows.len() as u64 <= self.size {
+            return String::new();
+        }
+        rows.truncate(self.size as usize);
+        rows.last()
+            .map(|row| encode_token(&cursor(row)))
+            .unwrap_or_default()
+    }
+}
+
 /// Encodes a cursor as an opaque token.
 pub fn encode_token(cursor: &str) -> String {
     let mut token = String::with_capacity(3 + cursor.len() * 2);

@@ -3,11 +3,10 @@
 use std::collections::BTreeSet;
 
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 use zentra_proto::{common::v1::PageResponse, fulfillment::v1 as pb};
 use zentra_runtime::{
     fresh_or_replay,
-    paging::{Page, encode_token},
+    paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
     validate::{Sku, check_address},
 };
@@ -158,28 +157,13 @@ impl pb::fulfillment_service_server::FulfillmentService for FulfillmentApi {
                 None
             }
         };
-        let after = match page.after.as_deref().map(Uuid::parse_str) {
-            Some(Ok(id)) => Some(id),
-            Some(Err(_)) => {
-                violations.add("page.page_token", "is not a token this service issued");
-                None
-            }
-            None => None,
-        };
+        let after = page.uuid_cursor(&mut violations);
         violations.into_result()?;
         let mut shipments =
             store::list(self.shipments.db(), after, order_id, status, page.size + 1)
                 .await
                 .map_err(FulfillmentError::from)?;
-        let next_page_token = if shipments.len() as u64 > page.size {
-            shipments.truncate(page.size as usize);
-            shipments
-                .last()
-                .map(|s| encode_token(&s.row.id.to_string()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page.finish(&mut shipments, |s| s.row.id.to_string());
         Ok(Response::new(pb::ListShipmentsResponse {
             shipments: shipments.iter().map(convert::shipment).collect(),
             page: Some(PageResponse { next_page_token }),

@@ -4,7 +4,7 @@
 use tonic::{Request, Response, Status};
 use zentra_proto::{common::v1::PageResponse, inventory::v1 as pb};
 use zentra_runtime::{
-    paging::{Page, encode_token},
+    paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
 };
 
@@ -89,7 +89,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         )
         .await
         .map_err(InventoryError::from)?;
-        let next_page_token = next_token(&mut rows, page.size, |row| row.sku.clone());
+        let next_page_token = page.finish(&mut rows, |row| row.sku.clone());
         Ok(Response::new(pb::ListProductsResponse {
             products: rows.into_iter().map(convert::product).collect(),
             page: Some(PageResponse { next_page_token }),
@@ -246,35 +246,16 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
                 None
             }
         };
-        let after = match page.after.as_deref().map(uuid::Uuid::parse_str) {
-            Some(Ok(id)) => Some(id),
-            Some(Err(_)) => {
-                violations.add("page.page_token", "is not a token this service issued");
-                None
-            }
-            None => None,
-        };
+        let after = page.uuid_cursor(&mut violations);
         violations.into_result()?;
         let mut reservations =
             store::list_reservations(self.stock.db(), after, order_id, state, page.size + 1)
                 .await
                 .map_err(InventoryError::from)?;
-        let next_page_token = next_token(&mut reservations, page.size, |r| r.id.to_string());
+        let next_page_token = page.finish(&mut reservations, |r| r.id.to_string());
         Ok(Response::new(pb::ListReservationsResponse {
             reservations: reservations.iter().map(convert::reservation).collect(),
             page: Some(PageResponse { next_page_token }),
         }))
-    }
-}
-
-/// Trims the one extra row fetched and returns the token of the next page, if there is one.
-fn next_token<T>(rows: &mut Vec<T>, size: u64, cursor: impl Fn(&T) -> String) -> String {
-    if rows.len() as u64 > size {
-        rows.truncate(size as usize);
-        rows.last()
-            .map(|row| encode_token(&cursor(row)))
-            .unwrap_or_default()
-    } else {
-        String::new()
     }
 }

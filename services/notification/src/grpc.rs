@@ -1,10 +1,9 @@
 //! The gRPC face of the notification service: reads only.
 
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 use zentra_proto::{common::v1::PageResponse, notification::v1 as pb};
 use zentra_runtime::{
-    paging::{Page, encode_token},
+    paging::Page,
     status::{Violations, parse_uuid},
     time::chrono_to_timestamp,
 };
@@ -100,14 +99,7 @@ impl pb::notification_service_server::NotificationService for NotificationApi {
                 None
             }
         };
-        let after = match page.after.as_deref().map(Uuid::parse_str) {
-            Some(Ok(id)) => Some(id),
-            Some(Err(_)) => {
-                violations.add("page.page_token", "is not a token this service issued");
-                None
-            }
-            None => None,
-        };
+        let after = page.uuid_cursor(&mut violations);
         violations.into_result()?;
         let mut rows = store::list(
             &self.db,
@@ -119,14 +111,7 @@ impl pb::notification_service_server::NotificationService for NotificationApi {
         )
         .await
         .map_err(NotificationError::from)?;
-        let next_page_token = if rows.len() as u64 > page.size {
-            rows.truncate(page.size as usize);
-            rows.last()
-                .map(|n| encode_token(&n.id.to_string()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page.finish(&mut rows, |n| n.id.to_string());
         let attempts = store::attempts(&self.db, rows.iter().map(|n| n.id).collect())
             .await
             .map_err(NotificationError::from)?;

@@ -5,7 +5,7 @@ use uuid::Uuid;
 use zentra_proto::{common::v1::PageResponse, order::v1 as pb};
 use zentra_runtime::{
     fresh_or_replay,
-    paging::{Page, encode_token},
+    paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
     time::timestamp_to_chrono,
 };
@@ -130,27 +130,12 @@ impl pb::order_service_server::OrderService for OrderApi {
                 timestamp_to_chrono(t, "create_time_range.end_time", &mut violations)
             });
         }
-        let after = match page.after.as_deref().map(Uuid::parse_str) {
-            Some(Ok(id)) => Some(id),
-            Some(Err(_)) => {
-                violations.add("page.page_token", "is not a token this service issued");
-                None
-            }
-            None => None,
-        };
+        let after = page.uuid_cursor(&mut violations);
         violations.into_result()?;
         let mut orders = store::list(self.orders.db(), after, &filter, page.size + 1)
             .await
             .map_err(OrderError::from)?;
-        let next_page_token = if orders.len() as u64 > page.size {
-            orders.truncate(page.size as usize);
-            orders
-                .last()
-                .map(|o| encode_token(&o.id.to_string()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = page.finish(&mut orders, |o| o.id.to_string());
         Ok(Response::new(pb::ListOrdersResponse {
             orders: orders.iter().map(convert::order).collect(),
             page: Some(PageResponse { next_page_token }),

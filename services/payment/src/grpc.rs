@@ -8,7 +8,7 @@ use zentra_proto::{
 };
 use zentra_runtime::{
     fresh_or_replay,
-    paging::{Page, encode_token},
+    paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
     validate::check_currency,
 };
@@ -254,12 +254,12 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
                 None
             }
         };
-        let after = cursor(&page, &mut violations);
+        let after = page.uuid_cursor(&mut violations);
         violations.into_result()?;
         let mut payments = store::list(self.payments.db(), after, order_id, status, page.size + 1)
             .await
             .map_err(PaymentError::from)?;
-        let next_page_token = next_token(&mut payments, page.size, |p| p.id);
+        let next_page_token = page.finish(&mut payments, |p| p.id.to_string());
         Ok(Response::new(pb::ListPaymentsResponse {
             payments: payments.iter().map(convert::payment).collect(),
             page: Some(PageResponse { next_page_token }),
@@ -282,7 +282,7 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
         if request.order_id.is_empty() && request.payment_id.is_empty() {
             violations.add("order_id", "order_id or payment_id is required");
         }
-        let after = cursor(&page, &mut violations);
+        let after = page.uuid_cursor(&mut violations);
         violations.into_result()?;
         let mut entries = store::ledger(
             self.payments.db(),
@@ -293,32 +293,10 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
         )
         .await
         .map_err(PaymentError::from)?;
-        let next_page_token = next_token(&mut entries, page.size, |e| e.id);
+        let next_page_token = page.finish(&mut entries, |e| e.id.to_string());
         Ok(Response::new(pb::GetPaymentLedgerResponse {
             entries: entries.iter().map(convert::ledger_entry).collect(),
             page: Some(PageResponse { next_page_token }),
         }))
-    }
-}
-
-fn cursor(page: &Page, violations: &mut Violations) -> Option<Uuid> {
-    match page.after.as_deref().map(Uuid::parse_str) {
-        Some(Ok(id)) => Some(id),
-        Some(Err(_)) => {
-            violations.add("page.page_token", "is not a token this service issued");
-            None
-        }
-        None => None,
-    }
-}
-
-fn next_token<T>(rows: &mut Vec<T>, size: u64, id: impl Fn(&T) -> Uuid) -> String {
-    if rows.len() as u64 > size {
-        rows.truncate(size as usize);
-        rows.last()
-            .map(|row| encode_token(&id(row).to_string()))
-            .unwrap_or_default()
-    } else {
-        String::new()
     }
 }
