@@ -4,6 +4,7 @@
 //! A service adds only its domain.
 
 pub mod bin_support;
+pub mod circuit_breaker;
 pub mod config;
 pub mod db;
 pub mod dead_letters;
