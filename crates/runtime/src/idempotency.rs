@@ -167,7 +167,7 @@ where
 /// and into `tonic::Status`.
 #[macro_export]
 macro_rules! fresh_or_replay {
-    ($db:expr, $scope:literal, $request:expr, $error:ty) => {
+    ($db:expr, $scope:expr, $request:expr, $error:ty) => {
         match $crate::idempotency::begin_request($db, $scope, &$request)
             .await
             .map_err(<$error>::from)?

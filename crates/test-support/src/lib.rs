@@ -204,6 +204,31 @@ pub fn tool(name: &str) -> PathBuf {
     panic!("{name} not found: run deploy/local/install-tools.sh");
 }
 
+/// Field paths named by a status's `BadRequest` details (empty when it has none).
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|v| v.field.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs a query whose first column is a bigint (`SELECT count(*) ...`) and returns it.
+pub async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
+    use sea_orm::{DbBackend, Statement};
+    db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned()))
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {error}"))
+        .and_then(|row| row.try_get_by_index::<i64>(0).ok())
+        .unwrap_or_else(|| panic!("{sql}: no number"))
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where

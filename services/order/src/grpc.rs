@@ -5,6 +5,7 @@ use uuid::Uuid;
 use zentra_proto::{common::v1::PageResponse, order::v1 as pb};
 use zentra_runtime::{
     fresh_or_replay,
+    idempotency::IdempotentRequest,
     paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
     time::timestamp_to_chrono,
@@ -50,21 +51,28 @@ impl OrderApi {
             None => Err(violations.into_status()),
         }
     }
-}
 
-macro_rules! status_change {
-    ($self:ident, $request:ident, $scope:literal, $response:ident, $change:expr) => {{
-        let tx = fresh_or_replay!($self.orders.db(), $scope, $request, OrderError);
-        let id = Uuid::parse_str(&$request.order_id).map_err(|_| Status::internal("validated id"))?;
-        let order = $self.orders.change(tx.transaction(), id, $change).await?;
-        let response = pb::$response {
-            order: Some(convert::order(&order)),
-        };
+    /// Applies a validated status change idempotently and answers with the order after it.
+    async fn apply_change<Q, R>(
+        &self,
+        scope: &'static str,
+        request: &Q,
+        id: Uuid,
+        change: Change<'_>,
+        respond: impl FnOnce(pb::Order) -> R,
+    ) -> Result<Response<R>, Status>
+    where
+        Q: IdempotentRequest + Sync,
+        R: prost::Message + Default,
+    {
+        let tx = fresh_or_replay!(self.orders.db(), scope, *request, OrderError);
+        let order = self.orders.change(tx.transaction(), id, change).await?;
+        let response = respond(convert::order(&order));
         tx.commit(&response).await.map_err(OrderError::from)?;
-        $self.orders.committed();
+        self.orders.committed();
         tracing::info!(order_id = %id, status = order.state.as_str(), "order status changed");
         Ok(Response::new(response))
-    }};
+    }
 }
 
 #[tonic::async_trait]
@@ -147,25 +155,26 @@ impl pb::order_service_server::OrderService for OrderApi {
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
         let request = request.into_inner();
-        Self::parse_change(
+        let id = Self::parse_change(
             &request.order_id,
             &request.idempotency_key,
             request.expected_version,
             Some(&request.reason),
         )?;
-        status_change!(
-            self,
-            request,
+        self.apply_change(
             "CancelOrder",
-            CancelOrderResponse,
+            &request,
+            id,
             Change {
                 to: OrderState::CancellationRequested,
                 cause: "CUSTOMER_CANCELLATION",
                 reason: request.reason.trim(),
                 expected_version: request.expected_version,
                 idempotency_key: &request.idempotency_key,
-            }
+            },
+            |order| pb::CancelOrderResponse { order: Some(order) },
         )
+        .await
     }
 
     async fn confirm_order(
@@ -173,25 +182,26 @@ impl pb::order_service_server::OrderService for OrderApi {
         request: Request<pb::ConfirmOrderRequest>,
     ) -> Result<Response<pb::ConfirmOrderResponse>, Status> {
         let request = request.into_inner();
-        Self::parse_change(
+        let id = Self::parse_change(
             &request.order_id,
             &request.idempotency_key,
             request.expected_version,
             None,
         )?;
-        status_change!(
-            self,
-            request,
+        self.apply_change(
             "ConfirmOrder",
-            ConfirmOrderResponse,
+            &request,
+            id,
             Change {
                 to: OrderState::Confirmed,
                 cause: "SAGA_CONFIRMED",
                 reason: "",
                 expected_version: request.expected_version,
                 idempotency_key: &request.idempotency_key,
-            }
+            },
+            |order| pb::ConfirmOrderResponse { order: Some(order) },
         )
+        .await
     }
 
     async fn reject_order(
@@ -199,25 +209,26 @@ impl pb::order_service_server::OrderService for OrderApi {
         request: Request<pb::RejectOrderRequest>,
     ) -> Result<Response<pb::RejectOrderResponse>, Status> {
         let request = request.into_inner();
-        Self::parse_change(
+        let id = Self::parse_change(
             &request.order_id,
             &request.idempotency_key,
             request.expected_version,
             Some(&request.reason),
         )?;
-        status_change!(
-            self,
-            request,
+        self.apply_change(
             "RejectOrder",
-            RejectOrderResponse,
+            &request,
+            id,
             Change {
                 to: OrderState::Rejected,
                 cause: "SAGA_REJECTED",
                 reason: request.reason.trim(),
                 expected_version: request.expected_version,
                 idempotency_key: &request.idempotency_key,
-            }
+            },
+            |order| pb::RejectOrderResponse { order: Some(order) },
         )
+        .await
     }
 
     async fn complete_cancellation(
@@ -225,25 +236,26 @@ impl pb::order_service_server::OrderService for OrderApi {
         request: Request<pb::CompleteCancellationRequest>,
     ) -> Result<Response<pb::CompleteCancellationResponse>, Status> {
         let request = request.into_inner();
-        Self::parse_change(
+        let id = Self::parse_change(
             &request.order_id,
             &request.idempotency_key,
             request.expected_version,
             None,
         )?;
-        status_change!(
-            self,
-            request,
+        self.apply_change(
             "CompleteCancellation",
-            CompleteCancellationResponse,
+            &request,
+            id,
             Change {
                 to: OrderState::Cancelled,
                 cause: "SAGA_CANCELLATION_COMPLETED",
                 reason: "",
                 expected_version: request.expected_version,
                 idempotency_key: &request.idempotency_key,
-            }
+            },
+            |order| pb::CompleteCancellationResponse { order: Some(order) },
         )
+        .await
     }
 
     async fn get_order_history(

@@ -92,15 +92,7 @@ impl TestApp {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        use sea_orm::{ConnectionTrait as _, DbBackend, Statement};
-        let row = self
-            .service
-            .db()
-            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql.to_owned()))
-            .await
-            .expect("count")
-            .expect("a row");
-        row.try_get_by_index::<i64>(0).expect("a number")
+        zentra_test_support::count(self.service.db(), sql).await
     }
 }
 

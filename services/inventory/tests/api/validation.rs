@@ -1,23 +1,10 @@
 //! Hostile and malformed input: precise statuses, and nothing stored changes.
 
 use tonic::Code;
-use tonic_types::StatusExt as _;
 use zentra_proto::inventory::v1 as pb;
+use zentra_test_support::violated_fields;
 
 use crate::helpers::{TestApp, reserve_request};
-
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|bad| {
-            bad.field_violations
-                .iter()
-                .map(|v| v.field.clone())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_reservations_are_refused_precisely_and_change_nothing() {

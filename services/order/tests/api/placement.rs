@@ -1,10 +1,9 @@
 //! Placing orders: pricing, idempotency, events, and hostile input.
 
 use tonic::Code;
-use tonic_types::StatusExt as _;
 use zentra_proto::order::v1::{self as pb, OrderStatus};
 use zentra_runtime::events::payload;
-use zentra_test_support::EventCollector;
+use zentra_test_support::{EventCollector, violated_fields};
 
 use crate::helpers::{TestApp, order_request, usd};
 
@@ -43,19 +42,6 @@ async fn placing_the_same_order_twice_with_one_key_creates_one_order_and_one_eve
     assert_eq!(placed.payment_method_token, "tok_approve");
     assert_eq!(events[0].key, first.order_id, "keyed by order");
     app.stop().await;
-}
-
-fn violated(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|bad| {
-            bad.field_violations
-                .iter()
-                .map(|v| v.field.clone())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,9 +152,9 @@ async fn hostile_orders_are_refused_with_details_and_store_nothing() {
         let status = app.place(request).await.expect_err(case);
         assert_eq!(status.code(), Code::InvalidArgument, "{case}");
         assert!(
-            violated(&status).iter().any(|f| f == field),
+            violated_fields(&status).iter().any(|f| f == field),
             "{case}: {:?}",
-            violated(&status)
+            violated_fields(&status)
         );
     }
     for (case, line, field) in line_cases {
@@ -179,9 +165,9 @@ async fn hostile_orders_are_refused_with_details_and_store_nothing() {
         let status = app.place(request).await.expect_err(case);
         assert_eq!(status.code(), Code::InvalidArgument, "{case}");
         assert!(
-            violated(&status).iter().any(|f| f == field),
+            violated_fields(&status).iter().any(|f| f == field),
             "{case}: {:?}",
-            violated(&status)
+            violated_fields(&status)
         );
     }
     let bad_id = app

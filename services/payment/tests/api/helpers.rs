@@ -66,18 +66,8 @@ impl TestApp {
     }
 
     pub async fn count(&self, table: &str) -> i64 {
-        use sea_orm::{ConnectionTrait as _, DbBackend, Statement};
-        let row = self
-            .service
-            .db()
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                format!("SELECT count(*) FROM {table}"),
-            ))
+        zentra_test_support::count(self.service.db(), &format!("SELECT count(*) FROM {table}"))
             .await
-            .expect("count")
-            .expect("a row");
-        row.try_get_by_index::<i64>(0).expect("a number")
     }
 }
 

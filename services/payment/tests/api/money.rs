@@ -1,8 +1,8 @@
 //! Money invariants under concurrency, and hostile input.
 
 use tonic::Code;
-use tonic_types::StatusExt as _;
 use zentra_proto::payment::v1::{self as pb, PaymentStatus};
+use zentra_test_support::violated_fields;
 
 use crate::helpers::{TestApp, authorize_request, usd};
 
@@ -179,18 +179,6 @@ async fn a_voided_authorization_cannot_be_captured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_payment_requests_are_refused_with_details_and_store_nothing() {
     let app = TestApp::spawn("payhostile").await;
-    let fields = |status: &tonic::Status| -> Vec<String> {
-        status
-            .get_error_details()
-            .bad_request()
-            .map(|bad| {
-                bad.field_violations
-                    .iter()
-                    .map(|v| v.field.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let cases: Vec<(&str, pb::AuthorizeRequest, &str)> = vec![
         ("empty", pb::AuthorizeRequest::default(), "idempotency_key"),
         (
@@ -245,9 +233,9 @@ async fn hostile_payment_requests_are_refused_with_details_and_store_nothing() {
         let status = app.client.clone().authorize(request).await.expect_err(case);
         assert_eq!(status.code(), Code::InvalidArgument, "{case}");
         assert!(
-            fields(&status).iter().any(|f| f == field),
+            violated_fields(&status).iter().any(|f| f == field),
             "{case}: {:?}",
-            fields(&status)
+            violated_fields(&status)
         );
     }
     let bad_refund = app
@@ -344,10 +332,7 @@ async fn hostile_capture_void_refund_and_reads_are_refused_with_details() {
     ];
     for status in statuses {
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-        assert!(
-            status.get_error_details().bad_request().is_some(),
-            "details: {status:?}"
-        );
+        assert!(!violated_fields(&status).is_empty(), "details: {status:?}");
     }
     let unchanged = client
         .get_payment(pb::GetPaymentRequest {
