@@ -160,5 +160,20 @@ async fn listing_needs_a_filter_and_refuses_malformed_ones() {
         .await
         .expect_err("malformed order id");
     assert_eq!(bad_order.code(), tonic::Code::InvalidArgument);
+    let bad_id = client
+        .get_notification(zentra_proto::notification::v1::GetNotificationRequest {
+            notification_id: "x".repeat(10_000),
+        })
+        .await
+        .expect_err("malformed id");
+    assert_eq!(bad_id.code(), tonic::Code::InvalidArgument);
+    assert!(!zentra_test_support::violated_fields(&bad_id).is_empty());
+    let absent = client
+        .get_notification(zentra_proto::notification::v1::GetNotificationRequest {
+            notification_id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .expect_err("absent");
+    assert_eq!(absent.code(), tonic::Code::NotFound);
     app.stop().await;
 }
