@@ -381,5 +381,49 @@ async fn ops_changes_log_level_injects_faults_and_metrics_count_rpcs() {
         "{metrics}"
     );
     assert!(metrics.contains("zentra_grpc_server_request_duration_seconds_bucket"));
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("zentra_grpc_server_errors_total")
+                && line.contains("method=\"GetProduct\"")),
+        "error count per RPC: {metrics}"
+    );
     app.stop().await;
+}
+
+#[test]
+fn invalid_config_is_one_line_on_stderr_and_exit_code_2() {
+    let output = Command::new(env!("CARGO_BIN_EXE_zentra-inventory"))
+        .env("ZENTRA_OUTBOX__BATCH_SIZE", "lots")
+        .output()
+        .expect("binary runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("invalid config:")
+            && stderr.to_lowercase().contains("outbox.batch_size"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn print_config_shows_the_effective_config_with_secrets_redacted() {
+    let output = Command::new(env!("CARGO_BIN_EXE_zentra-inventory"))
+        .arg("--print-config")
+        .env(
+            "ZENTRA_DATABASE__URL",
+            "postgres://zentra:hunter2@db.internal:5432/inventory",
+        )
+        .env("ZENTRA_INVENTORY__DEFAULT_HOLD", "7m")
+        .output()
+        .expect("binary runs");
+    assert!(output.status.success());
+    let config = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        config.contains("postgres://zentra:<redacted>@db.internal:5432/inventory"),
+        "{config}"
+    );
+    assert!(!config.contains("hunter2"));
+    assert!(config.contains("default_hold = \"7m\""), "{config}");
 }
