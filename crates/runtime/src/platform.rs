@@ -12,11 +12,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use zentra_proto::saga::v1::dead_letter_service_server::DeadLetterServiceServer;
 
 use crate::{
+    commands::{self, CommandConsumer, CommandHandler},
     config::{CommonConfig, ConfigSources, ServiceConfig, to_toml},
     db::{self, PostgresProbe, SqlMigration},
     dead_letters::{DeadLetterApi, DeadLetterSink},
     faults::Faults,
-    kafka::{self, EventProducer, KafkaProbe},
+    kafka::{self, ConsumerSettings, EventConsumer, EventProducer, KafkaProbe},
     ops::{DependencyProbe, OpsContext},
     outbox::OutboxRelay,
     server::{BoundServer, GrpcServerBuilder, RunningServer},
@@ -155,6 +156,33 @@ impl Platform {
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+    }
+
+    /// Consumes saga commands from `commands_topic` (base name) with `handler`, dead-lettering
+    /// what cannot be read, and acknowledges each on `saga.command-acks`; stops at shutdown.
+    pub fn spawn_command_consumer<H: CommandHandler>(
+        &self,
+        commands_topic: &str,
+        handler: H,
+    ) -> anyhow::Result<()> {
+        let consumer = EventConsumer::subscribe(
+            &self.config.kafka,
+            ConsumerSettings {
+                dead_letters: Some(self.dead_letter_sink()),
+                ..ConsumerSettings::new(
+                    format!("{}-commands", self.info.name),
+                    vec![self.topic(commands_topic)],
+                )
+            },
+        )?;
+        let handler = CommandConsumer::new(
+            handler,
+            self.producer.clone(),
+            self.topic(commands::ACKS_TOPIC),
+            self.info.name,
+        );
+        self.spawn(consumer.run(handler, self.shutdown.clone()));
+        Ok(())
     }
 
     /// Where this service's consumers park messages that keep failing.

@@ -6,6 +6,8 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`), `ZENTRA_TEST_KAFKA` (default `127.0.0.1:9092`),
 //! `TEST_LOG` (a log filter; logs are off without it).
 
+pub mod smtp;
+
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;

@@ -26,6 +26,11 @@ impl FulfillmentApi {
     pub fn new(shipments: Shipments) -> Self {
         Self { shipments }
     }
+
+    /// The fulfillment database.
+    pub fn db(&self) -> &sea_orm::DatabaseConnection {
+        self.shipments.db()
+    }
 }
 
 fn parse_lines(lines: &[pb::ShipmentLine], violations: &mut Violations) -> Vec<(String, i64)> {

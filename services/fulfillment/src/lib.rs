@@ -13,6 +13,7 @@ use zentra_runtime::{
     telemetry::Telemetry,
 };
 
+pub mod commands;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -30,7 +31,12 @@ pub const INFO: ServiceInfo = ServiceInfo {
     name: shipments::SERVICE,
     version: env!("CARGO_PKG_VERSION"),
     migrations: store::migrations::MIGRATIONS,
-    topics: &[EVENTS_TOPIC],
+    // The command topics are created too, so the saga can send before this service first runs.
+    topics: &[
+        EVENTS_TOPIC,
+        commands::COMMANDS_TOPIC,
+        zentra_runtime::commands::ACKS_TOPIC,
+    ],
 };
 
 /// A started fulfillment service whose port is bound.
@@ -59,11 +65,14 @@ impl FulfillmentService {
             shipments.clone(),
             platform.shutdown.clone(),
         ));
+        let api = std::sync::Arc::new(grpc::FulfillmentApi::new(shipments));
+        platform.spawn_command_consumer(
+            commands::COMMANDS_TOPIC,
+            commands::FulfillmentCommands::new(api.clone()),
+        )?;
         let server = platform
             .server()
-            .add_service(FulfillmentServiceServer::new(grpc::FulfillmentApi::new(
-                shipments,
-            )))
+            .add_service(FulfillmentServiceServer::from_arc(api))
             .bind()
             .await?;
         Ok(Self { platform, server })

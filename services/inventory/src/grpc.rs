@@ -28,6 +28,11 @@ impl InventoryApi {
     pub fn new(stock: Stock, settings: InventorySettings) -> Self {
         Self { stock, settings }
     }
+
+    /// The inventory database.
+    pub fn db(&self) -> &sea_orm::DatabaseConnection {
+        self.stock.db()
+    }
 }
 
 #[tonic::async_trait]

@@ -11,6 +11,7 @@ use zentra_runtime::{
     telemetry::Telemetry,
 };
 
+pub mod commands;
 pub mod config;
 pub mod convert;
 pub mod domain;
@@ -26,7 +27,12 @@ pub const INFO: ServiceInfo = ServiceInfo {
     name: stock::SERVICE,
     version: env!("CARGO_PKG_VERSION"),
     migrations: store::migrations::MIGRATIONS,
-    topics: &[EVENTS_TOPIC],
+    // The command topics are created too, so the saga can send before this service first runs.
+    topics: &[
+        EVENTS_TOPIC,
+        commands::COMMANDS_TOPIC,
+        zentra_runtime::commands::ACKS_TOPIC,
+    ],
 };
 
 /// Base name of the topic inventory publishes its events to.
@@ -60,10 +66,14 @@ impl Inventory {
             settings.expiry_sweep_interval,
             platform.shutdown.clone(),
         ));
-        let api = grpc::InventoryApi::new(stock, settings);
+        let api = std::sync::Arc::new(grpc::InventoryApi::new(stock, settings));
+        platform.spawn_command_consumer(
+            commands::COMMANDS_TOPIC,
+            commands::InventoryCommands::new(api.clone()),
+        )?;
         let server = platform
             .server()
-            .add_service(InventoryServiceServer::new(api))
+            .add_service(InventoryServiceServer::from_arc(api))
             .bind()
             .await?;
         Ok(Self { platform, server })

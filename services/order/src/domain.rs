@@ -63,6 +63,8 @@ impl OrderState {
             (Pending, Confirmed)
                 | (Pending, Rejected)
                 | (Pending, CancellationRequested)
+                // The cancellation came after the point of no return (the goods were dispatched).
+                | (CancellationRequested, Confirmed)
                 | (CancellationRequested, Rejected)
                 | (CancellationRequested, Cancelled)
         )
@@ -248,6 +250,7 @@ mod tests {
                 "PENDING->CONFIRMED",
                 "PENDING->REJECTED",
                 "PENDING->CANCELLATION_REQUESTED",
+                "CANCELLATION_REQUESTED->CONFIRMED",
                 "CANCELLATION_REQUESTED->REJECTED",
                 "CANCELLATION_REQUESTED->CANCELLED",
             ]

@@ -33,6 +33,11 @@ impl PaymentApi {
     pub fn new(payments: Payments) -> Self {
         Self { payments }
     }
+
+    /// The payment database.
+    pub fn db(&self) -> &sea_orm::DatabaseConnection {
+        self.payments.db()
+    }
 }
 
 /// Validates a required amount: supported currency, 1..=MAX_AMOUNT minor units.

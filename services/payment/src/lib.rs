@@ -12,6 +12,7 @@ use zentra_runtime::{
     telemetry::Telemetry,
 };
 
+pub mod commands;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -30,7 +31,12 @@ pub const INFO: ServiceInfo = ServiceInfo {
     name: payments::SERVICE,
     version: env!("CARGO_PKG_VERSION"),
     migrations: store::migrations::MIGRATIONS,
-    topics: &[EVENTS_TOPIC],
+    // The command topics are created too, so the saga can send before this service first runs.
+    topics: &[
+        EVENTS_TOPIC,
+        commands::COMMANDS_TOPIC,
+        zentra_runtime::commands::ACKS_TOPIC,
+    ],
 };
 
 /// A started payment service whose port is bound.
@@ -58,9 +64,14 @@ impl PaymentService {
             settings.authorization_validity,
         );
         platform.spawn_relay();
+        let api = Arc::new(grpc::PaymentApi::new(payments));
+        platform.spawn_command_consumer(
+            commands::COMMANDS_TOPIC,
+            commands::PaymentCommands::new(api.clone()),
+        )?;
         let server = platform
             .server()
-            .add_service(PaymentServiceServer::new(grpc::PaymentApi::new(payments)))
+            .add_service(PaymentServiceServer::from_arc(api))
             .bind()
             .await?;
         Ok(Self { platform, server })

@@ -1,7 +1,7 @@
 //! A running notification service per test, an SMTP server that stores what it receives, and a
 //! producer standing in for the order service.
 
-use std::{path::PathBuf, process::Child, time::Duration};
+use std::time::Duration;
 use zentra_runtime::platform::RunningService;
 
 use prost::Message as _;
@@ -12,71 +12,9 @@ use zentra_proto::{
     notification::v1::{self as pb, notification_service_client::NotificationServiceClient},
 };
 use zentra_runtime::kafka::EventProducer;
-use zentra_test_support::{TestEnv, tool};
+use zentra_test_support::TestEnv;
 
-/// aiosmtpd writing every received message into a Maildir.
-pub struct SmtpServer {
-    pub port: u16,
-    pub maildir: PathBuf,
-    child: Child,
-}
-
-impl SmtpServer {
-    pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("free port")
-            .port();
-        let maildir = std::env::temp_dir().join(format!(
-            "zentra-smtp-{}",
-            zentra_test_support::unique_suffix()
-        ));
-        let child = std::process::Command::new(tool("aiosmtpd"))
-            .args([
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-                "-c",
-                "aiosmtpd.handlers.Mailbox",
-            ])
-            .arg(&maildir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("aiosmtpd starts");
-        zentra_test_support::eventually(Duration::from_secs(10), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await
-        .expect("aiosmtpd listens");
-        Self {
-            port,
-            maildir,
-            child,
-        }
-    }
-
-    /// Every message received so far, as text.
-    pub fn messages(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
-            .collect()
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.maildir);
-    }
-}
+pub use zentra_test_support::smtp::SmtpServer;
 
 pub struct TestApp {
     pub env: TestEnv,

@@ -1,0 +1,345 @@
+//! The saga's gRPC calls to the services, each behind its service's circuit breaker, with a
+//! deadline, the caller's trace context and the step's idempotency key.
+
+use std::{collections::HashMap, time::Duration};
+
+use tonic::{Code, Request, Status, metadata::MetadataValue, transport::Channel};
+use uuid::Uuid;
+use zentra_proto::{
+    fulfillment::v1::{self as fulfillment, fulfillment_service_client::FulfillmentServiceClient},
+    inventory::v1::{self as inventory, inventory_service_client::InventoryServiceClient},
+    order::v1::{self as order, order_service_client::OrderServiceClient},
+    payment::v1::{self as payment, payment_service_client::PaymentServiceClient},
+};
+use zentra_runtime::{
+    circuit_breaker::{BreakerSettings, CircuitBreaker},
+    events::current_trace_context,
+};
+
+use crate::{
+    config::Endpoints,
+    domain::{Downstream, Saga, StepType},
+    machine::{CallResult, Effect},
+};
+
+/// Clients of the four services the saga calls, and their breakers.
+#[derive(Clone)]
+pub struct Downstreams {
+    inventory: InventoryServiceClient<Channel>,
+    payment: PaymentServiceClient<Channel>,
+    fulfillment: FulfillmentServiceClient<Channel>,
+    order: OrderServiceClient<Channel>,
+    breakers: HashMap<Downstream, CircuitBreaker>,
+    deadline: Duration,
+    hold: Duration,
+}
+
+fn channel(url: &str) -> anyhow::Result<Channel> {
+    // Lazy: the saga starts while a service is down and connects once it is up; the channel
+    // reconnects by itself and multiplexes every call over one HTTP/2 connection.
+    Ok(Channel::from_shared(url.to_owned())
+        .map_err(|error| anyhow::anyhow!("invalid endpoint {url}: {error}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+impl Downstreams {
+    /// Clients for `endpoints`, with calls bounded by `deadline` and stock held for `hold`.
+    pub fn new(
+        endpoints: &Endpoints,
+        breaker: &BreakerSettings,
+        deadline: Duration,
+        hold: Duration,
+    ) -> anyhow::Result<Self> {
+        let breakers = Downstream::ALL
+            .into_iter()
+            .map(|downstream| {
+                (
+                    downstream,
+                    CircuitBreaker::new(downstream.name(), breaker.clone()),
+                )
+            })
+            .collect();
+        Ok(Self {
+            inventory: InventoryServiceClient::new(channel(&endpoints.inventory)?),
+            payment: PaymentServiceClient::new(channel(&endpoints.payment)?),
+            fulfillment: FulfillmentServiceClient::new(channel(&endpoints.fulfillment)?),
+            order: OrderServiceClient::new(channel(&endpoints.order)?),
+            breakers,
+            deadline,
+            hold,
+        })
+    }
+
+    /// The breaker guarding `downstream`.
+    pub fn breaker(&self, downstream: Downstream) -> &CircuitBreaker {
+        &self.breakers[&downstream]
+    }
+
+    /// The order service client (for starting sagas and reconciliation).
+    pub fn order_client(&self) -> OrderServiceClient<Channel> {
+        self.order.clone()
+    }
+
+    /// A request carrying the deadline (as `grpc-timeout`) and the current trace context.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.deadline);
+        let trace = current_trace_context();
+        if let Ok(value) = MetadataValue::try_from(trace.traceparent.as_str())
+            && !trace.traceparent.is_empty()
+        {
+            request.metadata_mut().insert("traceparent", value);
+        }
+        request
+    }
+
+    /// Makes the call of `step` for `saga` through the step's breaker.
+    pub async fn call(&self, saga: &Saga, step: StepType) -> CallResult {
+        let breaker = self.breaker(step.downstream());
+        let permit = match breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(open) => {
+                return CallResult::CircuitOpen {
+                    retry_after: open.retry_after,
+                    message: open.to_string(),
+                };
+            }
+        };
+        // The server drops the call at its deadline too; this bounds a peer that never answers.
+        let outcome = tokio::time::timeout(
+            self.deadline + Duration::from_millis(250),
+            self.dispatch(saga, step),
+        )
+        .await;
+        let result = match outcome {
+            Ok(Ok(effect)) => CallResult::Done(effect),
+            Ok(Err(failure)) => failure,
+            Err(_) => CallResult::TimedOut {
+                message: format!("no answer within {:?}", self.deadline),
+            },
+        };
+        match &result {
+            CallResult::Retryable { message, .. } | CallResult::TimedOut { message } => {
+                permit.failure(message);
+            }
+            // A refusal is an answer: the downstream is healthy.
+            _ => permit.success(),
+        }
+        metrics::counter!(
+            crate::metric_names::STEP_CALLS,
+            "step" => step.as_str(),
+            "result" => result_label(&result),
+        )
+        .increment(1);
+        result
+    }
+
+    async fn dispatch(&self, saga: &Saga, step: StepType) -> Result<Effect, CallResult> {
+        let key = saga.key(step);
+        let order_id = saga.order_id.to_string();
+        match step {
+            StepType::ReserveStock => {
+                let lines = saga
+                    .order
+                    .lines
+                    .iter()
+                    .map(|line| inventory::ReservationLine {
+                        sku: line.sku.clone(),
+                        quantity: line.quantity,
+                    })
+                    .collect();
+                let response = self
+                    .inventory
+                    .clone()
+                    .reserve_stock(self.request(inventory::ReserveStockRequest {
+                        order_id,
+                        lines,
+                        hold_duration: Some(zentra_runtime::time::to_proto_duration(self.hold)),
+                        idempotency_key: key,
+                    }))
+                    .await
+                    .map_err(classify)?
+                    .into_inner();
+                let reservation = response.reservation.unwrap_or_default();
+                Ok(Effect::Reservation(parse_id(&reservation.reservation_id)?))
+            }
+            StepType::AuthorizePayment => {
+                let response = self
+                    .payment
+                    .clone()
+                    .authorize(self.request(payment::AuthorizeRequest {
+                        order_id,
+                        amount: saga.order.total.clone(),
+                        payment_method_token: saga.order.payment_method_token.clone(),
+                        idempotency_key: key,
+                    }))
+                    .await
+                    .map_err(classify)?
+                    .into_inner();
+                let payment = response.payment.unwrap_or_default();
+                if payment.status == payment::PaymentStatus::Declined as i32 {
+                    return Err(CallResult::Permanent {
+                        code: "DECLINED".to_owned(),
+                        message: format!("payment declined: {}", payment.decline_message),
+                    });
+                }
+                Ok(Effect::Payment(parse_id(&payment.payment_id)?))
+            }
+            StepType::CreateShipment => {
+                let lines = saga
+                    .order
+                    .lines
+                    .iter()
+                    .map(|line| fulfillment::ShipmentLine {
+                        sku: line.sku.clone(),
+                        quantity: line.quantity,
+                    })
+                    .collect();
+                let response = self
+                    .fulfillment
+                    .clone()
+                    .create_shipment(self.request(fulfillment::CreateShipmentRequest {
+                        order_id,
+                        shipping_address: saga.order.shipping_address.clone(),
+                        lines,
+                        idempotency_key: key,
+                    }))
+                    .await
+                    .map_err(classify)?
+                    .into_inner();
+                let shipment = response.shipment.unwrap_or_default();
+                Ok(Effect::Shipment(parse_id(&shipment.shipment_id)?))
+            }
+            StepType::CapturePayment => {
+                let payment_id = required(saga.payment_id, "payment")?;
+                self.payment
+                    .clone()
+                    .capture(self.request(payment::CaptureRequest {
+                        payment_id,
+                        amount: None,
+                        idempotency_key: key,
+                    }))
+                    .await
+                    .map_err(classify)?;
+                Ok(Effect::Captured)
+            }
+            StepType::ConfirmReservation => {
+                let reservation_id = required(saga.reservation_id, "reservation")?;
+                self.inventory
+                    .clone()
+                    .confirm_reservation(self.request(inventory::ConfirmReservationRequest {
+                        reservation_id,
+                        idempotency_key: key,
+                    }))
+                    .await
+                    .map_err(classify)?;
+                Ok(Effect::None)
+            }
+            StepType::ConfirmOrder => {
+                self.order
+                    .clone()
+                    .confirm_order(self.request(order::ConfirmOrderRequest {
+                        order_id,
+                        expected_version: 0,
+                        idempotency_key: key,
+                    }))
+                    .await
+                    .map_err(classify)?;
+                Ok(Effect::None)
+            }
+            StepType::RejectOrder => {
+                let reason = if saga.failure_reason.trim().is_empty() {
+                    "rejected".to_owned()
+                } else {
+                    saga.failure_reason.chars().take(500).collect()
+                };
+                self.order
+                    .clone()
+                    .reject_order(self.request(order::RejectOrderRequest {
+                        order_id,
+                        reason,
+                        expected_version: 0,
+                        idempotency_key: key,
+                    }))
+                    .await
+                    .map_err(classify)?;
+                Ok(Effect::None)
+            }
+            StepType::CompleteCancellation => {
+                self.order
+                    .clone()
+                    .complete_cancellation(self.request(order::CompleteCancellationRequest {
+                        order_id,
+                        expected_version: 0,
+                        idempotency_key: key,
+                    }))
+                    .await
+                    .map_err(classify)?;
+                Ok(Effect::None)
+            }
+            StepType::ReleaseStock
+            | StepType::VoidPayment
+            | StepType::RefundPayment
+            | StepType::CancelShipment => Err(CallResult::Permanent {
+                code: "INTERNAL".to_owned(),
+                message: format!("{step} travels as a command, not a call"),
+            }),
+        }
+    }
+}
+
+fn required(id: Option<Uuid>, what: &str) -> Result<String, CallResult> {
+    id.map(|id| id.to_string())
+        .ok_or_else(|| CallResult::Permanent {
+            code: "INTERNAL".to_owned(),
+            message: format!("no {what} was recorded"),
+        })
+}
+
+fn parse_id(text: &str) -> Result<Uuid, CallResult> {
+    Uuid::parse_str(text).map_err(|_| CallResult::Permanent {
+        code: "INTERNAL".to_owned(),
+        message: format!("downstream answered with a malformed id {text:?}"),
+    })
+}
+
+/// Sorts a failed call: retried if another attempt may succeed, permanent otherwise.
+pub fn classify(status: Status) -> CallResult {
+    let code = format!("{:?}", status.code());
+    let code = to_screaming_snake(&code);
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::DeadlineExceeded => CallResult::TimedOut { message },
+        Code::Unavailable
+        | Code::Aborted
+        | Code::ResourceExhausted
+        | Code::Unknown
+        | Code::Internal
+        | Code::Cancelled
+        | Code::DataLoss => CallResult::Retryable { code, message },
+        _ => CallResult::Permanent { code, message },
+    }
+}
+
+fn to_screaming_snake(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (index, character) in camel.chars().enumerate() {
+        if character.is_ascii_uppercase() && index > 0 {
+            out.push('_');
+        }
+        out.push(character.to_ascii_uppercase());
+    }
+    out
+}
+
+fn result_label(result: &CallResult) -> &'static str {
+    match result {
+        CallResult::Done(_) => "succeeded",
+        CallResult::Retryable { .. } => "retryable_failure",
+        CallResult::Permanent { .. } => "permanent_failure",
+        CallResult::TimedOut { .. } => "timed_out",
+        CallResult::CircuitOpen { .. } => "circuit_open",
+    }
+}

@@ -1,0 +1,403 @@
+//! The engine: claims due sagas under a lease in PostgreSQL, walks each with the
+//! [machine](crate::machine), makes the calls it asks for, and stores every transition together
+//! with its events in one transaction.
+//!
+//! Ownership never depends on Kafka: a saga is driven only by the instance holding its lease,
+//! claimed with `FOR UPDATE SKIP LOCKED` and checked on every write, so two instances never run a
+//! step of one saga at once, and a dead instance's sagas are taken over when its leases expire.
+//! A call that was cut by a crash is made again under the same idempotency key, so the
+//! downstream applies it once.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use sea_orm::{DatabaseConnection, DbErr, TransactionTrait as _};
+use tokio::sync::{Notify, Semaphore, broadcast};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+use zentra_proto::{order::v1::OrderPlaced, saga::v1 as pb};
+use zentra_runtime::outbox::{self, OutboxWaker};
+
+use crate::{
+    domain::{Saga, SagaState, ShipmentReport},
+    downstream::Downstreams,
+    machine::{self, CallResult, Next, Outgoing, RetryPolicy},
+    metric_names,
+    store::{self, Lease},
+};
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// This instance's lease name.
+    pub owner: String,
+    /// Lease length.
+    pub lease: Duration,
+    /// Poll interval when nothing wakes the engine.
+    pub poll_interval: Duration,
+    /// Sagas driven at once.
+    pub concurrency: usize,
+    /// Retries and timeouts.
+    pub policy: RetryPolicy,
+}
+
+/// The saga engine of one orchestrator instance; shared by the API, the intake and the loop.
+pub struct Engine {
+    db: DatabaseConnection,
+    downstreams: Downstreams,
+    settings: EngineSettings,
+    topic_prefix: String,
+    outbox: OutboxWaker,
+    wake: Notify,
+    changes: broadcast::Sender<Uuid>,
+}
+
+impl Engine {
+    /// An engine over `db`, calling `downstreams`, publishing to topics with `topic_prefix`.
+    pub fn new(
+        db: DatabaseConnection,
+        downstreams: Downstreams,
+        settings: EngineSettings,
+        topic_prefix: String,
+        outbox: OutboxWaker,
+    ) -> Arc<Self> {
+        let (changes, _) = broadcast::channel(1024);
+        Arc::new(Self {
+            db,
+            downstreams,
+            settings,
+            topic_prefix,
+            outbox,
+            wake: Notify::new(),
+            changes,
+        })
+    }
+
+    /// The database.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// The downstream clients and their breakers.
+    pub fn downstreams(&self) -> &Downstreams {
+        &self.downstreams
+    }
+
+    /// This instance's lease name.
+    pub fn owner(&self) -> &str {
+        &self.settings.owner
+    }
+
+    /// Ids of sagas this instance changed, as they change (watchers also poll for other
+    /// instances' changes).
+    pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
+        self.changes.subscribe()
+    }
+
+    /// Makes the loop look for due sagas now (a saga was started or signalled here).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Starts the saga of `order` unless it has one; returns the order's saga and whether it
+    /// was created now. The saga and its SagaStarted event commit together. `cancel_request` is
+    /// the reason of a cancellation the customer asked for before the saga existed.
+    pub async fn start_saga(
+        &self,
+        order: OrderPlaced,
+        cancel_request: Option<String>,
+    ) -> Result<(Saga, bool), DbErr> {
+        let order_id = Uuid::parse_str(&order.order_id)
+            .map_err(|_| DbErr::Custom(format!("order id {} is not a UUID", order.order_id)))?;
+        let now = Utc::now();
+        let saga = Saga {
+            id: Uuid::now_v7(),
+            order_id,
+            order,
+            state: SagaState::Running,
+            cause: None,
+            failure_reason: String::new(),
+            reservation_id: None,
+            payment_id: None,
+            shipment_id: None,
+            captured: false,
+            shipment: ShipmentReport::None,
+            cancel_request,
+            steps: Vec::new(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            ended_at: None,
+            next_run_at: Some(now),
+        };
+        let tx = self.db.begin().await?;
+        if !store::insert(&tx, &saga).await? {
+            tx.commit().await?;
+            let existing = store::by_order(&self.db, order_id)
+                .await?
+                .ok_or_else(|| DbErr::RecordNotFound(format!("saga of order {order_id}")))?;
+            return Ok((existing, false));
+        }
+        let started = machine::saga_event(
+            &saga,
+            &pb::SagaStarted {
+                saga_id: saga.id.to_string(),
+                order_id: saga.order_id.to_string(),
+            },
+        );
+        self.enqueue(&tx, &[started]).await?;
+        tx.commit().await?;
+        metrics::counter!(metric_names::SAGAS_STARTED).increment(1);
+        tracing::info!(saga_id = %saga.id, order_id = %saga.order_id, "saga started");
+        self.outbox.wake();
+        let _ = self.changes.send(saga.id);
+        self.wake();
+        Ok((saga, true))
+    }
+
+    /// Adds a signal for a saga and wakes the loop.
+    pub async fn signal(&self, saga_id: Uuid, signal: &machine::Signal) -> Result<(), DbErr> {
+        store::add_signal(&self.db, saga_id, signal).await?;
+        self.wake();
+        Ok(())
+    }
+
+    async fn enqueue<C: sea_orm::ConnectionTrait>(
+        &self,
+        tx: &C,
+        outgoing: &[Outgoing],
+    ) -> Result<(), DbErr> {
+        for record in outgoing {
+            let topic = format!("{}{}", self.topic_prefix, record.topic);
+            outbox::enqueue(tx, &topic, &record.envelope).await?;
+        }
+        Ok(())
+    }
+
+    /// Claims and drives due sagas until `shutdown`; then lets running steps finish, gives the
+    /// leases back and returns.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        match store::release_leases(&self.db, self.owner()).await {
+            Ok(0) => {}
+            Ok(count) => {
+                tracing::info!(count, owner = %self.owner(), "took back the sagas of this instance's previous run");
+            }
+            Err(error) => tracing::warn!(%error, "cannot release old leases"),
+        }
+        let tasks = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+            self.claim_round(&tasks, &permits, &shutdown).await;
+        }
+        tasks.close();
+        tasks.wait().await;
+        if let Err(error) = store::release_leases(&self.db, self.owner()).await {
+            tracing::warn!(%error, "cannot release leases at shutdown");
+        }
+    }
+
+    async fn claim_round(
+        self: &Arc<Self>,
+        tasks: &TaskTracker,
+        permits: &Arc<Semaphore>,
+        shutdown: &CancellationToken,
+    ) {
+        loop {
+            let free = permits.available_permits();
+            if free == 0 {
+                return;
+            }
+            let claimed =
+                match store::claim_due(&self.db, self.owner(), self.settings.lease, free).await {
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        tracing::warn!(%error, "claiming due sagas failed");
+                        return;
+                    }
+                };
+            let count = claimed.len();
+            for saga in claimed {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let engine = Arc::clone(self);
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    engine.drive(saga, &shutdown).await;
+                    drop(permit);
+                    // A slot is free: there may be more due work.
+                    engine.wake();
+                });
+            }
+            if count < free {
+                return;
+            }
+        }
+    }
+
+    /// Walks one claimed saga until it waits, ends or the lease is lost.
+    async fn drive(&self, mut saga: Saga, shutdown: &CancellationToken) {
+        loop {
+            let signals = match store::signals(&self.db, saga.id).await {
+                Ok(signals) => signals,
+                Err(error) => {
+                    tracing::warn!(saga_id = %saga.id, %error, "reading signals failed");
+                    self.give_up(&saga).await;
+                    return;
+                }
+            };
+            let applied = signals.last().map(|(id, _)| *id);
+            let now = Utc::now();
+            let mut out = Vec::new();
+            for (_, signal) in &signals {
+                machine::apply_signal(&mut saga, signal, now, &self.settings.policy, &mut out);
+            }
+            let before = saga.state;
+            let next = machine::advance(&mut saga, now, &self.settings.policy, &mut out);
+            let lease = match next {
+                Next::Wait(until) => {
+                    saga.next_run_at = until;
+                    Lease::Release
+                }
+                _ if shutdown.is_cancelled() => {
+                    // Stop between steps: keep what is decided, hand the saga back, due now.
+                    saga.next_run_at = Some(now);
+                    Lease::Release
+                }
+                Next::Call(step) => {
+                    let start = Utc::now();
+                    let result = self.downstreams.call(&saga, step).await;
+                    let end = Utc::now();
+                    metrics::histogram!(metric_names::STEP_SECONDS, "step" => step.as_str())
+                        .record((end - start).as_seconds_f64());
+                    log_result(&saga, step, &result);
+                    machine::record_call(
+                        &mut saga,
+                        step,
+                        start,
+                        end,
+                        result,
+                        &self.settings.policy,
+                        &mut out,
+                    );
+                    saga.next_run_at = Some(end);
+                    Lease::Extend(self.settings.lease)
+                }
+                Next::Send(step) => {
+                    match machine::command(&saga, step) {
+                        Some(command) => {
+                            machine::record_send(
+                                &mut saga,
+                                step,
+                                command.envelope.event_id.clone(),
+                                now,
+                                self.settings.policy.ack_timeout,
+                            );
+                            tracing::info!(saga_id = %saga.id, step = %step, "compensation command sent");
+                            out.push(command);
+                        }
+                        None => machine::record_call(
+                            &mut saga,
+                            step,
+                            now,
+                            now,
+                            CallResult::Permanent {
+                                code: "INTERNAL".to_owned(),
+                                message: format!("{step} has no target id recorded"),
+                            },
+                            &self.settings.policy,
+                            &mut out,
+                        ),
+                    }
+                    saga.next_run_at = Some(now);
+                    Lease::Extend(self.settings.lease)
+                }
+            };
+            if saga.state != before && saga.state.is_terminal() {
+                metrics::counter!(metric_names::SAGAS_ENDED, "state" => saga.state.as_str())
+                    .increment(1);
+                tracing::info!(saga_id = %saga.id, state = %saga.state, reason = %saga.failure_reason, "saga ended");
+            }
+            match self.commit(&saga, &out, lease, applied).await {
+                Ok(true) => saga.version += 1,
+                Ok(false) => {
+                    tracing::warn!(saga_id = %saga.id, "lease lost; another instance drives the saga");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(saga_id = %saga.id, %error, "storing a transition failed");
+                    self.give_up(&saga).await;
+                    return;
+                }
+            }
+            if lease == Lease::Release {
+                return;
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        saga: &Saga,
+        out: &[Outgoing],
+        lease: Lease,
+        applied: Option<i64>,
+    ) -> Result<bool, DbErr> {
+        let tx = self.db.begin().await?;
+        if !store::save(&tx, saga, self.owner(), lease, applied).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        self.enqueue(&tx, out).await?;
+        tx.commit().await?;
+        if !out.is_empty() {
+            self.outbox.wake();
+        }
+        let _ = self.changes.send(saga.id);
+        Ok(true)
+    }
+
+    /// After a database failure: hand the saga back so it is retried, by any instance, later.
+    async fn give_up(&self, saga: &Saga) {
+        let result = sea_orm::ConnectionTrait::execute_raw(
+            &self.db,
+            sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "UPDATE sagas SET lease_owner = NULL, lease_until = NULL, \
+                   next_run_at = now() + interval '1 second' \
+                 WHERE id = $1 AND lease_owner = $2",
+                [saga.id.into(), self.owner().into()],
+            ),
+        )
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(saga_id = %saga.id, %error, "cannot hand the saga back; its lease will expire");
+        }
+    }
+}
+
+fn log_result(saga: &Saga, step: crate::domain::StepType, result: &CallResult) {
+    match result {
+        CallResult::Done(_) => {
+            tracing::debug!(saga_id = %saga.id, step = %step, "step succeeded");
+        }
+        CallResult::Permanent { code, message } => {
+            tracing::info!(saga_id = %saga.id, step = %step, code, message, "step failed for good");
+        }
+        CallResult::Retryable { code, message } => {
+            tracing::info!(saga_id = %saga.id, step = %step, code, message, "step failed; will retry");
+        }
+        CallResult::TimedOut { message } => {
+            tracing::info!(saga_id = %saga.id, step = %step, message, "step timed out");
+        }
+        CallResult::CircuitOpen { message, .. } => {
+            tracing::info!(saga_id = %saga.id, step = %step, message, "step held back by an open circuit");
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The operator API, `zentra.saga.v1.SagaService`: start, read, list and watch sagas, and the
+//! actions retry, cancel and resume. Actions are recorded as signals and applied by the engine
+//! that holds the saga's lease, so they never race with a step in flight.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+use zentra_proto::{
+    common::v1::PageResponse,
+    order::v1::{self as order, Order, OrderPlaced},
+    saga::v1::{self as pb, saga_service_server::SagaService},
+};
+use zentra_runtime::{
+    fresh_or_replay,
+    paging::Page,
+    status::{Violations, check_idempotency_key, check_text, parse_uuid},
+    time::timestamp_to_chrono,
+};
+
+use crate::{
+    convert,
+    domain::{Saga, SagaState, StepStatus, StepType},
+    engine::Engine,
+    error::SagaError,
+    machine::{self, Signal},
+    store, watch,
+};
+
+/// How long an action waits for the engine to apply it before answering with the saga as is.
+const APPLY_WAIT: Duration = Duration::from_secs(3);
+
+/// Implements `zentra.saga.v1.SagaService`.
+pub struct SagaApi {
+    engine: Arc<Engine>,
+}
+
+impl SagaApi {
+    /// The API over `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+
+    async fn load(&self, id: Uuid) -> Result<Saga, SagaError> {
+        store::by_id(self.engine.db(), id)
+            .await?
+            .ok_or_else(|| SagaError::NotFound {
+                what: "saga",
+                id: id.to_string(),
+            })
+    }
+
+    /// Records `signal` and waits until the engine applied it (the saga's version moved past
+    /// `version`), then returns the saga.
+    async fn signal_and_wait(&self, saga: Saga, signal: Signal) -> Result<Saga, SagaError> {
+        let mut changes = self.engine.subscribe();
+        self.engine.signal(saga.id, &signal).await?;
+        let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+        loop {
+            let current = self.load(saga.id).await?;
+            if current.version > saga.version {
+                return Ok(current);
+            }
+            let wait = tokio::time::sleep_until(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)),
+            );
+            tokio::select! {
+                () = wait => {}
+                _ = changes.recv() => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(current);
+            }
+        }
+    }
+}
+
+/// What a saga needs of an order, from the order itself (StartSaga and reconciliation).
+pub fn placed(order: Order) -> OrderPlaced {
+    OrderPlaced {
+        order_id: order.order_id,
+        customer_id: order.customer_id,
+        lines: order.lines,
+        total: order.total,
+        payment_method_token: order.payment_method_token,
+        shipping_address: order.shipping_address,
+    }
+}
+
+type WatchStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SagaService for SagaApi {
+    async fn start_saga(
+        &self,
+        request: Request<pb::StartSagaRequest>,
+    ) -> Result<Response<pb::StartSagaResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        let order_id = parse_uuid("order_id", &request.order_id, &mut violations);
+        let (Some(order_id), true) = (order_id, violations.is_empty()) else {
+            return Err(violations.into_status());
+        };
+        // The saga is keyed by order: a repeated start returns the same saga.
+        if let Some(saga) = store::by_order(self.engine.db(), order_id)
+            .await
+            .map_err(SagaError::from)?
+        {
+            return Ok(Response::new(pb::StartSagaResponse {
+                saga: Some(convert::saga(&saga)),
+                created: false,
+            }));
+        }
+        let downstreams = self.engine.downstreams();
+        let found = downstreams
+            .order_client()
+            .get_order(downstreams.request(order::GetOrderRequest {
+                order_id: order_id.to_string(),
+            }))
+            .await;
+        let order = match found {
+            Ok(response) => response.into_inner().order.unwrap_or_default(),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                return Err(SagaError::NotFound {
+                    what: "order",
+                    id: order_id.to_string(),
+                }
+                .into());
+            }
+            Err(status) => return Err(SagaError::Downstream(status.message().to_owned()).into()),
+        };
+        if order.status != order::OrderStatus::Pending as i32 {
+            let status = order::OrderStatus::try_from(order.status)
+                .map(|status| status.as_str_name())
+                .unwrap_or("UNKNOWN");
+            return Err(SagaError::Refused(format!(
+                "order {order_id} is {status}; only a PENDING order gets a saga"
+            ))
+            .into());
+        }
+        let (saga, created) = self
+            .engine
+            .start_saga(placed(order), None)
+            .await
+            .map_err(SagaError::from)?;
+        Ok(Response::new(pb::StartSagaResponse {
+            saga: Some(convert::saga(&saga)),
+            created,
+        }))
+    }
+
+    async fn get_saga(
+        &self,
+        request: Request<pb::GetSagaRequest>,
+    ) -> Result<Response<pb::GetSagaResponse>, Status> {
+        let mut violations = Violations::new();
+        let Some(id) = parse_uuid("saga_id", &request.get_ref().saga_id, &mut violations) else {
+            return Err(violations.into_status());
+        };
+        let saga = self.load(id).await?;
+        Ok(Response::new(pb::GetSagaResponse {
+            saga: Some(convert::saga(&saga)),
+        }))
+    }
+
+    async fn list_sagas(
+        &self,
+        request: Request<pb::ListSagasRequest>,
+    ) -> Result<Response<pb::ListSagasResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let page = Page::parse(request.page.as_ref(), &mut violations);
+        let after = page.uuid_cursor(&mut violations);
+        let mut filter = store::ListFilter::default();
+        match pb::SagaState::try_from(request.state) {
+            Ok(state) => filter.state = SagaState::from_proto(state),
+            Err(_) => violations.add("state", "is not a SagaState"),
+        }
+        match pb::SagaStepType::try_from(request.failing_step) {
+            Ok(step) => filter.failing_step = StepType::from_proto(step),
+            Err(_) => violations.add("failing_step", "is not a SagaStepType"),
+        }
+        if !request.order_id.is_empty() {
+            filter.order_id = parse_uuid("order_id", &request.order_id, &mut violations);
+        }
+        if let Some(range) = &request.create_time_range {
+            filter.created_from = range.start_time.as_ref().and_then(|time| {
+                timestamp_to_chrono(time, "create_time_range.start_time", &mut violations)
+            });
+            filter.created_to = range.end_time.as_ref().and_then(|time| {
+                timestamp_to_chrono(time, "create_time_range.end_time", &mut violations)
+            });
+        }
+        violations.into_result()?;
+        let mut sagas = store::list(self.engine.db(), after, &filter, page.size + 1)
+            .await
+            .map_err(SagaError::from)?;
+        let next_page_token = page.finish(&mut sagas, |saga| saga.id.to_string());
+        Ok(Response::new(pb::ListSagasResponse {
+            sagas: sagas.iter().map(convert::saga).collect(),
+            page: Some(PageResponse { next_page_token }),
+        }))
+    }
+
+    type WatchSagaStream = WatchStream<pb::WatchSagaResponse>;
+
+    async fn watch_saga(
+        &self,
+        request: Request<pb::WatchSagaRequest>,
+    ) -> Result<Response<Self::WatchSagaStream>, Status> {
+        let mut violations = Violations::new();
+        let Some(id) = parse_uuid("saga_id", &request.get_ref().saga_id, &mut violations) else {
+            return Err(violations.into_status());
+        };
+        // NOT_FOUND up front rather than an empty stream.
+        self.load(id).await?;
+        Ok(Response::new(watch::one(self.engine.clone(), id)))
+    }
+
+    type WatchSagasStream = WatchStream<pb::WatchSagasResponse>;
+
+    async fn watch_sagas(
+        &self,
+        request: Request<pb::WatchSagasRequest>,
+    ) -> Result<Response<Self::WatchSagasStream>, Status> {
+        let request = request.into_inner();
+        let mut states = Vec::with_capacity(request.states.len());
+        let mut violations = Violations::new();
+        for (index, state) in request.states.iter().enumerate() {
+            match pb::SagaState::try_from(*state)
+                .ok()
+                .and_then(SagaState::from_proto)
+            {
+                Some(state) => states.push(state),
+                None => violations.add(format!("states[{index}]"), "is not a SagaState"),
+            }
+        }
+        violations.into_result()?;
+        Ok(Response::new(watch::all(
+            self.engine.clone(),
+            states,
+            request.include_active_snapshot,
+        )))
+    }
+
+    async fn retry_saga(
+        &self,
+        request: Request<pb::RetrySagaRequest>,
+    ) -> Result<Response<pb::RetrySagaResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        let id = parse_uuid("saga_id", &request.saga_id, &mut violations);
+        let (Some(id), true) = (id, violations.is_empty()) else {
+            return Err(violations.into_status());
+        };
+        let saga = self.load(id).await?;
+        let tx = fresh_or_replay!(self.engine.db(), "RetrySaga", request, SagaError);
+        let scheduled = saga
+            .steps
+            .last()
+            .is_some_and(|step| step.status == StepStatus::RetryScheduled);
+        if !saga.state.is_active() || !scheduled {
+            return Err(SagaError::Refused(format!(
+                "saga {id} has no retry scheduled (it is {})",
+                saga.state
+            ))
+            .into());
+        }
+        let response = pb::RetrySagaResponse {
+            saga: Some(convert::saga(&saga)),
+        };
+        tx.commit(&response).await.map_err(SagaError::from)?;
+        tracing::info!(saga_id = %id, "operator asked for the retry now");
+        let saga = self.signal_and_wait(saga, Signal::RetryNow).await?;
+        Ok(Response::new(pb::RetrySagaResponse {
+            saga: Some(convert::saga(&saga)),
+        }))
+    }
+
+    async fn cancel_saga(
+        &self,
+        request: Request<pb::CancelSagaRequest>,
+    ) -> Result<Response<pb::CancelSagaResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        let id = parse_uuid("saga_id", &request.saga_id, &mut violations);
+        check_text("reason", &request.reason, 500, &mut violations);
+        let (Some(id), true) = (id, violations.is_empty()) else {
+            return Err(violations.into_status());
+        };
+        let saga = self.load(id).await?;
+        let tx = fresh_or_replay!(self.engine.db(), "CancelSaga", request, SagaError);
+        if let Some(refusal) = machine::cancel_refusal(&saga) {
+            return Err(
+                SagaError::Refused(format!("saga {id} cannot be cancelled: {refusal}")).into(),
+            );
+        }
+        let response = pb::CancelSagaResponse {
+            saga: Some(convert::saga(&saga)),
+        };
+        tx.commit(&response).await.map_err(SagaError::from)?;
+        if saga.state == SagaState::Compensating {
+            return Ok(Response::new(response));
+        }
+        tracing::info!(saga_id = %id, reason = %request.reason.trim(), "operator cancelled the saga");
+        let signal = Signal::OperatorCancelled {
+            reason: request.reason.trim().to_owned(),
+        };
+        let saga = self.signal_and_wait(saga, signal).await?;
+        Ok(Response::new(pb::CancelSagaResponse {
+            saga: Some(convert::saga(&saga)),
+        }))
+    }
+
+    async fn resume_saga(
+        &self,
+        request: Request<pb::ResumeSagaRequest>,
+    ) -> Result<Response<pb::ResumeSagaResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        let id = parse_uuid("saga_id", &request.saga_id, &mut violations);
+        if request.skip_failed_step || !request.reason.is_empty() {
+            check_text("reason", &request.reason, 500, &mut violations);
+        }
+        let (Some(id), true) = (id, violations.is_empty()) else {
+            return Err(violations.into_status());
+        };
+        let saga = self.load(id).await?;
+        let tx = fresh_or_replay!(self.engine.db(), "ResumeSaga", request, SagaError);
+        if saga.state != SagaState::CompensationFailed {
+            return Err(SagaError::Refused(format!(
+                "saga {id} is {}; only a COMPENSATION_FAILED saga can be resumed",
+                saga.state
+            ))
+            .into());
+        }
+        let response = pb::ResumeSagaResponse {
+            saga: Some(convert::saga(&saga)),
+        };
+        tx.commit(&response).await.map_err(SagaError::from)?;
+        tracing::info!(saga_id = %id, skip = request.skip_failed_step, "operator resumed the saga");
+        let signal = Signal::Resume {
+            skip_failed_step: request.skip_failed_step,
+            reason: request.reason.trim().to_owned(),
+        };
+        let saga = self.signal_and_wait(saga, signal).await?;
+        Ok(Response::new(pb::ResumeSagaResponse {
+            saga: Some(convert::saga(&saga)),
+        }))
+    }
+}

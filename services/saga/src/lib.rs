@@ -1,0 +1,152 @@
+//! Zentra's saga orchestrator. The order saga (reserve stock, authorize payment, create the
+//! shipment and wait for it, capture, confirm) is a persistent state machine in PostgreSQL:
+//! instances lease due sagas, make each step's call with a deadline and an idempotency key
+//! derived from saga and step, and store every transition with its events in one transaction.
+//! Compensations travel as Kafka commands and complete on their acknowledgements.
+
+use std::net::SocketAddr;
+
+use zentra_proto::saga::v1::{
+    circuit_breaker_service_server::CircuitBreakerServiceServer,
+    saga_service_server::SagaServiceServer,
+};
+use zentra_runtime::{
+    config::ConfigSources,
+    kafka::{ConsumerSettings, EventConsumer},
+    platform::{Platform, RunningService, ServiceInfo},
+    server::BoundServer,
+    telemetry::Telemetry,
+};
+
+pub mod breakers;
+pub mod config;
+pub mod convert;
+pub mod domain;
+pub mod downstream;
+pub mod engine;
+pub mod error;
+pub mod grpc;
+pub mod intake;
+pub mod machine;
+pub mod metric_names;
+pub mod reconcile;
+pub mod store;
+pub mod watch;
+
+pub use config::Config;
+
+/// Name of the service, as producer of its events.
+pub const SERVICE: &str = "saga";
+
+/// What the service declares to the runtime.
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: SERVICE,
+    version: env!("CARGO_PKG_VERSION"),
+    migrations: store::migrations::MIGRATIONS,
+    // What it produces, and what it consumes, so it can start before the other services.
+    topics: &[
+        machine::EVENTS_TOPIC,
+        "inventory.commands",
+        "payment.commands",
+        "fulfillment.commands",
+        "saga.command-acks",
+        "order.events",
+        "fulfillment.events",
+    ],
+};
+
+/// A started saga orchestrator whose port is bound.
+pub struct SagaOrchestrator {
+    platform: Platform,
+    server: BoundServer,
+}
+
+impl SagaOrchestrator {
+    /// Connects, migrates, starts the engine, the intake and reconciliation, binds the port.
+    pub async fn start(
+        config: Config,
+        sources: ConfigSources,
+        telemetry: Telemetry,
+    ) -> anyhow::Result<Self> {
+        metric_names::describe();
+        let settings = config.domain.saga.clone();
+        let platform = Platform::start(INFO, &config, &sources, telemetry).await?;
+        platform.spawn_relay();
+        let downstreams = downstream::Downstreams::new(
+            &settings.endpoints,
+            &settings.circuit_breaker,
+            settings.call_timeout,
+            settings.reservation_hold,
+        )?;
+        let owner = if settings.instance_id.is_empty() {
+            format!("saga-{}", uuid::Uuid::new_v4().simple())
+        } else {
+            settings.instance_id.clone()
+        };
+        let engine = engine::Engine::new(
+            platform.db.clone(),
+            downstreams,
+            engine::EngineSettings {
+                owner,
+                lease: settings.lease,
+                poll_interval: settings.poll_interval,
+                concurrency: settings.concurrency,
+                policy: settings.retry.clone(),
+            },
+            platform.config.kafka.topic_prefix.clone(),
+            platform.relay.waker(),
+        );
+        let consumer = EventConsumer::subscribe(
+            &platform.config.kafka,
+            ConsumerSettings {
+                dead_letters: Some(platform.dead_letter_sink()),
+                ..ConsumerSettings::new(
+                    SERVICE,
+                    intake::CONSUMED_TOPICS
+                        .iter()
+                        .map(|topic| platform.topic(topic))
+                        .collect(),
+                )
+            },
+        )?;
+        platform.spawn(consumer.run(
+            intake::Intake::new(engine.clone()),
+            platform.shutdown.clone(),
+        ));
+        platform.spawn(engine.clone().run(platform.shutdown.clone()));
+        platform.spawn(reconcile::run(
+            engine.clone(),
+            settings.reconcile_interval,
+            settings.reconcile_after,
+            platform.shutdown.clone(),
+        ));
+        let server = platform
+            .server()
+            .add_service(SagaServiceServer::new(grpc::SagaApi::new(engine.clone())))
+            .add_service(CircuitBreakerServiceServer::new(breakers::BreakerApi::new(
+                engine,
+                settings.circuit_breaker.clone(),
+            )))
+            .bind()
+            .await?;
+        Ok(Self { platform, server })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown`, then stops background work and waits for it.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        self.platform.run(self.server, shutdown).await
+    }
+
+    /// Runs on tasks; the handle stops it.
+    pub fn spawn(self) -> RunningService {
+        self.platform.run_in_background(self.server)
+    }
+}

@@ -1,0 +1,926 @@
+//! The order saga's state machine, as pure functions over a [`Saga`]: what to do next, and how a
+//! call's result, a command's acknowledgement or a signal changes the saga. Nothing here does
+//! I/O; the [engine](crate::engine) performs what [`advance`] asks for and stores the result
+//! together with the events these functions emit.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::RngExt as _;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use zentra_proto::{
+    events::v1::EventEnvelope,
+    saga::v1::{self as pb, CommandOutcome},
+};
+use zentra_runtime::events::{self, EventMeta};
+
+use crate::domain::{
+    Attempt, CompensationCause, FORWARD, Outcome, Saga, SagaState, ShipmentReport, Step,
+    StepStatus, StepType,
+};
+
+/// How steps are retried and timed out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts of a call step that reached the downstream before it fails for good.
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles per attempt up to `max_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest delay between attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Each delay is scaled by a random factor in `1 ± jitter`, so retries of many sagas spread.
+    pub jitter: f64,
+    /// A step fails for good once this long has passed since its first attempt (durable: counted
+    /// from the stored start time, so a restart does not reset it).
+    #[serde(with = "humantime_serde")]
+    pub step_timeout: Duration,
+    /// How long to wait for ShipmentDispatched or ShipmentFailed after the shipment was created.
+    #[serde(with = "humantime_serde")]
+    pub shipment_timeout: Duration,
+    /// A compensation command is sent again when no acknowledgement came within this.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// FAILED acknowledgements of one compensation before the saga parks as COMPENSATION_FAILED.
+    pub max_command_failures: u32,
+    /// While a downstream's breaker is open: true fails the step at once (forward steps then
+    /// compensate), false waits for the breaker within the step's timeout.
+    pub fail_fast_when_open: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            jitter: 0.2,
+            step_timeout: Duration::from_secs(60),
+            shipment_timeout: Duration::from_secs(120),
+            ack_timeout: Duration::from_secs(10),
+            max_command_failures: 5,
+            fail_fast_when_open: false,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay after the `failures`-th failed attempt (from 1), with jitter.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let exponent = failures.saturating_sub(1).min(20);
+        let base = self
+            .initial_backoff
+            .saturating_mul(1u32 << exponent)
+            .min(self.max_backoff);
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        let factor = if jitter > 0.0 {
+            rand::rng().random_range((1.0 - jitter)..=(1.0 + jitter))
+        } else {
+            1.0
+        };
+        base.mul_f64(factor)
+    }
+}
+
+/// What the engine must do next for a saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Make the step's gRPC call, then [`record_call`].
+    Call(StepType),
+    /// Send the step's command over Kafka ([`command`]), then [`record_send`].
+    Send(StepType),
+    /// Nothing now; look again at this time, or only on a signal when `None`.
+    Wait(Option<DateTime<Utc>>),
+}
+
+/// A record the saga puts on Kafka (through the outbox) with a state change.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Base name of the topic.
+    pub topic: &'static str,
+    /// The record.
+    pub envelope: EventEnvelope,
+}
+
+/// Base name of the topic saga events go to.
+pub const EVENTS_TOPIC: &str = "saga.events";
+
+/// Something that happened to a saga from outside the engine, stored until the engine applies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Signal {
+    /// Fulfillment dispatched the shipment.
+    ShipmentDispatched {
+        /// The shipment.
+        shipment_id: String,
+    },
+    /// Fulfillment could not ship.
+    ShipmentFailed {
+        /// The shipment.
+        shipment_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The customer asked to cancel the order.
+    CustomerCancelled {
+        /// Why.
+        reason: String,
+    },
+    /// A service acknowledged a compensation command.
+    CommandAcknowledged {
+        /// The command's idempotency key.
+        idempotency_key: String,
+        /// What it did (a `CommandOutcome` number).
+        outcome: i32,
+        /// Why it was rejected or failed.
+        error: String,
+    },
+    /// An operator cancelled the saga.
+    OperatorCancelled {
+        /// Why.
+        reason: String,
+    },
+    /// An operator asked for the scheduled retry to run now.
+    RetryNow,
+    /// An operator resumed a COMPENSATION_FAILED saga.
+    Resume {
+        /// Treat the failed step as done.
+        skip_failed_step: bool,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The result of one gRPC call of a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallResult {
+    /// It took effect; what it made.
+    Done(Effect),
+    /// Failed; a retry may help.
+    Retryable {
+        /// gRPC code name.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// Failed; no retry helps.
+    Permanent {
+        /// gRPC code name (or DECLINED).
+        code: String,
+        /// Message, used as the rejection reason.
+        message: String,
+    },
+    /// No answer within the deadline.
+    TimedOut {
+        /// What happened.
+        message: String,
+    },
+    /// Not sent: the downstream's breaker is open.
+    CircuitOpen {
+        /// When the breaker lets a probe through.
+        retry_after: Duration,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// What a successful step made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing to remember.
+    None,
+    /// RESERVE_STOCK's reservation.
+    Reservation(Uuid),
+    /// AUTHORIZE_PAYMENT's payment.
+    Payment(Uuid),
+    /// CREATE_SHIPMENT's shipment.
+    Shipment(Uuid),
+    /// CAPTURE_PAYMENT happened.
+    Captured,
+}
+
+/// Decides what comes next, applying every change that needs no I/O on the way (entering the
+/// shipment wait, starting compensation, completing). Events of those changes go to `out`.
+pub fn advance(
+    saga: &mut Saga,
+    now: DateTime<Utc>,
+    policy: &RetryPolicy,
+    out: &mut Vec<Outgoing>,
+) -> Next {
+    // Each pass either returns or changes the state, and no state is entered twice, so this ends.
+    loop {
+        match saga.state {
+            SagaState::Completed | SagaState::Compensated | SagaState::CompensationFailed => {
+                return Next::Wait(None);
+            }
+            SagaState::Running | SagaState::AwaitingShipment => {
+                if let Some(reason) = saga.cancel_request.clone()
+                    && !saga.dispatched()
+                {
+                    begin_compensation(saga, CompensationCause::CustomerCancelled, reason, now);
+                    continue;
+                }
+                if let Some(next) = forward(saga, now, policy, out) {
+                    return next;
+                }
+            }
+            SagaState::Compensating => {
+                if let Some(next) = compensate(saga, now, policy, out) {
+                    return next;
+                }
+            }
+        }
+    }
+}
+
+/// The forward part of [`advance`]; `None` when the state changed and the caller loops.
+fn forward(
+    saga: &mut Saga,
+    now: DateTime<Utc>,
+    policy: &RetryPolicy,
+    out: &mut Vec<Outgoing>,
+) -> Option<Next> {
+    if saga.state == SagaState::AwaitingShipment {
+        match saga.shipment.clone() {
+            ShipmentReport::Dispatched => {
+                saga.state = SagaState::Running;
+            }
+            ShipmentReport::Failed(reason) => {
+                begin_compensation(
+                    saga,
+                    CompensationCause::StepFailed,
+                    format!("shipment failed: {reason}"),
+                    now,
+                );
+            }
+            ShipmentReport::None => {
+                let deadline = shipment_deadline(saga, policy).unwrap_or(now);
+                if now < deadline {
+                    return Some(Next::Wait(Some(deadline)));
+                }
+                begin_compensation(
+                    saga,
+                    CompensationCause::StepFailed,
+                    format!(
+                        "shipment not dispatched within {}",
+                        humanize(policy.shipment_timeout)
+                    ),
+                    now,
+                );
+            }
+        }
+        return None;
+    }
+    let Some(&step) = FORWARD.iter().find(|step| !saga.succeeded(**step)) else {
+        saga.state = SagaState::Completed;
+        saga.ended_at = Some(now);
+        out.push(saga_event(
+            saga,
+            &pb::SagaCompleted {
+                saga_id: saga.id.to_string(),
+                order_id: saga.order_id.to_string(),
+            },
+        ));
+        return None;
+    };
+    if step == StepType::CapturePayment && !saga.dispatched() {
+        // The shipment exists; nothing is captured before fulfillment reports on it.
+        saga.state = SagaState::AwaitingShipment;
+        return None;
+    }
+    match saga.step(step).map(|record| (record.status, due(record))) {
+        None | Some((StepStatus::Running, _)) => Some(Next::Call(step)),
+        Some((StepStatus::RetryScheduled, due)) => Some(if due.is_none_or(|due| due <= now) {
+            Next::Call(step)
+        } else {
+            Next::Wait(due)
+        }),
+        Some((StepStatus::Failed, _)) => {
+            let reason = failure_reason(saga, step);
+            begin_compensation(saga, CompensationCause::StepFailed, reason, now);
+            None
+        }
+        Some((StepStatus::Succeeded, _)) => None,
+    }
+}
+
+/// The compensating part of [`advance`]; `None` when the state changed and the caller loops.
+fn compensate(
+    saga: &mut Saga,
+    now: DateTime<Utc>,
+    policy: &RetryPolicy,
+    out: &mut Vec<Outgoing>,
+) -> Option<Next> {
+    let plan = compensation_plan(saga);
+    let Some(&step) = plan.iter().find(|step| !saga.succeeded(**step)) else {
+        saga.state = SagaState::Compensated;
+        saga.ended_at = Some(now);
+        out.push(saga_event(
+            saga,
+            &pb::SagaCompensated {
+                saga_id: saga.id.to_string(),
+                order_id: saga.order_id.to_string(),
+                compensation_cause: saga.cause.map_or(
+                    pb::SagaCompensationCause::Unspecified,
+                    CompensationCause::to_proto,
+                ) as i32,
+                reason: saga.failure_reason.clone(),
+            },
+        ));
+        return None;
+    };
+    let act = if step.is_command() {
+        Next::Send(step)
+    } else {
+        Next::Call(step)
+    };
+    let Some(record) = saga.step(step) else {
+        return Some(act);
+    };
+    match record.status {
+        StepStatus::Running if step.is_command() => {
+            let sent = record.last_attempt().map_or(now, |attempt| attempt.start);
+            let resend_at = sent + chrono_duration(policy.ack_timeout);
+            Some(if now >= resend_at {
+                act
+            } else {
+                Next::Wait(Some(resend_at))
+            })
+        }
+        StepStatus::Running => Some(act),
+        StepStatus::RetryScheduled => {
+            let due = due(record);
+            Some(if due.is_none_or(|due| due <= now) {
+                act
+            } else {
+                Next::Wait(due)
+            })
+        }
+        StepStatus::Failed => {
+            park(saga, step, out);
+            None
+        }
+        StepStatus::Succeeded => None,
+    }
+}
+
+/// The compensations of what took effect, in reverse order of the forward steps, then the
+/// order's final change.
+pub fn compensation_plan(saga: &Saga) -> Vec<StepType> {
+    let mut plan = Vec::with_capacity(4);
+    // A shipment that failed never left; there is nothing to cancel.
+    if saga.succeeded(StepType::CreateShipment)
+        && !matches!(saga.shipment, ShipmentReport::Failed(_))
+    {
+        plan.push(StepType::CancelShipment);
+    }
+    if saga.succeeded(StepType::AuthorizePayment) {
+        plan.push(if saga.captured {
+            StepType::RefundPayment
+        } else {
+            StepType::VoidPayment
+        });
+    }
+    if saga.succeeded(StepType::ReserveStock) {
+        plan.push(StepType::ReleaseStock);
+    }
+    plan.push(
+        if saga.cause == Some(CompensationCause::CustomerCancelled) {
+            StepType::CompleteCancellation
+        } else {
+            StepType::RejectOrder
+        },
+    );
+    plan
+}
+
+fn due(step: &Step) -> Option<DateTime<Utc>> {
+    step.last_attempt().and_then(|attempt| attempt.next_retry)
+}
+
+fn shipment_deadline(saga: &Saga, policy: &RetryPolicy) -> Option<DateTime<Utc>> {
+    let created = saga.step(StepType::CreateShipment)?.last_attempt()?.end?;
+    Some(created + chrono_duration(policy.shipment_timeout))
+}
+
+fn failure_reason(saga: &Saga, step: StepType) -> String {
+    let message = saga
+        .step(step)
+        .and_then(Step::last_attempt)
+        .map(|attempt| attempt.error_message.clone())
+        .unwrap_or_default();
+    describe_failure(step, &message)
+}
+
+/// The reason a failed forward step gives the customer.
+pub fn describe_failure(step: StepType, message: &str) -> String {
+    let what = match step {
+        StepType::ReserveStock => "stock could not be reserved",
+        StepType::AuthorizePayment => "payment was not authorized",
+        StepType::CreateShipment => "shipment could not be created",
+        StepType::CapturePayment => "payment could not be captured",
+        StepType::ConfirmReservation => "stock could not be confirmed",
+        StepType::ConfirmOrder => "order could not be confirmed",
+        _ => "compensation failed",
+    };
+    if message.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what}: {message}")
+    }
+}
+
+fn begin_compensation(
+    saga: &mut Saga,
+    cause: CompensationCause,
+    reason: String,
+    now: DateTime<Utc>,
+) {
+    tracing::info!(saga_id = %saga.id, cause = %cause, reason = %reason, "saga compensating");
+    saga.state = SagaState::Compensating;
+    saga.cause = Some(cause);
+    saga.failure_reason = truncate(&reason, 500);
+    saga.updated_at = now;
+}
+
+fn park(saga: &mut Saga, step: StepType, out: &mut Vec<Outgoing>) {
+    let error = saga
+        .step(step)
+        .and_then(Step::last_attempt)
+        .map(|attempt| attempt.error_message.clone())
+        .unwrap_or_default();
+    tracing::warn!(saga_id = %saga.id, step = %step, error = %error, "saga compensation failed; an operator must resume it");
+    saga.state = SagaState::CompensationFailed;
+    out.push(saga_event(
+        saga,
+        &pb::SagaCompensationFailed {
+            saga_id: saga.id.to_string(),
+            order_id: saga.order_id.to_string(),
+            step: step.to_proto() as i32,
+            error,
+        },
+    ));
+}
+
+fn step_record(saga: &mut Saga, step: StepType) -> &mut Step {
+    if saga.step(step).is_none() {
+        let key = saga.key(step);
+        saga.steps.push(Step {
+            step,
+            status: StepStatus::Running,
+            key,
+            attempts: Vec::new(),
+            budget_from: 0,
+        });
+    }
+    let index = saga
+        .steps
+        .iter()
+        .position(|record| record.step == step)
+        .unwrap_or(saga.steps.len() - 1);
+    &mut saga.steps[index]
+}
+
+/// Records the outcome of one call of `step` that started at `start`.
+pub fn record_call(
+    saga: &mut Saga,
+    step: StepType,
+    start: DateTime<Utc>,
+    now: DateTime<Utc>,
+    result: CallResult,
+    policy: &RetryPolicy,
+    out: &mut Vec<Outgoing>,
+) {
+    saga.updated_at = now;
+    let record = step_record(saga, step);
+    let number = next_number(record);
+    let mut attempt = Attempt {
+        number,
+        start,
+        end: Some(now),
+        outcome: Outcome::Succeeded,
+        error_code: String::new(),
+        error_message: String::new(),
+        next_retry: None,
+        command_id: String::new(),
+    };
+    let retry_at = |record: &Step, extra: Option<Duration>| -> Option<DateTime<Utc>> {
+        let within_budget = record
+            .first_start()
+            .is_none_or(|first| now < first + chrono_duration(policy.step_timeout));
+        let attempts_left = record.counted_attempts() < policy.max_attempts;
+        (within_budget && attempts_left).then(|| {
+            let failures = record.counted_attempts().max(1);
+            now + chrono_duration(extra.unwrap_or_else(|| policy.backoff(failures)))
+        })
+    };
+    let mut circuit_wait = None;
+    let effect = match result {
+        CallResult::Done(effect) => Some(effect),
+        CallResult::Retryable { code, message } => {
+            attempt.outcome = Outcome::RetryableFailure;
+            attempt.error_code = code;
+            attempt.error_message = message;
+            None
+        }
+        CallResult::TimedOut { message } => {
+            attempt.outcome = Outcome::TimedOut;
+            attempt.error_code = "DEADLINE_EXCEEDED".to_owned();
+            attempt.error_message = message;
+            None
+        }
+        CallResult::Permanent { code, message } => {
+            attempt.outcome = Outcome::PermanentFailure;
+            attempt.error_code = code;
+            attempt.error_message = message;
+            None
+        }
+        CallResult::CircuitOpen {
+            retry_after,
+            message,
+        } => {
+            attempt.outcome = Outcome::CircuitOpen;
+            attempt.error_code = "UNAVAILABLE".to_owned();
+            attempt.error_message = message;
+            // A refused call retries when the breaker lets a probe through.
+            circuit_wait = Some(retry_after.max(Duration::from_millis(50)));
+            None
+        }
+    };
+    let fail_fast =
+        attempt.outcome == Outcome::CircuitOpen && policy.fail_fast_when_open && step.is_forward();
+    record.attempts.push(attempt);
+    let last = record.attempts.len() - 1;
+    if let Some(effect) = effect {
+        record.status = StepStatus::Succeeded;
+        apply_effect(saga, effect);
+        let number = saga
+            .step(step)
+            .map_or(1, |record| record.attempts[last].number);
+        step_completed(saga, step, number, out);
+        return;
+    }
+    let outcome = record.attempts[last].outcome;
+    let next = match outcome {
+        Outcome::PermanentFailure => None,
+        _ if fail_fast => None,
+        _ => retry_at(record, circuit_wait),
+    };
+    match next {
+        Some(at) => {
+            record.status = StepStatus::RetryScheduled;
+            record.attempts[last].next_retry = Some(at);
+        }
+        None => {
+            record.status = StepStatus::Failed;
+            if step.is_forward() {
+                let reason = failure_reason(saga, step);
+                begin_compensation(saga, CompensationCause::StepFailed, reason, now);
+            } else {
+                park(saga, step, out);
+            }
+        }
+    }
+}
+
+fn next_number(record: &Step) -> u32 {
+    u32::try_from(record.attempts.len())
+        .unwrap_or(u32::MAX)
+        .saturating_add(1)
+}
+
+fn apply_effect(saga: &mut Saga, effect: Effect) {
+    match effect {
+        Effect::None => {}
+        Effect::Reservation(id) => saga.reservation_id = Some(id),
+        Effect::Payment(id) => saga.payment_id = Some(id),
+        Effect::Shipment(id) => saga.shipment_id = Some(id),
+        Effect::Captured => saga.captured = true,
+    }
+}
+
+fn step_completed(saga: &Saga, step: StepType, attempt_number: u32, out: &mut Vec<Outgoing>) {
+    out.push(saga_event(
+        saga,
+        &pb::SagaStepCompleted {
+            saga_id: saga.id.to_string(),
+            order_id: saga.order_id.to_string(),
+            step: step.to_proto() as i32,
+            attempt_number: i32::try_from(attempt_number).unwrap_or(i32::MAX),
+        },
+    ));
+}
+
+/// The command of a compensation step, ready for the outbox.
+pub fn command(saga: &Saga, step: StepType) -> Option<Outgoing> {
+    let saga_id = saga.id.to_string();
+    let order_id = saga.order_id.to_string();
+    let idempotency_key = saga.key(step);
+    let reason = saga.failure_reason.clone();
+    let (topic, envelope) = match step {
+        StepType::ReleaseStock => {
+            let reservation_id = saga.reservation_id?.to_string();
+            let command = pb::ReleaseStockCommand {
+                saga_id,
+                idempotency_key,
+                order_id,
+                reservation_id: reservation_id.clone(),
+                reason,
+            };
+            let meta = meta(saga, "reservation", &reservation_id);
+            ("inventory.commands", events::envelope(&command, meta))
+        }
+        StepType::VoidPayment => {
+            let payment_id = saga.payment_id?.to_string();
+            let command = pb::VoidPaymentCommand {
+                saga_id,
+                idempotency_key,
+                order_id,
+                payment_id: payment_id.clone(),
+                reason,
+            };
+            let meta = meta(saga, "payment", &payment_id);
+            ("payment.commands", events::envelope(&command, meta))
+        }
+        StepType::RefundPayment => {
+            let payment_id = saga.payment_id?.to_string();
+            let command = pb::RefundPaymentCommand {
+                saga_id,
+                idempotency_key,
+                order_id,
+                payment_id: payment_id.clone(),
+                amount: None,
+                reason,
+            };
+            let meta = meta(saga, "payment", &payment_id);
+            ("payment.commands", events::envelope(&command, meta))
+        }
+        StepType::CancelShipment => {
+            let shipment_id = saga.shipment_id?.to_string();
+            let command = pb::CancelShipmentCommand {
+                saga_id,
+                idempotency_key,
+                order_id,
+                shipment_id: shipment_id.clone(),
+                reason,
+            };
+            let meta = meta(saga, "shipment", &shipment_id);
+            ("fulfillment.commands", events::envelope(&command, meta))
+        }
+        _ => return None,
+    };
+    Some(Outgoing { topic, envelope })
+}
+
+fn meta<'a>(saga: &Saga, aggregate_type: &'a str, aggregate_id: &str) -> EventMeta<'a> {
+    EventMeta {
+        producer: crate::SERVICE,
+        aggregate_type,
+        aggregate_id: aggregate_id.to_owned(),
+        correlation_id: saga.order_id.to_string(),
+        causation_id: saga.id.to_string(),
+    }
+}
+
+/// Records that the command of `step` was sent with event id `command_id`. An earlier attempt
+/// still waiting for its acknowledgement is closed as timed out.
+pub fn record_send(
+    saga: &mut Saga,
+    step: StepType,
+    command_id: String,
+    now: DateTime<Utc>,
+    ack_timeout: Duration,
+) {
+    saga.updated_at = now;
+    let record = step_record(saga, step);
+    if let Some(previous) = record.attempts.last_mut()
+        && previous.outcome == Outcome::InProgress
+    {
+        previous.end = Some(now);
+        previous.outcome = Outcome::TimedOut;
+        previous.error_code = "DEADLINE_EXCEEDED".to_owned();
+        previous.error_message = format!("no acknowledgement within {}", humanize(ack_timeout));
+    }
+    let number = next_number(record);
+    record.status = StepStatus::Running;
+    record.attempts.push(Attempt {
+        number,
+        start: now,
+        end: None,
+        outcome: Outcome::InProgress,
+        error_code: String::new(),
+        error_message: String::new(),
+        next_retry: None,
+        command_id,
+    });
+}
+
+/// Applies a signal. Signals that no longer fit (a late acknowledgement, a cancellation after
+/// the end) change nothing.
+pub fn apply_signal(
+    saga: &mut Saga,
+    signal: &Signal,
+    now: DateTime<Utc>,
+    policy: &RetryPolicy,
+    out: &mut Vec<Outgoing>,
+) {
+    match signal {
+        Signal::ShipmentDispatched { shipment_id } => {
+            if shipment_matches(saga, shipment_id) && saga.shipment == ShipmentReport::None {
+                saga.shipment = ShipmentReport::Dispatched;
+                saga.updated_at = now;
+            }
+        }
+        Signal::ShipmentFailed {
+            shipment_id,
+            reason,
+        } => {
+            if shipment_matches(saga, shipment_id) && saga.shipment == ShipmentReport::None {
+                saga.shipment = ShipmentReport::Failed(reason.clone());
+                saga.updated_at = now;
+            }
+        }
+        Signal::CustomerCancelled { reason } => {
+            if saga.cancel_request.is_none() && !saga.state.is_terminal() {
+                saga.cancel_request = Some(reason.clone());
+                saga.updated_at = now;
+            }
+        }
+        Signal::CommandAcknowledged {
+            idempotency_key,
+            outcome,
+            error,
+        } => record_ack(saga, idempotency_key, *outcome, error, now, policy, out),
+        Signal::OperatorCancelled { reason } => {
+            if cancel_refusal(saga).is_none() && saga.state != SagaState::Compensating {
+                begin_compensation(
+                    saga,
+                    CompensationCause::OperatorCancelled,
+                    format!("cancelled by an operator: {reason}"),
+                    now,
+                );
+            }
+        }
+        Signal::RetryNow => {
+            if let Some(step) = saga.steps.last_mut()
+                && step.status == StepStatus::RetryScheduled
+                && let Some(attempt) = step.attempts.last_mut()
+            {
+                attempt.next_retry = Some(now);
+                saga.updated_at = now;
+            }
+        }
+        Signal::Resume {
+            skip_failed_step,
+            reason,
+        } => {
+            if saga.state != SagaState::CompensationFailed {
+                return;
+            }
+            let Some(step) = saga.steps.last_mut() else {
+                return;
+            };
+            if *skip_failed_step {
+                step.status = StepStatus::Succeeded;
+                step.attempts.push(Attempt {
+                    number: next_number(step),
+                    start: now,
+                    end: Some(now),
+                    outcome: Outcome::Succeeded,
+                    error_code: String::new(),
+                    error_message: format!("skipped by an operator: {reason}"),
+                    next_retry: None,
+                    command_id: String::new(),
+                });
+            } else {
+                // A fresh budget of attempts, starting now.
+                step.status = StepStatus::RetryScheduled;
+                step.budget_from = step.attempts.len();
+                if let Some(attempt) = step.attempts.last_mut() {
+                    attempt.next_retry = Some(now);
+                }
+            }
+            saga.state = SagaState::Compensating;
+            saga.updated_at = now;
+        }
+    }
+}
+
+fn shipment_matches(saga: &Saga, shipment_id: &str) -> bool {
+    saga.shipment_id
+        .is_none_or(|known| known.to_string() == shipment_id)
+}
+
+/// Why an operator may not cancel the saga now; `None` when they may.
+pub fn cancel_refusal(saga: &Saga) -> Option<String> {
+    match saga.state {
+        SagaState::Completed | SagaState::Compensated | SagaState::CompensationFailed => {
+            Some(format!("saga is {}", saga.state))
+        }
+        _ if saga.dispatched() => {
+            Some("the goods were dispatched; the saga is past its point of no return".to_owned())
+        }
+        _ => None,
+    }
+}
+
+fn record_ack(
+    saga: &mut Saga,
+    key: &str,
+    outcome: i32,
+    error: &str,
+    now: DateTime<Utc>,
+    policy: &RetryPolicy,
+    out: &mut Vec<Outgoing>,
+) {
+    let Some(index) = saga
+        .steps
+        .iter()
+        .position(|step| step.key == key && step.step.is_command())
+    else {
+        return;
+    };
+    if saga.steps[index].status != StepStatus::Running {
+        // Already settled by an earlier acknowledgement of the same key.
+        return;
+    }
+    saga.updated_at = now;
+    let step = saga.steps[index].step;
+    let outcome = CommandOutcome::try_from(outcome).unwrap_or(CommandOutcome::Unspecified);
+    let record = &mut saga.steps[index];
+    let Some(attempt) = record.attempts.last_mut() else {
+        return;
+    };
+    attempt.end = Some(now);
+    match outcome {
+        CommandOutcome::Applied | CommandOutcome::AlreadyApplied | CommandOutcome::NotNeeded => {
+            attempt.outcome = Outcome::Succeeded;
+            let number = attempt.number;
+            record.status = StepStatus::Succeeded;
+            step_completed(saga, step, number, out);
+        }
+        CommandOutcome::Rejected => {
+            attempt.outcome = Outcome::PermanentFailure;
+            attempt.error_code = "REJECTED".to_owned();
+            attempt.error_message = error.to_owned();
+            record.status = StepStatus::Failed;
+            park(saga, step, out);
+        }
+        CommandOutcome::Failed | CommandOutcome::Unspecified => {
+            attempt.outcome = Outcome::RetryableFailure;
+            attempt.error_code = "FAILED".to_owned();
+            attempt.error_message = error.to_owned();
+            let failures = record.attempts[record.budget_from..]
+                .iter()
+                .filter(|attempt| attempt.outcome == Outcome::RetryableFailure)
+                .count();
+            let failures = u32::try_from(failures).unwrap_or(u32::MAX);
+            if failures < policy.max_command_failures {
+                let at = now + chrono_duration(policy.backoff(failures));
+                if let Some(attempt) = record.attempts.last_mut() {
+                    attempt.next_retry = Some(at);
+                }
+                record.status = StepStatus::RetryScheduled;
+            } else {
+                record.status = StepStatus::Failed;
+                park(saga, step, out);
+            }
+        }
+    }
+}
+
+/// A saga event for the outbox, keyed by saga id.
+pub fn saga_event<M: prost::Name>(saga: &Saga, event: &M) -> Outgoing {
+    Outgoing {
+        topic: EVENTS_TOPIC,
+        envelope: events::envelope(
+            event,
+            EventMeta {
+                producer: crate::SERVICE,
+                aggregate_type: "saga",
+                aggregate_id: saga.id.to_string(),
+                correlation_id: saga.order_id.to_string(),
+                causation_id: String::new(),
+            },
+        ),
+    }
+}
+
+/// A std duration as chrono's, saturating.
+pub fn chrono_duration(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+fn humanize(duration: Duration) -> String {
+    humantime_serde::re::humantime::format_duration(duration).to_string()
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests;

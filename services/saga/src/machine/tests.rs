@@ -1,0 +1,562 @@
+//! The state machine walked step by step, without I/O.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+use zentra_proto::{order::v1::OrderPlaced, saga::v1::CommandOutcome};
+
+use super::*;
+use crate::domain::{SagaState, ShipmentReport};
+
+fn saga() -> Saga {
+    let now = Utc::now();
+    Saga {
+        id: Uuid::now_v7(),
+        order_id: Uuid::now_v7(),
+        order: OrderPlaced::default(),
+        state: SagaState::Running,
+        cause: None,
+        failure_reason: String::new(),
+        reservation_id: None,
+        payment_id: None,
+        shipment_id: None,
+        captured: false,
+        shipment: ShipmentReport::None,
+        cancel_request: None,
+        steps: Vec::new(),
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        ended_at: None,
+        next_run_at: Some(now),
+    }
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        jitter: 0.0,
+        ..RetryPolicy::default()
+    }
+}
+
+/// Answers every call with `Done` and returns the next action that is not a successful call.
+fn run_calls(saga: &mut Saga, now: DateTime<Utc>, out: &mut Vec<Outgoing>) -> Next {
+    loop {
+        match advance(saga, now, &policy(), out) {
+            Next::Call(step) => {
+                let effect = match step {
+                    StepType::ReserveStock => Effect::Reservation(Uuid::now_v7()),
+                    StepType::AuthorizePayment => Effect::Payment(Uuid::now_v7()),
+                    StepType::CreateShipment => Effect::Shipment(Uuid::now_v7()),
+                    StepType::CapturePayment => Effect::Captured,
+                    _ => Effect::None,
+                };
+                record_call(
+                    saga,
+                    step,
+                    now,
+                    now,
+                    CallResult::Done(effect),
+                    &policy(),
+                    out,
+                );
+            }
+            other => return other,
+        }
+    }
+}
+
+fn names(saga: &Saga) -> Vec<StepType> {
+    saga.steps.iter().map(|step| step.step).collect()
+}
+
+fn acknowledge(saga: &mut Saga, step: StepType, outcome: CommandOutcome, out: &mut Vec<Outgoing>) {
+    let signal = Signal::CommandAcknowledged {
+        idempotency_key: saga.key(step),
+        outcome: outcome as i32,
+        error: "because".to_owned(),
+    };
+    apply_signal(saga, &signal, Utc::now(), &policy(), out);
+}
+
+#[test]
+fn the_happy_path_waits_for_dispatch_then_captures_and_completes() {
+    let mut saga = saga();
+    let mut out = Vec::new();
+    let now = Utc::now();
+    let next = run_calls(&mut saga, now, &mut out);
+    assert_eq!(saga.state, SagaState::AwaitingShipment);
+    assert_eq!(
+        next,
+        Next::Wait(Some(now + chrono_duration(policy().shipment_timeout)))
+    );
+    let shipment_id = saga.shipment_id.expect("shipment recorded").to_string();
+    apply_signal(
+        &mut saga,
+        &Signal::ShipmentDispatched { shipment_id },
+        now,
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(run_calls(&mut saga, now, &mut out), Next::Wait(None));
+    assert_eq!(saga.state, SagaState::Completed);
+    assert_eq!(names(&saga), FORWARD);
+    assert!(saga.ended_at.is_some());
+    // Six step completions and the completion itself.
+    assert_eq!(out.len(), 7);
+}
+
+#[test]
+fn a_decline_releases_the_stock_by_command_then_rejects_the_order() {
+    let mut saga = saga();
+    let mut out = Vec::new();
+    let now = Utc::now();
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
+        Next::Call(StepType::ReserveStock)
+    );
+    record_call(
+        &mut saga,
+        StepType::ReserveStock,
+        now,
+        now,
+        CallResult::Done(Effect::Reservation(Uuid::now_v7())),
+        &policy(),
+        &mut out,
+    );
+    let declined = CallResult::Permanent {
+        code: "DECLINED".to_owned(),
+        message: "payment declined: card declined".to_owned(),
+    };
+    record_call(
+        &mut saga,
+        StepType::AuthorizePayment,
+        now,
+        now,
+        declined,
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(saga.state, SagaState::Compensating);
+    assert_eq!(saga.cause, Some(CompensationCause::StepFailed));
+    assert!(saga.failure_reason.contains("card declined"));
+    assert_eq!(
+        compensation_plan(&saga),
+        [StepType::ReleaseStock, StepType::RejectOrder]
+    );
+
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
+        Next::Send(StepType::ReleaseStock)
+    );
+    let command = command(&saga, StepType::ReleaseStock).expect("a command");
+    assert_eq!(command.topic, "inventory.commands");
+    record_send(
+        &mut saga,
+        StepType::ReleaseStock,
+        command.envelope.event_id.clone(),
+        now,
+        policy().ack_timeout,
+    );
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
+        Next::Wait(Some(now + chrono_duration(policy().ack_timeout)))
+    );
+    acknowledge(
+        &mut saga,
+        StepType::ReleaseStock,
+        CommandOutcome::Applied,
+        &mut out,
+    );
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
+        Next::Call(StepType::RejectOrder)
+    );
+    record_call(
+        &mut saga,
+        StepType::RejectOrder,
+        now,
+        now,
+        CallResult::Done(Effect::None),
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
+        Next::Wait(None)
+    );
+    assert_eq!(saga.state, SagaState::Compensated);
+}
+
+#[test]
+fn retryable_failures_back_off_until_the_attempts_run_out() {
+    let mut saga = saga();
+    let mut out = Vec::new();
+    let mut now = Utc::now();
+    for attempt in 1..=policy().max_attempts {
+        assert_eq!(
+            advance(&mut saga, now, &policy(), &mut out),
+            Next::Call(StepType::ReserveStock)
+        );
+        let failure = CallResult::Retryable {
+            code: "UNAVAILABLE".to_owned(),
+            message: "down".to_owned(),
+        };
+        record_call(
+            &mut saga,
+            StepType::ReserveStock,
+            now,
+            now,
+            failure,
+            &policy(),
+            &mut out,
+        );
+        if attempt < policy().max_attempts {
+            let step = saga.step(StepType::ReserveStock).expect("step");
+            let due = step
+                .last_attempt()
+                .and_then(|a| a.next_retry)
+                .expect("retry scheduled");
+            assert_eq!(
+                due - now,
+                chrono_duration(policy().backoff(attempt)),
+                "exponential backoff"
+            );
+            assert_eq!(
+                advance(&mut saga, now, &policy(), &mut out),
+                Next::Wait(Some(due))
+            );
+            now = due;
+        }
+    }
+    assert_eq!(saga.state, SagaState::Compensating);
+    assert_eq!(compensation_plan(&saga), [StepType::RejectOrder]);
+}
+
+#[test]
+fn a_step_stops_retrying_once_its_durable_timeout_passed() {
+    let mut saga = saga();
+    let mut out = Vec::new();
+    let long_ago = Utc::now() - chrono::Duration::hours(1);
+    let failure = CallResult::TimedOut {
+        message: "slow".to_owned(),
+    };
+    // The first attempt started an hour ago (stored), so a restart cannot reset the budget.
+    record_call(
+        &mut saga,
+        StepType::ReserveStock,
+        long_ago,
+        long_ago,
+        failure.clone(),
+        &policy(),
+        &mut out,
+    );
+    record_call(
+        &mut saga,
+        StepType::ReserveStock,
+        Utc::now(),
+        Utc::now(),
+        failure,
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(saga.state, SagaState::Compensating);
+}
+
+#[test]
+fn an_unacknowledged_command_is_sent_again_and_the_old_attempt_times_out() {
+    let mut saga = saga();
+    let mut out = Vec::new();
+    let now = Utc::now();
+    saga.reservation_id = Some(Uuid::now_v7());
+    record_call(
+        &mut saga,
+        StepType::ReserveStock,
+        now,
+        now,
+        CallResult::Done(Effect::Reservation(Uuid::now_v7())),
+        &policy(),
+        &mut out,
+    );
+    apply_signal(
+        &mut saga,
+        &Signal::OperatorCancelled {
+            reason: "test".to_owned(),
+        },
+        now,
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
+        Next::Send(StepType::ReleaseStock)
+    );
+    record_send(
+        &mut saga,
+        StepType::ReleaseStock,
+        "c1".to_owned(),
+        now,
+        policy().ack_timeout,
+    );
+    let later = now + chrono_duration(policy().ack_timeout);
+    assert_eq!(
+        advance(&mut saga, later, &policy(), &mut out),
+        Next::Send(StepType::ReleaseStock)
+    );
+    record_send(
+        &mut saga,
+        StepType::ReleaseStock,
+        "c2".to_owned(),
+        later,
+        policy().ack_timeout,
+    );
+    let step = saga.step(StepType::ReleaseStock).expect("step");
+    assert_eq!(step.attempts.len(), 2);
+    assert_eq!(step.attempts[0].outcome, Outcome::TimedOut);
+    assert_eq!(
+        step.key,
+        saga.key(StepType::ReleaseStock),
+        "one key for every send"
+    );
+}
+
+#[test]
+fn a_rejected_compensation_parks_the_saga_until_an_operator_resumes_it() {
+    let mut saga = saga();
+    let mut out = Vec::new();
+    let now = Utc::now();
+    record_call(
+        &mut saga,
+        StepType::ReserveStock,
+        now,
+        now,
+        CallResult::Done(Effect::Reservation(Uuid::now_v7())),
+        &policy(),
+        &mut out,
+    );
+    apply_signal(
+        &mut saga,
+        &Signal::OperatorCancelled {
+            reason: "test".to_owned(),
+        },
+        now,
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(saga.cause, Some(CompensationCause::OperatorCancelled));
+    advance(&mut saga, now, &policy(), &mut out);
+    record_send(
+        &mut saga,
+        StepType::ReleaseStock,
+        "c1".to_owned(),
+        now,
+        policy().ack_timeout,
+    );
+    acknowledge(
+        &mut saga,
+        StepType::ReleaseStock,
+        CommandOutcome::Rejected,
+        &mut out,
+    );
+    assert_eq!(saga.state, SagaState::CompensationFailed);
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
+        Next::Wait(None)
+    );
+
+    let resume = Signal::Resume {
+        skip_failed_step: true,
+        reason: "released by hand".to_owned(),
+    };
+    apply_signal(&mut saga, &resume, now, &policy(), &mut out);
+    assert_eq!(saga.state, SagaState::Compensating);
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
+        Next::Call(StepType::RejectOrder)
+    );
+}
+
+#[test]
+fn failed_acknowledgements_retry_then_park_after_the_limit() {
+    let mut saga = saga();
+    let mut out = Vec::new();
+    let now = Utc::now();
+    record_call(
+        &mut saga,
+        StepType::ReserveStock,
+        now,
+        now,
+        CallResult::Done(Effect::Reservation(Uuid::now_v7())),
+        &policy(),
+        &mut out,
+    );
+    apply_signal(
+        &mut saga,
+        &Signal::OperatorCancelled {
+            reason: "test".to_owned(),
+        },
+        now,
+        &policy(),
+        &mut out,
+    );
+    for _ in 0..policy().max_command_failures {
+        let mut at = now;
+        if let Some(due) = saga
+            .step(StepType::ReleaseStock)
+            .and_then(Step::last_attempt)
+            .and_then(|a| a.next_retry)
+        {
+            at = due;
+        }
+        assert_eq!(
+            advance(&mut saga, at, &policy(), &mut out),
+            Next::Send(StepType::ReleaseStock)
+        );
+        record_send(
+            &mut saga,
+            StepType::ReleaseStock,
+            "c".to_owned(),
+            at,
+            policy().ack_timeout,
+        );
+        acknowledge(
+            &mut saga,
+            StepType::ReleaseStock,
+            CommandOutcome::Failed,
+            &mut out,
+        );
+    }
+    assert_eq!(saga.state, SagaState::CompensationFailed);
+
+    // Resuming without skipping gives the step a fresh budget.
+    let resume = Signal::Resume {
+        skip_failed_step: false,
+        reason: String::new(),
+    };
+    apply_signal(&mut saga, &resume, Utc::now(), &policy(), &mut out);
+    assert_eq!(
+        advance(&mut saga, Utc::now(), &policy(), &mut out),
+        Next::Send(StepType::ReleaseStock)
+    );
+}
+
+#[test]
+fn a_customer_cancellation_compensates_before_dispatch_and_is_ignored_after() {
+    let mut saga = saga();
+    let mut out = Vec::new();
+    let now = Utc::now();
+    run_calls(&mut saga, now, &mut out);
+    assert_eq!(saga.state, SagaState::AwaitingShipment);
+    apply_signal(
+        &mut saga,
+        &Signal::CustomerCancelled {
+            reason: "changed my mind".to_owned(),
+        },
+        now,
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
+        Next::Send(StepType::CancelShipment)
+    );
+    assert_eq!(saga.cause, Some(CompensationCause::CustomerCancelled));
+    assert_eq!(
+        compensation_plan(&saga),
+        [
+            StepType::CancelShipment,
+            StepType::VoidPayment,
+            StepType::ReleaseStock,
+            StepType::CompleteCancellation
+        ]
+    );
+
+    let mut late = self::saga();
+    run_calls(&mut late, now, &mut out);
+    let shipment_id = late.shipment_id.expect("shipment").to_string();
+    apply_signal(
+        &mut late,
+        &Signal::ShipmentDispatched { shipment_id },
+        now,
+        &policy(),
+        &mut out,
+    );
+    apply_signal(
+        &mut late,
+        &Signal::CustomerCancelled {
+            reason: "too late".to_owned(),
+        },
+        now,
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(run_calls(&mut late, now, &mut out), Next::Wait(None));
+    assert_eq!(late.state, SagaState::Completed);
+    assert!(cancel_refusal(&late).is_some());
+}
+
+#[test]
+fn an_open_circuit_holds_the_step_without_spending_its_attempts() {
+    let mut saga = saga();
+    let mut out = Vec::new();
+    let now = Utc::now();
+    for _ in 0..(policy().max_attempts * 2) {
+        let open = CallResult::CircuitOpen {
+            retry_after: Duration::from_secs(1),
+            message: "open".to_owned(),
+        };
+        record_call(
+            &mut saga,
+            StepType::ReserveStock,
+            now,
+            now,
+            open,
+            &policy(),
+            &mut out,
+        );
+    }
+    assert_eq!(saga.state, SagaState::Running);
+    let step = saga.step(StepType::ReserveStock).expect("step");
+    assert_eq!(step.status, StepStatus::RetryScheduled);
+    assert_eq!(step.counted_attempts(), 0);
+
+    let fail_fast = RetryPolicy {
+        fail_fast_when_open: true,
+        ..policy()
+    };
+    let mut fast = self::saga();
+    let open = CallResult::CircuitOpen {
+        retry_after: Duration::from_secs(1),
+        message: "open".to_owned(),
+    };
+    record_call(
+        &mut fast,
+        StepType::ReserveStock,
+        now,
+        now,
+        open,
+        &fail_fast,
+        &mut out,
+    );
+    assert_eq!(fast.state, SagaState::Compensating);
+}
+
+#[test]
+fn backoff_grows_exponentially_within_its_jitter_and_cap() {
+    let policy = RetryPolicy {
+        jitter: 0.2,
+        ..RetryPolicy::default()
+    };
+    for failures in 1..=12 {
+        let base = policy
+            .initial_backoff
+            .saturating_mul(1 << (failures - 1))
+            .min(policy.max_backoff);
+        let delay = policy.backoff(failures);
+        assert!(
+            delay >= base.mul_f64(0.8) && delay <= base.mul_f64(1.2),
+            "{failures}: {delay:?}"
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! The saga orchestrator's metric names, declared once.
+
+/// Sagas started (counter).
+pub const SAGAS_STARTED: &str = "zentra_saga_started_total";
+/// Sagas that reached COMPLETED or COMPENSATED, by `state` (counter).
+pub const SAGAS_ENDED: &str = "zentra_saga_ended_total";
+/// Downstream calls of steps, by `step` and `result` (counter).
+pub const STEP_CALLS: &str = "zentra_saga_step_calls_total";
+/// Duration of step calls in seconds, by `step` (histogram).
+pub const STEP_SECONDS: &str = "zentra_saga_step_seconds";
+/// Sagas started by reconciliation for orders whose OrderPlaced was lost (counter).
+pub const SAGAS_RECONCILED: &str = "zentra_saga_reconciled_total";
+
+/// Describes every metric for the Prometheus exposition.
+pub fn describe() {
+    metrics::describe_counter!(SAGAS_STARTED, "sagas started");
+    metrics::describe_counter!(SAGAS_ENDED, "sagas that reached a terminal state, by state");
+    metrics::describe_counter!(
+        STEP_CALLS,
+        "downstream calls made by saga steps, by step and result"
+    );
+    metrics::describe_histogram!(
+        STEP_SECONDS,
+        metrics::Unit::Seconds,
+        "duration of saga step calls"
+    );
+    metrics::describe_counter!(SAGAS_RECONCILED, "sagas started by reconciliation");
+}

@@ -1,0 +1,456 @@
+//! The saga orchestrator's storage: sagas with their leases, and the signals waiting for them.
+
+use chrono::{DateTime, Utc};
+use prost::Message as _;
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, Value};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use zentra_proto::order::v1::OrderPlaced;
+
+use crate::{
+    domain::{CompensationCause, Saga, SagaState, ShipmentReport, Step, StepType},
+    machine::Signal,
+};
+
+pub mod migrations;
+
+fn statement(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+const COLUMNS: &str = "id, order_id, state, compensation_cause, order_data, data::text AS data, \
+    version, next_run_at, created_at, updated_at, ended_at";
+
+#[derive(Debug, FromQueryResult)]
+struct SagaRow {
+    id: Uuid,
+    order_id: Uuid,
+    state: String,
+    compensation_cause: String,
+    order_data: Vec<u8>,
+    data: String,
+    version: i64,
+    next_run_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    ended_at: Option<DateTime<Utc>>,
+}
+
+/// The part of a saga kept as one JSON document.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SagaData {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    failure_reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reservation_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payment_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shipment_id: Option<Uuid>,
+    #[serde(default)]
+    captured: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shipment_dispatched: Option<bool>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    shipment_failure: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cancel_request: Option<String>,
+    #[serde(default)]
+    steps: Vec<Step>,
+}
+
+fn corrupt(what: &str, id: Uuid, detail: impl std::fmt::Display) -> DbErr {
+    DbErr::Custom(format!("saga {id}: stored {what} is unreadable: {detail}"))
+}
+
+impl TryFrom<SagaRow> for Saga {
+    type Error = DbErr;
+
+    fn try_from(row: SagaRow) -> Result<Self, DbErr> {
+        let state =
+            SagaState::parse(&row.state).ok_or_else(|| corrupt("state", row.id, &row.state))?;
+        let cause = match row.compensation_cause.as_str() {
+            "" => None,
+            text => Some(
+                CompensationCause::parse(text)
+                    .ok_or_else(|| corrupt("compensation cause", row.id, text))?,
+            ),
+        };
+        let order = OrderPlaced::decode(row.order_data.as_slice())
+            .map_err(|error| corrupt("order", row.id, error))?;
+        let data: SagaData =
+            serde_json::from_str(&row.data).map_err(|error| corrupt("data", row.id, error))?;
+        let shipment = match (data.shipment_dispatched, data.shipment_failure) {
+            (Some(true), _) => ShipmentReport::Dispatched,
+            (Some(false), reason) => ShipmentReport::Failed(reason),
+            (None, _) => ShipmentReport::None,
+        };
+        Ok(Saga {
+            id: row.id,
+            order_id: row.order_id,
+            order,
+            state,
+            cause,
+            failure_reason: data.failure_reason,
+            reservation_id: data.reservation_id,
+            payment_id: data.payment_id,
+            shipment_id: data.shipment_id,
+            captured: data.captured,
+            shipment,
+            cancel_request: data.cancel_request,
+            steps: data.steps,
+            version: row.version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            ended_at: row.ended_at,
+            next_run_at: row.next_run_at,
+        })
+    }
+}
+
+fn data_json(saga: &Saga) -> Result<String, DbErr> {
+    let (shipment_dispatched, shipment_failure) = match &saga.shipment {
+        ShipmentReport::None => (None, String::new()),
+        ShipmentReport::Dispatched => (Some(true), String::new()),
+        ShipmentReport::Failed(reason) => (Some(false), reason.clone()),
+    };
+    let data = SagaData {
+        failure_reason: saga.failure_reason.clone(),
+        reservation_id: saga.reservation_id,
+        payment_id: saga.payment_id,
+        shipment_id: saga.shipment_id,
+        captured: saga.captured,
+        shipment_dispatched,
+        shipment_failure,
+        cancel_request: saga.cancel_request.clone(),
+        steps: saga.steps.clone(),
+    };
+    serde_json::to_string(&data).map_err(|error| DbErr::Custom(error.to_string()))
+}
+
+fn step_text(step: Option<StepType>) -> String {
+    step.map(StepType::as_str).unwrap_or_default().to_owned()
+}
+
+fn rows(rows: Vec<SagaRow>) -> Result<Vec<Saga>, DbErr> {
+    rows.into_iter().map(Saga::try_from).collect()
+}
+
+/// Inserts a new saga, due at once; `false` when the order already has one.
+pub async fn insert<C: ConnectionTrait>(db: &C, saga: &Saga) -> Result<bool, DbErr> {
+    let result = db
+        .execute_raw(statement(
+            "INSERT INTO sagas (id, order_id, state, order_data, data, next_run_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $6, $6) ON CONFLICT (order_id) DO NOTHING",
+            [
+                saga.id.into(),
+                saga.order_id.into(),
+                saga.state.as_str().into(),
+                saga.order.encode_to_vec().into(),
+                data_json(saga)?.into(),
+                saga.created_at.into(),
+            ],
+        ))
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// One saga by id.
+pub async fn by_id<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Option<Saga>, DbErr> {
+    SagaRow::find_by_statement(statement(
+        &format!("SELECT {COLUMNS} FROM sagas WHERE id = $1"),
+        [id.into()],
+    ))
+    .one(db)
+    .await?
+    .map(Saga::try_from)
+    .transpose()
+}
+
+/// The saga of an order.
+pub async fn by_order<C: ConnectionTrait>(db: &C, order_id: Uuid) -> Result<Option<Saga>, DbErr> {
+    SagaRow::find_by_statement(statement(
+        &format!("SELECT {COLUMNS} FROM sagas WHERE order_id = $1"),
+        [order_id.into()],
+    ))
+    .one(db)
+    .await?
+    .map(Saga::try_from)
+    .transpose()
+}
+
+/// Leases up to `limit` sagas that are due (by time or by a waiting signal) and not leased by a
+/// live instance, to `owner` for `lease`. `SKIP LOCKED` lets instances claim side by side without
+/// ever claiming the same saga.
+pub async fn claim_due<C: ConnectionTrait>(
+    db: &C,
+    owner: &str,
+    lease: std::time::Duration,
+    limit: usize,
+) -> Result<Vec<Saga>, DbErr> {
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    let found = SagaRow::find_by_statement(statement(
+        &format!(
+            "WITH candidates AS ( \
+                 (SELECT id FROM sagas WHERE next_run_at <= now() ORDER BY next_run_at LIMIT $3) \
+                 UNION \
+                 (SELECT DISTINCT saga_id FROM saga_signals LIMIT $3) \
+             ), claimable AS ( \
+                 SELECT s.id FROM sagas s JOIN candidates c ON c.id = s.id \
+                 WHERE s.lease_until IS NULL OR s.lease_until < now() \
+                 LIMIT $3 FOR UPDATE OF s SKIP LOCKED \
+             ) \
+             UPDATE sagas SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond' \
+             FROM claimable WHERE sagas.id = claimable.id \
+             RETURNING sagas.id, sagas.order_id, sagas.state, sagas.compensation_cause, \
+               sagas.order_data, sagas.data::text AS data, sagas.version, sagas.next_run_at, \
+               sagas.created_at, sagas.updated_at, sagas.ended_at"
+        ),
+        [
+            owner.into(),
+            lease_ms.into(),
+            i64::try_from(limit).unwrap_or(i64::MAX).into(),
+        ],
+    ))
+    .all(db)
+    .await?;
+    rows(found)
+}
+
+/// Gives up every lease `owner` holds (at start-up, after a crash of the same instance, and at
+/// shutdown), so the sagas are claimable at once.
+pub async fn release_leases<C: ConnectionTrait>(db: &C, owner: &str) -> Result<u64, DbErr> {
+    let result = db
+        .execute_raw(statement(
+            "UPDATE sagas SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+            [owner.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}
+
+/// Signals waiting for a saga, oldest first, with their ids.
+pub async fn signals<C: ConnectionTrait>(
+    db: &C,
+    saga_id: Uuid,
+) -> Result<Vec<(i64, Signal)>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        id: i64,
+        signal: String,
+    }
+    let found = Row::find_by_statement(statement(
+        "SELECT id, signal::text AS signal FROM saga_signals WHERE saga_id = $1 ORDER BY id",
+        [saga_id.into()],
+    ))
+    .all(db)
+    .await?;
+    let mut signals = Vec::with_capacity(found.len());
+    for row in found {
+        match serde_json::from_str(&row.signal) {
+            Ok(signal) => signals.push((row.id, signal)),
+            Err(error) => {
+                // Unreadable signals are dropped with the next transition, never applied.
+                tracing::error!(saga_id = %saga_id, signal_id = row.id, %error, "unreadable saga signal");
+                signals.push((row.id, Signal::RetryNow));
+            }
+        }
+    }
+    Ok(signals)
+}
+
+/// Adds a signal for a saga.
+pub async fn add_signal<C: ConnectionTrait>(
+    db: &C,
+    saga_id: Uuid,
+    signal: &Signal,
+) -> Result<(), DbErr> {
+    let json = serde_json::to_string(signal).map_err(|error| DbErr::Custom(error.to_string()))?;
+    db.execute_raw(statement(
+        "INSERT INTO saga_signals (saga_id, signal) VALUES ($1, $2::jsonb)",
+        [saga_id.into(), json.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Adds a signal for the saga of an order; `false` when the order has no saga.
+pub async fn add_signal_by_order<C: ConnectionTrait>(
+    db: &C,
+    order_id: Uuid,
+    signal: &Signal,
+) -> Result<bool, DbErr> {
+    let json = serde_json::to_string(signal).map_err(|error| DbErr::Custom(error.to_string()))?;
+    let result = db
+        .execute_raw(statement(
+            "INSERT INTO saga_signals (saga_id, signal) \
+             SELECT id, $2::jsonb FROM sagas WHERE order_id = $1",
+            [order_id.into(), json.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// How a transition leaves the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// Keep it (the engine goes on with the saga) for this long.
+    Extend(std::time::Duration),
+    /// Give it up (the saga waits).
+    Release,
+}
+
+/// Stores a transition made by `owner`, deleting the signals it applied (ids up to
+/// `applied_signals`). `false` when `owner` no longer holds the lease: another instance took the
+/// saga over and this transition must be dropped.
+pub async fn save<C: ConnectionTrait>(
+    db: &C,
+    saga: &Saga,
+    owner: &str,
+    lease: Lease,
+    applied_signals: Option<i64>,
+) -> Result<bool, DbErr> {
+    let (release, lease_ms) = match lease {
+        Lease::Extend(duration) => (
+            false,
+            i64::try_from(duration.as_millis()).unwrap_or(i64::MAX),
+        ),
+        Lease::Release => (true, 0),
+    };
+    let result = db
+        .execute_raw(statement(
+            "UPDATE sagas SET state = $3, current_step = $4, failing_step = $5, \
+               compensation_cause = $6, data = $7::jsonb, version = version + 1, next_run_at = $8, \
+               ended_at = $9, updated_at = now(), \
+               lease_owner = CASE WHEN $10 THEN NULL ELSE lease_owner END, \
+               lease_until = CASE WHEN $10 THEN NULL ELSE now() + $11 * interval '1 millisecond' END \
+             WHERE id = $1 AND lease_owner = $2",
+            [
+                saga.id.into(),
+                owner.into(),
+                saga.state.as_str().into(),
+                step_text(saga.current_step()).into(),
+                step_text(saga.failing_step()).into(),
+                saga.cause
+                    .map(CompensationCause::as_str)
+                    .unwrap_or_default()
+                    .into(),
+                data_json(saga)?.into(),
+                saga.next_run_at.into(),
+                saga.ended_at.into(),
+                release.into(),
+                lease_ms.into(),
+            ],
+        ))
+        .await?;
+    if result.rows_affected() != 1 {
+        return Ok(false);
+    }
+    if let Some(up_to) = applied_signals {
+        db.execute_raw(statement(
+            "DELETE FROM saga_signals WHERE saga_id = $1 AND id <= $2",
+            [saga.id.into(), up_to.into()],
+        ))
+        .await?;
+    }
+    Ok(true)
+}
+
+/// Filters of a saga listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this state.
+    pub state: Option<SagaState>,
+    /// Only this order's saga.
+    pub order_id: Option<Uuid>,
+    /// Only sagas failing at this step.
+    pub failing_step: Option<StepType>,
+    /// Created at or after.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_to: Option<DateTime<Utc>>,
+}
+
+/// Sagas newest first (ids are time-ordered), after the cursor id.
+pub async fn list<C: ConnectionTrait>(
+    db: &C,
+    after: Option<Uuid>,
+    filter: &ListFilter,
+    limit: u64,
+) -> Result<Vec<Saga>, DbErr> {
+    let found = SagaRow::find_by_statement(statement(
+        &format!(
+            "SELECT {COLUMNS} FROM sagas WHERE ($1::uuid IS NULL OR id < $1) \
+             AND ($2::text IS NULL OR state = $2) AND ($3::uuid IS NULL OR order_id = $3) \
+             AND ($4::text IS NULL OR failing_step = $4) \
+             AND ($5::timestamptz IS NULL OR created_at >= $5) \
+             AND ($6::timestamptz IS NULL OR created_at < $6) \
+             ORDER BY id DESC LIMIT $7"
+        ),
+        [
+            after.into(),
+            filter.state.map(|state| state.as_str().to_owned()).into(),
+            filter.order_id.into(),
+            filter
+                .failing_step
+                .map(|step| step.as_str().to_owned())
+                .into(),
+            filter.created_from.into(),
+            filter.created_to.into(),
+            i64::try_from(limit).unwrap_or(i64::MAX).into(),
+        ],
+    ))
+    .all(db)
+    .await?;
+    rows(found)
+}
+
+/// Sagas changed at or after `since`, oldest change first (at most `limit`).
+pub async fn changed_since<C: ConnectionTrait>(
+    db: &C,
+    since: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<Saga>, DbErr> {
+    let found = SagaRow::find_by_statement(statement(
+        &format!("SELECT {COLUMNS} FROM sagas WHERE updated_at >= $1 ORDER BY updated_at LIMIT $2"),
+        [
+            since.into(),
+            i64::try_from(limit).unwrap_or(i64::MAX).into(),
+        ],
+    ))
+    .all(db)
+    .await?;
+    rows(found)
+}
+
+/// Sagas not yet terminal, newest first (at most `limit`).
+pub async fn active<C: ConnectionTrait>(db: &C, limit: u64) -> Result<Vec<Saga>, DbErr> {
+    let found = SagaRow::find_by_statement(statement(
+        &format!(
+            "SELECT {COLUMNS} FROM sagas WHERE state NOT IN ('COMPLETED', 'COMPENSATED') \
+             ORDER BY id DESC LIMIT $1"
+        ),
+        [i64::try_from(limit).unwrap_or(i64::MAX).into()],
+    ))
+    .all(db)
+    .await?;
+    rows(found)
+}
+
+/// Which of `order_ids` have a saga.
+pub async fn orders_with_sagas<C: ConnectionTrait>(
+    db: &C,
+    order_ids: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        order_id: Uuid,
+    }
+    let found = Row::find_by_statement(statement(
+        "SELECT order_id FROM sagas WHERE order_id = ANY($1)",
+        [order_ids.to_vec().into()],
+    ))
+    .all(db)
+    .await?;
+    Ok(found.into_iter().map(|row| row.order_id).collect())
+}

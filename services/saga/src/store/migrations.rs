@@ -1,0 +1,47 @@
+//! The saga orchestrator's schema: one row per saga (the queryable columns, plus its timeline as
+//! a JSON document written atomically with every transition), and the signals waiting for it.
+
+use zentra_runtime::db::SqlMigration;
+
+/// Every saga migration.
+pub const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
+    name: "m0001_sagas",
+    up: r#"
+CREATE TABLE sagas (
+    id                 UUID PRIMARY KEY,
+    order_id           UUID        NOT NULL UNIQUE,
+    state              TEXT        NOT NULL CHECK (state IN ('RUNNING', 'AWAITING_SHIPMENT',
+                           'COMPENSATING', 'COMPLETED', 'COMPENSATED', 'COMPENSATION_FAILED')),
+    current_step       TEXT        NOT NULL DEFAULT '',
+    failing_step       TEXT        NOT NULL DEFAULT '',
+    compensation_cause TEXT        NOT NULL DEFAULT '',
+    -- What the saga needs of the order: the encoded OrderPlaced.
+    order_data         BYTEA       NOT NULL,
+    -- Ids made by steps, reports received, and every step with every attempt.
+    data               JSONB       NOT NULL,
+    version            BIGINT      NOT NULL DEFAULT 1,
+    -- When the engine must look at the saga next; NULL while only a signal can move it.
+    next_run_at        TIMESTAMPTZ,
+    -- The orchestrator instance driving it, until lease_until.
+    lease_owner        TEXT,
+    lease_until        TIMESTAMPTZ,
+    created_at         TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at         TIMESTAMPTZ NOT NULL DEFAULT now(),
+    ended_at           TIMESTAMPTZ
+);
+CREATE INDEX sagas_due ON sagas (next_run_at) WHERE next_run_at IS NOT NULL;
+CREATE INDEX sagas_by_state ON sagas (state, id DESC);
+CREATE INDEX sagas_by_update ON sagas (updated_at);
+
+-- Reports and requests from outside the engine (shipment events, command acknowledgements,
+-- cancellations, operator actions). Appending never contends with the engine; the engine applies
+-- and deletes them in the transaction of its next transition.
+CREATE TABLE saga_signals (
+    id          BIGSERIAL PRIMARY KEY,
+    saga_id     UUID        NOT NULL REFERENCES sagas (id),
+    signal      JSONB       NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX saga_signals_by_saga ON saga_signals (saga_id, id);
+"#,
+}];

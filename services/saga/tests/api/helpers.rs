@@ -1,0 +1,488 @@
+//! The whole platform per test: every service on port 0, each on its own fresh database, all on
+//! one topic prefix of the shared broker, plus an SMTP server for notifications.
+
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use zentra_proto::{
+    common::v1::{Address, Money},
+    fulfillment::v1::{self as fulfillment, fulfillment_service_client::FulfillmentServiceClient},
+    inventory::v1::{self as inventory, inventory_service_client::InventoryServiceClient},
+    notification::v1::{
+        self as notification, notification_service_client::NotificationServiceClient,
+    },
+    order::v1::{self as order, order_service_client::OrderServiceClient},
+    payment::v1::{self as payment, payment_service_client::PaymentServiceClient},
+    saga::v1::{self as saga, saga_service_client::SagaServiceClient},
+};
+use zentra_runtime::{config::SecretUrl, platform::RunningService};
+use zentra_saga::config::{Endpoints, SagaConfig};
+use zentra_test_support::{TestDatabase, TestEnv, eventually, smtp::SmtpServer};
+
+/// What a test changes about the stack.
+#[derive(Clone)]
+pub struct StackOptions {
+    /// Fulfillment's delay between shipment steps.
+    pub shipment_step_delay: Duration,
+    /// How long the saga waits for the shipment's outcome.
+    pub shipment_timeout: Duration,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            shipment_step_delay: Duration::from_millis(50),
+            shipment_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Stack {
+    pub env: TestEnv,
+    databases: Vec<TestDatabase>,
+    services: Vec<RunningService>,
+    saga: Option<RunningService>,
+    saga_config: zentra_saga::Config,
+    _smtp: SmtpServer,
+    pub inventory: InventoryServiceClient<Channel>,
+    pub orders: OrderServiceClient<Channel>,
+    pub payments: PaymentServiceClient<Channel>,
+    pub shipments: FulfillmentServiceClient<Channel>,
+    pub notifications: NotificationServiceClient<Channel>,
+    pub sagas: SagaServiceClient<Channel>,
+}
+
+/// A fresh database for one service of the stack, and its config on the stack's prefix.
+async fn service_database(
+    env: &TestEnv,
+    label: &str,
+    service: &str,
+) -> (TestDatabase, zentra_runtime::config::CommonConfig) {
+    let database = TestDatabase::create(&format!("{label}-{service}"))
+        .await
+        .expect("database");
+    let mut config = env.common_config();
+    config.database.url = SecretUrl::new(database.url());
+    config.database.max_connections = 8;
+    (database, config)
+}
+
+fn url(service: &RunningService) -> String {
+    format!("http://{}", service.local_addr())
+}
+
+impl Stack {
+    pub async fn start(label: &str, options: StackOptions) -> Self {
+        let env = TestEnv::new(label).await.expect("test environment");
+        let smtp = SmtpServer::start().await;
+        let mut databases = Vec::new();
+        let telemetry = zentra_test_support::telemetry;
+
+        let (database, common_config) = service_database(&env, label, "inv").await;
+        databases.push(database);
+        let inventory = zentra_inventory::Inventory::start(
+            zentra_inventory::Config {
+                common: common_config,
+                domain: Default::default(),
+            },
+            Default::default(),
+            telemetry(),
+        )
+        .await
+        .expect("inventory starts")
+        .spawn();
+
+        let (database, common_config) = service_database(&env, label, "ord").await;
+        databases.push(database);
+        let orders = zentra_order::OrderService::start(
+            zentra_order::Config {
+                common: common_config,
+                domain: Default::default(),
+            },
+            Default::default(),
+            telemetry(),
+        )
+        .await
+        .expect("order service starts")
+        .spawn();
+
+        let (database, common_config) = service_database(&env, label, "pay").await;
+        databases.push(database);
+        let mut payment_domain = zentra_payment::config::PaymentConfig::default();
+        payment_domain.payment.simulated_delay = Duration::from_secs(5);
+        let payments = zentra_payment::PaymentService::start(
+            zentra_payment::Config {
+                common: common_config,
+                domain: payment_domain,
+            },
+            Default::default(),
+            telemetry(),
+        )
+        .await
+        .expect("payment service starts")
+        .spawn();
+
+        let (database, common_config) = service_database(&env, label, "ful").await;
+        databases.push(database);
+        let mut fulfillment_domain = zentra_fulfillment::config::FulfillmentConfig::default();
+        fulfillment_domain.fulfillment.step_delay = options.shipment_step_delay;
+        fulfillment_domain.fulfillment.poll_interval = Duration::from_millis(20);
+        let shipments = zentra_fulfillment::FulfillmentService::start(
+            zentra_fulfillment::Config {
+                common: common_config,
+                domain: fulfillment_domain,
+            },
+            Default::default(),
+            telemetry(),
+        )
+        .await
+        .expect("fulfillment starts")
+        .spawn();
+
+        let (database, common_config) = service_database(&env, label, "ntf").await;
+        databases.push(database);
+        let mut notification_domain = zentra_notification::config::NotificationConfig::default();
+        notification_domain.notification.smtp_port = smtp.port;
+        notification_domain.notification.poll_interval = Duration::from_millis(50);
+        let notifications = zentra_notification::NotificationService::start(
+            zentra_notification::Config {
+                common: common_config,
+                domain: notification_domain,
+            },
+            Default::default(),
+            telemetry(),
+        )
+        .await
+        .expect("notification starts")
+        .spawn();
+
+        let (database, common_config) = service_database(&env, label, "saga").await;
+        databases.push(database);
+        let mut saga_domain = SagaConfig::default();
+        let settings = &mut saga_domain.saga;
+        settings.endpoints = Endpoints {
+            inventory: url(&inventory),
+            payment: url(&payments),
+            fulfillment: url(&shipments),
+            order: url(&orders),
+        };
+        settings.call_timeout = Duration::from_secs(2);
+        settings.lease = Duration::from_secs(3);
+        settings.poll_interval = Duration::from_millis(50);
+        settings.reconcile_interval = Duration::from_millis(500);
+        settings.reconcile_after = Duration::from_secs(3);
+        settings.retry.initial_backoff = Duration::from_millis(100);
+        settings.retry.max_backoff = Duration::from_secs(1);
+        settings.retry.step_timeout = Duration::from_secs(20);
+        settings.retry.ack_timeout = Duration::from_secs(3);
+        settings.retry.shipment_timeout = options.shipment_timeout;
+        let saga_config = zentra_saga::Config {
+            common: common_config,
+            domain: saga_domain,
+        };
+        let saga = start_saga(&saga_config).await;
+
+        let inventory_client = InventoryServiceClient::connect(url(&inventory))
+            .await
+            .expect("connect");
+        let order_client = OrderServiceClient::connect(url(&orders))
+            .await
+            .expect("connect");
+        let payment_client = PaymentServiceClient::connect(url(&payments))
+            .await
+            .expect("connect");
+        let fulfillment_client = FulfillmentServiceClient::connect(url(&shipments))
+            .await
+            .expect("connect");
+        let notification_client = NotificationServiceClient::connect(url(&notifications))
+            .await
+            .expect("connect");
+        let saga_client = SagaServiceClient::connect(url(&saga))
+            .await
+            .expect("connect");
+        Self {
+            env,
+            databases,
+            services: vec![inventory, orders, payments, shipments, notifications],
+            saga: Some(saga),
+            saga_config,
+            _smtp: smtp,
+            inventory: inventory_client,
+            orders: order_client,
+            payments: payment_client,
+            shipments: fulfillment_client,
+            notifications: notification_client,
+            sagas: saga_client,
+        }
+    }
+
+    /// Stops everything and drops every database and topic.
+    pub async fn stop(mut self) {
+        if let Some(saga) = self.saga.take() {
+            saga.shutdown().await.expect("saga stops cleanly");
+        }
+        for service in self.services.drain(..) {
+            service.shutdown().await.expect("service stops cleanly");
+        }
+        let mut topics: Vec<String> = Vec::new();
+        for info in [
+            zentra_saga::INFO,
+            zentra_inventory::INFO,
+            zentra_order::INFO,
+            zentra_payment::INFO,
+            zentra_fulfillment::INFO,
+            zentra_notification::INFO,
+        ] {
+            topics.extend(
+                info.topics
+                    .iter()
+                    .map(|topic| format!("{}{topic}", self.env.prefix)),
+            );
+        }
+        topics.sort();
+        topics.dedup();
+        for database in self.databases.drain(..) {
+            database.drop_database().await.expect("drop database");
+        }
+        self.env.cleanup(&topics).await.expect("cleanup");
+    }
+
+    /// The saga orchestrator's configuration (to start another instance on it).
+    pub fn saga_config(&self) -> &zentra_saga::Config {
+        &self.saga_config
+    }
+
+    pub async fn create_product(&self, sku: &str, stock: i64) {
+        self.inventory
+            .clone()
+            .create_product(inventory::CreateProductRequest {
+                sku: sku.to_owned(),
+                name: format!("product {sku}"),
+                initial_stock: stock,
+                low_stock_threshold: 0,
+                unit_price: Some(usd(1250)),
+                idempotency_key: format!("create-{sku}"),
+            })
+            .await
+            .expect("product created");
+    }
+
+    pub async fn product(&self, sku: &str) -> inventory::Product {
+        self.inventory
+            .clone()
+            .get_product(inventory::GetProductRequest {
+                sku: sku.to_owned(),
+            })
+            .await
+            .expect("product")
+            .into_inner()
+            .product
+            .expect("product")
+    }
+
+    /// Places an order of `quantity` × `sku` paid with `token`, shipped to `country`.
+    pub async fn place_order(
+        &self,
+        sku: &str,
+        quantity: i64,
+        token: &str,
+        country: &str,
+    ) -> String {
+        self.orders
+            .clone()
+            .place_order(order::PlaceOrderRequest {
+                customer_id: "customer-7".to_owned(),
+                shipping_address: Some(Address {
+                    recipient: "Grace Hopper".to_owned(),
+                    lines: vec!["1 Harbor Way".to_owned()],
+                    city: "Arlington".to_owned(),
+                    region: String::new(),
+                    postal_code: "22201".to_owned(),
+                    country_code: country.to_owned(),
+                }),
+                lines: vec![order::OrderLine {
+                    sku: sku.to_owned(),
+                    quantity,
+                    unit_price: Some(usd(1250)),
+                    line_total: None,
+                }],
+                currency_code: "USD".to_owned(),
+                payment_method_token: token.to_owned(),
+                idempotency_key: format!("place-{}", zentra_test_support::unique_suffix()),
+            })
+            .await
+            .expect("order placed")
+            .into_inner()
+            .order
+            .expect("order")
+            .order_id
+    }
+
+    pub async fn order(&self, order_id: &str) -> order::Order {
+        self.orders
+            .clone()
+            .get_order(order::GetOrderRequest {
+                order_id: order_id.to_owned(),
+            })
+            .await
+            .expect("order")
+            .into_inner()
+            .order
+            .expect("order")
+    }
+
+    /// The order's saga once it ended (COMPLETED, COMPENSATED or COMPENSATION_FAILED).
+    pub async fn finished_saga(&self, order_id: &str, within: Duration) -> saga::Saga {
+        let sagas = self.sagas.clone();
+        let found = eventually(within, || {
+            let mut sagas = sagas.clone();
+            async move {
+                let listed = sagas
+                    .list_sagas(saga::ListSagasRequest {
+                        order_id: order_id.to_owned(),
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                let found = listed.sagas.into_iter().next()?;
+                let ended = [
+                    saga::SagaState::Completed,
+                    saga::SagaState::Compensated,
+                    saga::SagaState::CompensationFailed,
+                ]
+                .iter()
+                .any(|state| *state as i32 == found.state);
+                ended.then_some(found)
+            }
+        })
+        .await;
+        match found {
+            Some(saga) => saga,
+            None => {
+                let listed = self
+                    .sagas
+                    .clone()
+                    .list_sagas(saga::ListSagasRequest {
+                        order_id: order_id.to_owned(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|response| response.into_inner().sagas);
+                panic!("the saga of {order_id} did not end within {within:?}: {listed:#?}");
+            }
+        }
+    }
+
+    pub async fn payments_of(&self, order_id: &str) -> Vec<payment::Payment> {
+        self.payments
+            .clone()
+            .list_payments(payment::ListPaymentsRequest {
+                order_id: order_id.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect("payments")
+            .into_inner()
+            .payments
+    }
+
+    /// Ledger entry types of the order's payments, oldest first.
+    pub async fn ledger_of(&self, order_id: &str) -> Vec<String> {
+        let entries = self
+            .payments
+            .clone()
+            .get_payment_ledger(payment::GetPaymentLedgerRequest {
+                order_id: order_id.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect("ledger")
+            .into_inner()
+            .entries;
+        entries
+            .into_iter()
+            .map(|entry| {
+                payment::LedgerEntryType::try_from(entry.entry_type)
+                    .map(|kind| kind.as_str_name().to_owned())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    pub async fn shipments_of(&self, order_id: &str) -> Vec<fulfillment::Shipment> {
+        self.shipments
+            .clone()
+            .list_shipments(fulfillment::ListShipmentsRequest {
+                order_id: order_id.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect("shipments")
+            .into_inner()
+            .shipments
+    }
+
+    /// Notifications about the order, once `count` of them exist.
+    pub async fn notifications_of(
+        &self,
+        order_id: &str,
+        count: usize,
+    ) -> Vec<notification::Notification> {
+        let client = self.notifications.clone();
+        eventually(Duration::from_secs(20), || {
+            let mut client = client.clone();
+            async move {
+                let found = client
+                    .list_notifications(notification::ListNotificationsRequest {
+                        order_id: order_id.to_owned(),
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .notifications;
+                (found.len() >= count).then_some(found)
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("{count} notifications about {order_id}"))
+    }
+}
+
+pub async fn start_saga(config: &zentra_saga::Config) -> RunningService {
+    zentra_saga::SagaOrchestrator::start(
+        config.clone(),
+        Default::default(),
+        zentra_test_support::telemetry(),
+    )
+    .await
+    .expect("saga orchestrator starts")
+    .spawn()
+}
+
+pub fn usd(amount_minor: i64) -> Money {
+    Money {
+        currency_code: "USD".to_owned(),
+        amount_minor,
+    }
+}
+
+/// Step names of a saga's timeline, in execution order.
+pub fn step_names(saga: &saga::Saga) -> Vec<&'static str> {
+    saga.steps
+        .iter()
+        .map(|step| {
+            saga::SagaStepType::try_from(step.step)
+                .map(|step| step.as_str_name())
+                .unwrap_or("?")
+                .trim_start_matches("SAGA_STEP_TYPE_")
+        })
+        .collect()
+}
+
+pub fn state_name(saga: &saga::Saga) -> &'static str {
+    saga::SagaState::try_from(saga.state)
+        .map(|state| state.as_str_name())
+        .unwrap_or("?")
+}

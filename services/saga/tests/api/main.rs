@@ -1,0 +1,4 @@
+//! Integration tests of the saga orchestrator against the real services, PostgreSQL and broker.
+
+mod helpers;
+mod outcomes;
