@@ -15,7 +15,7 @@ tools:
 
 # Start PostgreSQL, Redis and the tansu broker if they are not running
 infra:
-    deploy/local/infra-up.sh zentra_inventory zentra_order zentra_payment zentra_fulfillment zentra_notification
+    deploy/local/infra-up.sh zentra_inventory zentra_order zentra_payment zentra_fulfillment zentra_notification zentra_saga
 
 # Stop the broker started by `just infra`
 infra-down:
@@ -24,7 +24,7 @@ infra-down:
 # Run the inventory service on :50051 against the local infrastructure
 up: (run "inventory" "50051")
 
-# Run one service (inventory, order, payment, fulfillment, notification) on a port against the local infrastructure
+# Run one service (inventory, order, payment, fulfillment, notification, saga) on a port against the local infrastructure
 run service port: infra
     ZENTRA_DATABASE__URL=${ZENTRA_DATABASE__URL:-postgres://postgres@127.0.0.1:5432/zentra_{{service}}} \
     ZENTRA_GRPC__LISTEN_ADDR=${ZENTRA_GRPC__LISTEN_ADDR:-127.0.0.1:{{port}}} \

@@ -21,14 +21,14 @@ pub const ACKS_TOPIC: &str = "saga.command-acks";
 
 /// What applying a command came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Applied {
+pub struct Acknowledgement {
     /// The outcome reported to the saga.
     pub outcome: CommandOutcome,
     /// Why it was REJECTED or FAILED; empty otherwise.
     pub error: String,
 }
 
-impl Applied {
+impl Acknowledgement {
     /// The command took effect (now, or earlier under the same key).
     pub fn applied() -> Self {
         Self {
@@ -80,7 +80,7 @@ pub trait CommandHandler: Send + Sync + 'static {
     fn apply(
         &self,
         event: &ReceivedEvent,
-    ) -> impl Future<Output = Result<Option<(CommandIdentity, Applied)>, HandlerError>> + Send;
+    ) -> impl Future<Output = Result<Option<(CommandIdentity, Acknowledgement)>, HandlerError>> + Send;
 }
 
 /// Adapts a [`CommandHandler`] to the consumer: applies, then acknowledges to the saga.
@@ -170,17 +170,17 @@ pub fn decode<M: prost::Name + Default>(event: &ReceivedEvent) -> Result<M, Hand
 /// Maps the status of a service's own RPC to a command outcome: success applied, a refusal
 /// rejected (the caller first checks whether the target is already as wanted), anything else a
 /// failure worth sending again.
-pub fn outcome_of(result: Result<(), tonic::Status>) -> Applied {
+pub fn outcome_of(result: Result<(), tonic::Status>) -> Acknowledgement {
     use tonic::Code;
     match result {
-        Ok(()) => Applied::applied(),
+        Ok(()) => Acknowledgement::applied(),
         Err(status) => match status.code() {
             Code::InvalidArgument
             | Code::NotFound
             | Code::FailedPrecondition
             | Code::AlreadyExists
-            | Code::OutOfRange => Applied::rejected(status.message()),
-            _ => Applied::failed(format!("{:?}: {}", status.code(), status.message())),
+            | Code::OutOfRange => Acknowledgement::rejected(status.message()),
+            _ => Acknowledgement::failed(format!("{:?}: {}", status.code(), status.message())),
         },
     }
 }

@@ -10,7 +10,7 @@ use zentra_proto::{
     saga::v1::{CancelShipmentCommand, CommandOutcome},
 };
 use zentra_runtime::{
-    commands::{self, Applied, CommandHandler, CommandIdentity},
+    commands::{self, Acknowledgement, CommandHandler, CommandIdentity},
     kafka::{HandlerError, ReceivedEvent},
 };
 
@@ -30,7 +30,7 @@ impl FulfillmentCommands {
         Self { api }
     }
 
-    async fn cancel(&self, command: CancelShipmentCommand) -> Applied {
+    async fn cancel(&self, command: CancelShipmentCommand) -> Acknowledgement {
         let result = self
             .api
             .cancel_shipment(Request::new(pb::CancelShipmentRequest {
@@ -49,7 +49,7 @@ impl FulfillmentCommands {
         };
         match store::shipment(self.api.db(), id).await {
             // A failed shipment never leaves the warehouse: nothing to cancel.
-            Ok(shipment) if shipment.row.status == "FAILED" => Applied::not_needed(),
+            Ok(shipment) if shipment.row.status == "FAILED" => Acknowledgement::not_needed(),
             _ => applied,
         }
     }
@@ -59,7 +59,7 @@ impl CommandHandler for FulfillmentCommands {
     async fn apply(
         &self,
         event: &ReceivedEvent,
-    ) -> Result<Option<(CommandIdentity, Applied)>, HandlerError> {
+    ) -> Result<Option<(CommandIdentity, Acknowledgement)>, HandlerError> {
         use prost::Name as _;
         let event_type = event.envelope.event_type.as_str();
         if event_type != CancelShipmentCommand::full_name() {

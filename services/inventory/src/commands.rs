@@ -11,7 +11,7 @@ use zentra_proto::{
     saga::v1::{CommandOutcome, ReleaseStockCommand},
 };
 use zentra_runtime::{
-    commands::{self, Applied, CommandHandler, CommandIdentity},
+    commands::{self, Acknowledgement, CommandHandler, CommandIdentity},
     kafka::{HandlerError, ReceivedEvent},
 };
 
@@ -34,7 +34,7 @@ impl InventoryCommands {
         Self { api }
     }
 
-    async fn release(&self, command: ReleaseStockCommand) -> Applied {
+    async fn release(&self, command: ReleaseStockCommand) -> Acknowledgement {
         let result = self
             .api
             .release_reservation(Request::new(pb::ReleaseReservationRequest {
@@ -59,7 +59,7 @@ impl InventoryCommands {
                     ReservationState::Released | ReservationState::Expired
                 ) =>
             {
-                Applied::not_needed()
+                Acknowledgement::not_needed()
             }
             _ => applied,
         }
@@ -70,7 +70,7 @@ impl CommandHandler for InventoryCommands {
     async fn apply(
         &self,
         event: &ReceivedEvent,
-    ) -> Result<Option<(CommandIdentity, Applied)>, HandlerError> {
+    ) -> Result<Option<(CommandIdentity, Acknowledgement)>, HandlerError> {
         use prost::Name as _;
         let event_type = event.envelope.event_type.as_str();
         if event_type != ReleaseStockCommand::full_name() {

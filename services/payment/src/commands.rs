@@ -12,7 +12,7 @@ use zentra_proto::{
     saga::v1::{RefundPaymentCommand, VoidPaymentCommand},
 };
 use zentra_runtime::{
-    commands::{self, Applied, CommandHandler, CommandIdentity},
+    commands::{self, Acknowledgement, CommandHandler, CommandIdentity},
     kafka::{HandlerError, ReceivedEvent},
 };
 
@@ -40,7 +40,7 @@ impl PaymentCommands {
             .map(|payment| payment.status)
     }
 
-    async fn void(&self, command: VoidPaymentCommand) -> Applied {
+    async fn void(&self, command: VoidPaymentCommand) -> Acknowledgement {
         let result = self
             .api
             .void(Request::new(pb::VoidRequest {
@@ -56,23 +56,25 @@ impl PaymentCommands {
         }
         match self.current_status(&command.payment_id).await.as_deref() {
             // Nothing is held any more: voided already, or the authorization was declined.
-            Some("VOIDED" | "DECLINED") => Applied::not_needed(),
+            Some("VOIDED" | "DECLINED") => Acknowledgement::not_needed(),
             _ => applied,
         }
     }
 
-    async fn refund(&self, command: RefundPaymentCommand) -> Applied {
+    async fn refund(&self, command: RefundPaymentCommand) -> Acknowledgement {
         let amount = match command.amount {
             Some(amount) => Some(amount),
             None => self.remaining(&command.payment_id).await,
         };
         let Some(amount) = amount else {
             return match self.current_status(&command.payment_id).await.as_deref() {
-                Some("REFUNDED") => Applied::not_needed(),
+                Some("REFUNDED") => Acknowledgement::not_needed(),
                 Some(status) => {
-                    Applied::rejected(format!("payment is {status}: nothing to refund"))
+                    Acknowledgement::rejected(format!("payment is {status}: nothing to refund"))
                 }
-                None => Applied::rejected(format!("payment {} not found", command.payment_id)),
+                None => {
+                    Acknowledgement::rejected(format!("payment {} not found", command.payment_id))
+                }
             };
         };
         let result = self
@@ -93,7 +95,7 @@ impl PaymentCommands {
         let id = Uuid::parse_str(payment_id).ok()?;
         let payment = store::payment(self.api.db(), id).await.ok()?;
         let left = payment.captured_minor - payment.refunded_minor;
-        (left > 0).then(|| Money {
+        (left > 0).then_some(Money {
             currency_code: payment.currency,
             amount_minor: left,
         })
@@ -104,7 +106,7 @@ impl CommandHandler for PaymentCommands {
     async fn apply(
         &self,
         event: &ReceivedEvent,
-    ) -> Result<Option<(CommandIdentity, Applied)>, HandlerError> {
+    ) -> Result<Option<(CommandIdentity, Acknowledgement)>, HandlerError> {
         use prost::Name as _;
         let event_type = event.envelope.event_type.as_str();
         if event_type == VoidPaymentCommand::full_name() {

@@ -281,6 +281,9 @@ pub struct Step {
     /// Attempts before this index do not count against the limits (an operator resumed).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub budget_from: usize,
+    /// A lookup established whether this step, whose outcome was unknown, took effect.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub settled: bool,
 }
 
 fn is_zero(value: &usize) -> bool {
@@ -358,6 +361,8 @@ pub struct Saga {
     pub ended_at: Option<DateTime<Utc>>,
     /// When the engine should look at it next; `None` while only a signal can move it.
     pub next_run_at: Option<DateTime<Utc>>,
+    /// The lease token of the claim driving it, while one does.
+    pub lease: Option<String>,
 }
 
 impl Saga {

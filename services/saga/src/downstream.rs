@@ -19,7 +19,7 @@ use zentra_runtime::{
 use crate::{
     config::Endpoints,
     domain::{Downstream, Saga, StepType},
-    machine::{CallResult, Effect},
+    machine::{CallResult, Effect, SettleResult},
 };
 
 /// Clients of the four services the saga calls, and their breakers.
@@ -134,6 +134,83 @@ impl Downstreams {
         )
         .increment(1);
         result
+    }
+
+    /// Looks up whether `step` of `saga` took effect, by the order id (the only id known when the
+    /// call's answer was lost). Reads only: repeating it is always safe.
+    pub async fn settle(&self, saga: &Saga, step: StepType) -> SettleResult {
+        let lookup = tokio::time::timeout(
+            self.deadline + Duration::from_millis(250),
+            self.lookup(saga, step),
+        )
+        .await;
+        match lookup {
+            Ok(Ok(Some(effect))) => SettleResult::Found(effect),
+            Ok(Ok(None)) => SettleResult::Nothing,
+            Ok(Err(status)) => SettleResult::Failed {
+                message: format!("{:?}: {}", status.code(), status.message()),
+            },
+            Err(_) => SettleResult::Failed {
+                message: format!("no answer within {:?}", self.deadline),
+            },
+        }
+    }
+
+    async fn lookup(&self, saga: &Saga, step: StepType) -> Result<Option<Effect>, Status> {
+        let order_id = saga.order_id.to_string();
+        let found = match step {
+            StepType::ReserveStock => self
+                .inventory
+                .clone()
+                .list_reservations(self.request(inventory::ListReservationsRequest {
+                    order_id,
+                    ..Default::default()
+                }))
+                .await?
+                .into_inner()
+                .reservations
+                .into_iter()
+                .find(|reservation| {
+                    reservation.status == inventory::ReservationStatus::Pending as i32
+                        || reservation.status == inventory::ReservationStatus::Confirmed as i32
+                })
+                .and_then(|reservation| Uuid::parse_str(&reservation.reservation_id).ok())
+                .map(Effect::Reservation),
+            StepType::AuthorizePayment => self
+                .payment
+                .clone()
+                .list_payments(self.request(payment::ListPaymentsRequest {
+                    order_id,
+                    ..Default::default()
+                }))
+                .await?
+                .into_inner()
+                .payments
+                .into_iter()
+                .find(|payment| payment.status == payment::PaymentStatus::Authorized as i32)
+                .and_then(|payment| Uuid::parse_str(&payment.payment_id).ok())
+                .map(Effect::Payment),
+            StepType::CreateShipment => self
+                .fulfillment
+                .clone()
+                .list_shipments(self.request(fulfillment::ListShipmentsRequest {
+                    order_id,
+                    ..Default::default()
+                }))
+                .await?
+                .into_inner()
+                .shipments
+                .into_iter()
+                .find(|shipment| {
+                    shipment.status != fulfillment::ShipmentStatus::Cancelled as i32
+                        && shipment.status != fulfillment::ShipmentStatus::Failed as i32
+                })
+                .and_then(|shipment| Uuid::parse_str(&shipment.shipment_id).ok())
+                .map(Effect::Shipment),
+            // The later steps roll forward and are never undone.
+            _ => None,
+        };
+        Ok(found)
     }
 
     async fn dispatch(&self, saga: &Saga, step: StepType) -> Result<Effect, CallResult> {

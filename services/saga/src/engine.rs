@@ -129,6 +129,7 @@ impl Engine {
             updated_at: now,
             ended_at: None,
             next_run_at: Some(now),
+            lease: None,
         };
         let tx = self.db.begin().await?;
         if !store::insert(&tx, &saga).await? {
@@ -289,6 +290,23 @@ impl Engine {
                     saga.next_run_at = Some(end);
                     Lease::Extend(self.settings.lease)
                 }
+                Next::Settle(step) => {
+                    let start = Utc::now();
+                    let result = self.downstreams.settle(&saga, step).await;
+                    tracing::info!(saga_id = %saga.id, step = %step, ?result, "looked up a step of unknown outcome");
+                    let end = Utc::now();
+                    machine::record_settle(
+                        &mut saga,
+                        step,
+                        start,
+                        end,
+                        result,
+                        &self.settings.policy,
+                        &mut out,
+                    );
+                    saga.next_run_at = Some(end);
+                    Lease::Extend(self.settings.lease)
+                }
                 Next::Send(step) => {
                     match machine::command(&saga, step) {
                         Some(command) => {
@@ -350,7 +368,8 @@ impl Engine {
         applied: Option<i64>,
     ) -> Result<bool, DbErr> {
         let tx = self.db.begin().await?;
-        if !store::save(&tx, saga, self.owner(), lease, applied).await? {
+        let token = saga.lease.as_deref().unwrap_or_default();
+        if !store::save(&tx, saga, token, lease, applied).await? {
             tx.rollback().await?;
             return Ok(false);
         }
@@ -372,7 +391,10 @@ impl Engine {
                 "UPDATE sagas SET lease_owner = NULL, lease_until = NULL, \
                    next_run_at = now() + interval '1 second' \
                  WHERE id = $1 AND lease_owner = $2",
-                [saga.id.into(), self.owner().into()],
+                [
+                    saga.id.into(),
+                    saga.lease.clone().unwrap_or_default().into(),
+                ],
             ),
         )
         .await;

@@ -70,6 +70,15 @@ impl SagaOrchestrator {
     ) -> anyhow::Result<Self> {
         metric_names::describe();
         let settings = config.domain.saga.clone();
+        // A claim must outlive the calls made under it, or another claim could run the same step.
+        let minimum_lease = settings.call_timeout * 2 + std::time::Duration::from_secs(1);
+        if settings.lease < minimum_lease {
+            anyhow::bail!(
+                "saga.lease ({:?}) must be at least twice saga.call_timeout plus 1s ({:?})",
+                settings.lease,
+                minimum_lease
+            );
+        }
         let platform = Platform::start(INFO, &config, &sources, telemetry).await?;
         platform.spawn_relay();
         let downstreams = downstream::Downstreams::new(
@@ -83,6 +92,10 @@ impl SagaOrchestrator {
         } else {
             settings.instance_id.clone()
         };
+        // Every instance reads every event in its own group (the inbox makes the second reading a
+        // no-op): intake never waits for the broker to rebalance a group, which the local broker
+        // does not do, and a killed instance's membership cannot hold the partitions hostage.
+        let group = format!("{SERVICE}-{owner}");
         let engine = engine::Engine::new(
             platform.db.clone(),
             downstreams,
@@ -101,7 +114,7 @@ impl SagaOrchestrator {
             ConsumerSettings {
                 dead_letters: Some(platform.dead_letter_sink()),
                 ..ConsumerSettings::new(
-                    SERVICE,
+                    group,
                     intake::CONSUMED_TOPICS
                         .iter()
                         .map(|topic| platform.topic(topic))

@@ -92,6 +92,9 @@ pub enum Next {
     Call(StepType),
     /// Send the step's command over Kafka ([`command`]), then [`record_send`].
     Send(StepType),
+    /// Find out whether a forward step whose outcome is unknown (it timed out) took effect after
+    /// all, by looking the order up downstream; then [`record_settle`].
+    Settle(StepType),
     /// Nothing now; look again at this time, or only on a signal when `None`.
     Wait(Option<DateTime<Utc>>),
 }
@@ -314,6 +317,24 @@ fn compensate(
     policy: &RetryPolicy,
     out: &mut Vec<Outgoing>,
 ) -> Option<Next> {
+    // Undo only what is known: a step that timed out may have taken effect, so look first.
+    for step in [
+        StepType::CreateShipment,
+        StepType::AuthorizePayment,
+        StepType::ReserveStock,
+    ] {
+        if let Some(record) = saga.step(step)
+            && may_have_applied(record)
+        {
+            return Some(match record.status {
+                StepStatus::RetryScheduled => match due(record) {
+                    Some(due) if due > now => Next::Wait(Some(due)),
+                    _ => Next::Settle(step),
+                },
+                _ => Next::Settle(step),
+            });
+        }
+    }
     let plan = compensation_plan(saga);
     let Some(&step) = plan.iter().find(|step| !saga.succeeded(**step)) else {
         saga.state = SagaState::Compensated;
@@ -397,6 +418,88 @@ pub fn compensation_plan(saga: &Saga) -> Vec<StepType> {
     plan
 }
 
+/// Whether a forward step that did not succeed may still have taken effect downstream: one of
+/// its calls ended without an answer (timed out, cancelled, unavailable), and no lookup since
+/// settled it. Compensation looks such a step up before undoing anything.
+pub fn may_have_applied(step: &Step) -> bool {
+    step.step.is_forward()
+        && step.status != StepStatus::Succeeded
+        && !step.settled
+        && step.attempts.iter().any(|attempt| {
+            matches!(
+                attempt.outcome,
+                Outcome::TimedOut | Outcome::RetryableFailure | Outcome::InProgress
+            )
+        })
+}
+
+/// What a lookup of an ambiguous step found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleResult {
+    /// The step took effect after all: this is what it made.
+    Found(Effect),
+    /// It never took effect.
+    Nothing,
+    /// The lookup itself failed; try again.
+    Failed {
+        /// What happened.
+        message: String,
+    },
+}
+
+/// Records the lookup of an ambiguous `step`.
+pub fn record_settle(
+    saga: &mut Saga,
+    step: StepType,
+    start: DateTime<Utc>,
+    now: DateTime<Utc>,
+    result: SettleResult,
+    policy: &RetryPolicy,
+    out: &mut Vec<Outgoing>,
+) {
+    saga.updated_at = now;
+    let record = step_record(saga, step);
+    let number = next_number(record);
+    let mut attempt = Attempt {
+        number,
+        start,
+        end: Some(now),
+        outcome: Outcome::Succeeded,
+        error_code: String::new(),
+        error_message: String::new(),
+        next_retry: None,
+        command_id: String::new(),
+    };
+    match result {
+        SettleResult::Found(effect) => {
+            attempt.error_message = "took effect after all (found by lookup)".to_owned();
+            record.attempts.push(attempt);
+            record.status = StepStatus::Succeeded;
+            record.settled = true;
+            apply_effect(saga, effect);
+            step_completed(saga, step, number, out);
+        }
+        SettleResult::Nothing => {
+            attempt.outcome = Outcome::PermanentFailure;
+            attempt.error_code = "NOT_FOUND".to_owned();
+            attempt.error_message = "never took effect (lookup found nothing)".to_owned();
+            record.attempts.push(attempt);
+            record.status = StepStatus::Failed;
+            record.settled = true;
+        }
+        SettleResult::Failed { message } => {
+            attempt.outcome = Outcome::RetryableFailure;
+            attempt.error_code = "UNAVAILABLE".to_owned();
+            attempt.error_message = format!("lookup failed: {message}");
+            // Looking up is safe to repeat; it waits for the downstream as long as it takes.
+            let failures = u32::try_from(record.attempts.len()).unwrap_or(u32::MAX);
+            attempt.next_retry = Some(now + chrono_duration(policy.backoff(failures)));
+            record.attempts.push(attempt);
+            record.status = StepStatus::RetryScheduled;
+        }
+    }
+}
+
 fn due(step: &Step) -> Option<DateTime<Utc>> {
     step.last_attempt().and_then(|attempt| attempt.next_retry)
 }
@@ -474,6 +577,7 @@ fn step_record(saga: &mut Saga, step: StepType) -> &mut Step {
             key,
             attempts: Vec::new(),
             budget_from: 0,
+            settled: false,
         });
     }
     let index = saga
@@ -495,6 +599,9 @@ pub fn record_call(
     out: &mut Vec<Outgoing>,
 ) {
     saga.updated_at = now;
+    // Past the point of no return nothing can be undone, so the remaining forward steps are
+    // retried until they succeed instead of running out of attempts or time.
+    let roll_forward = saga.dispatched() && step.is_forward();
     let record = step_record(saga, step);
     let number = next_number(record);
     let mut attempt = Attempt {
@@ -512,7 +619,7 @@ pub fn record_call(
             .first_start()
             .is_none_or(|first| now < first + chrono_duration(policy.step_timeout));
         let attempts_left = record.counted_attempts() < policy.max_attempts;
-        (within_budget && attempts_left).then(|| {
+        (roll_forward || (within_budget && attempts_left)).then(|| {
             let failures = record.counted_attempts().max(1);
             now + chrono_duration(extra.unwrap_or_else(|| policy.backoff(failures)))
         })
@@ -577,8 +684,10 @@ pub fn record_call(
         None => {
             record.status = StepStatus::Failed;
             if step.is_forward() {
-                let reason = failure_reason(saga, step);
-                begin_compensation(saga, CompensationCause::StepFailed, reason, now);
+                if saga.state != SagaState::Compensating {
+                    let reason = failure_reason(saga, step);
+                    begin_compensation(saga, CompensationCause::StepFailed, reason, now);
+                }
             } else {
                 park(saga, step, out);
             }

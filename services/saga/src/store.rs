@@ -19,7 +19,7 @@ fn statement(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
 }
 
 const COLUMNS: &str = "id, order_id, state, compensation_cause, order_data, data::text AS data, \
-    version, next_run_at, created_at, updated_at, ended_at";
+    version, next_run_at, lease_owner, created_at, updated_at, ended_at";
 
 #[derive(Debug, FromQueryResult)]
 struct SagaRow {
@@ -31,6 +31,7 @@ struct SagaRow {
     data: String,
     version: i64,
     next_run_at: Option<DateTime<Utc>>,
+    lease_owner: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     ended_at: Option<DateTime<Utc>>,
@@ -104,6 +105,7 @@ impl TryFrom<SagaRow> for Saga {
             updated_at: row.updated_at,
             ended_at: row.ended_at,
             next_run_at: row.next_run_at,
+            lease: row.lease_owner,
         })
     }
 }
@@ -181,7 +183,9 @@ pub async fn by_order<C: ConnectionTrait>(db: &C, order_id: Uuid) -> Result<Opti
 
 /// Leases up to `limit` sagas that are due (by time or by a waiting signal) and not leased by a
 /// live instance, to `owner` for `lease`. `SKIP LOCKED` lets instances claim side by side without
-/// ever claiming the same saga.
+/// ever claiming the same saga. Each claim gets its own token (`<owner>:<uuid>`, in
+/// [`Saga::lease`]): a task that outlived its lease cannot write over the next claimant's work,
+/// even in the same instance.
 pub async fn claim_due<C: ConnectionTrait>(
     db: &C,
     owner: &str,
@@ -190,22 +194,24 @@ pub async fn claim_due<C: ConnectionTrait>(
 ) -> Result<Vec<Saga>, DbErr> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let found = SagaRow::find_by_statement(statement(
-        &format!(
-            "WITH candidates AS ( \
-                 (SELECT id FROM sagas WHERE next_run_at <= now() ORDER BY next_run_at LIMIT $3) \
+        "WITH candidates AS ( \
+                 (SELECT id FROM sagas WHERE next_run_at <= now() \
+                    AND (lease_until IS NULL OR lease_until < now()) \
+                  ORDER BY next_run_at LIMIT $3) \
                  UNION \
-                 (SELECT DISTINCT saga_id FROM saga_signals LIMIT $3) \
+                 (SELECT DISTINCT g.saga_id FROM saga_signals g JOIN sagas s ON s.id = g.saga_id \
+                  WHERE s.lease_until IS NULL OR s.lease_until < now() LIMIT $3) \
              ), claimable AS ( \
                  SELECT s.id FROM sagas s JOIN candidates c ON c.id = s.id \
                  WHERE s.lease_until IS NULL OR s.lease_until < now() \
                  LIMIT $3 FOR UPDATE OF s SKIP LOCKED \
              ) \
-             UPDATE sagas SET lease_owner = $1, lease_until = now() + $2 * interval '1 millisecond' \
+             UPDATE sagas SET lease_owner = $1 || ':' || gen_random_uuid()::text, \
+               lease_until = now() + $2 * interval '1 millisecond' \
              FROM claimable WHERE sagas.id = claimable.id \
              RETURNING sagas.id, sagas.order_id, sagas.state, sagas.compensation_cause, \
                sagas.order_data, sagas.data::text AS data, sagas.version, sagas.next_run_at, \
-               sagas.created_at, sagas.updated_at, sagas.ended_at"
-        ),
+               sagas.lease_owner, sagas.created_at, sagas.updated_at, sagas.ended_at",
         [
             owner.into(),
             lease_ms.into(),
@@ -222,7 +228,8 @@ pub async fn claim_due<C: ConnectionTrait>(
 pub async fn release_leases<C: ConnectionTrait>(db: &C, owner: &str) -> Result<u64, DbErr> {
     let result = db
         .execute_raw(statement(
-            "UPDATE sagas SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+            "UPDATE sagas SET lease_owner = NULL, lease_until = NULL \
+             WHERE starts_with(lease_owner, $1 || ':')",
             [owner.into()],
         ))
         .await?;
@@ -300,13 +307,13 @@ pub enum Lease {
     Release,
 }
 
-/// Stores a transition made by `owner`, deleting the signals it applied (ids up to
-/// `applied_signals`). `false` when `owner` no longer holds the lease: another instance took the
-/// saga over and this transition must be dropped.
+/// Stores a transition made under the lease token `lease`, deleting the signals it applied (ids
+/// up to `applied_signals`). `false` when the token no longer holds the lease: another claim
+/// took the saga over and this transition must be dropped.
 pub async fn save<C: ConnectionTrait>(
     db: &C,
     saga: &Saga,
-    owner: &str,
+    token: &str,
     lease: Lease,
     applied_signals: Option<i64>,
 ) -> Result<bool, DbErr> {
@@ -327,7 +334,7 @@ pub async fn save<C: ConnectionTrait>(
              WHERE id = $1 AND lease_owner = $2",
             [
                 saga.id.into(),
-                owner.into(),
+                token.into(),
                 saga.state.as_str().into(),
                 step_text(saga.current_step()).into(),
                 step_text(saga.failing_step()).into(),

@@ -42,12 +42,6 @@ async fn every_status_change_is_recorded_and_illegal_ones_are_refused() {
     assert_eq!(cancelling.status, OrderStatus::CancellationRequested as i32);
     assert_eq!(cancelling.version, 2);
 
-    let too_late = client
-        .confirm_order(confirm(&order.order_id, 0, "confirm-1"))
-        .await
-        .expect_err("illegal");
-    assert_eq!(too_late.code(), Code::FailedPrecondition);
-
     let cancelled = client
         .complete_cancellation(pb::CompleteCancellationRequest {
             order_id: order.order_id.clone(),
@@ -61,6 +55,12 @@ async fn every_status_change_is_recorded_and_illegal_ones_are_refused() {
         .expect("order");
     assert_eq!(cancelled.status, OrderStatus::Cancelled as i32);
     assert_eq!(cancelled.cancellation_reason, "changed my mind");
+
+    let too_late = client
+        .confirm_order(confirm(&order.order_id, 0, "confirm-1"))
+        .await
+        .expect_err("illegal");
+    assert_eq!(too_late.code(), Code::FailedPrecondition);
 
     let history = client
         .get_order_history(pb::GetOrderHistoryRequest {

@@ -30,6 +30,7 @@ fn saga() -> Saga {
         updated_at: now,
         ended_at: None,
         next_run_at: Some(now),
+        lease: None,
     }
 }
 
@@ -559,4 +560,139 @@ fn backoff_grows_exponentially_within_its_jitter_and_cap() {
             "{failures}: {delay:?}"
         );
     }
+}
+
+#[test]
+fn past_the_point_of_no_return_a_failing_step_is_retried_without_limit() {
+    let mut saga = saga();
+    let mut out = Vec::new();
+    let now = Utc::now();
+    run_calls(&mut saga, now, &mut out);
+    let shipment_id = saga.shipment_id.expect("shipment").to_string();
+    apply_signal(
+        &mut saga,
+        &Signal::ShipmentDispatched { shipment_id },
+        now,
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
+        Next::Call(StepType::CapturePayment)
+    );
+    let long_ago = now - chrono::Duration::hours(1);
+    for _ in 0..(policy().max_attempts * 3) {
+        let failure = CallResult::TimedOut {
+            message: "busy".to_owned(),
+        };
+        record_call(
+            &mut saga,
+            StepType::CapturePayment,
+            long_ago,
+            now,
+            failure,
+            &policy(),
+            &mut out,
+        );
+    }
+    assert_eq!(
+        saga.state,
+        SagaState::Running,
+        "never compensates after dispatch"
+    );
+    let step = saga.step(StepType::CapturePayment).expect("step");
+    assert_eq!(step.status, StepStatus::RetryScheduled);
+}
+
+#[test]
+fn a_step_that_timed_out_is_looked_up_before_compensation_and_undone_if_it_applied() {
+    let mut saga = saga();
+    let mut out = Vec::new();
+    let now = Utc::now();
+    // The reservation call timed out every time: did inventory reserve or not?
+    let policy = RetryPolicy {
+        max_attempts: 1,
+        ..policy()
+    };
+    let timeout = CallResult::TimedOut {
+        message: "no answer".to_owned(),
+    };
+    record_call(
+        &mut saga,
+        StepType::ReserveStock,
+        now,
+        now,
+        timeout,
+        &policy,
+        &mut out,
+    );
+    assert_eq!(saga.state, SagaState::Compensating);
+    assert_eq!(
+        advance(&mut saga, now, &policy, &mut out),
+        Next::Settle(StepType::ReserveStock)
+    );
+
+    let reservation = Uuid::now_v7();
+    record_settle(
+        &mut saga,
+        StepType::ReserveStock,
+        now,
+        now,
+        SettleResult::Found(Effect::Reservation(reservation)),
+        &policy,
+        &mut out,
+    );
+    assert_eq!(saga.reservation_id, Some(reservation));
+    assert_eq!(
+        advance(&mut saga, now, &policy, &mut out),
+        Next::Send(StepType::ReleaseStock)
+    );
+
+    let mut never = self::saga();
+    let timeout = CallResult::TimedOut {
+        message: "no answer".to_owned(),
+    };
+    record_call(
+        &mut never,
+        StepType::ReserveStock,
+        now,
+        now,
+        timeout,
+        &policy,
+        &mut out,
+    );
+    record_settle(
+        &mut never,
+        StepType::ReserveStock,
+        now,
+        now,
+        SettleResult::Failed {
+            message: "down".to_owned(),
+        },
+        &policy,
+        &mut out,
+    );
+    let due = never
+        .step(StepType::ReserveStock)
+        .and_then(Step::last_attempt)
+        .and_then(|a| a.next_retry)
+        .expect("lookup retried");
+    assert_eq!(
+        advance(&mut never, due, &policy, &mut out),
+        Next::Settle(StepType::ReserveStock)
+    );
+    record_settle(
+        &mut never,
+        StepType::ReserveStock,
+        due,
+        due,
+        SettleResult::Nothing,
+        &policy,
+        &mut out,
+    );
+    assert_eq!(
+        advance(&mut never, due, &policy, &mut out),
+        Next::Call(StepType::RejectOrder),
+        "nothing to release"
+    );
 }

@@ -26,6 +26,12 @@ pub struct StackOptions {
     pub shipment_step_delay: Duration,
     /// How long the saga waits for the shipment's outcome.
     pub shipment_timeout: Duration,
+    /// Start the saga orchestrator in this process (else the test runs it, for example as a
+    /// child process it can kill -9).
+    pub in_process_saga: bool,
+    /// The order service publishes under another prefix, so the saga never hears its events,
+    /// as if the broker lost them.
+    pub lose_order_events: bool,
 }
 
 impl Default for StackOptions {
@@ -33,6 +39,8 @@ impl Default for StackOptions {
         Self {
             shipment_step_delay: Duration::from_millis(50),
             shipment_timeout: Duration::from_secs(30),
+            in_process_saga: true,
+            lose_order_events: false,
         }
     }
 }
@@ -41,8 +49,11 @@ pub struct Stack {
     pub env: TestEnv,
     databases: Vec<TestDatabase>,
     services: Vec<RunningService>,
+    payment: Option<RunningService>,
+    payment_config: zentra_payment::Config,
     saga: Option<RunningService>,
     saga_config: zentra_saga::Config,
+    lost_prefix: Option<String>,
     _smtp: SmtpServer,
     pub inventory: InventoryServiceClient<Channel>,
     pub orders: OrderServiceClient<Channel>,
@@ -63,7 +74,8 @@ async fn service_database(
         .expect("database");
     let mut config = env.common_config();
     config.database.url = SecretUrl::new(database.url());
-    config.database.max_connections = 8;
+    // Six services per test and several tests at once share one PostgreSQL server.
+    config.database.max_connections = 5;
     (database, config)
 }
 
@@ -92,8 +104,14 @@ impl Stack {
         .expect("inventory starts")
         .spawn();
 
-        let (database, common_config) = service_database(&env, label, "ord").await;
+        let (database, mut common_config) = service_database(&env, label, "ord").await;
         databases.push(database);
+        let lost_prefix = options
+            .lose_order_events
+            .then(|| format!("{}lost.", env.prefix));
+        if let Some(prefix) = &lost_prefix {
+            common_config.kafka.topic_prefix = prefix.clone();
+        }
         let orders = zentra_order::OrderService::start(
             zentra_order::Config {
                 common: common_config,
@@ -110,17 +128,11 @@ impl Stack {
         databases.push(database);
         let mut payment_domain = zentra_payment::config::PaymentConfig::default();
         payment_domain.payment.simulated_delay = Duration::from_secs(5);
-        let payments = zentra_payment::PaymentService::start(
-            zentra_payment::Config {
-                common: common_config,
-                domain: payment_domain,
-            },
-            Default::default(),
-            telemetry(),
-        )
-        .await
-        .expect("payment service starts")
-        .spawn();
+        let payment_config = zentra_payment::Config {
+            common: common_config,
+            domain: payment_domain,
+        };
+        let payments = start_payment(&payment_config).await;
 
         let (database, common_config) = service_database(&env, label, "ful").await;
         databases.push(database);
@@ -156,8 +168,10 @@ impl Stack {
         .expect("notification starts")
         .spawn();
 
-        let (database, common_config) = service_database(&env, label, "saga").await;
+        let (database, mut common_config) = service_database(&env, label, "saga").await;
         databases.push(database);
+        // A fixed port, so a restarted orchestrator (in or out of process) is found again.
+        common_config.grpc.listen_addr = free_address();
         let mut saga_domain = SagaConfig::default();
         let settings = &mut saga_domain.saga;
         settings.endpoints = Endpoints {
@@ -166,8 +180,10 @@ impl Stack {
             fulfillment: url(&shipments),
             order: url(&orders),
         };
-        settings.call_timeout = Duration::from_secs(2);
-        settings.lease = Duration::from_secs(3);
+        settings.call_timeout = Duration::from_secs(3);
+        // Two cores run six services and PostgreSQL: fewer sagas at once, fewer timeouts.
+        settings.concurrency = 16;
+        settings.lease = Duration::from_secs(8);
         settings.poll_interval = Duration::from_millis(50);
         settings.reconcile_interval = Duration::from_millis(500);
         settings.reconcile_after = Duration::from_secs(3);
@@ -180,7 +196,11 @@ impl Stack {
             common: common_config,
             domain: saga_domain,
         };
-        let saga = start_saga(&saga_config).await;
+        let saga = if options.in_process_saga {
+            Some(start_saga(&saga_config).await)
+        } else {
+            None
+        };
 
         let inventory_client = InventoryServiceClient::connect(url(&inventory))
             .await
@@ -197,15 +217,20 @@ impl Stack {
         let notification_client = NotificationServiceClient::connect(url(&notifications))
             .await
             .expect("connect");
-        let saga_client = SagaServiceClient::connect(url(&saga))
-            .await
-            .expect("connect");
+        let saga_client = SagaServiceClient::new(
+            Channel::from_shared(format!("http://{}", saga_config.common.grpc.listen_addr))
+                .expect("saga url")
+                .connect_lazy(),
+        );
         Self {
             env,
             databases,
-            services: vec![inventory, orders, payments, shipments, notifications],
-            saga: Some(saga),
+            services: vec![inventory, orders, shipments, notifications],
+            payment: Some(payments),
+            payment_config,
+            saga,
             saga_config,
+            lost_prefix,
             _smtp: smtp,
             inventory: inventory_client,
             orders: order_client,
@@ -220,6 +245,9 @@ impl Stack {
     pub async fn stop(mut self) {
         if let Some(saga) = self.saga.take() {
             saga.shutdown().await.expect("saga stops cleanly");
+        }
+        if let Some(payment) = self.payment.take() {
+            payment.shutdown().await.expect("payment stops cleanly");
         }
         for service in self.services.drain(..) {
             service.shutdown().await.expect("service stops cleanly");
@@ -239,6 +267,14 @@ impl Stack {
                     .map(|topic| format!("{}{topic}", self.env.prefix)),
             );
         }
+        if let Some(prefix) = &self.lost_prefix {
+            topics.extend(
+                zentra_order::INFO
+                    .topics
+                    .iter()
+                    .map(|topic| format!("{prefix}{topic}")),
+            );
+        }
         topics.sort();
         topics.dedup();
         for database in self.databases.drain(..) {
@@ -250,6 +286,55 @@ impl Stack {
     /// The saga orchestrator's configuration (to start another instance on it).
     pub fn saga_config(&self) -> &zentra_saga::Config {
         &self.saga_config
+    }
+
+    /// A connection to the database of one service: "inv", "ord", "pay", "ful", "ntf", "saga".
+    pub async fn database(&self, service: &str) -> sea_orm::DatabaseConnection {
+        let suffix = format!("-{service}_");
+        self.databases
+            .iter()
+            .find(|database| database.name().contains(&suffix))
+            .unwrap_or_else(|| panic!("no database for {service}"))
+            .connect()
+            .await
+            .expect("database connection")
+    }
+
+    /// Stops the payment service as a crash would.
+    pub fn kill_payment(&mut self) {
+        self.payment.take().expect("payment running").kill();
+    }
+
+    /// Starts the payment service again on its database (a new port; the saga reaches payment
+    /// through Kafka for compensations).
+    pub async fn restart_payment(&mut self) {
+        let service = start_payment(&self.payment_config).await;
+        self.payments = PaymentServiceClient::connect(url(&service))
+            .await
+            .expect("connect");
+        self.payment = Some(service);
+    }
+
+    /// Publishes an event to `<prefix><topic>` as a service's outbox relay would.
+    pub async fn publish(&self, topic: &str, envelope: &zentra_proto::events::v1::EventEnvelope) {
+        use prost::Message as _;
+        let producer = zentra_runtime::kafka::EventProducer::new(
+            &self.saga_config.common.kafka,
+            "test-publisher",
+        )
+        .expect("producer");
+        producer
+            .send(
+                &format!("{}{topic}", self.env.prefix),
+                &envelope.aggregate_id,
+                &envelope.encode_to_vec(),
+                &[
+                    ("event_id", envelope.event_id.as_bytes()),
+                    ("event_type", envelope.event_type.as_bytes()),
+                ],
+            )
+            .await
+            .expect("published");
     }
 
     pub async fn create_product(&self, sku: &str, stock: i64) {
@@ -423,11 +508,11 @@ impl Stack {
             .shipments
     }
 
-    /// Notifications about the order, once `count` of them exist.
+    /// Notifications about the order, once one triggered by `event_type` exists.
     pub async fn notifications_of(
         &self,
         order_id: &str,
-        count: usize,
+        event_type: &str,
     ) -> Vec<notification::Notification> {
         let client = self.notifications.clone();
         eventually(Duration::from_secs(20), || {
@@ -442,12 +527,32 @@ impl Stack {
                     .ok()?
                     .into_inner()
                     .notifications;
-                (found.len() >= count).then_some(found)
+                found
+                    .iter()
+                    .any(|notification| notification.trigger_event_type == event_type)
+                    .then_some(found)
             }
         })
         .await
-        .unwrap_or_else(|| panic!("{count} notifications about {order_id}"))
+        .unwrap_or_else(|| panic!("a notification of {event_type} about {order_id}"))
     }
+}
+
+async fn start_payment(config: &zentra_payment::Config) -> RunningService {
+    zentra_payment::PaymentService::start(
+        config.clone(),
+        Default::default(),
+        zentra_test_support::telemetry(),
+    )
+    .await
+    .expect("payment service starts")
+    .spawn()
+}
+
+fn free_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
 }
 
 pub async fn start_saga(config: &zentra_saga::Config) -> RunningService {

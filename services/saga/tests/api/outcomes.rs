@@ -85,7 +85,9 @@ async fn the_happy_path_reserves_charges_ships_and_confirms_with_a_timeline() {
         OrderStatus::Confirmed as i32
     );
 
-    let notifications = stack.notifications_of(&order_id, 2).await;
+    let notifications = stack
+        .notifications_of(&order_id, "zentra.order.v1.OrderConfirmed")
+        .await;
     let confirmations = notifications
         .iter()
         .filter(|notification| notification.trigger_event_type == "zentra.order.v1.OrderConfirmed")
@@ -215,6 +217,7 @@ async fn a_shipment_that_is_not_dispatched_in_time_is_cancelled_and_everything_u
         // Fulfillment is far too slow for the saga's patience.
         shipment_step_delay: Duration::from_secs(60),
         shipment_timeout: Duration::from_secs(1),
+        ..StackOptions::default()
     };
     let stack = Stack::start("saga-shiptimeout", options).await;
     stack.create_product("LAMP-5", 10).await;
