@@ -190,7 +190,9 @@ impl OutboxRelay {
             .map(|(row, _)| row.seq)
             .collect();
         if after == AfterPublish::Crash {
-            drop(transaction);
+            // Nothing is marked, as after a crash. The rollback is awaited, because a dropped
+            // transaction is rolled back lazily and would keep the relay lock for a moment.
+            transaction.rollback().await?;
             return Ok(acknowledged.len());
         }
         if !acknowledged.is_empty() {

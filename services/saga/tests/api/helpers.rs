@@ -32,6 +32,8 @@ pub struct StackOptions {
     /// The order service publishes under another prefix, so the saga never hears its events,
     /// as if the broker lost them.
     pub lose_order_events: bool,
+    /// The saga's first retry delay.
+    pub initial_backoff: Duration,
 }
 
 impl Default for StackOptions {
@@ -41,6 +43,7 @@ impl Default for StackOptions {
             shipment_timeout: Duration::from_secs(30),
             in_process_saga: true,
             lose_order_events: false,
+            initial_backoff: Duration::from_millis(100),
         }
     }
 }
@@ -187,8 +190,8 @@ impl Stack {
         settings.poll_interval = Duration::from_millis(50);
         settings.reconcile_interval = Duration::from_millis(500);
         settings.reconcile_after = Duration::from_secs(3);
-        settings.retry.initial_backoff = Duration::from_millis(100);
-        settings.retry.max_backoff = Duration::from_secs(1);
+        settings.retry.initial_backoff = options.initial_backoff;
+        settings.retry.max_backoff = options.initial_backoff.max(Duration::from_secs(1));
         settings.retry.step_timeout = Duration::from_secs(20);
         settings.retry.ack_timeout = Duration::from_secs(3);
         settings.retry.shipment_timeout = options.shipment_timeout;
@@ -416,47 +419,60 @@ impl Stack {
             .expect("order")
     }
 
-    /// The order's saga once it ended (COMPLETED, COMPENSATED or COMPENSATION_FAILED).
-    pub async fn finished_saga(&self, order_id: &str, within: Duration) -> saga::Saga {
-        let sagas = self.sagas.clone();
-        let found = eventually(within, || {
-            let mut sagas = sagas.clone();
+    /// The first saga `ListSagas` returns for `filter` that satisfies `wanted`, waiting up to
+    /// `within`; `None` if none does by then.
+    pub async fn await_saga(
+        &self,
+        filter: saga::ListSagasRequest,
+        within: Duration,
+        wanted: impl Fn(&saga::Saga) -> bool,
+    ) -> Option<saga::Saga> {
+        let wanted = &wanted;
+        eventually(within, || {
+            let mut sagas = self.sagas.clone();
+            let filter = filter.clone();
             async move {
-                let listed = sagas
-                    .list_sagas(saga::ListSagasRequest {
-                        order_id: order_id.to_owned(),
-                        ..Default::default()
-                    })
+                sagas
+                    .list_sagas(filter)
                     .await
                     .ok()?
-                    .into_inner();
-                let found = listed.sagas.into_iter().next()?;
-                let ended = [
-                    saga::SagaState::Completed,
-                    saga::SagaState::Compensated,
-                    saga::SagaState::CompensationFailed,
-                ]
-                .iter()
-                .any(|state| *state as i32 == found.state);
-                ended.then_some(found)
+                    .into_inner()
+                    .sagas
+                    .into_iter()
+                    .find(|saga| wanted(saga))
             }
         })
-        .await;
-        match found {
-            Some(saga) => saga,
-            None => {
-                let listed = self
-                    .sagas
-                    .clone()
-                    .list_sagas(saga::ListSagasRequest {
-                        order_id: order_id.to_owned(),
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|response| response.into_inner().sagas);
-                panic!("the saga of {order_id} did not end within {within:?}: {listed:#?}");
-            }
+        .await
+    }
+
+    /// The order's saga once it exists.
+    pub async fn saga_of(&self, order_id: &str) -> saga::Saga {
+        self.await_saga(by_order(order_id), Duration::from_secs(20), |_| true)
+            .await
+            .unwrap_or_else(|| panic!("the order {order_id} has no saga"))
+    }
+
+    /// The order's saga once it ended (COMPLETED, COMPENSATED or COMPENSATION_FAILED).
+    pub async fn finished_saga(&self, order_id: &str, within: Duration) -> saga::Saga {
+        let ended = |found: &saga::Saga| {
+            [
+                saga::SagaState::Completed,
+                saga::SagaState::Compensated,
+                saga::SagaState::CompensationFailed,
+            ]
+            .iter()
+            .any(|state| *state as i32 == found.state)
+        };
+        if let Some(found) = self.await_saga(by_order(order_id), within, ended).await {
+            return found;
         }
+        let listed = self
+            .sagas
+            .clone()
+            .list_sagas(by_order(order_id))
+            .await
+            .map(|response| response.into_inner().sagas);
+        panic!("the saga of {order_id} did not end within {within:?}: {listed:#?}");
     }
 
     pub async fn payments_of(&self, order_id: &str) -> Vec<payment::Payment> {
@@ -564,6 +580,14 @@ pub async fn start_saga(config: &zentra_saga::Config) -> RunningService {
     .await
     .expect("saga orchestrator starts")
     .spawn()
+}
+
+/// A ListSagas request for one order's saga.
+pub fn by_order(order_id: &str) -> saga::ListSagasRequest {
+    saga::ListSagasRequest {
+        order_id: order_id.to_owned(),
+        ..Default::default()
+    }
 }
 
 pub fn usd(amount_minor: i64) -> Money {

@@ -17,7 +17,7 @@ use zentra_proto::{
 use zentra_runtime::events::{self, EventMeta};
 use zentra_test_support::eventually;
 
-use crate::helpers::{Stack, StackOptions, start_saga, state_name, step_names};
+use crate::helpers::{Stack, StackOptions, by_order, start_saga, state_name, step_names};
 
 const SAGAS: usize = 200;
 
@@ -251,46 +251,24 @@ async fn a_compensation_whose_target_is_down_is_delivered_when_it_comes_back() {
 
     // Shipping to Antarctica fails, which needs the payment voided.
     let order_id = stack.place_order("DOWN-1", 1, "tok_approve", "AQ").await;
-    let sagas = stack.sagas.clone();
     let awaiting = pb::SagaState::AwaitingShipment as i32;
-    let saga_of = |order_id: String| {
-        let mut sagas = sagas.clone();
-        async move {
-            sagas
-                .list_sagas(pb::ListSagasRequest {
-                    order_id,
-                    ..Default::default()
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .sagas
-                .into_iter()
-                .next()
-        }
-    };
-    eventually(Duration::from_secs(20), || {
-        let found = saga_of(order_id.clone());
-        async move { found.await.filter(|saga| saga.state == awaiting) }
-    })
-    .await
-    .expect("payment authorized, shipment created");
+    stack
+        .await_saga(by_order(&order_id), Duration::from_secs(20), |saga| {
+            saga.state == awaiting
+        })
+        .await
+        .expect("payment authorized, shipment created");
     stack.kill_payment();
 
     // The void is sent and sent again, unanswered, while payment is down.
-    let resent = eventually(Duration::from_secs(30), || {
-        let found = saga_of(order_id.clone());
-        async move {
-            let saga = found.await?;
-            let void = saga
-                .steps
-                .iter()
-                .find(|step| step.step == pb::SagaStepType::VoidPayment as i32)?;
-            (void.attempts.len() >= 2).then_some(saga)
-        }
-    })
-    .await
-    .expect("the void command was resent while payment was down");
+    let resent = stack
+        .await_saga(by_order(&order_id), Duration::from_secs(30), |saga| {
+            saga.steps.iter().any(|step| {
+                step.step == pb::SagaStepType::VoidPayment as i32 && step.attempts.len() >= 2
+            })
+        })
+        .await
+        .expect("the void command was resent while payment was down");
     assert_eq!(state_name(&resent), "SAGA_STATE_COMPENSATING");
 
     stack.restart_payment().await;
@@ -377,48 +355,17 @@ async fn a_poison_event_is_dead_lettered_without_blocking_and_a_replay_after_the
     assert!(parked.headers.iter().any(|header| header.key == "event_id"));
 
     // The event behind it was not held up: the second order has its saga.
-    let behind_saga = stack.sagas.clone();
-    eventually(Duration::from_secs(20), || {
-        let mut sagas = behind_saga.clone();
-        let order_id = behind.clone();
-        async move {
-            sagas
-                .list_sagas(pb::ListSagasRequest {
-                    order_id,
-                    ..Default::default()
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .sagas
-                .into_iter()
-                .next()
-        }
-    })
-    .await
-    .expect("the order behind the poison event got its saga");
+    stack.saga_of(&behind).await;
 
     // The fix: reconciliation finds the first order PENDING without a saga and starts one.
-    let reconciled = eventually(Duration::from_secs(30), || {
-        let mut sagas = stack.sagas.clone();
-        let order_id = lost.clone();
-        async move {
-            sagas
-                .list_sagas(pb::ListSagasRequest {
-                    order_id,
-                    state: pb::SagaState::AwaitingShipment as i32,
-                    ..Default::default()
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .sagas
-                .into_iter()
-                .next()
-        }
-    })
-    .await
-    .expect("reconciliation started the lost order's saga");
+    let awaiting = pb::ListSagasRequest {
+        state: pb::SagaState::AwaitingShipment as i32,
+        ..by_order(&lost)
+    };
+    let reconciled = stack
+        .await_saga(awaiting, Duration::from_secs(30), |_| true)
+        .await
+        .expect("reconciliation started the lost order's saga");
     // The customer's cancellation, as the order service recorded it.
     stack
         .orders
