@@ -23,12 +23,17 @@ mod observe;
 pub use inject_faults::InjectFaultsLayer;
 pub use observe::ObserveLayer;
 
+/// Wraps the service's own routes in a router that sees every request first (the gateway's
+/// authentication, rate limiting and forwarding).
+pub type FrontFn = Box<dyn FnOnce(axum::Router) -> axum::Router + Send>;
+
 /// Collects a service's gRPC services before binding.
 pub struct GrpcServerBuilder {
     config: GrpcConfig,
     ops: OpsContext,
     routes: RoutesBuilder,
     domain_services: Vec<String>,
+    front: Option<FrontFn>,
 }
 
 impl GrpcServerBuilder {
@@ -39,7 +44,22 @@ impl GrpcServerBuilder {
             ops,
             routes: RoutesBuilder::default(),
             domain_services: Vec::new(),
+            front: None,
         }
+    }
+
+    /// Puts `front` before the service's own routes: it receives them (health, reflection, ops,
+    /// `/metrics` and the domain services) and returns the router that is served. The services
+    /// it routes elsewhere are named in `routed_services`, so reflection lists them and
+    /// observation and fault injection cover them.
+    pub fn front(
+        mut self,
+        routed_services: impl IntoIterator<Item = String>,
+        front: impl FnOnce(axum::Router) -> axum::Router + Send + 'static,
+    ) -> Self {
+        self.domain_services.extend(routed_services);
+        self.front = Some(Box::new(front));
+        self
     }
 
     /// Adds a domain service (reachable over gRPC and grpc-web, subject to injected faults).
@@ -101,6 +121,7 @@ impl BoundServer {
             ops,
             mut routes,
             domain_services,
+            front,
         } = builder;
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -139,7 +160,7 @@ impl BoundServer {
             .routes()
             .into_axum_router()
             // Browsers call grpc-web cross-origin (the control center's dev server, other tools).
-            .layer(cors(&config.cors_allowed_origins))
+            .layer(cors_layer(&config.cors_allowed_origins))
             .route(
                 "/metrics",
                 axum::routing::get(move || {
@@ -147,6 +168,10 @@ impl BoundServer {
                     async move { telemetry.render_metrics() }
                 }),
             );
+        let router = match front {
+            Some(front) => front(router),
+            None => router,
+        };
 
         let mut observed = method_paths(&all_services);
         observed.extend([
@@ -284,7 +309,9 @@ fn method_paths(services: &[String]) -> Vec<String> {
     paths
 }
 
-fn cors(allowed_origins: &[String]) -> CorsLayer {
+/// CORS for grpc-web callers in browsers: the headers they send and the status headers they
+/// must be allowed to read.
+pub fn cors_layer(allowed_origins: &[String]) -> CorsLayer {
     let origin = if allowed_origins.iter().any(|origin| origin == "*") {
         AllowOrigin::any()
     } else {
@@ -303,6 +330,8 @@ fn cors(allowed_origins: &[String]) -> CorsLayer {
             HeaderName::from_static("x-user-agent"),
             HeaderName::from_static("grpc-timeout"),
             HeaderName::from_static("authorization"),
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("x-zentra-service"),
             HeaderName::from_static("traceparent"),
             HeaderName::from_static("tracestate"),
         ])

@@ -4,6 +4,7 @@
 //!
 //! Environment (all optional): `ZENTRA_TEST_PG_URL` (admin URL, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), `ZENTRA_TEST_KAFKA` (default `127.0.0.1:9092`),
+//! `ZENTRA_TEST_REDIS` (default `redis://127.0.0.1:6379`),
 //! `TEST_LOG` (a log filter; logs are off without it).
 
 pub mod smtp;
@@ -26,6 +27,11 @@ pub fn postgres_admin_url() -> String {
 /// Bootstrap servers of the shared broker.
 pub fn kafka_bootstrap() -> String {
     std::env::var("ZENTRA_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// URL of the shared Redis server.
+pub fn redis_url() -> String {
+    std::env::var("ZENTRA_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
 /// A short unique id for names.
@@ -73,6 +79,21 @@ impl TestDatabase {
         admin.close().await?;
         let url = replace_database(&postgres_admin_url(), &name);
         Ok(Self { name, url })
+    }
+
+    /// Creates a database with exactly this name (for programs that derive the name themselves).
+    pub async fn create_named(name: &str) -> anyhow::Result<Self> {
+        let admin = admin().await?;
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        admin.close().await?;
+        let url = replace_database(&postgres_admin_url(), name);
+        Ok(Self {
+            name: name.to_owned(),
+            url,
+        })
     }
 
     /// Its name.

@@ -104,8 +104,10 @@ where
                     metrics::counter!(names::GRPC_ERRORS, "service" => service.clone(), "method" => method.clone(), "code" => code_name)
                         .increment(1);
                 }
+                let elapsed = started.elapsed();
                 metrics::histogram!(names::GRPC_DURATION, "service" => service, "method" => method)
-                    .record(started.elapsed().as_secs_f64());
+                    .record(elapsed.as_secs_f64());
+                tracing::debug!(code = code_name, elapsed_ms = elapsed.as_millis() as u64, "rpc finished");
                 result
             }
             .instrument(span),

@@ -1,0 +1,309 @@
+//! The gateway's front: every request passes here first. gRPC and grpc-web calls are
+//! authenticated, authorised, rate limited, given a deadline and then answered by the gateway
+//! itself (its health, reflection, ops) or forwarded; anything else is a static file of the
+//! control center (or `/metrics`).
+
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::future::BoxFuture;
+use http::{HeaderMap, HeaderValue, Request, Response, header::CONTENT_TYPE};
+use tonic::{Code, Status, body::Body};
+use tonic_types::{ErrorDetails, StatusExt as _};
+use tower::{Layer as _, Service, ServiceExt as _};
+use tower_http::services::{ServeDir, ServeFile};
+
+use crate::{
+    auth::{Authenticator, Caller},
+    config::Limits,
+    deadline,
+    forward::Forwarder,
+    metric_names,
+    rate_limit::{Decision, RateLimiter},
+    routes::{Access, Route, RouteTable, Target, Upstream},
+};
+
+/// Header naming the service a shared RPC (ops, dead letters, health) is for.
+pub const SERVICE_HEADER: &str = "x-zentra-service";
+/// Header telling a service which caller the gateway authenticated.
+pub const CALLER_HEADER: &str = "x-zentra-caller";
+
+/// What the front needs; shared by every request.
+pub struct Gatekeeper {
+    /// Routes and access rules.
+    pub table: RouteTable,
+    /// Credentials.
+    pub auth: Authenticator,
+    /// Rate limits.
+    pub limiter: RateLimiter,
+    /// Connections to the services.
+    pub forwarder: Forwarder,
+    /// Size and deadline limits.
+    pub limits: Limits,
+}
+
+/// The front service (the router's fallback: it sees every request).
+#[derive(Clone)]
+pub struct Front {
+    gatekeeper: Arc<Gatekeeper>,
+    /// The gateway's own routes: health, reflection, ops, `/metrics`.
+    local: axum::Router,
+    /// The control center's files.
+    files: Option<ServeDir<ServeFile>>,
+}
+
+impl Front {
+    /// A front over the gateway's own routes, serving files from `static_dir` if it exists.
+    pub fn new(
+        gatekeeper: Arc<Gatekeeper>,
+        local: axum::Router,
+        static_dir: Option<&std::path::Path>,
+    ) -> Self {
+        let files = static_dir.filter(|dir| dir.is_dir()).map(|dir| {
+            // Unknown paths get index.html: the app routes on the client.
+            ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")))
+        });
+        Self {
+            gatekeeper,
+            local,
+            files,
+        }
+    }
+}
+
+impl Service<Request<axum::body::Body>> for Front {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<axum::body::Body>) -> Self::Future {
+        let is_grpc = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+        if is_grpc {
+            // grpc-web becomes gRPC here, so everything after speaks one protocol.
+            let gate = tonic_web::GrpcWebLayer::new().layer(Gate {
+                gatekeeper: self.gatekeeper.clone(),
+                local: self.local.clone(),
+            });
+            return Box::pin(async move {
+                let response = gate
+                    .oneshot(request.map(Body::new))
+                    .await
+                    .unwrap_or_else(|never| match never {});
+                Ok(response.map(axum::body::Body::new))
+            });
+        }
+        if request.uri().path() == "/metrics" {
+            return Box::pin(self.local.clone().oneshot(request));
+        }
+        let files = self.files.clone();
+        Box::pin(async move {
+            let Some(files) = files else {
+                return Ok(plain(
+                    http::StatusCode::NOT_FOUND,
+                    "the control center is not built: run `just control-center`",
+                ));
+            };
+            Ok(match files.oneshot(request).await {
+                Ok(response) => response.map(axum::body::Body::new),
+                Err(error) => plain(http::StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+            })
+        })
+    }
+}
+
+fn plain(status: http::StatusCode, text: &str) -> axum::response::Response {
+    let mut response = Response::new(axum::body::Body::from(text.to_owned()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Checks and routes one gRPC call.
+#[derive(Clone)]
+struct Gate {
+    gatekeeper: Arc<Gatekeeper>,
+    local: axum::Router,
+}
+
+impl Service<Request<Body>> for Gate {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let gate = self.clone();
+        Box::pin(async move {
+            Ok(gate
+                .handle(request)
+                .await
+                .unwrap_or_else(|status| status.into_http()))
+        })
+    }
+}
+
+impl Gate {
+    async fn handle(self, mut request: Request<Body>) -> Result<Response<Body>, Status> {
+        let gatekeeper = &self.gatekeeper;
+        let path = request.uri().path().trim_start_matches('/').to_owned();
+        let route = *gatekeeper
+            .table
+            .get(&path)
+            .ok_or_else(|| Status::unimplemented(format!("{path} is not served here")))?;
+
+        let caller = admit(gatekeeper, &path, &route, request.headers()).await?;
+        let upstream = target(&route, request.headers())?;
+
+        let headers = request.headers_mut();
+        // Credentials stop here: services trust the gateway, not the caller's secret.
+        for name in ["authorization", "x-api-key", SERVICE_HEADER, CALLER_HEADER] {
+            headers.remove(name);
+        }
+        if let Some(caller) = &caller
+            && let Ok(value) = HeaderValue::from_str(&caller.id)
+        {
+            headers.insert(CALLER_HEADER, value);
+        }
+        let default = if route.server_streaming {
+            gatekeeper.limits.stream_deadline
+        } else {
+            gatekeeper.limits.default_deadline
+        };
+        let max = gatekeeper.limits.max_deadline.max(default);
+        let deadline = deadline::effective(
+            headers
+                .get("grpc-timeout")
+                .and_then(|value| value.to_str().ok()),
+            default,
+            max,
+        );
+        if let Ok(value) = HeaderValue::from_str(&deadline::format(deadline)) {
+            headers.insert("grpc-timeout", value);
+        }
+
+        match upstream {
+            Some(upstream) => {
+                gatekeeper
+                    .forwarder
+                    .forward(upstream, request, deadline)
+                    .await
+            }
+            None => {
+                let response = self
+                    .local
+                    .oneshot(request.map(axum::body::Body::new))
+                    .await
+                    .unwrap_or_else(|never| match never {});
+                Ok(response.map(Body::new))
+            }
+        }
+    }
+}
+
+/// Authenticates, authorises and rate-limits; the caller when credentials were needed.
+async fn admit(
+    gatekeeper: &Gatekeeper,
+    path: &str,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Option<Caller>, Status> {
+    let required = match route.access {
+        Access::Open => return Ok(None),
+        Access::Internal => {
+            metrics::counter!(metric_names::PERMISSION_DENIED, "route" => path.to_owned())
+                .increment(1);
+            return Err(Status::permission_denied(format!(
+                "{path} is a step of the order saga and is not served through the gateway"
+            )));
+        }
+        Access::Role(role) => role,
+    };
+    let caller = gatekeeper.auth.authenticate(headers).map_err(|error| {
+        metrics::counter!(metric_names::AUTH_FAILURES, "reason" => error.label()).increment(1);
+        Status::unauthenticated(error.to_string())
+    })?;
+    if caller.role < required {
+        metrics::counter!(metric_names::PERMISSION_DENIED, "route" => path.to_owned()).increment(1);
+        tracing::info!(caller = %caller.id, role = %caller.role, route = path, "permission denied");
+        return Err(Status::permission_denied(format!(
+            "{path} needs the {required} role; this caller is {}",
+            caller.role
+        )));
+    }
+    match gatekeeper.limiter.check(&caller.id, path).await {
+        Decision::Allowed => Ok(Some(caller)),
+        Decision::Limited { retry_after } => {
+            let limit = gatekeeper.limiter.limit_of(path);
+            let mut status = Status::with_error_details(
+                Code::ResourceExhausted,
+                format!(
+                    "rate limit of {} calls/s (burst {}) on {path} reached; retry in {} ms",
+                    limit.per_second,
+                    limit.burst,
+                    retry_after.as_millis()
+                ),
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            );
+            if let Ok(value) =
+                tonic::metadata::MetadataValue::try_from(retry_after.as_millis().to_string())
+            {
+                status.metadata_mut().insert("retry-after-ms", value);
+            }
+            Err(status)
+        }
+        Decision::Refused => Err(Status::unavailable(
+            "the rate limiter is unavailable and this gateway fails closed; retry shortly",
+        )),
+    }
+}
+
+/// The service the call goes to; `None` when the gateway answers it.
+fn target(route: &Route, headers: &HeaderMap) -> Result<Option<Upstream>, Status> {
+    match route.target {
+        Target::Service(upstream) => Ok(Some(upstream)),
+        Target::Gateway => Ok(None),
+        Target::Chosen { gateway_serves } => {
+            let named = headers
+                .get(SERVICE_HEADER)
+                .map(|value| value.to_str().unwrap_or_default().trim());
+            match named {
+                Some("gateway") if gateway_serves => Ok(None),
+                Some(name) => Upstream::parse(name).map(Some).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "{SERVICE_HEADER} names no service: expected one of {}",
+                        service_names()
+                    ))
+                }),
+                None if gateway_serves => Ok(None),
+                None => Err(Status::invalid_argument(format!(
+                    "every service serves this RPC: name one in the {SERVICE_HEADER} header ({})",
+                    service_names()
+                ))),
+            }
+        }
+    }
+}
+
+fn service_names() -> String {
+    Upstream::ALL
+        .iter()
+        .map(|upstream| upstream.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

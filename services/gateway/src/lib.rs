@@ -1,0 +1,111 @@
+//! Zentra's gateway: the one public entry point. It serves every public API over gRPC and
+//! grpc-web on one port, authenticates callers (API keys, JWTs) and checks their role, limits
+//! their rate in Redis (shared by every gateway instance), passes deadlines and trace context on
+//! to the services over reused connections, and serves the control center's files.
+
+use std::{net::SocketAddr, sync::Arc, time::SystemTime};
+
+use zentra_runtime::{
+    config::{ConfigSources, to_toml},
+    faults::Faults,
+    ops::{DependencyProbe, OpsContext},
+    server::{BoundServer, GrpcServerBuilder, RunningServer, cors_layer},
+    telemetry::Telemetry,
+};
+
+pub mod auth;
+pub mod config;
+pub mod deadline;
+pub mod forward;
+pub mod front;
+pub mod metric_names;
+pub mod rate_limit;
+pub mod routes;
+
+pub use config::Config;
+
+use crate::{
+    auth::Authenticator,
+    forward::Forwarder,
+    front::{Front, Gatekeeper},
+    rate_limit::RateLimiter,
+    routes::RouteTable,
+};
+
+/// The gateway's name in logs, metrics and ops.
+pub const SERVICE: &str = "gateway";
+
+/// A gateway whose port is bound.
+pub struct Gateway {
+    server: BoundServer,
+}
+
+impl Gateway {
+    /// Checks the config, prepares connections to the services and Redis, and binds the port.
+    pub async fn start(
+        config: Config,
+        sources: ConfigSources,
+        telemetry: Telemetry,
+    ) -> anyhow::Result<Self> {
+        let settings = &config.domain.gateway;
+        config::validate(settings).map_err(anyhow::Error::msg)?;
+        metric_names::describe();
+        let auth = Authenticator::new(&settings.auth)
+            .map_err(|error| anyhow::anyhow!("invalid config: gateway.auth: {error}"))?;
+        let limiter = RateLimiter::new(settings.rate_limit.clone())?;
+        let forwarder = Forwarder::new(&settings.upstreams, settings.limits.max_request_bytes)?;
+        let table = RouteTable::from_contracts();
+        let routed = table.routed_services();
+
+        let mut probes: Vec<Arc<dyn DependencyProbe>> = Vec::new();
+        if settings.rate_limit.enabled {
+            probes.push(Arc::new(limiter.probe()));
+        }
+        let ops = OpsContext {
+            service: SERVICE,
+            version: env!("CARGO_PKG_VERSION"),
+            telemetry,
+            config_toml: to_toml(&config).into(),
+            config_sources: sources.0.into(),
+            started_at: SystemTime::now(),
+            probes: probes.into(),
+            faults: Faults::default(),
+        };
+        let gatekeeper = Arc::new(Gatekeeper {
+            table,
+            auth,
+            limiter,
+            forwarder,
+            limits: settings.limits.clone(),
+        });
+        let static_dir = settings.static_dir.clone();
+        let cors = cors_layer(&config.common.grpc.cors_allowed_origins);
+        let server = GrpcServerBuilder::new(config.common.grpc.clone(), ops)
+            .front(routed, move |local| {
+                let front = Front::new(gatekeeper, local, static_dir.as_deref());
+                // CORS outside the front: a browser's preflight carries no credentials.
+                axum::Router::new().fallback_service(front).layer(cors)
+            })
+            .bind()
+            .await?;
+        Ok(Self { server })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown`.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        self.server.serve(shutdown).await
+    }
+
+    /// Serves on a task; the handle stops it.
+    pub fn spawn(self) -> RunningServer {
+        self.server.spawn()
+    }
+}
