@@ -21,10 +21,18 @@ infra:
 infra-down:
     deploy/local/infra-down.sh
 
-# Run the inventory service on :50051 against the local infrastructure
-up: (run "inventory" "50051")
+# Build and run the whole platform: broker, mail sink, every service and the gateway on :8080 (Ctrl-C stops it)
+up *args:
+    deploy/local/install-tools.sh tansu aiosmtpd
+    ZENTRA_INFRA_BROKER=0 deploy/local/infra-up.sh $(for service in inventory order payment fulfillment notification saga; do printf '%s ' "${ZENTRA_STACK_DB_PREFIX:-zentra_}$service"; done)
+    cargo build --workspace --bins
+    ZENTRA_STACK_STATIC_DIR=${ZENTRA_STACK_STATIC_DIR:-$PWD/control-center/dist} cargo run -q -p zentra-stack -- "$@"
 
-# Run one service (inventory, order, payment, fulfillment, notification, saga) on a port against the local infrastructure
+# `just up` end to end: an order placed through the gateway over grpc-web completes its saga
+smoke:
+    deploy/local/smoke.sh
+
+# Run one service (inventory, order, payment, fulfillment, notification, saga, gateway) on a port against the local infrastructure
 run service port: infra
     ZENTRA_DATABASE__URL=${ZENTRA_DATABASE__URL:-postgres://postgres@127.0.0.1:5432/zentra_{{service}}} \
     ZENTRA_GRPC__LISTEN_ADDR=${ZENTRA_GRPC__LISTEN_ADDR:-127.0.0.1:{{port}}} \
@@ -41,6 +49,7 @@ fmt:
     cargo fmt --all
     cd proto && buf format -w
 
-# Everything CI checks: lint, then the whole test suite against real PostgreSQL and Kafka
+# Everything CI checks: lint, the whole test suite against real PostgreSQL, Kafka and Redis, then the `just up` smoke test
 test *args: tools infra lint
     cargo nextest run --workspace --profile ${NEXTEST_PROFILE:-default} "$@"
+    deploy/local/smoke.sh

@@ -5,6 +5,7 @@
 #
 #   ZENTRA_KAFKA_PORT  broker port (default 9092)
 #   ZENTRA_PG_URL      admin URL of PostgreSQL (default postgres://postgres@127.0.0.1:5432/postgres)
+#   ZENTRA_INFRA_BROKER  0: leave the broker alone (`just up` runs its own under its supervisor)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -79,5 +80,5 @@ ensure_databases() {
 
 ensure_postgres
 ensure_redis
-ensure_broker
+if [ "${ZENTRA_INFRA_BROKER:-1}" != 0 ]; then ensure_broker; fi
 ensure_databases "$@"

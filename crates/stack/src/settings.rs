@@ -1,0 +1,222 @@
+//! What the stack runs and where: flags and `ZENTRA_STACK_*` variables over defaults.
+
+use std::path::PathBuf;
+
+/// One process of the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// The tansu Kafka-protocol broker (in memory).
+    Broker,
+    /// A local SMTP sink for the notification service.
+    Mail,
+    /// A Zentra service; its port is the base port plus its offset.
+    Service(&'static str, u16),
+    /// The gateway, on its own port.
+    Gateway,
+}
+
+/// The domain services in start order, with their port offsets (inventory on base + 1, ...).
+pub const SERVICES: [Component; 6] = [
+    Component::Service("inventory", 1),
+    Component::Service("order", 2),
+    Component::Service("payment", 3),
+    Component::Service("fulfillment", 4),
+    Component::Service("notification", 5),
+    Component::Service("saga", 6),
+];
+
+impl Component {
+    /// Its name in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Broker => "broker",
+            Component::Mail => "mail",
+            Component::Service(name, _) => name,
+            Component::Gateway => "gateway",
+        }
+    }
+}
+
+/// Where the broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kafka {
+    /// The stack starts tansu on this port.
+    Start(u16),
+    /// Use a broker that already runs (`host:port`).
+    External(String),
+}
+
+/// The stack's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Services to run (all by default; `--only` narrows it, the gateway included by name).
+    pub only: Option<Vec<String>>,
+    /// Where the service binaries are (default: beside this one).
+    pub bin_dir: PathBuf,
+    /// Where tools are (tansu, aiosmtpd).
+    pub tools_dir: PathBuf,
+    /// Generated config, development keys and the combined log.
+    pub state_dir: PathBuf,
+    /// The gateway's port.
+    pub gateway_port: u16,
+    /// Services listen on base + 1 ..= base + 6.
+    pub base_port: u16,
+    /// The broker.
+    pub kafka: Kafka,
+    /// The SMTP sink's port.
+    pub smtp_port: u16,
+    /// PostgreSQL without a database (`postgres://postgres@127.0.0.1:5432`).
+    pub pg_url: String,
+    /// Database names are this plus the service name.
+    pub db_prefix: String,
+    /// Prefix of topics and consumer groups.
+    pub topic_prefix: String,
+    /// Redis, for the gateway's rate limits.
+    pub redis_url: String,
+    /// The control center's built files.
+    pub static_dir: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: zentra-stack [--only svc,svc] [--bin-dir DIR] [--state-dir DIR] \
+(ports and URLs: ZENTRA_STACK_GATEWAY_PORT, ZENTRA_STACK_BASE_PORT, ZENTRA_STACK_KAFKA_PORT, \
+ZENTRA_STACK_KAFKA=host:port, ZENTRA_STACK_SMTP_PORT, ZENTRA_STACK_PG_URL, ZENTRA_STACK_DB_PREFIX, \
+ZENTRA_STACK_TOPIC_PREFIX, ZENTRA_STACK_REDIS_URL, ZENTRA_STACK_STATIC_DIR)";
+
+impl Settings {
+    /// Reads flags and the environment; the error is one line for the user.
+    pub fn from_env(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let port = |name: &str, default: u16| -> Result<u16, String> {
+            var(name).map_or(Ok(default), |value| {
+                value
+                    .parse()
+                    .map_err(|_| format!("{name}={value} is not a port"))
+            })
+        };
+        let cache = var("ZENTRA_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(var("HOME").unwrap_or_else(|| ".".to_owned())).join(".cache/zentra")
+        });
+        let here = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut settings = Settings {
+            only: None,
+            bin_dir: here,
+            tools_dir: cache.join("bin"),
+            state_dir: cache.join("stack"),
+            gateway_port: port("ZENTRA_STACK_GATEWAY_PORT", 8080)?,
+            base_port: port("ZENTRA_STACK_BASE_PORT", 50050)?,
+            kafka: match var("ZENTRA_STACK_KAFKA") {
+                Some(external) => Kafka::External(external),
+                None => Kafka::Start(port("ZENTRA_STACK_KAFKA_PORT", 9092)?),
+            },
+            smtp_port: port("ZENTRA_STACK_SMTP_PORT", 2525)?,
+            pg_url: var("ZENTRA_STACK_PG_URL")
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".to_owned()),
+            db_prefix: var("ZENTRA_STACK_DB_PREFIX").unwrap_or_else(|| "zentra_".to_owned()),
+            topic_prefix: var("ZENTRA_STACK_TOPIC_PREFIX").unwrap_or_default(),
+            redis_url: var("ZENTRA_STACK_REDIS_URL")
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),
+            static_dir: var("ZENTRA_STACK_STATIC_DIR").map(PathBuf::from),
+        };
+        if settings.base_port > u16::MAX - 6 {
+            return Err("ZENTRA_STACK_BASE_PORT leaves no room for six services".to_owned());
+        }
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let mut value = |flag: &str| {
+                args.next()
+                    .ok_or_else(|| format!("{flag} needs a value; {USAGE}"))
+            };
+            match arg.as_str() {
+                "--only" => {
+                    let names: Vec<String> = value("--only")?
+                        .split(',')
+                        .map(|name| name.trim().to_owned())
+                        .filter(|name| !name.is_empty())
+                        .collect();
+                    for name in &names {
+                        let known = name == "gateway"
+                            || SERVICES.iter().any(|service| service.name() == name);
+                        if !known {
+                            return Err(format!("--only: no service named {name}"));
+                        }
+                    }
+                    settings.only = Some(names);
+                }
+                "--bin-dir" => settings.bin_dir = PathBuf::from(value("--bin-dir")?),
+                "--state-dir" => settings.state_dir = PathBuf::from(value("--state-dir")?),
+                "-h" | "--help" => return Err(USAGE.to_owned()),
+                other => return Err(format!("unknown argument {other}; {USAGE}")),
+            }
+        }
+        Ok(settings)
+    }
+
+    /// Every process to run, in start order.
+    pub fn components(&self) -> Vec<Component> {
+        let wanted = |name: &str| {
+            self.only
+                .as_ref()
+                .is_none_or(|only| only.iter().any(|wanted| wanted == name))
+        };
+        let mut components = Vec::new();
+        if matches!(self.kafka, Kafka::Start(_)) {
+            components.push(Component::Broker);
+        }
+        if wanted("notification") {
+            components.push(Component::Mail);
+        }
+        components.extend(
+            SERVICES
+                .into_iter()
+                .filter(|service| wanted(service.name())),
+        );
+        if wanted("gateway") {
+            components.push(Component::Gateway);
+        }
+        components
+    }
+
+    /// The port a component listens on.
+    pub fn port(&self, component: Component) -> u16 {
+        match component {
+            Component::Broker => match self.kafka {
+                Kafka::Start(port) => port,
+                Kafka::External(_) => 0,
+            },
+            Component::Mail => self.smtp_port,
+            Component::Service(_, offset) => self.base_port + offset,
+            Component::Gateway => self.gateway_port,
+        }
+    }
+
+    /// `host:port` of the broker.
+    pub fn bootstrap_servers(&self) -> String {
+        match &self.kafka {
+            Kafka::Start(port) => format!("127.0.0.1:{port}"),
+            Kafka::External(servers) => servers.clone(),
+        }
+    }
+
+    /// URL of a service for its clients.
+    pub fn url(&self, service: &str) -> String {
+        let offset = SERVICES
+            .iter()
+            .find(|candidate| candidate.name() == service)
+            .map_or(0, |service| match service {
+                Component::Service(_, offset) => *offset,
+                _ => 0,
+            });
+        format!("http://127.0.0.1:{}", self.base_port + offset)
+    }
+
+    /// The database names the stack's services use.
+    pub fn databases(&self) -> Vec<String> {
+        SERVICES
+            .iter()
+            .map(|service| format!("{}{}", self.db_prefix, service.name()))
+            .collect()
+    }
+}
