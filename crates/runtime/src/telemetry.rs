@@ -151,7 +151,14 @@ fn build(service: &str, config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
     let tracer = tracer_provider.tracer(service.to_owned());
 
     let fmt_layer = match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(true).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_target(true)
+            // Colors only for a person at a terminal, not for a supervisor's pipe or a file.
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stdout())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
     };
     // The runtime-changeable filter governs log output only: spans keep flowing to OpenTelemetry

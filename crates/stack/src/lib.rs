@@ -18,7 +18,7 @@ pub mod supervisor;
 
 use crate::{
     keys::DevKeys,
-    settings::{Component, Settings},
+    settings::{Component, Kafka, Settings},
     supervisor::{CombinedLog, Launch, Supervised},
 };
 
@@ -30,9 +30,19 @@ const START_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Runs the stack until `shutdown` completes.
 pub async fn run(
-    settings: Settings,
+    mut settings: Settings,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // A broker that already listens there (`just infra` starts one for the tests) is used as is.
+    let mut notice = None;
+    if let Kafka::Start(port) = settings.kafka
+        && TcpListener::bind(("127.0.0.1", port)).is_err()
+    {
+        settings.kafka = Kafka::External(format!("127.0.0.1:{port}"));
+        notice = Some(format!(
+            "a broker already listens on 127.0.0.1:{port}: using it (`just infra-down` stops one started by `just infra`)"
+        ));
+    }
     let components = settings.components();
     check_ports(&settings, &components)?;
     let launches = components
@@ -51,6 +61,9 @@ pub async fn run(
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
     let log = CombinedLog::new(log_file, std::io::stdout().is_terminal());
+    if let Some(notice) = notice {
+        log.line("stack", &notice);
+    }
     log.line("stack", &format!("starting {} processes", launches.len()));
 
     let mut running: Vec<Supervised> = Vec::new();

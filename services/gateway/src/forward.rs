@@ -102,6 +102,11 @@ impl Forwarder {
         .await
         {
             Ok(Ok(response)) => Ok(response),
+            // The channel enforces the forwarded grpc-timeout itself.
+            Ok(Err(error)) if timed_out(&error) => Err(Status::deadline_exceeded(format!(
+                "the {} service did not answer within {deadline:?}",
+                upstream.name()
+            ))),
             Ok(Err(error)) => Err(unreachable(&error)),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "the {} service did not answer within {deadline:?}",
@@ -109,6 +114,18 @@ impl Forwarder {
             ))),
         }
     }
+}
+
+/// Whether a channel error is the call's deadline passing.
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 /// Continues the trace: the service's span becomes a child of the gateway's.

@@ -328,3 +328,43 @@ fn jwt(sub: &str, role: &str, secret: &str, expires_in: i64) -> String {
     )
     .expect("token")
 }
+
+#[tokio::test]
+async fn a_call_without_a_deadline_gets_the_gateways_default() {
+    let mut platform = Platform::start("gw-deadline").await;
+    let options = GatewayOptions {
+        default_deadline: Duration::from_millis(300),
+        ..GatewayOptions::default()
+    };
+    let (_, channel) = platform.gateway(&options).await;
+    let mut ops = OpsServiceClient::new(channel.clone());
+    ops.inject_fault(for_service(
+        with_key(
+            ops::InjectFaultRequest {
+                fault: Some(ops::Fault {
+                    kind: ops::FaultKind::Latency as i32,
+                    latency_min: Some(prost_types::Duration {
+                        seconds: 2,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                idempotency_key: "slow-1".to_owned(),
+            },
+            &platform.keys.admin,
+        ),
+        "inventory",
+    ))
+    .await
+    .expect("latency injected");
+    let mut products = InventoryServiceClient::new(channel);
+    let late = products
+        .list_products(with_key(
+            inventory::ListProductsRequest::default(),
+            &platform.keys.viewer,
+        ))
+        .await
+        .expect_err("no answer within the default deadline");
+    assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
+    platform.stop().await;
+}

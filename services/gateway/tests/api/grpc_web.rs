@@ -115,3 +115,69 @@ async fn grpcurl_explores_every_public_service_through_the_gateways_reflection()
     assert!(products.trim().starts_with('{'), "{products}");
     platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_centers_files_share_the_port_with_the_apis() {
+    let mut platform = Platform::start("gw-static").await;
+    let dir = std::env::temp_dir().join(format!(
+        "zentra-static-{}",
+        zentra_test_support::unique_suffix()
+    ));
+    std::fs::create_dir_all(dir.join("pkg")).expect("dir");
+    std::fs::write(dir.join("index.html"), "<html>control center</html>").expect("index");
+    std::fs::write(dir.join("pkg/app.js"), "export default 1;").expect("js");
+    let options = GatewayOptions {
+        static_dir: Some(dir.clone()),
+        ..GatewayOptions::default()
+    };
+    let (address, _) = platform.gateway(&options).await;
+
+    let (head, body) = http_get(address, "/").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("control center"));
+    let (head, body) = http_get(address, "/pkg/app.js").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("javascript"), "{head}");
+    assert!(body.contains("export default"));
+    // The app routes on the client: a deep link gets the app.
+    let (head, body) = http_get(address, "/sagas/0190f0c8").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("control center"));
+
+    // And the same port still answers grpc-web.
+    let listed = run(Command::new(tool("buf")).args([
+        "curl",
+        "--protocol",
+        "grpcweb",
+        "--schema",
+        &contracts(),
+        "-H",
+        &format!("x-api-key: {}", platform.keys.viewer),
+        "-d",
+        "{}",
+        &format!("http://{address}/zentra.order.v1.OrderService/ListOrders"),
+    ]));
+    assert!(listed.trim().starts_with('{'), "{listed}");
+    let _ = std::fs::remove_dir_all(&dir);
+    platform.stop().await;
+}
+
+/// A plain HTTP/1.1 GET: (status line and headers, body).
+async fn http_get(address: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_owned(), body.to_owned())
+}

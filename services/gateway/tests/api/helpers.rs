@@ -32,6 +32,10 @@ pub struct GatewayOptions {
     pub when_unavailable: UnavailablePolicy,
     /// Largest request accepted.
     pub max_request_bytes: usize,
+    /// Deadline of calls that set none.
+    pub default_deadline: Duration,
+    /// The control center's files.
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for GatewayOptions {
@@ -44,6 +48,8 @@ impl Default for GatewayOptions {
             redis_url: redis_url(),
             when_unavailable: UnavailablePolicy::FailClosed,
             max_request_bytes: 64 * 1024,
+            default_deadline: Duration::from_secs(10),
+            static_dir: None,
         }
     }
 }
@@ -137,6 +143,8 @@ impl Platform {
             *url = "http://127.0.0.1:1".to_owned();
         }
         gateway.limits.max_request_bytes = options.max_request_bytes;
+        gateway.limits.default_deadline = options.default_deadline;
+        gateway.static_dir = options.static_dir.clone();
         gateway.auth.api_keys = [
             ("viewer", Role::Viewer, &self.keys.viewer),
             ("operator", Role::Operator, &self.keys.operator),
