@@ -15,8 +15,10 @@ use rdkafka::{
 use crate::config::KafkaConfig;
 
 mod consumer;
+mod lag;
 
 pub use consumer::{ConsumerSettings, EventConsumer, EventHandler, HandlerError, ReceivedEvent};
+pub use lag::{ConsumerLag, PartitionLag};
 
 /// Kafka failures, with the topic they concern.
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,7 @@ pub mod ops;
 pub mod outbox;
 pub mod paging;
 pub mod platform;
+pub mod rpc_stats;
 pub mod server;
 pub mod status;
 pub mod telemetry;

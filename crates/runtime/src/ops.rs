@@ -1,5 +1,7 @@
 //! The ops service every Zentra service serves: health summary, build info, effective config,
-//! runtime log levels and fault injection.
+//! runtime log levels, fault injection and a snapshot of the key metrics.
+
+mod snapshot;
 
 use std::{
     sync::Arc,
@@ -12,13 +14,16 @@ use zentra_proto::ops::v1::{
     self as pb, ClearFaultsRequest, ClearFaultsResponse, DependencyHealth, FaultKind,
     GetBuildInfoRequest, GetBuildInfoResponse, GetEffectiveConfigRequest,
     GetEffectiveConfigResponse, GetHealthSummaryRequest, GetHealthSummaryResponse,
-    GetLogLevelRequest, GetLogLevelResponse, HealthStatus, InjectFaultRequest, InjectFaultResponse,
-    ListFaultsRequest, ListFaultsResponse, SetLogLevelRequest, SetLogLevelResponse,
-    ops_service_server::OpsService,
+    GetLogLevelRequest, GetLogLevelResponse, GetMetricsSnapshotRequest, GetMetricsSnapshotResponse,
+    HealthStatus, InjectFaultRequest, InjectFaultResponse, ListFaultsRequest, ListFaultsResponse,
+    SetLogLevelRequest, SetLogLevelResponse, ops_service_server::OpsService,
 };
 
 use crate::{
+    config::ConfigSources,
     faults::{ActiveFault, FaultSpec, Faults},
+    kafka::ConsumerLag,
+    rpc_stats::RpcStats,
     status::{Violations, check_idempotency_key},
     telemetry::Telemetry,
     time::{from_proto_duration, to_proto_duration, to_timestamp},
@@ -62,6 +67,35 @@ pub struct OpsContext {
     pub probes: Arc<[Arc<dyn DependencyProbe>]>,
     /// Injected faults.
     pub faults: Faults,
+    /// Recent RPC outcomes, for the metrics snapshot.
+    pub rpc_stats: RpcStats,
+    /// The lag of the service's consumers.
+    pub consumer_lag: ConsumerLag,
+}
+
+impl OpsContext {
+    /// The context of a service starting now, with no faults and empty statistics.
+    pub fn new(
+        service: &'static str,
+        version: &'static str,
+        telemetry: Telemetry,
+        config_toml: String,
+        sources: &ConfigSources,
+        probes: Vec<Arc<dyn DependencyProbe>>,
+    ) -> Self {
+        Self {
+            service,
+            version,
+            telemetry,
+            config_toml: config_toml.into(),
+            config_sources: sources.0.clone().into(),
+            started_at: SystemTime::now(),
+            probes: probes.into(),
+            faults: Faults::default(),
+            rpc_stats: RpcStats::default(),
+            consumer_lag: ConsumerLag::default(),
+        }
+    }
 }
 
 impl OpsContext {
@@ -264,6 +298,13 @@ impl OpsService for OpsApi {
         Ok(Response::new(ClearFaultsResponse {
             cleared: i32::try_from(cleared).unwrap_or(i32::MAX),
         }))
+    }
+
+    async fn get_metrics_snapshot(
+        &self,
+        request: Request<GetMetricsSnapshotRequest>,
+    ) -> Result<Response<GetMetricsSnapshotResponse>, Status> {
+        snapshot::metrics_snapshot(&self.context, &request.into_inner()).map(Response::new)
     }
 }
 

@@ -2,7 +2,7 @@
 //! outbox relay, the ops context, and a shutdown token for background tasks. A service builds
 //! its domain on top and hands its gRPC services to [`Platform::server`].
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use sea_orm::DatabaseConnection;
@@ -16,7 +16,6 @@ use crate::{
     config::{CommonConfig, ConfigSources, ServiceConfig, to_toml},
     db::{self, PostgresProbe, SqlMigration},
     dead_letters::{DeadLetterApi, DeadLetterSink},
-    faults::Faults,
     kafka::{self, ConsumerSettings, EventConsumer, EventProducer, KafkaProbe},
     ops::{DependencyProbe, OpsContext},
     outbox::OutboxRelay,
@@ -88,16 +87,14 @@ impl Platform {
             Arc::new(PostgresProbe(db.clone())),
             Arc::new(KafkaProbe(producer.clone())),
         ];
-        let ops = OpsContext {
-            service: info.name,
-            version: info.version,
+        let ops = OpsContext::new(
+            info.name,
+            info.version,
             telemetry,
-            config_toml: to_toml(config).into(),
-            config_sources: sources.0.clone().into(),
-            started_at: SystemTime::now(),
-            probes: probes.into(),
-            faults: Faults::default(),
-        };
+            to_toml(config),
+            sources,
+            probes,
+        );
         tracing::info!(
             service = info.name,
             "platform ready: database migrated, topics present"
@@ -167,13 +164,10 @@ impl Platform {
     ) -> anyhow::Result<()> {
         let consumer = EventConsumer::subscribe(
             &self.config.kafka,
-            ConsumerSettings {
-                dead_letters: Some(self.dead_letter_sink()),
-                ..ConsumerSettings::new(
-                    format!("{}-commands", self.info.name),
-                    vec![self.topic(commands_topic)],
-                )
-            },
+            self.consumer_settings(
+                format!("{}-commands", self.info.name),
+                vec![self.topic(commands_topic)],
+            ),
         )?;
         let handler = CommandConsumer::new(
             handler,
@@ -183,6 +177,20 @@ impl Platform {
         );
         self.spawn(consumer.run(handler, self.shutdown.clone()));
         Ok(())
+    }
+
+    /// Settings for a consumer of this service: its dead letters go to the service's table and
+    /// its lag to the ops snapshot.
+    pub fn consumer_settings(
+        &self,
+        group: impl Into<String>,
+        topics: Vec<String>,
+    ) -> ConsumerSettings {
+        ConsumerSettings {
+            dead_letters: Some(self.dead_letter_sink()),
+            lag: Some(self.ops.consumer_lag.clone()),
+            ..ConsumerSettings::new(group, topics)
+        }
     }
 
     /// Where this service's consumers park messages that keep failing.

@@ -182,7 +182,10 @@ impl BoundServer {
         let stack = tower::ServiceBuilder::new()
             // 1. Span and metrics: outermost, so latency and status include everything below,
             //    injected faults too, as a caller sees them.
-            .layer(ObserveLayer::new(observed))
+            .layer(
+                ObserveLayer::new(observed)
+                    .recording(ops.rpc_stats.clone(), domain_services.clone()),
+            )
             // 2. Faults: only domain RPCs, so ops, health and reflection always answer.
             .layer(InjectFaultsLayer::new(
                 ops.faults.clone(),

@@ -3,11 +3,10 @@
 //! their rate in Redis (shared by every gateway instance), passes deadlines and trace context on
 //! to the services over reused connections, and serves the control center's files.
 
-use std::{net::SocketAddr, sync::Arc, time::SystemTime};
+use std::{net::SocketAddr, sync::Arc};
 
 use zentra_runtime::{
     config::{ConfigSources, to_toml},
-    faults::Faults,
     ops::{DependencyProbe, OpsContext},
     server::{BoundServer, GrpcServerBuilder, RunningServer, cors_layer},
     telemetry::Telemetry,
@@ -61,16 +60,14 @@ impl Gateway {
         if settings.rate_limit.enabled {
             probes.push(Arc::new(limiter.probe()));
         }
-        let ops = OpsContext {
-            service: SERVICE,
-            version: env!("CARGO_PKG_VERSION"),
+        let ops = OpsContext::new(
+            SERVICE,
+            env!("CARGO_PKG_VERSION"),
             telemetry,
-            config_toml: to_toml(&config).into(),
-            config_sources: sources.0.into(),
-            started_at: SystemTime::now(),
-            probes: probes.into(),
-            faults: Faults::default(),
-        };
+            to_toml(&config),
+            &sources,
+            probes,
+        );
         let gatekeeper = Arc::new(Gatekeeper {
             table,
             auth,

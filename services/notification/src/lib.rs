@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use zentra_proto::notification::v1::notification_service_server::NotificationServiceServer;
 use zentra_runtime::{
     config::ConfigSources,
-    kafka::{ConsumerSettings, EventConsumer},
+    kafka::EventConsumer,
     platform::{Platform, RunningService, ServiceInfo},
     server::BoundServer,
     telemetry::Telemetry,
@@ -62,16 +62,13 @@ impl NotificationService {
         platform.spawn_relay();
         let consumer = EventConsumer::subscribe(
             &platform.config.kafka,
-            ConsumerSettings {
-                dead_letters: Some(platform.dead_letter_sink()),
-                ..ConsumerSettings::new(
-                    "notification",
-                    CONSUMED_TOPICS
-                        .iter()
-                        .map(|topic| platform.topic(topic))
-                        .collect(),
-                )
-            },
+            platform.consumer_settings(
+                "notification",
+                CONSUMED_TOPICS
+                    .iter()
+                    .map(|topic| platform.topic(topic))
+                    .collect(),
+            ),
         )?;
         let intake =
             intake::Intake::new(platform.db.clone(), settings.customer_email_domain.clone());

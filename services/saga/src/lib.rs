@@ -12,7 +12,7 @@ use zentra_proto::saga::v1::{
 };
 use zentra_runtime::{
     config::ConfigSources,
-    kafka::{ConsumerSettings, EventConsumer},
+    kafka::EventConsumer,
     platform::{Platform, RunningService, ServiceInfo},
     server::BoundServer,
     telemetry::Telemetry,
@@ -111,16 +111,13 @@ impl SagaOrchestrator {
         );
         let consumer = EventConsumer::subscribe(
             &platform.config.kafka,
-            ConsumerSettings {
-                dead_letters: Some(platform.dead_letter_sink()),
-                ..ConsumerSettings::new(
-                    group,
-                    intake::CONSUMED_TOPICS
-                        .iter()
-                        .map(|topic| platform.topic(topic))
-                        .collect(),
-                )
-            },
+            platform.consumer_settings(
+                group,
+                intake::CONSUMED_TOPICS
+                    .iter()
+                    .map(|topic| platform.topic(topic))
+                    .collect(),
+            ),
         )?;
         platform.spawn(consumer.run(
             intake::Intake::new(engine.clone()),

@@ -18,7 +18,10 @@ use zentra_proto::events::v1::EventEnvelope;
 use crate::{
     config::KafkaConfig,
     dead_letters::{DeadLetterSink, FailedRecord},
-    kafka::KafkaFailure,
+    kafka::{
+        KafkaFailure,
+        lag::{ConsumerLag, LagContext},
+    },
     telemetry::names,
 };
 
@@ -72,6 +75,8 @@ pub struct ConsumerSettings {
     pub max_attempts: u32,
     /// Where messages that keep failing go; `None` retries them forever.
     pub dead_letters: Option<DeadLetterSink>,
+    /// Where the consumer's lag is reported; `None` does not collect it.
+    pub lag: Option<ConsumerLag>,
 }
 
 impl ConsumerSettings {
@@ -84,13 +89,14 @@ impl ConsumerSettings {
             max_backoff: Duration::from_secs(30),
             max_attempts: 3,
             dead_letters: None,
+            lag: None,
         }
     }
 }
 
 /// A subscribed consumer.
 pub struct EventConsumer {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
     settings: ConsumerSettings,
     group: String,
 }
@@ -102,13 +108,22 @@ impl EventConsumer {
         settings: ConsumerSettings,
     ) -> Result<Self, KafkaFailure> {
         let group = format!("{}{}", config.group_prefix, settings.group);
-        let consumer: StreamConsumer = ClientConfig::new()
+        let mut client = ClientConfig::new();
+        client
             .set("bootstrap.servers", &config.bootstrap_servers)
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .create()
+            .set("enable.partition.eof", "false");
+        if settings.lag.is_some() {
+            // The statistics carry each partition's lag; no extra broker calls.
+            client.set("statistics.interval.ms", "2000");
+        }
+        let consumer: StreamConsumer<LagContext> = client
+            .create_with_context(LagContext {
+                group: group.clone(),
+                lag: settings.lag.clone(),
+            })
             .map_err(KafkaFailure::Setup)?;
         let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(KafkaFailure::Setup)?;

@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::telemetry::names;
+use crate::{rpc_stats::RpcStats, telemetry::names};
 
 /// Wraps services with [`Observe`].
 #[derive(Clone)]
@@ -24,6 +24,8 @@ pub struct ObserveLayer {
     /// `service/method` paths served here; any other path is labelled `unknown`, so callers
     /// cannot grow the number of time series.
     known_methods: Arc<HashSet<String>>,
+    /// The rolling window the ops snapshot reads, fed by the RPCs of these services.
+    window: Option<(RpcStats, Arc<HashSet<String>>)>,
 }
 
 impl ObserveLayer {
@@ -31,7 +33,18 @@ impl ObserveLayer {
     pub fn new(known_methods: impl IntoIterator<Item = String>) -> Self {
         Self {
             known_methods: Arc::new(known_methods.into_iter().collect()),
+            window: None,
         }
+    }
+
+    /// Also records the RPCs of `services` (the domain, not ops or health) into `stats`.
+    pub fn recording(
+        mut self,
+        stats: RpcStats,
+        services: impl IntoIterator<Item = String>,
+    ) -> Self {
+        self.window = Some((stats, Arc::new(services.into_iter().collect())));
+        self
     }
 }
 
@@ -42,6 +55,7 @@ impl<S> Layer<S> for ObserveLayer {
         Observe {
             inner,
             known_methods: self.known_methods.clone(),
+            window: self.window.clone(),
         }
     }
 }
@@ -51,6 +65,7 @@ impl<S> Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     known_methods: Arc<HashSet<String>>,
+    window: Option<(RpcStats, Arc<HashSet<String>>)>,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for Observe<S>
@@ -87,6 +102,11 @@ where
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
         let _ = span.set_parent(parent);
 
+        let window = self
+            .window
+            .as_ref()
+            .filter(|(_, services)| services.contains(&service))
+            .map(|(stats, _)| stats.clone());
         let started = Instant::now();
         let future = inner.call(request);
         Box::pin(
@@ -105,6 +125,9 @@ where
                         .increment(1);
                 }
                 let elapsed = started.elapsed();
+                if let Some(window) = window {
+                    window.record(&format!("{service}/{method}"), code == 0, elapsed);
+                }
                 metrics::histogram!(names::GRPC_DURATION, "service" => service, "method" => method)
                     .record(elapsed.as_secs_f64());
                 tracing::debug!(code = code_name, elapsed_ms = elapsed.as_millis() as u64, "rpc finished");

@@ -14,6 +14,8 @@ pub const OUTBOX_FAILURES: &str = "zentra_outbox_publish_failures_total";
 pub const OUTBOX_PENDING: &str = "zentra_outbox_pending";
 /// Kafka messages a consumer processed, by topic and outcome.
 pub const CONSUMER_MESSAGES: &str = "zentra_consumer_messages_total";
+/// Messages a consumer group has not processed yet, by group, topic and partition.
+pub const CONSUMER_LAG: &str = "zentra_consumer_lag";
 /// Events skipped because the inbox had already applied them.
 pub const INBOX_DUPLICATES: &str = "zentra_inbox_duplicates_total";
 /// Faults injected into RPCs, by kind.
@@ -37,6 +39,10 @@ pub fn describe() {
     metrics::describe_counter!(
         CONSUMER_MESSAGES,
         "Kafka messages processed, by topic and outcome"
+    );
+    metrics::describe_gauge!(
+        CONSUMER_LAG,
+        "messages a consumer group has not processed yet, by group, topic and partition"
     );
     metrics::describe_counter!(INBOX_DUPLICATES, "events skipped as already applied");
     metrics::describe_counter!(FAULTS_APPLIED, "faults injected into RPCs, by kind");

@@ -427,3 +427,97 @@ fn print_config_shows_the_effective_config_with_secrets_redacted() {
     assert!(!config.contains("hunter2"));
     assert!(config.contains("default_hold = \"7m\""), "{config}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_snapshot_shows_rates_latencies_errors_and_consumer_lag() {
+    let app = TestApp::spawn("snapshot").await;
+    app.create_product("SKU-SNAP", 1).await;
+    let mut ops = OpsServiceClient::connect(format!("http://{}", app.addr()))
+        .await
+        .expect("connect");
+    let mut client = app.client.clone();
+    for _ in 0..5 {
+        client
+            .get_product(pb::GetProductRequest {
+                sku: "SKU-SNAP".to_owned(),
+            })
+            .await
+            .expect("found");
+    }
+    for _ in 0..2 {
+        client
+            .get_product(pb::GetProductRequest {
+                sku: "SKU-NONE".to_owned(),
+            })
+            .await
+            .expect_err("not found");
+    }
+    // A message the commands consumer cannot read: dead-lettered, and its offset processed.
+    let producer =
+        zentra_runtime::kafka::EventProducer::new(&app.env.common_config().kafka, "test-publisher")
+            .expect("producer");
+    producer
+        .send(
+            &format!("{}inventory.commands", app.env.prefix),
+            "garbage",
+            b"\xff\xfe not a command",
+            &[],
+        )
+        .await
+        .expect("published");
+
+    let snapshot = ops
+        .get_metrics_snapshot(ops::GetMetricsSnapshotRequest { window: None })
+        .await
+        .expect("snapshot")
+        .into_inner();
+    assert_eq!(snapshot.service, "inventory");
+    let overall = snapshot.overall.expect("overall");
+    // CreateProduct, five reads and two misses; the ops calls themselves are not counted.
+    assert_eq!(overall.count, 8, "{overall:?}");
+    assert!((overall.error_ratio - 0.25).abs() < 1e-9, "{overall:?}");
+    assert!(overall.requests_per_second > 0.0);
+    let p50 = overall.latency_p50.expect("p50");
+    let p99 = overall.latency_p99.expect("p99");
+    assert!(p50.seconds > 0 || p50.nanos > 0);
+    assert!((p99.seconds, p99.nanos) >= (p50.seconds, p50.nanos));
+    let busiest = &snapshot.rpcs[0];
+    assert_eq!(
+        (busiest.method.as_str(), busiest.count),
+        ("zentra.inventory.v1.InventoryService/GetProduct", 7)
+    );
+    assert_eq!(snapshot.errors_total, 2);
+
+    let group = format!("{}inventory-commands", app.env.prefix);
+    let topic = format!("{}inventory.commands", app.env.prefix);
+    let lag = zentra_test_support::eventually(Duration::from_secs(20), || {
+        let mut ops = ops.clone();
+        let (group, topic) = (group.clone(), topic.clone());
+        async move {
+            let snapshot = ops
+                .get_metrics_snapshot(ops::GetMetricsSnapshotRequest { window: None })
+                .await
+                .ok()?
+                .into_inner();
+            snapshot
+                .consumer_lag
+                .into_iter()
+                .find(|lag| lag.group == group && lag.topic == topic)
+        }
+    })
+    .await
+    .expect("the commands consumer reports its lag");
+    assert_eq!(lag.lag, 0, "everything was processed: {lag:?}");
+
+    let bad = ops
+        .get_metrics_snapshot(ops::GetMetricsSnapshotRequest {
+            window: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect_err("window too long");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    app.stop().await;
+}
