@@ -34,6 +34,8 @@ pub struct GrpcServerBuilder {
     routes: RoutesBuilder,
     domain_services: Vec<String>,
     front: Option<FrontFn>,
+    /// Services whose RPCs count in the metrics snapshot besides the domain's.
+    also_recorded: Vec<String>,
 }
 
 impl GrpcServerBuilder {
@@ -45,7 +47,15 @@ impl GrpcServerBuilder {
             routes: RoutesBuilder::default(),
             domain_services: Vec::new(),
             front: None,
+            also_recorded: Vec::new(),
         }
+    }
+
+    /// Counts the RPCs of `services` in the metrics snapshot too (the gateway counts the ops
+    /// calls it forwards as the traffic they are).
+    pub fn also_record(mut self, services: impl IntoIterator<Item = String>) -> Self {
+        self.also_recorded.extend(services);
+        self
     }
 
     /// Puts `front` before the service's own routes: it receives them (health, reflection, ops,
@@ -122,6 +132,7 @@ impl BoundServer {
             mut routes,
             domain_services,
             front,
+            also_recorded,
         } = builder;
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -182,10 +193,10 @@ impl BoundServer {
         let stack = tower::ServiceBuilder::new()
             // 1. Span and metrics: outermost, so latency and status include everything below,
             //    injected faults too, as a caller sees them.
-            .layer(
-                ObserveLayer::new(observed)
-                    .recording(ops.rpc_stats.clone(), domain_services.clone()),
-            )
+            .layer(ObserveLayer::new(observed).recording(
+                ops.rpc_stats.clone(),
+                domain_services.iter().chain(&also_recorded).cloned(),
+            ))
             // 2. Faults: only domain RPCs, so ops, health and reflection always answer.
             .layer(InjectFaultsLayer::new(
                 ops.faults.clone(),

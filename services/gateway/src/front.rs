@@ -205,6 +205,9 @@ impl Gate {
                     .await
             }
             None => {
+                // Translated from grpc-web it may still say HTTP/1.1; the gateway's own services
+                // take gRPC as HTTP/2 only.
+                *request.version_mut() = http::Version::HTTP_2;
                 let response = self
                     .local
                     .oneshot(request.map(axum::body::Body::new))

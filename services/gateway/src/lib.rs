@@ -78,6 +78,7 @@ impl Gateway {
         let static_dir = settings.static_dir.clone();
         let cors = cors_layer(&config.common.grpc.cors_allowed_origins);
         let server = GrpcServerBuilder::new(config.common.grpc.clone(), ops)
+            .also_record(["zentra.ops.v1.OpsService".to_owned()])
             .front(routed, move |local| {
                 let front = Front::new(gatekeeper, local, static_dir.as_deref());
                 // CORS outside the front: a browser's preflight carries no credentials.

@@ -66,6 +66,21 @@ async fn buf_curl_over_grpc_web_places_an_order_through_the_gateway_and_reads_it
     assert_eq!(read["order"]["customerId"], "cust-web");
     assert_eq!(read["order"]["status"], "ORDER_STATUS_PENDING");
 
+    // The gateway's own services answer grpc-web too.
+    let info = run(Command::new(&buf).args([
+        "curl",
+        "--protocol",
+        "grpcweb",
+        "--schema",
+        &contracts(),
+        "-H",
+        &viewer,
+        "-d",
+        "{}",
+        &format!("{url}/zentra.ops.v1.OpsService/GetBuildInfo"),
+    ]));
+    assert!(info.contains("\"service\": \"gateway\""), "{info}");
+
     // Without a key the grpc-web caller gets the status, not an HTTP error.
     let output = Command::new(&buf)
         .args([
