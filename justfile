@@ -25,12 +25,22 @@ infra-down:
 up *args:
     deploy/local/install-tools.sh tansu aiosmtpd
     ZENTRA_INFRA_BROKER=0 deploy/local/infra-up.sh $(for service in inventory order payment fulfillment notification saga; do printf '%s ' "${ZENTRA_STACK_DB_PREFIX:-zentra_}$service"; done)
-    cargo build --workspace --bins
+    cargo build --workspace --exclude zentra-control-center --bins
     ZENTRA_STACK_STATIC_DIR=${ZENTRA_STACK_STATIC_DIR:-$PWD/control-center/dist} cargo run -q -p zentra-stack -- "$@"
 
-# `just up` end to end: an order placed through the gateway over grpc-web completes its saga
+# Build the control center (release wasm, optimised) into control-center/dist; `just up` serves it
+control-center:
+    deploy/local/install-tools.sh wasm
+    deploy/local/build-control-center.sh
+
+# `just up` end to end: an order placed through the gateway over grpc-web completes its saga, then the control center's browser tests
 smoke:
     deploy/local/smoke.sh
+
+# Retake the control center's screenshots in docs/screenshots (they are committed)
+screenshots: control-center
+    mkdir -p docs/screenshots
+    ZENTRA_E2E_SCREENSHOTS=$PWD/docs/screenshots deploy/local/smoke.sh
 
 # Run one service (inventory, order, payment, fulfillment, notification, saga, gateway) on a port against the local infrastructure
 run service port: infra
@@ -40,8 +50,10 @@ run service port: infra
 
 # Formatting, clippy (warnings are errors) and buf lint
 lint:
+    deploy/local/install-tools.sh wasm_target
     cargo fmt --all -- --check
-    cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy --workspace --exclude zentra-control-center --all-targets -- -D warnings
+    cargo clippy -p zentra-control-center --target wasm32-unknown-unknown -- -D warnings
     cd proto && buf lint
 
 # Format Rust and proto sources
@@ -51,5 +63,6 @@ fmt:
 
 # Everything CI checks: lint, the whole test suite against real PostgreSQL, Kafka and Redis, then the `just up` smoke test
 test *args: tools infra lint
-    cargo nextest run --workspace --profile ${NEXTEST_PROFILE:-default} "$@"
+    cargo nextest run --workspace --exclude zentra-control-center --profile ${NEXTEST_PROFILE:-default} "$@"
+    just control-center
     deploy/local/smoke.sh

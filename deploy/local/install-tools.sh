@@ -4,7 +4,8 @@
 #
 #   ZENTRA_CACHE  where tools live (default: ~/.cache/zentra)
 #
-# Usage: deploy/local/install-tools.sh [tansu] [just] [buf] [grpcurl] [aiosmtpd]   (no args: all)
+# Usage: deploy/local/install-tools.sh [tansu] [just] [buf] [grpcurl] [aiosmtpd] [wasm_target] [browser] [wasm]
+#        (no args: all but wasm, which the control center's build asks for)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,6 +17,7 @@ JUST_VERSION=1.43.0
 BUF_VERSION=1.61.0
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
 AIOSMTPD_VERSION=1.4.6
+BINARYEN_VERSION=132.0.0
 
 log() { printf 'install-tools: %s\n' "$*" >&2; }
 
@@ -63,10 +65,49 @@ install_buf() {
   echo "$BUF_VERSION" > "$ZENTRA_CACHE/buf.version"
 }
 
+# The control center's build: the wasm target, wasm-bindgen-cli at exactly the version of the
+# wasm-bindgen crate in Cargo.lock, and wasm-opt from npm's binaryen (Debian's breaks the bundle).
+install_wasm_target() {
+  if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    log "adding the wasm32-unknown-unknown target"
+    rustup target add wasm32-unknown-unknown
+  fi
+}
+
+install_wasm() {
+  install_wasm_target
+  local lock="$here/../../Cargo.lock" version
+  version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$lock")
+  if [ "$("$ZENTRA_BIN/wasm-bindgen" --version 2>/dev/null | awk '{print $2}')" != "$version" ]; then
+    log "building wasm-bindgen-cli $version (first time only, ~15 minutes on 2 cores)"
+    # Without --locked: with it, resolution fails here (see TOOLCHAIN-NOTES).
+    CARGO_TARGET_DIR="$ZENTRA_CACHE/wasm-bindgen-target" \
+      cargo install wasm-bindgen-cli --version "$version" --root "$ZENTRA_CACHE" --quiet
+    rm -rf "$ZENTRA_CACHE/wasm-bindgen-target"
+  fi
+  if [ "$(cat "$ZENTRA_CACHE/binaryen.version" 2>/dev/null)" != "$BINARYEN_VERSION" ]; then
+    log "installing binaryen $BINARYEN_VERSION (wasm-opt)"
+    npm install --silent --no-audit --no-fund --prefix "$ZENTRA_CACHE/npm" "binaryen@$BINARYEN_VERSION" >/dev/null
+    ln -sf "$ZENTRA_CACHE/npm/node_modules/.bin/wasm-opt" "$ZENTRA_BIN/wasm-opt"
+    echo "$BINARYEN_VERSION" > "$ZENTRA_CACHE/binaryen.version"
+  fi
+}
+
+# Debian's Chromium for the control center's browser tests (never a downloaded browser).
+install_browser() {
+  command -v chromium >/dev/null 2>&1 && return 0
+  log "installing chromium from Debian's packages"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -qq chromium >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null; }
+}
+
 main() {
   mkdir -p "$ZENTRA_BIN"
   local wanted=("$@")
-  [ ${#wanted[@]} -gt 0 ] || wanted=(just grpcurl buf aiosmtpd tansu)
+  [ ${#wanted[@]} -gt 0 ] || wanted=(just grpcurl buf aiosmtpd wasm_target browser tansu)
   for tool in "${wanted[@]}"; do
     "install_$tool"
   done

@@ -2,9 +2,13 @@
 # `just up` end to end, as CI runs it: starts the whole platform on spare ports with its own
 # databases, topics, keys and broker, places an order through the gateway over grpc-web (with
 # buf curl, a client nobody here wrote), waits for its saga to complete and the order to be
-# CONFIRMED, then stops the stack as Ctrl-C would and checks it stopped cleanly.
+# CONFIRMED, runs the control center's end-to-end tests in headless Chromium when the control center
+# is built (`just control-center`), then stops the stack as Ctrl-C would and checks it stopped
+# cleanly.
 #
 #   ZENTRA_SMOKE_PORT_BASE  first of the ports it uses (default 46000; it takes base+25 .. base+92)
+#   ZENTRA_SMOKE_BROWSER    0: skip the browser tests
+#   ZENTRA_E2E_SCREENSHOTS  a directory: the browser tests save their screenshots there
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=deploy/local/env.sh
@@ -53,6 +57,7 @@ say "ready"
 
 # shellcheck disable=SC1091
 source "$state/dev-keys.env"
+export ZENTRA_VIEWER_KEY ZENTRA_OPERATOR_KEY ZENTRA_ADMIN_KEY
 call() { # call KEY METHOD JSON
   buf curl --protocol grpcweb --schema proto -H "x-api-key: $1" -d "$3" "$gateway/$2"
 }
@@ -80,6 +85,15 @@ done
 status=$(call "$ZENTRA_VIEWER_KEY" zentra.order.v1.OrderService/GetOrder "{\"order_id\":\"$order_id\"}" | json 'd["order"]["status"]')
 [ "$status" = ORDER_STATUS_CONFIRMED ] || fail "order is $status, not ORDER_STATUS_CONFIRMED"
 say "saga completed, order confirmed"
+
+if [ "${ZENTRA_SMOKE_BROWSER:-1}" != 0 ]; then
+  [ -f control-center/dist/index.html ] || fail "the control center is not built: run just control-center (or set ZENTRA_SMOKE_BROWSER=0)"
+  say "control center in headless Chromium"
+  (cd control-center/e2e && npm ci --silent --no-audit --no-fund)
+  ZENTRA_E2E_URL="$gateway" node --test --test-concurrency=1 control-center/e2e/ >"$state/e2e.log" 2>&1 \
+    || { cat "$state/e2e.log" >&2; fail "browser tests"; }
+  grep -E '^# (tests|pass|fail)' "$state/e2e.log" >&2 || true
+fi
 
 # Ctrl-C reaches the stack (children have their own process group): everything stops in order.
 kill -INT "$(stack_pid)"

@@ -1,0 +1,48 @@
+//! Numbers as people read them.
+
+use std::time::Duration;
+
+/// A protobuf duration as a `Duration` (zero when unset or negative).
+pub fn duration(value: Option<&prost_types::Duration>) -> Duration {
+    value
+        .and_then(|value| Duration::try_from(*value).ok())
+        .unwrap_or_default()
+}
+
+/// "850 µs", "12.3 ms", "1.20 s".
+pub fn latency(value: Duration) -> String {
+    let micros = value.as_secs_f64() * 1e6;
+    if micros < 1000.0 {
+        format!("{micros:.0} µs")
+    } else if micros < 1_000_000.0 {
+        format!("{:.1} ms", micros / 1000.0)
+    } else {
+        format!("{:.2} s", micros / 1e6)
+    }
+}
+
+/// "3d 4h", "2h 5m", "4m 10s", "12s".
+pub fn uptime(value: Duration) -> String {
+    let seconds = value.as_secs();
+    let (days, hours, minutes) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60);
+    if days > 0 {
+        format!("{days}d {hours}h")
+    } else if hours > 0 {
+        format!("{hours}h {minutes}m")
+    } else if minutes > 0 {
+        format!("{minutes}m {}s", seconds % 60)
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+/// "0", "3.4", "1250".
+pub fn rate(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value > 0.0 {
+        format!("{value:.1}")
+    } else {
+        "0".to_owned()
+    }
+}
