@@ -80,6 +80,8 @@ fn collect_protos(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {
+            // A new file or package directory below changes this directory's listing.
+            println!("cargo:rerun-if-changed={}", path.display());
             collect_protos(&path, files)?;
         } else if path.extension().is_some_and(|ext| ext == "proto") {
             files.push(path);

@@ -12,7 +12,9 @@ include!(concat!(env!("OUT_DIR"), "/zentra.rs"));
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/zentra_descriptor.bin"));
 
-pub use zentra::{common, events, fulfillment, inventory, notification, ops, order, payment, saga};
+pub use zentra::{
+    common, events, fulfillment, gateway, inventory, notification, ops, order, payment, saga,
+};
 
 /// A request that carries an idempotency key; implemented for every contract message with a
 /// string `idempotency_key` field.

@@ -33,6 +33,8 @@ pub struct GatewaySettings {
     /// The control center's built files, served on `/` (nothing is served there when unset or
     /// missing).
     pub static_dir: Option<PathBuf>,
+    /// Operator tools the control center links to, by name (`grafana`, `tracing`, `prometheus`).
+    pub links: BTreeMap<String, String>,
 }
 
 /// The services behind the gateway.

@@ -30,6 +30,8 @@ use crate::{
 pub const SERVICE_HEADER: &str = "x-zentra-service";
 /// Header telling a service which caller the gateway authenticated.
 pub const CALLER_HEADER: &str = "x-zentra-caller";
+/// Header telling the gateway's own services the caller's role.
+pub const ROLE_HEADER: &str = "x-zentra-role";
 
 /// What the front needs; shared by every request.
 pub struct Gatekeeper {
@@ -172,13 +174,23 @@ impl Gate {
 
         let headers = request.headers_mut();
         // Credentials stop here: services trust the gateway, not the caller's secret.
-        for name in ["authorization", "x-api-key", SERVICE_HEADER, CALLER_HEADER] {
+        for name in [
+            "authorization",
+            "x-api-key",
+            SERVICE_HEADER,
+            CALLER_HEADER,
+            ROLE_HEADER,
+        ] {
             headers.remove(name);
         }
         if let Some(caller) = &caller
             && let Ok(value) = HeaderValue::from_str(&caller.id)
         {
             headers.insert(CALLER_HEADER, value);
+            headers.insert(
+                ROLE_HEADER,
+                HeaderValue::from_static(crate::session::role_header(caller.role)),
+            );
         }
         let default = if route.server_streaming {
             gatekeeper.limits.stream_deadline

@@ -20,8 +20,11 @@ pub mod front;
 pub mod metric_names;
 pub mod rate_limit;
 pub mod routes;
+pub mod session;
 
 pub use config::Config;
+
+use zentra_proto::gateway::v1::gateway_service_server::GatewayServiceServer;
 
 use crate::{
     auth::Authenticator,
@@ -29,6 +32,7 @@ use crate::{
     front::{Front, Gatekeeper},
     rate_limit::RateLimiter,
     routes::RouteTable,
+    session::SessionApi,
 };
 
 /// The gateway's name in logs, metrics and ops.
@@ -79,6 +83,9 @@ impl Gateway {
         let cors = cors_layer(&config.common.grpc.cors_allowed_origins);
         let server = GrpcServerBuilder::new(config.common.grpc.clone(), ops)
             .also_record(["zentra.ops.v1.OpsService".to_owned()])
+            .add_service(GatewayServiceServer::new(SessionApi::new(
+                settings.links.clone(),
+            )))
             .front(routed, move |local| {
                 let front = Front::new(gatekeeper, local, static_dir.as_deref());
                 // CORS outside the front: a browser's preflight carries no credentials.

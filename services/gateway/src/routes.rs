@@ -209,6 +209,7 @@ fn target_of(service: &str) -> Option<Target> {
                 gateway_serves: true,
             });
         }
+        "zentra.gateway.v1.GatewayService" => return Some(Target::Gateway),
         "zentra.saga.v1.SagaService" | "zentra.saga.v1.CircuitBreakerService" => Upstream::Saga,
         "zentra.order.v1.OrderService" => Upstream::Order,
         "zentra.inventory.v1.InventoryService" => Upstream::Inventory,

@@ -368,3 +368,45 @@ async fn a_call_without_a_deadline_gets_the_gateways_default() {
     assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn the_session_names_the_caller_and_its_role_and_cannot_be_forged() {
+    use zentra_proto::gateway::v1::{
+        self as gateway, gateway_service_client::GatewayServiceClient,
+    };
+    let mut platform = Platform::start("gw-session").await;
+    let (_, channel) = platform.gateway(&GatewayOptions::default()).await;
+    let mut sessions = GatewayServiceClient::new(channel);
+    let session = sessions
+        .get_session(with_key(
+            gateway::GetSessionRequest {},
+            &platform.keys.operator,
+        ))
+        .await
+        .expect("session")
+        .into_inner();
+    assert_eq!(session.caller_id, "key:operator");
+    assert_eq!(session.role, gateway::Role::Operator as i32);
+
+    let mut forged = with_key(gateway::GetSessionRequest {}, &platform.keys.viewer);
+    forged
+        .metadata_mut()
+        .insert("x-zentra-role", MetadataValue::from_static("admin"));
+    forged
+        .metadata_mut()
+        .insert("x-zentra-caller", MetadataValue::from_static("key:admin"));
+    let session = sessions
+        .get_session(forged)
+        .await
+        .expect("session")
+        .into_inner();
+    assert_eq!(session.role, gateway::Role::Viewer as i32);
+    assert_eq!(session.caller_id, "key:viewer");
+
+    let anonymous = sessions
+        .get_session(gateway::GetSessionRequest {})
+        .await
+        .expect_err("no key");
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    platform.stop().await;
+}
