@@ -26,6 +26,12 @@ export async function signedIn(browser, key, viewport = { width: 1280, height: 8
   const page = await browser.newPage({ viewport });
   const errors = [];
   page.on('pageerror', (error) => errors.push(error.message));
+  // A panic in the app is reported on the console before the wasm trap: keep its words.
+  page.on('console', (message) => {
+    if (message.type() === 'error' && message.text().includes('panicked')) errors.push(message.text());
+  });
+  // Confirmations of operator actions are accepted, as a person would.
+  page.on('dialog', (dialog) => dialog.accept());
   await page.goto(url);
   await page.fill('input[name="api-key"]', key);
   await page.click('button[type="submit"]');
@@ -38,4 +44,23 @@ export async function shoot(page, name) {
   if (screenshots) {
     await page.screenshot({ path: join(screenshots, `${name}.png`), fullPage: true });
   }
+}
+
+// Goes to a page of the app by its fragment and waits for its section.
+export async function visit(page, path, selector) {
+  await page.evaluate((hash) => { window.location.hash = hash; }, `/${path}`);
+  await page.waitForSelector(selector);
+}
+
+// Waits until `selector`'s text satisfies `predicate` (a function of the text, run in the page).
+export async function waitForText(page, selector, predicate, timeout = 30_000) {
+  await page.waitForFunction(
+    ([selector, source]) => {
+      const element = document.querySelector(selector);
+      // eslint-disable-next-line no-new-func
+      return element !== null && new Function('text', `return (${source})(text)`)(element.textContent);
+    },
+    [selector, predicate.toString()],
+    { timeout },
+  );
 }

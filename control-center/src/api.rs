@@ -3,13 +3,32 @@
 
 use tonic::{Code, Status, metadata::MetadataValue};
 use tonic_web_wasm_client::Client;
-use zentra_proto::ops::v1::ops_service_client::OpsServiceClient;
+use zentra_proto::{
+    gateway::v1::gateway_service_client::GatewayServiceClient,
+    inventory::v1::inventory_service_client::InventoryServiceClient,
+    ops::v1::ops_service_client::OpsServiceClient,
+    order::v1::order_service_client::OrderServiceClient,
+    saga::v1::{
+        circuit_breaker_service_client::CircuitBreakerServiceClient,
+        dead_letter_service_client::DeadLetterServiceClient,
+        saga_service_client::SagaServiceClient,
+    },
+};
 
-/// What the overview shows, the gateway first.
+/// Every process behind the gateway, the gateway first.
 pub const SERVICES: [&str; 7] = [
     "gateway",
     "inventory",
     "order",
+    "payment",
+    "fulfillment",
+    "notification",
+    "saga",
+];
+
+/// The services with Kafka consumers and so with dead letters.
+pub const CONSUMING_SERVICES: [&str; 5] = [
+    "inventory",
     "payment",
     "fulfillment",
     "notification",
@@ -25,10 +44,10 @@ pub struct Api {
 
 impl Api {
     /// Talks to the gateway this page came from.
-    pub fn new(key: String) -> Self {
+    pub fn new(key: &str) -> Self {
         Self {
             client: Client::new(origin()),
-            key,
+            key: key.to_owned(),
         }
     }
 
@@ -46,9 +65,44 @@ impl Api {
         request
     }
 
-    /// The ops service.
+    /// `message` with the key, for an RPC with one home.
+    pub fn call<T>(&self, message: T) -> tonic::Request<T> {
+        self.request(message, "gateway")
+    }
+
+    /// Ops of any service.
     pub fn ops(&self) -> OpsServiceClient<Client> {
         OpsServiceClient::new(self.client.clone())
+    }
+
+    /// The gateway's session API.
+    pub fn gateway(&self) -> GatewayServiceClient<Client> {
+        GatewayServiceClient::new(self.client.clone())
+    }
+
+    /// Sagas.
+    pub fn sagas(&self) -> SagaServiceClient<Client> {
+        SagaServiceClient::new(self.client.clone())
+    }
+
+    /// The saga's circuit breakers.
+    pub fn breakers(&self) -> CircuitBreakerServiceClient<Client> {
+        CircuitBreakerServiceClient::new(self.client.clone())
+    }
+
+    /// Dead letters of any service.
+    pub fn dead_letters(&self) -> DeadLetterServiceClient<Client> {
+        DeadLetterServiceClient::new(self.client.clone())
+    }
+
+    /// Orders.
+    pub fn orders(&self) -> OrderServiceClient<Client> {
+        OrderServiceClient::new(self.client.clone())
+    }
+
+    /// Products and stock.
+    pub fn inventory(&self) -> InventoryServiceClient<Client> {
+        InventoryServiceClient::new(self.client.clone())
     }
 }
 
@@ -57,6 +111,22 @@ pub fn origin() -> String {
     web_sys::window()
         .and_then(|window| window.location().origin().ok())
         .unwrap_or_default()
+}
+
+/// A fresh idempotency key for one action of this page.
+pub fn new_key(action: &str) -> String {
+    format!(
+        "cc-{action}-{}-{}",
+        js_sys::Date::now() as u64,
+        (js_sys::Math::random() * 1e12) as u64
+    )
+}
+
+/// Asks the person to confirm an action.
+pub fn confirm(question: &str) -> bool {
+    web_sys::window()
+        .and_then(|window| window.confirm_with_message(question).ok())
+        .unwrap_or(false)
 }
 
 /// A platform error in words for the person at the screen.
@@ -70,6 +140,7 @@ pub fn describe(status: &Status) -> String {
         Code::InvalidArgument => "refused",
         Code::NotFound => "not found",
         Code::FailedPrecondition => "not possible now",
+        Code::AlreadyExists => "already exists",
         _ => "failed",
     };
     if status.message().is_empty() {

@@ -46,3 +46,50 @@ pub fn rate(value: f64) -> String {
         "0".to_owned()
     }
 }
+
+/// Now, as a protobuf timestamp, `minutes` ago.
+pub fn timestamp_minutes_ago(minutes: i64) -> prost_types::Timestamp {
+    let millis = js_sys::Date::now() as i64 - minutes * 60_000;
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn millis(timestamp: &prost_types::Timestamp) -> f64 {
+    timestamp.seconds as f64 * 1000.0 + f64::from(timestamp.nanos) / 1e6
+}
+
+/// "14:03:52.333" in the browser's time zone; "—" when unset.
+pub fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
+    let Some(timestamp) = timestamp else {
+        return "—".to_owned();
+    };
+    let date = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(millis(timestamp)));
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        date.get_hours(),
+        date.get_minutes(),
+        date.get_seconds(),
+        date.get_milliseconds()
+    )
+}
+
+/// How long from `start` to `end` ("running" without an end).
+pub fn between(
+    start: Option<&prost_types::Timestamp>,
+    end: Option<&prost_types::Timestamp>,
+) -> String {
+    match (start, end) {
+        (Some(start), Some(end)) => latency(Duration::from_secs_f64(
+            ((millis(end) - millis(start)) / 1000.0).max(0.0),
+        )),
+        (Some(_), None) => "running".to_owned(),
+        _ => "—".to_owned(),
+    }
+}
+
+/// The first 8 characters of an id (the rest in the title).
+pub fn short_id(id: &str) -> String {
+    id.chars().take(8).collect()
+}

@@ -2,9 +2,17 @@
 
 mod api;
 mod app;
+mod chaos;
 mod chart;
+mod dead_letters;
 mod format;
+mod infrastructure;
 mod overview;
+mod sagas;
+mod services;
+mod session;
+mod simulator;
+mod widgets;
 
 fn main() {
     console_error_panic_hook::set_once();

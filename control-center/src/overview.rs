@@ -1,13 +1,7 @@
 //! Overview: every service's health, request rate, error rate, p50/p99 latency and consumer lag,
 //! polled every two seconds, with the last two minutes as small charts.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use gloo_timers::future::TimeoutFuture;
 use leptos::{prelude::*, task::spawn_local};
@@ -17,6 +11,8 @@ use crate::{
     api::{Api, SERVICES, describe},
     chart::sparkline,
     format,
+    session::use_session,
+    widgets::{page_alive, shown},
 };
 
 const POLL_MS: u32 = 2_000;
@@ -120,20 +116,17 @@ async fn fetch(api: &Api, service: &'static str) -> Result<Health, String> {
 
 /// The overview page.
 #[component]
-pub fn Overview(api: Api) -> impl IntoView {
+pub fn Overview() -> impl IntoView {
+    let api = use_session().api();
     let rows = RwSignal::new(
         SERVICES
             .iter()
             .map(|name| Row::new(name))
             .collect::<Vec<_>>(),
     );
-    let alive = Arc::new(AtomicBool::new(true));
-    {
-        let alive = alive.clone();
-        on_cleanup(move || alive.store(false, Ordering::Relaxed));
-    }
+    let alive = page_alive();
     spawn_local(async move {
-        while alive.load(Ordering::Relaxed) {
+        while shown(&alive) {
             let results =
                 futures::future::join_all(SERVICES.iter().map(|service| fetch(&api, service)))
                     .await;

@@ -89,6 +89,10 @@ say "saga completed, order confirmed"
 if [ "${ZENTRA_SMOKE_BROWSER:-1}" != 0 ]; then
   [ -f control-center/dist/index.html ] || fail "the control center is not built: run just control-center (or set ZENTRA_SMOKE_BROWSER=0)"
   say "control center in headless Chromium"
+  # A message the inventory's command consumer cannot read: the DLQ page has a record to show.
+  echo '{"value": {"poison": "from the smoke test"}}' \
+    | tansu cat produce --broker "tcp://127.0.0.1:$ZENTRA_STACK_KAFKA_PORT" "${ZENTRA_STACK_TOPIC_PREFIX}inventory.commands" >/dev/null \
+    || fail "producing a poison message"
   (cd control-center/e2e && npm ci --silent --no-audit --no-fund)
   ZENTRA_E2E_URL="$gateway" node --test --test-concurrency=1 control-center/e2e/ >"$state/e2e.log" 2>&1 \
     || { cat "$state/e2e.log" >&2; fail "browser tests"; }
