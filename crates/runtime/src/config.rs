@@ -111,6 +111,10 @@ pub struct KafkaConfig {
     pub delivery_timeout: Duration,
     /// Partitions of topics the service creates.
     pub partitions: i32,
+    /// How long the broker may hold a consumer's fetch while it has no new records. librdkafka's
+    /// default (500 ms) adds up to half a second to every event hop of a saga.
+    #[serde(with = "humantime_serde")]
+    pub fetch_wait: Duration,
 }
 
 impl Default for KafkaConfig {
@@ -121,6 +125,7 @@ impl Default for KafkaConfig {
             group_prefix: String::new(),
             delivery_timeout: Duration::from_secs(10),
             partitions: 3,
+            fetch_wait: Duration::from_millis(10),
         }
     }
 }

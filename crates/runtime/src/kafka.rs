@@ -105,9 +105,12 @@ impl EventProducer {
         self.producer
             .send(record, self.delivery_timeout)
             .await
-            .map(|delivery| Delivered {
-                partition: delivery.partition,
-                offset: delivery.offset,
+            .map(|delivery| {
+                metrics::counter!(crate::telemetry::names::KAFKA_PRODUCED).increment(1);
+                Delivered {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }
             })
             .map_err(|(source, _)| KafkaFailure::Publish {
                 topic: topic.to_owned(),

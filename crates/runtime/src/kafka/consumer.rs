@@ -114,7 +114,11 @@ impl EventConsumer {
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set(
+                "fetch.wait.max.ms",
+                config.fetch_wait.as_millis().max(1).to_string(),
+            );
         if settings.lag.is_some() {
             // The statistics carry each partition's lag; no extra broker calls.
             client.set("statistics.interval.ms", "2000");

@@ -12,6 +12,8 @@ pub const OUTBOX_PUBLISHED: &str = "zentra_outbox_published_total";
 pub const OUTBOX_FAILURES: &str = "zentra_outbox_publish_failures_total";
 /// Events waiting in the outbox, as of the last relay round.
 pub const OUTBOX_PENDING: &str = "zentra_outbox_pending";
+/// Kafka records the broker acknowledged, from any producer of the process.
+pub const KAFKA_PRODUCED: &str = "zentra_kafka_produced_total";
 /// Kafka messages a consumer processed, by topic and outcome.
 pub const CONSUMER_MESSAGES: &str = "zentra_consumer_messages_total";
 /// Messages a consumer group has not processed yet, by group, topic and partition.
@@ -39,6 +41,10 @@ pub fn describe() {
     metrics::describe_counter!(
         CONSUMER_MESSAGES,
         "Kafka messages processed, by topic and outcome"
+    );
+    metrics::describe_counter!(
+        KAFKA_PRODUCED,
+        "Kafka records the broker acknowledged, from any producer of the process"
     );
     metrics::describe_gauge!(
         CONSUMER_LAG,
