@@ -25,8 +25,17 @@ infra-down:
 up *args:
     deploy/local/install-tools.sh tansu aiosmtpd
     ZENTRA_INFRA_BROKER=0 deploy/local/infra-up.sh $(for service in inventory order payment fulfillment notification saga; do printf '%s ' "${ZENTRA_STACK_DB_PREFIX:-zentra_}$service"; done)
-    cargo build --workspace --exclude zentra-control-center --bins
-    ZENTRA_STACK_STATIC_DIR=${ZENTRA_STACK_STATIC_DIR:-$PWD/control-center/dist} cargo run -q -p zentra-stack -- "$@"
+    cargo build --profile ${ZENTRA_UP_PROFILE:-dev} --workspace --exclude zentra-control-center --bins
+    ZENTRA_STACK_STATIC_DIR=${ZENTRA_STACK_STATIC_DIR:-$PWD/control-center/dist} cargo run -q --profile ${ZENTRA_UP_PROFILE:-dev} -p zentra-stack -- "$@"
+
+# The stack as `just bench` measures it: release builds, shipments dispatched without simulated delays
+up-bench *args:
+    ZENTRA_UP_PROFILE=release ZENTRA_FULFILLMENT__STEP_DELAY=0s ZENTRA_FULFILLMENT__POLL_INTERVAL=5ms just up "$@"
+
+# Measure a running stack (`just up-bench` in another terminal): throughput, latency, cost per saga, commit bound, memory; `--sweep` finds the peak rate
+bench *args:
+    cargo build --release --workspace --exclude zentra-control-center --bins
+    ${CARGO_TARGET_DIR:-target}/release/zentra-bench --json docs/bench/latest.json "$@"
 
 # Build the control center (release wasm, optimised) into control-center/dist; `just up` serves it
 control-center:

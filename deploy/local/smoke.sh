@@ -4,10 +4,11 @@
 # buf curl, a client nobody here wrote), waits for its saga to complete and the order to be
 # CONFIRMED, runs the control center's end-to-end tests in headless Chromium when the control center
 # is built (`just control-center`), then stops the stack as Ctrl-C would and checks it stopped
-# cleanly.
+# cleanly. A short benchmark run proves `zentra-bench` works against the same stack.
 #
 #   ZENTRA_SMOKE_PORT_BASE  first of the ports it uses (default 46000; it takes base+25 .. base+92)
 #   ZENTRA_SMOKE_BROWSER    0: skip the browser tests
+#   ZENTRA_SMOKE_BENCH      0: skip the benchmark's smoke run
 #   ZENTRA_E2E_SCREENSHOTS  a directory: the browser tests save their screenshots there
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -97,6 +98,25 @@ if [ "${ZENTRA_SMOKE_BROWSER:-1}" != 0 ]; then
   ZENTRA_E2E_URL="$gateway" node --test --test-concurrency=1 control-center/e2e/ >"$state/e2e.log" 2>&1 \
     || { cat "$state/e2e.log" >&2; fail "browser tests"; }
   grep -E '^# (tests|pass|fail)' "$state/e2e.log" >&2 || true
+fi
+
+if [ "${ZENTRA_SMOKE_BENCH:-1}" != 0 ]; then
+  # The benchmark proves it works: a few orders, a short pgbench; its numbers mean nothing here.
+  say "benchmark smoke run"
+  "${CARGO_TARGET_DIR:-target}/debug/zentra-bench" --base-port "$ZENTRA_STACK_BASE_PORT" --db-prefix "$ZENTRA_STACK_DB_PREFIX" \
+    --rate 10 --count 20 --declined 10 --pgbench-duration 2s --json "$state/bench.json" >"$state/bench.log" 2>&1 \
+    || { cat "$state/bench.log" >&2; fail "the benchmark"; }
+  python3 - "$state/bench.json" <<'PY' || { cat "$state/bench.log" >&2; fail "the benchmark's report"; }
+import json, sys
+report = json.load(open(sys.argv[1]))
+run = report["runs"][0]
+assert run["sent"] == 20 and run["completed"] == 18 and run["compensated"] == 2, run
+assert run["end_to_end_ms"]["count"] == 20 and run["end_to_end_ms"]["p99"] > 0, run
+assert run["cost_per_saga"]["commits"] > 0 and run["cost_per_saga"]["kafka_records"] > 0, run
+assert report["pgbench_tps"] > 0 and report["commit_bound_fraction"] > 0, report
+assert len(report["peak_rss_kib"]) == 6, report
+PY
+  say "benchmark: $(grep -m1 'sagas/s' "$state/bench.log" | sed 's/^ *//')"
 fi
 
 # Ctrl-C reaches the stack (children have their own process group): everything stops in order.

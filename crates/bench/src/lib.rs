@@ -1,0 +1,212 @@
+//! `zentra-bench`: load on a running stack (`just up`), measured honestly: open-loop or
+//! fixed-concurrency orders, end-to-end latency from each order's intended send time to its
+//! saga's end in HDR histograms, per-step latency, cost per saga (PostgreSQL commits, Kafka
+//! records, gRPC calls), the PostgreSQL commit bound from pgbench, and the services' memory.
+
+pub mod cost;
+pub mod load;
+pub mod pgbench;
+pub mod report;
+pub mod settings;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::{
+    cost::CostProbe,
+    load::Clients,
+    report::{CostPerSaga, Report, RunReport, SweepStep},
+    settings::{Mode, Settings},
+};
+
+/// PostgreSQL publishes an idle backend's statistics within ten seconds.
+const STATS_FLUSH: Duration = Duration::from_secs(11);
+
+/// Runs the benchmark, prints the table and writes the JSON.
+pub async fn run(settings: Settings, command: String) -> anyhow::Result<Report> {
+    let clients = Clients::connect(&settings).await?;
+    clients.ensure_product().await?;
+    let probe = CostProbe::connect(&settings).await?;
+    let pids = cost::service_pids(&settings).await;
+    let mut report = Report {
+        unix_time: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs())
+            .unwrap_or_default(),
+        command,
+        ..Report::default()
+    };
+
+    let (stop_sampling, sampler) = cost::sample_memory(pids.clone());
+    let measured = if settings.sweep {
+        sweep(&clients, &settings, &probe, &mut report).await?
+    } else {
+        let run = measured_run(
+            &clients,
+            &settings,
+            &probe,
+            settings.mode,
+            settings.count,
+            settings.duration,
+            "run",
+        )
+        .await?;
+        report.runs.push(run.clone());
+        Some(run)
+    };
+    let _ = stop_sampling.send(());
+    let sampled = sampler.await.unwrap_or_default();
+    for (service, pid) in &pids {
+        let peak = sampled.get(service).copied().unwrap_or(0);
+        let hwm = cost::memory_kib(*pid).map(|(_, hwm)| hwm).unwrap_or(0);
+        // VmHWM covers start-up too; the sampled peak is the load's. Report the load's when
+        // sampled, else the high-water mark.
+        report
+            .peak_rss_kib
+            .insert((*service).to_owned(), if peak > 0 { peak } else { hwm });
+    }
+    report.peak_rss_total_mib = report.peak_rss_kib.values().sum::<u64>() as f64 / 1024.0;
+
+    if settings.pgbench {
+        println!(
+            "\nrunning pgbench (simple-update) for {:?} on the same machine",
+            settings.pgbench_duration
+        );
+        let tps = pgbench::commit_bound(&settings.pg_url, settings.pgbench_duration).await?;
+        report.pgbench_tps = Some(tps);
+        if let Some(run) = &measured
+            && let Some(cost) = &run.cost_per_saga
+            && cost.commits > 0.0
+        {
+            let bound = tps / cost.commits;
+            report.commit_bound_sagas_per_second = Some(bound);
+            report.commit_bound_fraction = Some(run.sagas_per_second / bound);
+        }
+    }
+    print_summary(&report);
+    if let Some(dir) = settings
+        .json
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&settings.json, serde_json::to_string_pretty(&report)?)?;
+    println!("\nJSON: {}", settings.json.display());
+    Ok(report)
+}
+
+/// One run with its cost measured around it.
+async fn measured_run(
+    clients: &Clients,
+    settings: &Settings,
+    probe: &CostProbe,
+    mode: Mode,
+    count: u64,
+    duration: Duration,
+    label: &str,
+) -> anyhow::Result<RunReport> {
+    tokio::time::sleep(STATS_FLUSH).await;
+    let before = probe.read().await?;
+    let run = load::run(clients, settings, mode, count, duration).await?;
+    println!("waiting {STATS_FLUSH:?} for PostgreSQL's statistics");
+    tokio::time::sleep(STATS_FLUSH).await;
+    let spent = probe.read().await?.since(before);
+    let ended = run.completed + run.compensated + run.failed;
+    let report = RunReport::of(label, &run, Some(CostPerSaga::of(spent, ended)));
+    report.print();
+    Ok(report)
+}
+
+/// Raises the rate until p99 passes the bound or a backlog builds, then measures latency at
+/// 25, 50, 75 and 100 % of the highest sustainable rate.
+async fn sweep(
+    clients: &Clients,
+    settings: &Settings,
+    probe: &CostProbe,
+    report: &mut Report,
+) -> anyhow::Result<Option<RunReport>> {
+    let seconds = settings.step.as_secs_f64();
+    let mut rate = 10.0_f64;
+    let mut peak = None;
+    while rate <= 5000.0 {
+        let run = load::run(
+            clients,
+            settings,
+            Mode::Rate(rate),
+            (rate * seconds).ceil() as u64,
+            settings.step,
+        )
+        .await?;
+        let p99 = run.end_to_end.value_at_quantile(0.99) as f64 / 1000.0;
+        let sustainable = p99 <= settings.p99_bound.as_secs_f64() * 1000.0
+            && run.outstanding == 0
+            && run.throughput() >= 0.9 * rate.min(run.sent as f64 / seconds);
+        println!(
+            "sweep {rate:>7.1}/s  p99 {p99:>9.1} ms  {:>7.1} sagas/s  {}",
+            run.throughput(),
+            if sustainable {
+                "sustainable"
+            } else {
+                "not sustainable"
+            }
+        );
+        report.sweep.push(SweepStep {
+            rate,
+            p99_ms: p99,
+            sagas_per_second: run.throughput(),
+            sustainable,
+        });
+        if !sustainable {
+            break;
+        }
+        peak = Some(rate);
+        rate *= 1.5;
+    }
+    report.peak_rate = peak;
+    let Some(peak) = peak else {
+        println!(
+            "no rate kept p99 under {:?}: see the sweep's first step",
+            settings.p99_bound
+        );
+        return Ok(None);
+    };
+    let mut at_peak = None;
+    for percent in [25.0, 50.0, 75.0, 100.0] {
+        let rate = peak * percent / 100.0;
+        let label = format!("{percent:.0} % of the peak ({rate:.1}/s)");
+        let run = measured_run(
+            clients,
+            settings,
+            probe,
+            Mode::Rate(rate),
+            (rate * seconds).ceil() as u64,
+            settings.step,
+            &label,
+        )
+        .await?;
+        report.runs.push(run.clone());
+        at_peak = Some(run);
+    }
+    Ok(at_peak)
+}
+
+fn print_summary(report: &Report) {
+    println!("\nmemory (peak resident under load)");
+    for (service, kib) in &report.peak_rss_kib {
+        println!("  {service:<13} {:>7.1} MiB", *kib as f64 / 1024.0);
+    }
+    println!("  {:<13} {:>7.1} MiB", "all", report.peak_rss_total_mib);
+    if let (Some(tps), Some(bound), Some(fraction)) = (
+        report.pgbench_tps,
+        report.commit_bound_sagas_per_second,
+        report.commit_bound_fraction,
+    ) {
+        println!(
+            "\ncommit bound: pgbench {tps:.0} TPS ÷ commits per saga = {bound:.0} sagas/s; the platform reached {:.0} % of it",
+            fraction * 100.0
+        );
+    }
+    if let Some(peak) = report.peak_rate {
+        println!("peak sustainable rate: {peak:.1} orders/s");
+    }
+}

@@ -1,0 +1,427 @@
+//! The load: orders placed on the order service at a fixed rate (open loop) or a fixed number in
+//! flight (closed loop), each followed to its saga's end through the saga's WatchSagas stream.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use hdrhistogram::Histogram;
+use tokio::{sync::oneshot, task::JoinSet, time::Instant};
+use tonic::transport::Channel;
+use zentra_proto::{
+    common::v1::{Address, Money},
+    inventory::v1::{self as inventory, inventory_service_client::InventoryServiceClient},
+    order::v1::{self as order, order_service_client::OrderServiceClient},
+    saga::v1::{self as saga, saga_service_client::SagaServiceClient},
+};
+
+use crate::settings::{Mode, Settings};
+
+/// The benchmark's product: stock enough for any run.
+pub const SKU: &str = "BENCH-1";
+
+/// Latencies are kept in microseconds, up to an hour, to three significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// How it sent.
+    pub mode: Mode,
+    /// Orders sent.
+    pub sent: u64,
+    /// Orders the order service accepted.
+    pub placed: u64,
+    /// PlaceOrder failures by status code.
+    pub errors: BTreeMap<String, u64>,
+    /// Sagas that completed.
+    pub completed: u64,
+    /// Sagas that compensated.
+    pub compensated: u64,
+    /// Sagas parked as COMPENSATION_FAILED.
+    pub failed: u64,
+    /// Placed orders whose saga had not ended when the run stopped waiting.
+    pub outstanding: u64,
+    /// From the first send to the last saga's end.
+    pub wall: Duration,
+    /// End to end: intended send time to the saga's end, in µs.
+    pub end_to_end: Histogram<u64>,
+    /// Each step: first attempt's start to last attempt's end, in µs.
+    pub steps: BTreeMap<String, Histogram<u64>>,
+}
+
+impl RunResult {
+    /// Sagas that ended per second of the run.
+    pub fn throughput(&self) -> f64 {
+        (self.completed + self.compensated + self.failed) as f64 / self.wall.as_secs_f64().max(1e-3)
+    }
+}
+
+enum Tracked {
+    /// Placed, waiting for its saga.
+    Waiting {
+        intended: Instant,
+        done: Option<oneshot::Sender<()>>,
+    },
+    /// Its saga ended before the placement's answer arrived.
+    Ended { at: Instant, saga: saga::Saga },
+}
+
+#[derive(Default)]
+struct Ledger {
+    orders: HashMap<String, Tracked>,
+    end_to_end: Option<Histogram<u64>>,
+    steps: BTreeMap<String, Histogram<u64>>,
+    completed: u64,
+    compensated: u64,
+    failed: u64,
+    last_end: Option<Instant>,
+}
+
+impl Ledger {
+    fn record(&mut self, intended: Instant, at: Instant, ended: &saga::Saga) {
+        let micros = at.saturating_duration_since(intended).as_micros() as u64;
+        let _ = self
+            .end_to_end
+            .get_or_insert_with(histogram)
+            .record(micros.max(1));
+        for step in &ended.steps {
+            let (Some(first), Some(last)) = (step.attempts.first(), step.attempts.last()) else {
+                continue;
+            };
+            let (Some(start), Some(end)) = (&first.start_time, &last.end_time) else {
+                continue;
+            };
+            let micros = (end.seconds - start.seconds) * 1_000_000
+                + i64::from(end.nanos - start.nanos) / 1000;
+            let name = saga::SagaStepType::try_from(step.step)
+                .map(|step| {
+                    step.as_str_name()
+                        .trim_start_matches("SAGA_STEP_TYPE_")
+                        .to_owned()
+                })
+                .unwrap_or_default();
+            let _ = self
+                .steps
+                .entry(name)
+                .or_insert_with(histogram)
+                .record(micros.max(1) as u64);
+        }
+        match saga::SagaState::try_from(ended.state) {
+            Ok(saga::SagaState::Completed) => self.completed += 1,
+            Ok(saga::SagaState::Compensated) => self.compensated += 1,
+            _ => self.failed += 1,
+        }
+        self.last_end = Some(at);
+    }
+}
+
+fn ended(state: i32) -> bool {
+    matches!(
+        saga::SagaState::try_from(state),
+        Ok(saga::SagaState::Completed
+            | saga::SagaState::Compensated
+            | saga::SagaState::CompensationFailed)
+    )
+}
+
+/// Connections to the services the load uses.
+#[derive(Clone)]
+pub struct Clients {
+    orders: Vec<OrderServiceClient<Channel>>,
+    sagas: SagaServiceClient<Channel>,
+    inventory: InventoryServiceClient<Channel>,
+}
+
+impl Clients {
+    /// Connects to `just up`'s services (several HTTP/2 connections for the orders).
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        let channel = |url: String| async move {
+            Channel::from_shared(url.clone())?
+                .connect()
+                .await
+                .map_err(|error| {
+                    anyhow::anyhow!("cannot reach {url}: {error} (is `just up` running?)")
+                })
+        };
+        let mut orders = Vec::new();
+        for _ in 0..4 {
+            orders.push(OrderServiceClient::new(channel(settings.url(2)).await?));
+        }
+        Ok(Self {
+            orders,
+            sagas: SagaServiceClient::new(channel(settings.url(6)).await?),
+            inventory: InventoryServiceClient::new(channel(settings.url(1)).await?),
+        })
+    }
+
+    /// Creates the benchmark's product once (idempotent by its fixed key).
+    pub async fn ensure_product(&self) -> anyhow::Result<()> {
+        let created = self
+            .inventory
+            .clone()
+            .create_product(inventory::CreateProductRequest {
+                sku: SKU.to_owned(),
+                name: "Benchmark mug".to_owned(),
+                initial_stock: 1_000_000_000,
+                low_stock_threshold: 0,
+                unit_price: Some(Money {
+                    currency_code: "USD".to_owned(),
+                    amount_minor: 1299,
+                }),
+                idempotency_key: "zentra-bench-product".to_owned(),
+            })
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(()),
+            Err(status) => Err(anyhow::anyhow!("creating the product: {status}")),
+        }
+    }
+}
+
+fn order_request(index: u64, declined_percent: u32) -> order::PlaceOrderRequest {
+    // Spread evenly: order i is declined when the running share of declines steps up at i.
+    let percent = u64::from(declined_percent);
+    let declined = (index + 1) * percent / 100 > index * percent / 100;
+    order::PlaceOrderRequest {
+        customer_id: format!("bench-{}", index % 1000),
+        shipping_address: Some(Address {
+            recipient: "Bench Customer".to_owned(),
+            lines: vec!["1 Load Street".to_owned()],
+            city: "Benchville".to_owned(),
+            region: String::new(),
+            postal_code: "12345".to_owned(),
+            country_code: "US".to_owned(),
+        }),
+        lines: vec![order::OrderLine {
+            sku: SKU.to_owned(),
+            quantity: 1,
+            unit_price: Some(Money {
+                currency_code: "USD".to_owned(),
+                amount_minor: 1299,
+            }),
+            line_total: None,
+        }],
+        currency_code: "USD".to_owned(),
+        payment_method_token: if declined {
+            "tok_decline"
+        } else {
+            "tok_approve"
+        }
+        .to_owned(),
+        idempotency_key: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// Runs one load in `mode` and waits for its sagas.
+pub async fn run(
+    clients: &Clients,
+    settings: &Settings,
+    mode: Mode,
+    count: u64,
+    duration: Duration,
+) -> anyhow::Result<RunResult> {
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    // Follow every saga transition from before the first order.
+    let mut stream = clients
+        .sagas
+        .clone()
+        .watch_sagas(saga::WatchSagasRequest {
+            states: Vec::new(),
+            include_active_snapshot: false,
+        })
+        .await?
+        .into_inner();
+    let watcher = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(update)) = stream.message().await {
+                let Some(update) = update.saga else { continue };
+                if !ended(update.state) {
+                    continue;
+                }
+                let at = Instant::now();
+                let Ok(mut ledger) = ledger.lock() else {
+                    return;
+                };
+                match ledger.orders.remove(&update.order_id) {
+                    Some(Tracked::Waiting { intended, done }) => {
+                        ledger.record(intended, at, &update);
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                    }
+                    Some(ended @ Tracked::Ended { .. }) => {
+                        ledger.orders.insert(update.order_id.clone(), ended);
+                    }
+                    None => {
+                        ledger
+                            .orders
+                            .insert(update.order_id.clone(), Tracked::Ended { at, saga: update });
+                    }
+                }
+            }
+        })
+    };
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let placed = Arc::new(AtomicU64::new(0));
+    let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let started = Instant::now();
+    let place = {
+        let (ledger, placed, errors, clients) = (
+            ledger.clone(),
+            placed.clone(),
+            errors.clone(),
+            clients.clone(),
+        );
+        let declined = settings.declined_percent;
+        move |index: u64, intended: Instant, done: Option<oneshot::Sender<()>>| {
+            let (ledger, placed, errors) = (ledger.clone(), placed.clone(), errors.clone());
+            let mut client = clients.orders[(index % clients.orders.len() as u64) as usize].clone();
+            async move {
+                match client.place_order(order_request(index, declined)).await {
+                    Ok(response) => {
+                        placed.fetch_add(1, Ordering::Relaxed);
+                        let Some(order) = response.into_inner().order else {
+                            return;
+                        };
+                        let Ok(mut ledger) = ledger.lock() else {
+                            return;
+                        };
+                        match ledger.orders.remove(&order.order_id) {
+                            Some(Tracked::Ended { at, saga }) => {
+                                ledger.record(intended, at, &saga);
+                                if let Some(done) = done {
+                                    let _ = done.send(());
+                                }
+                            }
+                            _ => {
+                                ledger
+                                    .orders
+                                    .insert(order.order_id, Tracked::Waiting { intended, done });
+                            }
+                        }
+                    }
+                    Err(status) => {
+                        if let Ok(mut errors) = errors.lock() {
+                            *errors.entry(format!("{:?}", status.code())).or_default() += 1;
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    let mut tasks = JoinSet::new();
+    match mode {
+        Mode::Rate(rate) => {
+            for index in 0..count {
+                let intended = started + Duration::from_secs_f64(index as f64 / rate);
+                if intended.duration_since(started) > duration {
+                    break;
+                }
+                tokio::time::sleep_until(intended).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                tasks.spawn(place(index, intended, None));
+            }
+        }
+        Mode::Concurrency(workers) => {
+            let next = Arc::new(AtomicU64::new(0));
+            for _ in 0..workers {
+                let (next, sent, place) = (next.clone(), sent.clone(), place.clone());
+                let drain = settings.drain;
+                tasks.spawn(async move {
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        if index >= count || started.elapsed() > duration {
+                            return;
+                        }
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        let (done, ended) = oneshot::channel();
+                        place(index, Instant::now(), Some(done)).await;
+                        // A failed placement drops the sender: go on at once.
+                        let _ = tokio::time::timeout(drain, ended).await;
+                    }
+                });
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+
+    // Wait for the sagas still running.
+    let deadline = Instant::now() + settings.drain;
+    loop {
+        let waiting = ledger
+            .lock()
+            .map(|ledger| {
+                ledger
+                    .orders
+                    .values()
+                    .filter(|tracked| matches!(tracked, Tracked::Waiting { .. }))
+                    .count()
+            })
+            .unwrap_or(0);
+        if waiting == 0 || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    watcher.abort();
+    let ledger = ledger
+        .lock()
+        .map_err(|_| anyhow::anyhow!("ledger poisoned"))?;
+    let outstanding = ledger
+        .orders
+        .values()
+        .filter(|tracked| matches!(tracked, Tracked::Waiting { .. }))
+        .count() as u64;
+    let wall = ledger
+        .last_end
+        .unwrap_or_else(Instant::now)
+        .saturating_duration_since(started);
+    Ok(RunResult {
+        mode,
+        sent: sent.load(Ordering::Relaxed),
+        placed: placed.load(Ordering::Relaxed),
+        errors: errors
+            .lock()
+            .map(|errors| errors.clone())
+            .unwrap_or_default(),
+        completed: ledger.completed,
+        compensated: ledger.compensated,
+        failed: ledger.failed,
+        outstanding,
+        wall,
+        end_to_end: ledger.end_to_end.clone().unwrap_or_else(histogram),
+        steps: ledger.steps.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declines_are_spread_evenly_over_any_count() {
+        let declined = |count: u64, percent: u32| {
+            (0..count)
+                .filter(|index| {
+                    order_request(*index, percent).payment_method_token == "tok_decline"
+                })
+                .count()
+        };
+        assert_eq!(declined(20, 10), 2);
+        assert_eq!(declined(100, 25), 25);
+        assert_eq!(declined(50, 0), 0);
+        assert_eq!(declined(7, 100), 7);
+    }
+}

@@ -1,0 +1,204 @@
+//! The results as a readable table and as JSON.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::{cost::Counters, load::RunResult, settings::Mode};
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th.
+    pub p90: f64,
+    /// 99th.
+    pub p99: f64,
+    /// Slowest.
+    pub max: f64,
+    /// Samples.
+    pub count: u64,
+}
+
+impl Percentiles {
+    /// From a histogram in µs.
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Self {
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            max: ms(histogram.max()),
+            count: histogram.len(),
+        }
+    }
+}
+
+/// What each ended saga cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct CostPerSaga {
+    /// PostgreSQL commits.
+    pub commits: f64,
+    /// Kafka records produced.
+    pub kafka_records: f64,
+    /// gRPC calls served.
+    pub grpc_calls: f64,
+}
+
+impl CostPerSaga {
+    /// Spread `spent` over `sagas`.
+    pub fn of(spent: Counters, sagas: u64) -> Self {
+        let sagas = sagas.max(1) as f64;
+        Self {
+            commits: spent.commits / sagas,
+            kafka_records: spent.produced / sagas,
+            grpc_calls: spent.grpc_calls / sagas,
+        }
+    }
+}
+
+/// One run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// What it was.
+    pub label: String,
+    /// Offered orders per second (open loop).
+    pub offered_rate: Option<f64>,
+    /// Orders in flight (closed loop).
+    pub concurrency: Option<usize>,
+    /// Orders sent.
+    pub sent: u64,
+    /// Orders accepted.
+    pub placed: u64,
+    /// PlaceOrder failures by code.
+    pub errors: BTreeMap<String, u64>,
+    /// Sagas completed.
+    pub completed: u64,
+    /// Sagas compensated.
+    pub compensated: u64,
+    /// Sagas parked for an operator.
+    pub compensation_failed: u64,
+    /// Sagas not ended when the run stopped waiting.
+    pub outstanding: u64,
+    /// First send to last end.
+    pub wall_seconds: f64,
+    /// Ended sagas per second.
+    pub sagas_per_second: f64,
+    /// Intended send time to saga end.
+    pub end_to_end_ms: Percentiles,
+    /// Each step's duration.
+    pub steps_ms: BTreeMap<String, Percentiles>,
+    /// Cost per ended saga, when measured.
+    pub cost_per_saga: Option<CostPerSaga>,
+}
+
+impl RunReport {
+    /// Summarises a run.
+    pub fn of(label: impl Into<String>, run: &RunResult, cost: Option<CostPerSaga>) -> Self {
+        let (offered_rate, concurrency) = match run.mode {
+            Mode::Rate(rate) => (Some(rate), None),
+            Mode::Concurrency(workers) => (None, Some(workers)),
+        };
+        Self {
+            label: label.into(),
+            offered_rate,
+            concurrency,
+            sent: run.sent,
+            placed: run.placed,
+            errors: run.errors.clone(),
+            completed: run.completed,
+            compensated: run.compensated,
+            compensation_failed: run.failed,
+            outstanding: run.outstanding,
+            wall_seconds: run.wall.as_secs_f64(),
+            sagas_per_second: run.throughput(),
+            end_to_end_ms: Percentiles::of(&run.end_to_end),
+            steps_ms: run
+                .steps
+                .iter()
+                .map(|(step, histogram)| (step.clone(), Percentiles::of(histogram)))
+                .collect(),
+            cost_per_saga: cost,
+        }
+    }
+
+    /// The run as lines of a table.
+    pub fn print(&self) {
+        let load = match (self.offered_rate, self.concurrency) {
+            (Some(rate), _) => format!("{rate:.0}/s offered"),
+            (_, Some(workers)) => format!("{workers} in flight"),
+            _ => String::new(),
+        };
+        println!("\n{} ({load})", self.label);
+        println!(
+            "  orders  sent {}  placed {}  errors {:?}",
+            self.sent, self.placed, self.errors
+        );
+        println!(
+            "  sagas   completed {}  compensated {}  parked {}  outstanding {}  in {:.1} s  → {:.1} sagas/s",
+            self.completed,
+            self.compensated,
+            self.compensation_failed,
+            self.outstanding,
+            self.wall_seconds,
+            self.sagas_per_second
+        );
+        let p = &self.end_to_end_ms;
+        println!(
+            "  end to end   p50 {:>8.1} ms  p90 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms",
+            p.p50, p.p90, p.p99, p.max
+        );
+        for (step, p) in &self.steps_ms {
+            println!(
+                "  {step:<22} p50 {:>7.1} ms  p99 {:>7.1} ms  ({} samples)",
+                p.p50, p.p99, p.count
+            );
+        }
+        if let Some(cost) = &self.cost_per_saga {
+            println!(
+                "  per saga     {:.1} PostgreSQL commits, {:.1} Kafka records, {:.1} gRPC calls",
+                cost.commits, cost.kafka_records, cost.grpc_calls
+            );
+        }
+    }
+}
+
+/// One step of a sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepStep {
+    /// Offered rate.
+    pub rate: f64,
+    /// Its p99 in ms.
+    pub p99_ms: f64,
+    /// Ended sagas per second.
+    pub sagas_per_second: f64,
+    /// p99 under the bound and no backlog.
+    pub sustainable: bool,
+}
+
+/// Everything measured.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    /// Seconds since the epoch.
+    pub unix_time: u64,
+    /// The command line.
+    pub command: String,
+    /// Single runs, or the sweep's runs at fractions of the peak.
+    pub runs: Vec<RunReport>,
+    /// The sweep's ladder.
+    pub sweep: Vec<SweepStep>,
+    /// The highest sustainable rate found.
+    pub peak_rate: Option<f64>,
+    /// pgbench simple-update TPS on this machine.
+    pub pgbench_tps: Option<f64>,
+    /// pgbench TPS ÷ commits per saga.
+    pub commit_bound_sagas_per_second: Option<f64>,
+    /// Throughput ÷ commit bound.
+    pub commit_bound_fraction: Option<f64>,
+    /// Highest resident memory seen per service under the load, KiB.
+    pub peak_rss_kib: BTreeMap<String, u64>,
+    /// Their sum, MiB.
+    pub peak_rss_total_mib: f64,
+}
