@@ -227,6 +227,19 @@ pub fn tool(name: &str) -> PathBuf {
     panic!("{name} not found: run deploy/local/install-tools.sh");
 }
 
+/// Runs a command-line client to completion and returns its standard output; fails the test with
+/// both outputs when it does not succeed.
+pub fn run_tool(command: &mut std::process::Command) -> String {
+    let output = command.output().expect("tool runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Field paths named by a status's `BadRequest` details (empty when it has none).
 pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
     use tonic_types::StatusExt as _;

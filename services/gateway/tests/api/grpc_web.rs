@@ -3,98 +3,70 @@
 
 use std::process::Command;
 
-use zentra_test_support::tool;
+use zentra_test_support::{run_tool, tool};
 
 use crate::helpers::{GatewayOptions, Platform};
 
-fn run(command: &mut Command) -> String {
-    let output = command.output().expect("tool runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 fn contracts() -> String {
     format!("{}/../../proto", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `buf curl` over grpc-web with the contracts as its schema; `header` (an API key) if given.
+fn buf_web(header: Option<&str>, body: &str, url: &str) -> Command {
+    let mut command = Command::new(tool("buf"));
+    command.args(["curl", "--protocol", "grpcweb", "--schema", &contracts()]);
+    if let Some(header) = header {
+        command.args(["-H", header]);
+    }
+    command.args(["-d", body, url]);
+    command
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buf_curl_over_grpc_web_places_an_order_through_the_gateway_and_reads_it_back() {
     let mut platform = Platform::start("gw-web").await;
     let (address, _) = platform.gateway(&GatewayOptions::default()).await;
-    let buf = tool("buf");
     let url = format!("http://{address}");
     let operator = format!("x-api-key: {}", platform.keys.operator);
     let viewer = format!("x-api-key: {}", platform.keys.viewer);
 
-    let placed = run(Command::new(&buf).args([
-        "curl",
-        "--protocol",
-        "grpcweb",
-        "--schema",
-        &contracts(),
-        "-H",
-        &operator,
-        "-d",
+    let placed = run_tool(&mut buf_web(
+        Some(&operator),
         r#"{"customer_id":"cust-web","shipping_address":{"recipient":"Ada","lines":["1 Main St"],"city":"Springfield","postal_code":"12345","country_code":"US"},"lines":[{"sku":"MUG-1","quantity":1,"unit_price":{"currency_code":"USD","amount_minor":500}}],"currency_code":"USD","payment_method_token":"tok_approve","idempotency_key":"web-1"}"#,
         &format!("{url}/zentra.order.v1.OrderService/PlaceOrder"),
-    ]));
+    ));
     let placed: serde_json::Value = serde_json::from_str(&placed).expect("json");
     let order_id = placed["order"]["orderId"]
         .as_str()
         .expect("order id")
         .to_owned();
 
-    let read = run(Command::new(&buf).args([
-        "curl",
-        "--protocol",
-        "grpcweb",
-        "--schema",
-        &contracts(),
-        "-H",
-        &viewer,
-        "-d",
+    let read = run_tool(&mut buf_web(
+        Some(&viewer),
         &format!(r#"{{"order_id":"{order_id}"}}"#),
         &format!("{url}/zentra.order.v1.OrderService/GetOrder"),
-    ]));
+    ));
     let read: serde_json::Value = serde_json::from_str(&read).expect("json");
     assert_eq!(read["order"]["orderId"], order_id.as_str());
     assert_eq!(read["order"]["customerId"], "cust-web");
     assert_eq!(read["order"]["status"], "ORDER_STATUS_PENDING");
 
     // The gateway's own services answer grpc-web too.
-    let info = run(Command::new(&buf).args([
-        "curl",
-        "--protocol",
-        "grpcweb",
-        "--schema",
-        &contracts(),
-        "-H",
-        &viewer,
-        "-d",
+    let info = run_tool(&mut buf_web(
+        Some(&viewer),
         "{}",
         &format!("{url}/zentra.ops.v1.OpsService/GetBuildInfo"),
-    ]));
+    ));
     assert!(info.contains("\"service\": \"gateway\""), "{info}");
 
     // Without a key the grpc-web caller gets the status, not an HTTP error.
-    let output = Command::new(&buf)
-        .args([
-            "curl",
-            "--protocol",
-            "grpcweb",
-            "--schema",
-            &contracts(),
-            "-d",
-            &format!(r#"{{"order_id":"{order_id}"}}"#),
-            &format!("{url}/zentra.order.v1.OrderService/GetOrder"),
-        ])
-        .output()
-        .expect("buf runs");
+    let output = buf_web(
+        None,
+        &format!(r#"{{"order_id":"{order_id}"}}"#),
+        &format!("{url}/zentra.order.v1.OrderService/GetOrder"),
+    )
+    .output()
+    .expect("buf runs");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unauthenticated"), "{stderr}");
@@ -108,7 +80,7 @@ async fn grpcurl_explores_every_public_service_through_the_gateways_reflection()
     let grpcurl = tool("grpcurl");
     let target = address.to_string();
 
-    let services = run(Command::new(&grpcurl).args(["-plaintext", &target, "list"]));
+    let services = run_tool(Command::new(&grpcurl).args(["-plaintext", &target, "list"]));
     for service in [
         "zentra.order.v1.OrderService",
         "zentra.saga.v1.SagaService",
@@ -118,7 +90,7 @@ async fn grpcurl_explores_every_public_service_through_the_gateways_reflection()
     ] {
         assert!(services.contains(service), "{service} missing: {services}");
     }
-    let products = run(Command::new(&grpcurl).args([
+    let products = run_tool(Command::new(&grpcurl).args([
         "-plaintext",
         "-H",
         &format!("x-api-key: {}", platform.keys.viewer),
@@ -160,7 +132,7 @@ async fn the_control_centers_files_share_the_port_with_the_apis() {
     assert!(body.contains("control center"));
 
     // And the same port still answers grpc-web.
-    let listed = run(Command::new(tool("buf")).args([
+    let listed = run_tool(Command::new(tool("buf")).args([
         "curl",
         "--protocol",
         "grpcweb",

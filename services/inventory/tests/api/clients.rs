@@ -13,20 +13,9 @@ use zentra_proto::{
     inventory::v1 as pb,
     ops::v1::{self as ops, ops_service_client::OpsServiceClient},
 };
-use zentra_test_support::tool;
+use zentra_test_support::{run_tool, tool};
 
 use crate::helpers::TestApp;
-
-fn run(command: &mut Command) -> String {
-    let output = command.output().expect("tool runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_explores_the_service_through_reflection_v1alpha_and_calls_it() {
@@ -35,7 +24,7 @@ async fn grpcurl_explores_the_service_through_reflection_v1alpha_and_calls_it() 
     let grpcurl = tool("grpcurl");
     let addr = app.addr();
 
-    let services = run(Command::new(&grpcurl).args(["-plaintext", &addr, "list"]));
+    let services = run_tool(Command::new(&grpcurl).args(["-plaintext", &addr, "list"]));
     for service in [
         "zentra.inventory.v1.InventoryService",
         "zentra.ops.v1.OpsService",
@@ -46,7 +35,7 @@ async fn grpcurl_explores_the_service_through_reflection_v1alpha_and_calls_it() 
             "{service} in {services}"
         );
     }
-    let described = run(Command::new(&grpcurl).args([
+    let described = run_tool(Command::new(&grpcurl).args([
         "-plaintext",
         &addr,
         "describe",
@@ -56,7 +45,7 @@ async fn grpcurl_explores_the_service_through_reflection_v1alpha_and_calls_it() 
         described.contains("rpc ReserveStock ( .zentra.inventory.v1.ReserveStockRequest )"),
         "{described}"
     );
-    let message = run(Command::new(&grpcurl).args([
+    let message = run_tool(Command::new(&grpcurl).args([
         "-plaintext",
         &addr,
         "describe",
@@ -64,7 +53,7 @@ async fn grpcurl_explores_the_service_through_reflection_v1alpha_and_calls_it() 
     ]));
     assert!(message.contains("int64 quantity = 2;"), "{message}");
 
-    let product = run(Command::new(&grpcurl).args([
+    let product = run_tool(Command::new(&grpcurl).args([
         "-plaintext",
         "-d",
         r#"{"sku":"SKU-CURL"}"#,
@@ -82,7 +71,7 @@ async fn buf_curl_lists_and_calls_through_reflection_v1() {
     let buf = tool("buf");
     let url = format!("http://{}", app.addr());
 
-    let methods = run(Command::new(&buf).args([
+    let methods = run_tool(Command::new(&buf).args([
         "curl",
         "--http2-prior-knowledge",
         "--protocol",
@@ -97,7 +86,7 @@ async fn buf_curl_lists_and_calls_through_reflection_v1() {
         "{methods}"
     );
 
-    let reserved = run(Command::new(&buf).args([
+    let reserved = run_tool(Command::new(&buf).args([
         "curl",
         "--http2-prior-knowledge",
         "--protocol",
