@@ -167,7 +167,13 @@ impl Gate {
         let route = *gatekeeper
             .table
             .get(&path)
-            .ok_or_else(|| Status::unimplemented(format!("{path} is not served here")))?;
+            // gRPC's answer to a method the server does not have.
+            .ok_or_else(|| {
+                Status::new(
+                    Code::Unimplemented,
+                    format!("no RPC {path} in Zentra's public contracts"),
+                )
+            })?;
 
         let caller = admit(gatekeeper, &path, &route, request.headers()).await?;
         let upstream = target(&route, request.headers())?;

@@ -88,6 +88,19 @@ async fn get_product(
         .map(drop)
 }
 
+/// Three calls, each slow but successful.
+async fn every_call_takes_at_least(
+    products: &mut InventoryServiceClient<Channel>,
+    key: &str,
+    delay: Duration,
+) {
+    for _ in 0..3 {
+        let started = Instant::now();
+        get_product(products, key).await.expect("slow, not failed");
+        assert!(started.elapsed() >= delay);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_faults_take_effect_on_the_named_service_and_clear() {
     let mut platform = Platform::start("gw-faults").await;
@@ -115,13 +128,7 @@ async fn injected_faults_take_effect_on_the_named_service_and_clear() {
             ..Default::default()
         })
         .await;
-    for _ in 0..3 {
-        let started = Instant::now();
-        get_product(&mut products, &viewer)
-            .await
-            .expect("slow, not failed");
-        assert!(started.elapsed() >= Duration::from_millis(300));
-    }
+    every_call_takes_at_least(&mut products, &viewer, Duration::from_millis(300)).await;
     faults.clear().await;
     faults
         .inject(ops::Fault {
@@ -131,13 +138,7 @@ async fn injected_faults_take_effect_on_the_named_service_and_clear() {
             ..Default::default()
         })
         .await;
-    for _ in 0..3 {
-        let started = Instant::now();
-        get_product(&mut products, &viewer)
-            .await
-            .expect("slow, not failed");
-        assert!(started.elapsed() >= Duration::from_millis(100));
-    }
+    every_call_takes_at_least(&mut products, &viewer, Duration::from_millis(100)).await;
     faults.clear().await;
 
     // Error rate: the fraction of UNAVAILABLE answers is close to the rate.

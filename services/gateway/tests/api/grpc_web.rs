@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use zentra_test_support::{run_tool, tool};
+use zentra_test_support::{http_get, run_tool, tool};
 
 use crate::helpers::{GatewayOptions, Platform};
 
@@ -149,22 +149,39 @@ async fn the_control_centers_files_share_the_port_with_the_apis() {
     platform.stop().await;
 }
 
-/// A plain HTTP/1.1 GET: (status line and headers, body).
-async fn http_get(address: std::net::SocketAddr, path: &str) -> (String, String) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_no_contract_declares_is_unimplemented() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut platform = Platform::start("gw-unknown").await;
+    let (address, _) = platform.gateway(&GatewayOptions::default()).await;
+    // A grpc-web call over HTTP/1.1 with one empty message frame.
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n")
-                .as_bytes(),
+            format!(
+                "POST /zentra.order.v1.OrderService/DropAllOrders HTTP/1.1\r\nhost: {address}\r\n\
+                 content-type: application/grpc-web+proto\r\nx-api-key: {}\r\n\
+                 content-length: 5\r\nconnection: close\r\n\r\n",
+                platform.keys.admin
+            )
+            .as_bytes(),
         )
         .await
         .expect("write");
+    stream.write_all(&[0, 0, 0, 0, 0]).await.expect("frame");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("read");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.to_owned(), body.to_owned())
+    let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    assert!(
+        text.contains("grpc-status: 12") || text.contains("grpc-status:12"),
+        "{text}"
+    );
+    // grpc-message is percent-encoded.
+    assert!(
+        text.contains("no%20rpc%20zentra.order.v1.orderservice/dropallorders"),
+        "{text}"
+    );
+    platform.stop().await;
 }

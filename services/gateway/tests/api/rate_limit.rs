@@ -116,7 +116,7 @@ async fn an_unreachable_redis_fails_open_or_closed_as_configured() {
         ))
         .await
         .expect("fails open");
-    let metrics = metrics_page(address).await;
+    let (_, metrics) = zentra_test_support::http_get(address, "/metrics").await;
     assert!(
         metrics.lines().any(
             |line| line.starts_with("zentra_gateway_rate_limit_unavailable_total")
@@ -125,22 +125,4 @@ async fn an_unreachable_redis_fails_open_or_closed_as_configured() {
         "{metrics}"
     );
     platform.stop().await;
-}
-
-/// The gateway's `/metrics` page, over plain HTTP/1.1.
-async fn metrics_page(address: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    stream
-        .write_all(
-            format!("GET /metrics HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("write");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
-    String::from_utf8_lossy(&response).into_owned()
 }
