@@ -45,6 +45,11 @@ test('a viewer sees every page with live data and no enabled actions', async () 
   await page.waitForSelector('tr[data-service="order"][data-dependency="postgres"] td.ok', { timeout: 30_000 });
   await page.waitForSelector('tr[data-service="gateway"][data-dependency="redis"] td.ok');
   await page.waitForSelector('tr.lag-row', { timeout: 30_000 });
+  // The broker's topics, including ones nobody consumes, with the records the smoke order produced.
+  await page.waitForSelector('tr.topic-row[data-topic$="notification.events"]', { timeout: 30_000 });
+  await page.waitForSelector('tr.topic-row[data-topic$="inventory.commands.dlq"]');
+  await waitForText(page, 'tr.topic-row[data-topic$="order.events"] td.records', (text) => Number(text) > 0);
+  assert.match(await page.locator('.topics-summary').innerText(), /topics under ".*" of \d+ on the broker/);
   await shoot(page, 'infrastructure');
   assert.deepEqual(page.errors, []);
   await page.close();

@@ -1,6 +1,6 @@
 //! Infrastructure: each service's view of its dependencies (PostgreSQL, Kafka, Redis) with probe
-//! latency, the consumer groups with their topics, partitions and lag, and links to the operator
-//! tools this deployment configured.
+//! latency, the broker's topics with their partitions and offsets, the consumer groups with their
+//! lag, and links to the operator tools this deployment configured.
 
 use gloo_timers::future::TimeoutFuture;
 use leptos::{prelude::*, task::spawn_local};
@@ -20,6 +20,36 @@ struct ServiceView {
     lag: Vec<ops::ConsumerLag>,
 }
 
+/// The broker's topics, as the first service with a broker connection that answered saw them.
+#[derive(Debug, Clone, PartialEq)]
+struct TopicsView {
+    service: &'static str,
+    listing: ops::ListBrokerTopicsResponse,
+}
+
+/// Asks each service with a Kafka client in turn; the gateway has none.
+async fn broker_topics(api: &crate::api::Api) -> Result<TopicsView, String> {
+    let mut last_error = String::from("no service answered");
+    for service in SERVICES.into_iter().filter(|service| *service != "gateway") {
+        match api
+            .ops()
+            .list_broker_topics(
+                api.request(ops::ListBrokerTopicsRequest { name_prefix: None }, service),
+            )
+            .await
+        {
+            Ok(response) => {
+                return Ok(TopicsView {
+                    service,
+                    listing: response.into_inner(),
+                });
+            }
+            Err(status) => last_error = format!("{service}: {}", describe(&status)),
+        }
+    }
+    Err(last_error)
+}
+
 /// The infrastructure page.
 #[component]
 pub fn Infrastructure() -> impl IntoView {
@@ -27,9 +57,14 @@ pub fn Infrastructure() -> impl IntoView {
     let links = session.links.clone();
     let api = session.api();
     let views = RwSignal::new(Vec::<ServiceView>::new());
+    let topics = RwSignal::new(None::<Result<TopicsView, String>>);
     let alive = page_alive();
     spawn_local(async move {
         while shown(&alive) {
+            let listed = broker_topics(&api).await;
+            if topics.try_set(Some(listed)).is_some() {
+                break;
+            }
             let fetched = futures::future::join_all(SERVICES.iter().map(|service| {
                 let api = api.clone();
                 async move {
@@ -88,6 +123,48 @@ pub fn Infrastructure() -> impl IntoView {
                 </tbody>
             </table>
             </div>
+            <h2>"Broker: topics"</h2>
+            {move || match topics.get() {
+                None => view! { <p class="hint">"loading…"</p> }.into_any(),
+                Some(Err(error)) => view! { <p class="error" role="alert">{error}</p> }.into_any(),
+                Some(Ok(TopicsView { service, listing })) => view! {
+                    <p class="hint topics-summary">
+                        {format!(
+                            "{} topics under \"{}\" of {} on the broker ({} broker{}), as {service}'s Kafka client sees them{}.",
+                            listing.topics.len(),
+                            listing.name_prefix,
+                            listing.broker_topic_count,
+                            listing.broker_count,
+                            if listing.broker_count == 1 { "" } else { "s" },
+                            if listing.truncated { "; more matched than are shown" } else { "" },
+                        )}
+                    </p>
+                    <div class="scroll">
+                    <table class="list topics">
+                        <thead><tr><th>"Topic"</th><th>"Partitions"</th><th>"Records held"</th><th>"Offsets (low–high) by partition"</th></tr></thead>
+                        <tbody>
+                            {listing.topics.into_iter().map(|topic| {
+                                let offsets = topic.partitions.iter().map(|partition| {
+                                    if partition.error.is_empty() {
+                                        format!("p{} {}–{} (leader {})", partition.id, partition.low_watermark, partition.high_watermark, partition.leader)
+                                    } else {
+                                        format!("p{} {}", partition.id, partition.error)
+                                    }
+                                }).collect::<Vec<_>>().join(" · ");
+                                view! {
+                                    <tr class="topic-row" data-topic=topic.name.clone()>
+                                        <td class="mono">{topic.name.clone()}</td>
+                                        <td class="partitions">{topic.partitions.len()}</td>
+                                        <td class="records">{topic.records}</td>
+                                        <td class="reason">{offsets}{(!topic.error.is_empty()).then(|| format!(" · {}", topic.error))}</td>
+                                    </tr>
+                                }
+                            }).collect_view()}
+                        </tbody>
+                    </table>
+                    </div>
+                }.into_any(),
+            }}
             <h2>"Broker: consumer groups"</h2>
             <p class="hint">"Topics and partitions each service consumes, and how far behind it is (from the Kafka client's own statistics)."</p>
             <div class="scroll">

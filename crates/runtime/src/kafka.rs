@@ -16,9 +16,11 @@ use crate::config::KafkaConfig;
 
 mod consumer;
 mod lag;
+mod topics;
 
 pub use consumer::{ConsumerSettings, EventConsumer, EventHandler, HandlerError, ReceivedEvent};
 pub use lag::{ConsumerLag, PartitionLag};
+pub use topics::{BrokerTopics, MAX_TOPICS, PartitionInfo, TopicInfo};
 
 /// Kafka failures, with the topic they concern.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +132,20 @@ impl EventProducer {
         })
         .await
         .map_err(|error| error.to_string())?
+    }
+}
+
+impl EventProducer {
+    /// The broker's topics under `prefix`, with partitions and watermarks, read within `budget`.
+    pub async fn describe_topics(
+        &self,
+        prefix: String,
+        budget: Duration,
+    ) -> Result<BrokerTopics, String> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || topics::describe(producer.client(), &prefix, budget))
+            .await
+            .map_err(|error| error.to_string())?
     }
 }
 

@@ -15,16 +15,17 @@ use zentra_proto::ops::v1::{
     GetBuildInfoRequest, GetBuildInfoResponse, GetEffectiveConfigRequest,
     GetEffectiveConfigResponse, GetHealthSummaryRequest, GetHealthSummaryResponse,
     GetLogLevelRequest, GetLogLevelResponse, GetMetricsSnapshotRequest, GetMetricsSnapshotResponse,
-    HealthStatus, InjectFaultRequest, InjectFaultResponse, ListFaultsRequest, ListFaultsResponse,
-    SetLogLevelRequest, SetLogLevelResponse, ops_service_server::OpsService,
+    HealthStatus, InjectFaultRequest, InjectFaultResponse, ListBrokerTopicsRequest,
+    ListBrokerTopicsResponse, ListFaultsRequest, ListFaultsResponse, SetLogLevelRequest,
+    SetLogLevelResponse, ops_service_server::OpsService,
 };
 
 use crate::{
     config::ConfigSources,
     faults::{ActiveFault, FaultSpec, Faults},
-    kafka::ConsumerLag,
+    kafka::{BrokerTopics, ConsumerLag, EventProducer},
     rpc_stats::RpcStats,
-    status::{Violations, check_idempotency_key},
+    status::{Violations, check_idempotency_key, invalid_field},
     telemetry::Telemetry,
     time::{from_proto_duration, to_proto_duration, to_timestamp},
 };
@@ -71,6 +72,8 @@ pub struct OpsContext {
     pub rpc_stats: RpcStats,
     /// The lag of the service's consumers.
     pub consumer_lag: ConsumerLag,
+    /// The service's broker connection and topic prefix, for `ListBrokerTopics`.
+    pub broker: Option<(EventProducer, Arc<str>)>,
 }
 
 impl OpsContext {
@@ -94,7 +97,16 @@ impl OpsContext {
             faults: Faults::default(),
             rpc_stats: RpcStats::default(),
             consumer_lag: ConsumerLag::default(),
+            broker: None,
         }
+    }
+
+    /// Lets `ListBrokerTopics` describe the broker through `producer`, by default under the
+    /// service's `topic_prefix`.
+    #[must_use]
+    pub fn with_broker(mut self, producer: EventProducer, topic_prefix: &str) -> Self {
+        self.broker = Some((producer, topic_prefix.into()));
+        self
     }
 }
 
@@ -132,6 +144,10 @@ impl OpsApi {
 }
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time allowed for the metadata and watermark requests of one `ListBrokerTopics`.
+const DESCRIBE_BUDGET: Duration = Duration::from_secs(5);
+/// Kafka's own limit on a topic name's length.
+const MAX_TOPIC_NAME: usize = 249;
 
 #[tonic::async_trait]
 impl OpsService for OpsApi {
@@ -305,6 +321,75 @@ impl OpsService for OpsApi {
         request: Request<GetMetricsSnapshotRequest>,
     ) -> Result<Response<GetMetricsSnapshotResponse>, Status> {
         snapshot::metrics_snapshot(&self.context, &request.into_inner()).map(Response::new)
+    }
+
+    async fn list_broker_topics(
+        &self,
+        request: Request<ListBrokerTopicsRequest>,
+    ) -> Result<Response<ListBrokerTopicsResponse>, Status> {
+        let Some((producer, topic_prefix)) = &self.context.broker else {
+            return Err(Status::failed_precondition(format!(
+                "{} has no broker connection; ask a service that uses Kafka",
+                self.context.service
+            )));
+        };
+        let request = request.into_inner();
+        let prefix = request
+            .name_prefix
+            .unwrap_or_else(|| topic_prefix.to_string());
+        if prefix.chars().count() > MAX_TOPIC_NAME {
+            return Err(invalid_field(
+                "name_prefix",
+                &format!("must be at most {MAX_TOPIC_NAME} characters"),
+            ));
+        }
+        if prefix.chars().any(char::is_control) {
+            return Err(invalid_field(
+                "name_prefix",
+                "must not contain control characters",
+            ));
+        }
+        let described = producer
+            .describe_topics(prefix.clone(), DESCRIBE_BUDGET)
+            .await
+            .map_err(|error| Status::unavailable(format!("the broker did not answer: {error}")))?;
+        Ok(Response::new(broker_topics_to_proto(described, prefix)))
+    }
+}
+
+fn broker_topics_to_proto(described: BrokerTopics, prefix: String) -> ListBrokerTopicsResponse {
+    let count = |value: usize| i32::try_from(value).unwrap_or(i32::MAX);
+    ListBrokerTopicsResponse {
+        topics: described
+            .topics
+            .into_iter()
+            .map(|topic| pb::BrokerTopic {
+                records: topic.records(),
+                partitions: topic
+                    .partitions
+                    .into_iter()
+                    .map(|partition| {
+                        let (low, high, error) = match partition.watermarks {
+                            Ok((low, high)) => (low, high, String::new()),
+                            Err(error) => (0, 0, error),
+                        };
+                        pb::BrokerPartition {
+                            id: partition.id,
+                            leader: partition.leader,
+                            low_watermark: low,
+                            high_watermark: high,
+                            error,
+                        }
+                    })
+                    .collect(),
+                name: topic.name,
+                error: topic.error.unwrap_or_default(),
+            })
+            .collect(),
+        name_prefix: prefix,
+        broker_topic_count: count(described.broker_topic_count),
+        broker_count: count(described.broker_count),
+        truncated: described.truncated,
     }
 }
 

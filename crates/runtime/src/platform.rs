@@ -94,7 +94,8 @@ impl Platform {
             to_toml(config),
             sources,
             probes,
-        );
+        )
+        .with_broker(producer.clone(), &common.kafka.topic_prefix);
         tracing::info!(
             service = info.name,
             "platform ready: database migrated, topics present"

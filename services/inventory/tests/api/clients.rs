@@ -510,3 +510,94 @@ async fn the_metrics_snapshot_shows_rates_latencies_errors_and_consumer_lag() {
     assert_eq!(bad.code(), Code::InvalidArgument);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_topics_are_listed_with_partitions_and_offsets_under_the_platform_prefix() {
+    let app = TestApp::spawn("topics").await;
+    let mut ops = OpsServiceClient::connect(format!("http://{}", app.addr()))
+        .await
+        .expect("connect");
+    let events = format!("{}inventory.events", app.env.prefix);
+    let producer =
+        zentra_runtime::kafka::EventProducer::new(&app.env.common_config().kafka, "test-publisher")
+            .expect("producer");
+    for n in 0..3 {
+        producer
+            .send(&events, &format!("key-{n}"), b"not read by anyone", &[])
+            .await
+            .expect("published");
+    }
+
+    let listed = ops
+        .list_broker_topics(ops::ListBrokerTopicsRequest { name_prefix: None })
+        .await
+        .expect("listed")
+        .into_inner();
+    assert_eq!(
+        listed.name_prefix, app.env.prefix,
+        "the service's own prefix by default"
+    );
+    let names: Vec<&str> = listed
+        .topics
+        .iter()
+        .map(|topic| topic.name.as_str())
+        .collect();
+    for base in ["inventory.events", "inventory.commands", "saga.command-acks"] {
+        let name = format!("{}{base}", app.env.prefix);
+        assert!(
+            names.contains(&name.as_str()),
+            "{name} missing from {names:?}"
+        );
+    }
+    assert!(
+        names.iter().all(|name| name.starts_with(&app.env.prefix)),
+        "another test's topics leaked in: {names:?}"
+    );
+    assert!(listed.broker_topic_count >= i32::try_from(names.len()).expect("fits"));
+    assert!(listed.broker_count >= 1);
+    let topic = listed
+        .topics
+        .iter()
+        .find(|topic| topic.name == events)
+        .expect("events topic");
+    assert_eq!(topic.partitions.len(), 1, "{topic:?}");
+    let partition = &topic.partitions[0];
+    assert_eq!(partition.error, "", "{partition:?}");
+    assert_eq!(
+        partition.high_watermark - partition.low_watermark,
+        3,
+        "three records were sent: {partition:?}"
+    );
+    assert_eq!(topic.records, 3);
+
+    let narrowed = ops
+        .list_broker_topics(ops::ListBrokerTopicsRequest {
+            name_prefix: Some(events.clone()),
+        })
+        .await
+        .expect("listed")
+        .into_inner();
+    assert_eq!(
+        narrowed
+            .topics
+            .iter()
+            .map(|topic| topic.name.as_str())
+            .collect::<Vec<_>>(),
+        [events.as_str()]
+    );
+
+    for bad in ["x".repeat(250), "inventory\n".to_owned()] {
+        let refused = ops
+            .list_broker_topics(ops::ListBrokerTopicsRequest {
+                name_prefix: Some(bad),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert_eq!(
+            zentra_test_support::violated_fields(&refused),
+            ["name_prefix"]
+        );
+    }
+    app.stop().await;
+}
