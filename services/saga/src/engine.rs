@@ -26,6 +26,9 @@ use crate::{
     store::{self, Lease},
 };
 
+/// Changes a watcher may fall behind by before it must read the table to catch up.
+const CHANGE_BUFFER: usize = 4096;
+
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
@@ -49,7 +52,7 @@ pub struct Engine {
     topic_prefix: String,
     outbox: OutboxWaker,
     wake: Notify,
-    changes: broadcast::Sender<Uuid>,
+    changes: broadcast::Sender<Arc<Saga>>,
 }
 
 impl Engine {
@@ -61,7 +64,7 @@ impl Engine {
         topic_prefix: String,
         outbox: OutboxWaker,
     ) -> Arc<Self> {
-        let (changes, _) = broadcast::channel(1024);
+        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         Arc::new(Self {
             db,
             downstreams,
@@ -88,10 +91,16 @@ impl Engine {
         &self.settings.owner
     }
 
-    /// Ids of sagas this instance changed, as they change (watchers also poll for other
-    /// instances' changes).
-    pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
+    /// Every version of a saga this instance writes, as it commits (watchers read the other
+    /// instances' changes from the table).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Saga>> {
         self.changes.subscribe()
+    }
+
+    fn announce(&self, saga: &Saga) {
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(Arc::new(saga.clone()));
+        }
     }
 
     /// Makes the loop look for due sagas now (a saga was started or signalled here).
@@ -132,7 +141,7 @@ impl Engine {
             lease: None,
         };
         let tx = self.db.begin().await?;
-        if !store::insert(&tx, &saga).await? {
+        if !store::insert(&tx, &saga, self.owner()).await? {
             tx.commit().await?;
             let existing = store::by_order(&self.db, order_id)
                 .await?
@@ -151,7 +160,7 @@ impl Engine {
         metrics::counter!(metric_names::SAGAS_STARTED).increment(1);
         tracing::info!(saga_id = %saga.id, order_id = %saga.order_id, "saga started");
         self.outbox.wake();
-        let _ = self.changes.send(saga.id);
+        self.announce(&saga);
         self.wake();
         Ok((saga, true))
     }
@@ -223,14 +232,14 @@ impl Engine {
                     }
                 };
             let count = claimed.len();
-            for saga in claimed {
+            for (saga, has_signals) in claimed {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
                 let engine = Arc::clone(self);
                 let shutdown = shutdown.clone();
                 tasks.spawn(async move {
-                    engine.drive(saga, &shutdown).await;
+                    engine.drive(saga, has_signals, &shutdown).await;
                     drop(permit);
                     // A slot is free: there may be more due work.
                     engine.wake();
@@ -242,16 +251,21 @@ impl Engine {
         }
     }
 
-    /// Walks one claimed saga until it waits, ends or the lease is lost.
-    async fn drive(&self, mut saga: Saga, shutdown: &CancellationToken) {
+    /// Walks one claimed saga until it waits, ends or the lease is lost. Signals are read only
+    /// when the claim or the last transition said some wait.
+    async fn drive(&self, mut saga: Saga, mut has_signals: bool, shutdown: &CancellationToken) {
         loop {
-            let signals = match store::signals(&self.db, saga.id).await {
-                Ok(signals) => signals,
-                Err(error) => {
-                    tracing::warn!(saga_id = %saga.id, %error, "reading signals failed");
-                    self.give_up(&saga).await;
-                    return;
+            let signals = if has_signals {
+                match store::signals(&self.db, saga.id).await {
+                    Ok(signals) => signals,
+                    Err(error) => {
+                        tracing::warn!(saga_id = %saga.id, %error, "reading signals failed");
+                        self.give_up(&saga).await;
+                        return;
+                    }
                 }
+            } else {
+                Vec::new()
             };
             let applied = signals.last().map(|(id, _)| *id);
             let now = Utc::now();
@@ -343,8 +357,13 @@ impl Engine {
                 tracing::info!(saga_id = %saga.id, state = %saga.state, reason = %saga.failure_reason, "saga ended");
             }
             match self.commit(&saga, &out, lease, applied).await {
-                Ok(true) => saga.version += 1,
-                Ok(false) => {
+                Ok(Some(saved)) => {
+                    saga.version += 1;
+                    saga.updated_at = saved.updated_at;
+                    has_signals = saved.has_signals;
+                    self.announce(&saga);
+                }
+                Ok(None) => {
                     tracing::warn!(saga_id = %saga.id, "lease lost; another instance drives the saga");
                     return;
                 }
@@ -366,20 +385,20 @@ impl Engine {
         out: &[Outgoing],
         lease: Lease,
         applied: Option<i64>,
-    ) -> Result<bool, DbErr> {
+    ) -> Result<Option<store::Saved>, DbErr> {
         let tx = self.db.begin().await?;
         let token = saga.lease.as_deref().unwrap_or_default();
-        if !store::save(&tx, saga, token, lease, applied).await? {
+        let Some(saved) = store::save(&tx, saga, (token, self.owner()), lease, applied).await?
+        else {
             tx.rollback().await?;
-            return Ok(false);
-        }
+            return Ok(None);
+        };
         self.enqueue(&tx, out).await?;
         tx.commit().await?;
         if !out.is_empty() {
             self.outbox.wake();
         }
-        let _ = self.changes.send(saga.id);
-        Ok(true)
+        Ok(Some(saved))
     }
 
     /// After a database failure: hand the saga back so it is retried, by any instance, later.

@@ -52,25 +52,29 @@ impl SagaApi {
     }
 
     /// Records `signal` and waits until the engine applied it (the saga's version moved past
-    /// `version`), then returns the saga.
+    /// `version`), then returns the saga. This instance's changes are heard as they commit; the
+    /// table is read every 100 ms in case another instance applies it.
     async fn signal_and_wait(&self, saga: Saga, signal: Signal) -> Result<Saga, SagaError> {
         let mut changes = self.engine.subscribe();
         self.engine.signal(saga.id, &signal).await?;
         let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+        let mut poll = tokio::time::interval(Duration::from_millis(100));
         loop {
-            let current = self.load(saga.id).await?;
-            if current.version > saga.version {
-                return Ok(current);
-            }
-            let wait = tokio::time::sleep_until(
-                deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)),
-            );
             tokio::select! {
-                () = wait => {}
-                _ = changes.recv() => {}
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(current);
+                _ = poll.tick() => {
+                    let current = self.load(saga.id).await?;
+                    if current.version > saga.version || tokio::time::Instant::now() >= deadline {
+                        return Ok(current);
+                    }
+                }
+                changed = changes.recv() => {
+                    if let Ok(changed) = changed
+                        && changed.id == saga.id
+                        && changed.version > saga.version
+                    {
+                        return Ok(Saga::clone(&changed));
+                    }
+                }
             }
         }
     }

@@ -138,12 +138,13 @@ fn rows(rows: Vec<SagaRow>) -> Result<Vec<Saga>, DbErr> {
     rows.into_iter().map(Saga::try_from).collect()
 }
 
-/// Inserts a new saga, due at once; `false` when the order already has one.
-pub async fn insert<C: ConnectionTrait>(db: &C, saga: &Saga) -> Result<bool, DbErr> {
+/// Inserts a new saga, due at once, written by the instance `writer`; `false` when the order
+/// already has one.
+pub async fn insert<C: ConnectionTrait>(db: &C, saga: &Saga, writer: &str) -> Result<bool, DbErr> {
     let result = db
         .execute_raw(statement(
-            "INSERT INTO sagas (id, order_id, state, order_data, data, next_run_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $6, $6) ON CONFLICT (order_id) DO NOTHING",
+            "INSERT INTO sagas (id, order_id, state, order_data, data, next_run_at, created_at, updated_at, written_by) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $6, $6, $7) ON CONFLICT (order_id) DO NOTHING",
             [
                 saga.id.into(),
                 saga.order_id.into(),
@@ -151,6 +152,7 @@ pub async fn insert<C: ConnectionTrait>(db: &C, saga: &Saga) -> Result<bool, DbE
                 saga.order.encode_to_vec().into(),
                 data_json(saga)?.into(),
                 saga.created_at.into(),
+                writer.into(),
             ],
         ))
         .await?;
@@ -186,15 +188,18 @@ pub async fn by_order<C: ConnectionTrait>(db: &C, order_id: Uuid) -> Result<Opti
 /// ever claiming the same saga. Each claim gets its own token (`<owner>:<uuid>`, in
 /// [`Saga::lease`]): a task that outlived its lease cannot write over the next claimant's work,
 /// even in the same instance.
+///
+/// Each saga comes with whether signals wait for it, so the engine reads them only then.
 pub async fn claim_due<C: ConnectionTrait>(
     db: &C,
     owner: &str,
     lease: std::time::Duration,
     limit: usize,
-) -> Result<Vec<Saga>, DbErr> {
+) -> Result<Vec<(Saga, bool)>, DbErr> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    let found = SagaRow::find_by_statement(statement(
-        "WITH candidates AS ( \
+    let found = db
+        .query_all_raw(statement(
+            "WITH candidates AS ( \
                  (SELECT id FROM sagas WHERE next_run_at <= now() \
                     AND (lease_until IS NULL OR lease_until < now()) \
                   ORDER BY next_run_at LIMIT $3) \
@@ -211,16 +216,22 @@ pub async fn claim_due<C: ConnectionTrait>(
              FROM claimable WHERE sagas.id = claimable.id \
              RETURNING sagas.id, sagas.order_id, sagas.state, sagas.compensation_cause, \
                sagas.order_data, sagas.data::text AS data, sagas.version, sagas.next_run_at, \
-               sagas.lease_owner, sagas.created_at, sagas.updated_at, sagas.ended_at",
-        [
-            owner.into(),
-            lease_ms.into(),
-            i64::try_from(limit).unwrap_or(i64::MAX).into(),
-        ],
-    ))
-    .all(db)
-    .await?;
-    rows(found)
+               sagas.lease_owner, sagas.created_at, sagas.updated_at, sagas.ended_at, \
+               EXISTS (SELECT 1 FROM saga_signals g WHERE g.saga_id = sagas.id) AS has_signals",
+            [
+                owner.into(),
+                lease_ms.into(),
+                i64::try_from(limit).unwrap_or(i64::MAX).into(),
+            ],
+        ))
+        .await?;
+    found
+        .iter()
+        .map(|row| {
+            let saga = Saga::try_from(SagaRow::from_query_result(row, "")?)?;
+            Ok((saga, row.try_get::<bool>("", "has_signals")?))
+        })
+        .collect()
 }
 
 /// Gives up every lease `owner` holds (at start-up, after a crash of the same instance, and at
@@ -307,16 +318,17 @@ pub enum Lease {
     Release,
 }
 
-/// Stores a transition made under the lease token `lease`, deleting the signals it applied (ids
-/// up to `applied_signals`). `false` when the token no longer holds the lease: another claim
-/// took the saga over and this transition must be dropped.
+/// Stores a transition made under the lease token `token` by the instance `writer`, deleting the
+/// signals it applied (ids up to `applied_signals`).
+/// `None` when the token no longer holds the lease: another claim took the saga over and this
+/// transition must be dropped.
 pub async fn save<C: ConnectionTrait>(
     db: &C,
     saga: &Saga,
-    token: &str,
+    (token, writer): (&str, &str),
     lease: Lease,
     applied_signals: Option<i64>,
-) -> Result<bool, DbErr> {
+) -> Result<Option<Saved>, DbErr> {
     let (release, lease_ms) = match lease {
         Lease::Extend(duration) => (
             false,
@@ -324,14 +336,23 @@ pub async fn save<C: ConnectionTrait>(
         ),
         Lease::Release => (true, 0),
     };
-    let result = db
-        .execute_raw(statement(
+    if let Some(up_to) = applied_signals {
+        // Rolled back with the rest when the lease turns out to be lost.
+        db.execute_raw(statement(
+            "DELETE FROM saga_signals WHERE saga_id = $1 AND id <= $2",
+            [saga.id.into(), up_to.into()],
+        ))
+        .await?;
+    }
+    let updated = db
+        .query_one_raw(statement(
             "UPDATE sagas SET state = $3, current_step = $4, failing_step = $5, \
                compensation_cause = $6, data = $7::jsonb, version = version + 1, next_run_at = $8, \
-               ended_at = $9, updated_at = now(), \
+               ended_at = $9, updated_at = now(), written_by = $12, \
                lease_owner = CASE WHEN $10 THEN NULL ELSE lease_owner END, \
                lease_until = CASE WHEN $10 THEN NULL ELSE now() + $11 * interval '1 millisecond' END \
-             WHERE id = $1 AND lease_owner = $2",
+             WHERE id = $1 AND lease_owner = $2 \
+             RETURNING updated_at, EXISTS (SELECT 1 FROM saga_signals g WHERE g.saga_id = $1) AS has_signals",
             [
                 saga.id.into(),
                 token.into(),
@@ -347,20 +368,26 @@ pub async fn save<C: ConnectionTrait>(
                 saga.ended_at.into(),
                 release.into(),
                 lease_ms.into(),
+                writer.into(),
             ],
         ))
         .await?;
-    if result.rows_affected() != 1 {
-        return Ok(false);
-    }
-    if let Some(up_to) = applied_signals {
-        db.execute_raw(statement(
-            "DELETE FROM saga_signals WHERE saga_id = $1 AND id <= $2",
-            [saga.id.into(), up_to.into()],
-        ))
-        .await?;
-    }
-    Ok(true)
+    let Some(row) = updated else {
+        return Ok(None);
+    };
+    Ok(Some(Saved {
+        updated_at: row.try_get("", "updated_at")?,
+        has_signals: row.try_get("", "has_signals")?,
+    }))
+}
+
+/// What storing a transition tells the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Saved {
+    /// When the new version was written.
+    pub updated_at: DateTime<Utc>,
+    /// Signals wait for the saga (arrived while the step ran).
+    pub has_signals: bool,
 }
 
 /// Filters of a saga listing.
@@ -412,18 +439,41 @@ pub async fn list<C: ConnectionTrait>(
     rows(found)
 }
 
-/// Sagas changed at or after `since`, oldest change first (at most `limit`).
-pub async fn changed_since<C: ConnectionTrait>(
+/// A saga's identity and version as of a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromQueryResult)]
+pub struct Change {
+    /// The saga.
+    pub id: Uuid,
+    /// Its version now.
+    pub version: i64,
+    /// When that version was written.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Sagas changed at or after `since`, oldest change first, leaving out those whose last version
+/// `except_writer` wrote (a watcher hears its own instance's changes directly).
+pub async fn changes_since<C: ConnectionTrait>(
     db: &C,
     since: DateTime<Utc>,
-    limit: u64,
-) -> Result<Vec<Saga>, DbErr> {
+    except_writer: Option<&str>,
+) -> Result<Vec<Change>, DbErr> {
+    Change::find_by_statement(statement(
+        "SELECT id, version, updated_at FROM sagas \
+         WHERE updated_at >= $1 AND ($2::text IS NULL OR written_by <> $2) ORDER BY updated_at",
+        [since.into(), except_writer.map(str::to_owned).into()],
+    ))
+    .all(db)
+    .await
+}
+
+/// The sagas with these ids, in no particular order.
+pub async fn by_ids<C: ConnectionTrait>(db: &C, ids: Vec<Uuid>) -> Result<Vec<Saga>, DbErr> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let found = SagaRow::find_by_statement(statement(
-        &format!("SELECT {COLUMNS} FROM sagas WHERE updated_at >= $1 ORDER BY updated_at LIMIT $2"),
-        [
-            since.into(),
-            i64::try_from(limit).unwrap_or(i64::MAX).into(),
-        ],
+        &format!("SELECT {COLUMNS} FROM sagas WHERE id = ANY($1)"),
+        [ids.into()],
     ))
     .all(db)
     .await?;

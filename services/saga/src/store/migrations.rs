@@ -4,9 +4,10 @@
 use zentra_runtime::db::SqlMigration;
 
 /// Every saga migration.
-pub const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
-    name: "m0001_sagas",
-    up: r#"
+pub const MIGRATIONS: &[SqlMigration] = &[
+    SqlMigration {
+        name: "m0001_sagas",
+        up: r#"
 CREATE TABLE sagas (
     id                 UUID PRIMARY KEY,
     order_id           UUID        NOT NULL UNIQUE,
@@ -44,4 +45,13 @@ CREATE TABLE saga_signals (
 );
 CREATE INDEX saga_signals_by_saga ON saga_signals (saga_id, id);
 "#,
-}];
+    },
+    SqlMigration {
+        name: "m0002_sagas_written_by",
+        up: r#"
+-- The instance that wrote a saga's current version: a watcher hears its own instance's changes
+-- directly and reads only the other instances' changes from the table.
+ALTER TABLE sagas ADD COLUMN written_by TEXT NOT NULL DEFAULT '';
+"#,
+    },
+];
