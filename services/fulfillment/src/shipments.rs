@@ -1,8 +1,12 @@
 //! Shipment operations and the worker that moves shipments PENDING → PICKING → PACKED →
-//! DISPATCHED. Each step is one transaction with its events, so a restart resumes from the
-//! database and no step (in particular, dispatch) happens twice.
+//! DISPATCHED. Each step commits with its events, so a restart resumes from the database and no
+//! step (in particular, dispatch) happens twice; the due steps of up to [`BATCH`] shipments share
+//! one transaction.
+
+use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait as _};
+use tokio::sync::Notify;
 use uuid::Uuid;
 use zentra_proto::{common::v1::Address, fulfillment::v1 as pb};
 use zentra_runtime::{
@@ -21,6 +25,9 @@ use crate::{
 /// Name of the service, as producer of its events.
 pub const SERVICE: &str = "fulfillment";
 
+/// Shipments advanced in one transaction at most.
+pub const BATCH: u32 = 32;
+
 /// The operations.
 #[derive(Clone)]
 pub struct Shipments {
@@ -28,6 +35,7 @@ pub struct Shipments {
     events_topic: String,
     waker: OutboxWaker,
     settings: FulfillmentSettings,
+    worker: Arc<Notify>,
 }
 
 impl Shipments {
@@ -43,6 +51,7 @@ impl Shipments {
             events_topic,
             waker,
             settings,
+            worker: Arc::new(Notify::new()),
         }
     }
 
@@ -51,9 +60,10 @@ impl Shipments {
         &self.db
     }
 
-    /// Tells the relay that events were committed.
+    /// Tells the relay that events were committed, and the worker that a shipment may be due.
     pub fn committed(&self) {
         self.waker.wake();
+        self.worker.notify_one();
     }
 
     /// Accepts a shipment; the worker takes it from here.
@@ -118,29 +128,42 @@ impl Shipments {
         Ok(shipment)
     }
 
-    /// Advances one due shipment by one step; returns false when none was due.
-    pub async fn advance_one(&self) -> Result<bool, FulfillmentError> {
+    /// Advances each due shipment, up to `limit` of them, by one step in one transaction;
+    /// returns how many were due.
+    pub async fn advance_due(&self, limit: u32) -> Result<usize, FulfillmentError> {
         let tx = self.db.begin().await?;
-        let Some(id) = store::lock_due(&tx).await? else {
-            return Ok(false);
-        };
-        let current = store::shipment(&tx, id).await?;
+        let due = store::lock_due(&tx, limit).await?;
+        if due.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        for id in &due {
+            self.advance(&tx, *id).await?;
+        }
+        tx.commit().await?;
+        self.waker.wake();
+        Ok(due.len())
+    }
+
+    /// Moves one locked shipment one step on, with its events.
+    async fn advance<C: ConnectionTrait>(&self, tx: &C, id: Uuid) -> Result<(), FulfillmentError> {
+        let current = store::shipment(tx, id).await?;
         let delay = self.settings.step_delay.as_millis() as i64;
         let next_step = "next_step_at = now() + $3 * interval '1 millisecond'";
         let (to, moved) = match current.row.status.as_str() {
-            "PENDING" => ("PICKING", store::transition(&tx, id, &["PENDING"], &format!("status = 'PICKING', picking_at = now(), {next_step}"), vec![delay.into()]).await?),
+            "PENDING" => ("PICKING", store::transition(tx, id, &["PENDING"], &format!("status = 'PICKING', picking_at = now(), {next_step}"), vec![delay.into()]).await?),
             "PICKING" => match self.unshippable(&current) {
-                Some(reason) => ("FAILED", store::transition(&tx, id, &["PICKING"], "status = 'FAILED', failure_reason = $3, failed_at = now(), next_step_at = NULL", vec![reason.into()]).await?),
-                None => ("PACKED", store::transition(&tx, id, &["PICKING"], &format!("status = 'PACKED', packed_at = now(), {next_step}"), vec![delay.into()]).await?),
+                Some(reason) => ("FAILED", store::transition(tx, id, &["PICKING"], "status = 'FAILED', failure_reason = $3, failed_at = now(), next_step_at = NULL", vec![reason.into()]).await?),
+                None => ("PACKED", store::transition(tx, id, &["PICKING"], &format!("status = 'PACKED', packed_at = now(), {next_step}"), vec![delay.into()]).await?),
             },
             "PACKED" => {
                 let tracking = format!("ZT{}", id.simple().to_string()[..12].to_uppercase());
-                ("DISPATCHED", store::transition(&tx, id, &["PACKED"], "status = 'DISPATCHED', carrier = 'zentra-post', tracking_number = $3, dispatched_at = now(), next_step_at = NULL", vec![tracking.into()]).await?)
+                ("DISPATCHED", store::transition(tx, id, &["PACKED"], "status = 'DISPATCHED', carrier = 'zentra-post', tracking_number = $3, dispatched_at = now(), next_step_at = NULL", vec![tracking.into()]).await?)
             }
             _ => ("", None),
         };
         let Some(shipment) = moved else {
-            return Ok(true);
+            return Ok(());
         };
         let changed = pb::ShipmentStatusChanged {
             shipment_id: id.to_string(),
@@ -148,7 +171,7 @@ impl Shipments {
             from_status: convert::status(&current.row.status) as i32,
             to_status: convert::status(to) as i32,
         };
-        self.emit(&tx, &changed, &shipment).await?;
+        self.emit(tx, &changed, &shipment).await?;
         match to {
             "DISPATCHED" => {
                 let event = pb::ShipmentDispatched {
@@ -157,7 +180,7 @@ impl Shipments {
                     carrier: shipment.row.carrier.clone(),
                     tracking_number: shipment.row.tracking_number.clone(),
                 };
-                self.emit(&tx, &event, &shipment).await?;
+                self.emit(tx, &event, &shipment).await?;
             }
             "FAILED" => {
                 let event = pb::ShipmentFailed {
@@ -165,14 +188,12 @@ impl Shipments {
                     order_id: shipment.row.order_id.to_string(),
                     failure_reason: shipment.row.failure_reason.clone(),
                 };
-                self.emit(&tx, &event, &shipment).await?;
+                self.emit(tx, &event, &shipment).await?;
             }
             _ => {}
         }
-        tx.commit().await?;
-        self.committed();
         tracing::info!(shipment_id = %id, from = %current.row.status, to, "shipment advanced");
-        Ok(true)
+        Ok(())
     }
 
     fn unshippable(&self, shipment: &Shipment) -> Option<String> {
@@ -209,23 +230,33 @@ impl Shipments {
     }
 }
 
-/// Advances due shipments until `shutdown`.
+/// Advances due shipments until `shutdown`. Between rounds it sleeps until the next step is due,
+/// a shipment is created, or `poll_interval` passed, whichever comes first.
 pub async fn run_worker(shipments: Shipments, shutdown: CancellationToken) {
     let interval = shipments.settings.poll_interval;
     loop {
         loop {
-            match shipments.advance_one().await {
-                Ok(true) => continue,
-                Ok(false) => break,
+            match shipments.advance_due(BATCH).await {
+                Ok(0) => break,
+                Ok(_) => continue,
                 Err(error) => {
                     tracing::warn!(%error, "shipment step failed");
                     break;
                 }
             }
         }
+        let wait = match store::next_due_in(&shipments.db).await {
+            Ok(Some(due)) => due.min(interval),
+            Ok(None) => interval,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read when the next shipment step is due");
+                interval
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+            () = shipments.worker.notified() => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }

@@ -159,19 +159,39 @@ pub async fn transition<C: ConnectionTrait>(
 }
 
 /// Locks the next shipment whose step is due; other workers skip it.
-pub async fn lock_due<C: ConnectionTrait>(db: &C) -> Result<Option<Uuid>, DbErr> {
+pub async fn lock_due<C: ConnectionTrait>(db: &C, limit: u32) -> Result<Vec<Uuid>, DbErr> {
     #[derive(FromQueryResult)]
     struct Id {
         id: Uuid,
     }
     Ok(Id::find_by_statement(statement(
         "SELECT id FROM shipments WHERE status IN ('PENDING', 'PICKING', 'PACKED') \
-         AND next_step_at <= now() ORDER BY next_step_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+         AND next_step_at <= now() ORDER BY next_step_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        [i64::from(limit).into()],
+    ))
+    .all(db)
+    .await?
+    .into_iter()
+    .map(|row| row.id)
+    .collect())
+}
+
+/// How long until the next shipment step is due; `None` when no shipment waits for one.
+pub async fn next_due_in<C: ConnectionTrait>(db: &C) -> Result<Option<std::time::Duration>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Due {
+        millis: Option<i64>,
+    }
+    let due = Due::find_by_statement(statement(
+        "SELECT greatest(0, ceil(extract(epoch FROM min(next_step_at) - now()) * 1000))::bigint AS millis \
+         FROM shipments WHERE status IN ('PENDING', 'PICKING', 'PACKED') AND next_step_at IS NOT NULL",
         [],
     ))
     .one(db)
-    .await?
-    .map(|row| row.id))
+    .await?;
+    Ok(due
+        .and_then(|due| due.millis)
+        .map(|millis| std::time::Duration::from_millis(u64::try_from(millis).unwrap_or(0))))
 }
 
 /// Shipments newest first, after the cursor id, filtered.

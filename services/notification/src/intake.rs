@@ -49,6 +49,12 @@ impl EventHandler for Intake {
         let event_id = Uuid::parse_str(&envelope.event_id).map_err(|_| {
             HandlerError::Permanent(format!("event id {} is not a UUID", envelope.event_id))
         })?;
+        let placed = payload::<order::OrderPlaced>(envelope);
+        let rendered = render(envelope);
+        if placed.is_none() && rendered.is_none() {
+            // Nothing to remember or send: no transaction, no inbox entry.
+            return Ok(());
+        }
         let tx = self.db.begin().await.map_err(transient)?;
         if !inbox::claim(&tx, CONSUMER, &envelope.event_id, &event.topic)
             .await
@@ -56,14 +62,14 @@ impl EventHandler for Intake {
         {
             return Ok(());
         }
-        if let Some(placed) = payload::<order::OrderPlaced>(envelope)
+        if let Some(placed) = placed
             && let Ok(order_id) = Uuid::parse_str(&placed.order_id)
         {
             store::remember_customer(&tx, order_id, &placed.customer_id)
                 .await
                 .map_err(transient)?;
         }
-        if let Some(rendered) = render(envelope) {
+        if let Some(rendered) = rendered {
             let order_id = Uuid::parse_str(&rendered.order_id).map_err(|_| {
                 HandlerError::Permanent(format!("order id {} is not a UUID", rendered.order_id))
             })?;

@@ -112,7 +112,11 @@ impl EventConsumer {
         client
             .set("bootstrap.servers", &config.bootstrap_servers)
             .set("group.id", &group)
-            .set("enable.auto.commit", "false")
+            // Offsets are stored only after their message was processed, and committed by the
+            // client in the background every 100 ms: one commit request covers many messages.
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "100")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set(
@@ -174,8 +178,8 @@ impl EventConsumer {
             {
                 tracing::warn!(%error, "cannot track processed offset");
             }
-            if let Err(error) = self.consumer.commit_message(&message, CommitMode::Async) {
-                tracing::warn!(%error, topic = message.topic(), offset = message.offset(), "offset commit failed");
+            if let Err(error) = self.consumer.store_offset_from_message(&message) {
+                tracing::warn!(%error, topic = message.topic(), offset = message.offset(), "cannot store a processed offset");
             }
         }
         if processed.count() == 0 {
