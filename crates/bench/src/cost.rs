@@ -8,13 +8,15 @@ use sea_orm::{ConnectionTrait as _, Database, DatabaseConnection, DbBackend, Sta
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use zentra_proto::ops::v1::{GetBuildInfoRequest, ops_service_client::OpsServiceClient};
 
-use crate::settings::{SERVICES, Settings};
+use crate::settings::{SAGA_REPLICA, SERVICES, Settings};
 
 /// Counters of the whole stack at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counters {
     /// Committed transactions in the stack's databases.
     pub commits: f64,
+    /// The same, per database.
+    pub commits_by_database: BTreeMap<String, f64>,
     /// Kafka records acknowledged by the broker.
     pub produced: f64,
     /// gRPC calls answered.
@@ -23,13 +25,27 @@ pub struct Counters {
 
 impl Counters {
     /// `self - earlier`.
-    pub fn since(self, earlier: Counters) -> Counters {
+    pub fn since(self, earlier: &Counters) -> Counters {
         Counters {
             commits: self.commits - earlier.commits,
+            commits_by_database: difference(self.commits_by_database, &earlier.commits_by_database),
             produced: self.produced - earlier.produced,
             grpc_calls: self.grpc_calls - earlier.grpc_calls,
         }
     }
+}
+
+/// `now - earlier`, key by key (a key missing earlier counts from zero).
+pub fn difference<V>(now: BTreeMap<String, V>, earlier: &BTreeMap<String, V>) -> BTreeMap<String, V>
+where
+    V: Copy + Default + std::ops::Sub<Output = V>,
+{
+    now.into_iter()
+        .map(|(key, value)| {
+            let before = earlier.get(&key).copied().unwrap_or_default();
+            (key, value - before)
+        })
+        .collect()
 }
 
 /// Reads the stack's counters.
@@ -37,40 +53,54 @@ pub struct CostProbe {
     pg: DatabaseConnection,
     db_prefix: String,
     ports: Vec<u16>,
+    /// The services' process ids.
+    pub pids: BTreeMap<&'static str, u32>,
 }
 
 impl CostProbe {
     /// Connects to PostgreSQL.
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        let pids = service_pids(settings).await;
         Ok(Self {
             pg: Database::connect(settings.pg_url.clone()).await?,
             db_prefix: settings.db_prefix.clone(),
             ports: SERVICES
                 .iter()
+                .chain([&SAGA_REPLICA])
+                .filter(|(name, _)| pids.contains_key(name))
                 .map(|(_, offset)| settings.base_port + offset)
                 .collect(),
+            pids,
         })
+    }
+
+    /// CPU milliseconds used so far by each service, PostgreSQL and the broker.
+    pub fn cpu_ms(&self) -> BTreeMap<String, f64> {
+        cpu_ms(&self.pids)
     }
 
     /// The counters now.
     pub async fn read(&self) -> anyhow::Result<Counters> {
         // LIKE treats _ as a wildcard: escape it so only the stack's databases count.
         let pattern = format!("{}%", self.db_prefix.replace('_', "\\_"));
-        let row = self
+        let rows = self
             .pg
-            .query_one_raw(Statement::from_sql_and_values(
+            .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT coalesce(sum(xact_commit), 0)::bigint FROM pg_stat_database WHERE datname LIKE $1",
+                "SELECT datname::text, xact_commit FROM pg_stat_database WHERE datname LIKE $1",
                 [pattern.into()],
             ))
             .await?;
-        let commits = row
-            .and_then(|row| row.try_get_by_index::<i64>(0).ok())
-            .unwrap_or(0) as f64;
-        let mut counters = Counters {
-            commits,
-            ..Counters::default()
-        };
+        let mut counters = Counters::default();
+        for row in rows {
+            let name: String = row.try_get_by_index(0)?;
+            let commits = row.try_get_by_index::<i64>(1)? as f64;
+            counters.commits += commits;
+            let service = name.strip_prefix(&self.db_prefix).unwrap_or(&name);
+            counters
+                .commits_by_database
+                .insert(service.to_owned(), commits);
+        }
         for port in &self.ports {
             let page = metrics_page(*port).await?;
             counters.produced += sum(&page, "zentra_kafka_produced_total");
@@ -105,10 +135,10 @@ fn sum(page: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Process ids of the services, from their build info.
+/// Process ids of the services that run, from their build info.
 pub async fn service_pids(settings: &Settings) -> BTreeMap<&'static str, u32> {
     let mut pids = BTreeMap::new();
-    for (name, offset) in SERVICES {
+    for (name, offset) in SERVICES.into_iter().chain([SAGA_REPLICA]) {
         let Ok(mut client) = OpsServiceClient::connect(settings.url(offset)).await else {
             continue;
         };
@@ -117,6 +147,53 @@ pub async fn service_pids(settings: &Settings) -> BTreeMap<&'static str, u32> {
         }
     }
     pids
+}
+
+/// CPU time used so far, in milliseconds, by each service and by the processes the platform runs
+/// on: every `postgres` process together, and the broker (`tansu`). Linux reports it in ticks of
+/// 1/100 s (`USER_HZ`), so short runs read coarsely.
+pub fn cpu_ms(services: &BTreeMap<&'static str, u32>) -> BTreeMap<String, f64> {
+    let mut used: BTreeMap<String, f64> = BTreeMap::new();
+    for (name, pid) in services {
+        if let Some((_, ms)) = process_cpu(*pid) {
+            used.insert((*name).to_owned(), ms);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse().ok())
+            else {
+                continue;
+            };
+            if let Some((command, ms)) = process_cpu(pid)
+                && matches!(command.as_str(), "postgres" | "tansu")
+            {
+                *used.entry(command).or_default() += ms;
+            }
+        }
+    }
+    used
+}
+
+/// A process's command name and CPU time (user + system) in ms, from `/proc/<pid>/stat`.
+fn process_cpu(pid: u32) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat)
+}
+
+fn parse_stat(stat: &str) -> Option<(String, f64)> {
+    // The command is in parentheses and may itself hold spaces or parentheses.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let command = stat.get(open + 1..close)?.to_owned();
+    let mut fields = stat.get(close + 2..)?.split_whitespace();
+    // After the command: state is field 3; utime and stime are fields 14 and 15.
+    let utime: f64 = fields.nth(11)?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((command, (utime + stime) * 10.0))
 }
 
 /// Resident and peak resident memory of a process, in KiB (`VmRSS`, `VmHWM`).
@@ -166,5 +243,17 @@ mod tests {
     fn a_metric_is_summed_over_its_series_and_not_its_lookalikes() {
         let page = "# HELP x\nzentra_kafka_produced_total 3\nzentra_kafka_produced_total{a=\"b\"} 4\nzentra_kafka_produced_total_other 100\n";
         assert_eq!(sum(page, "zentra_kafka_produced_total"), 7.0);
+    }
+
+    #[test]
+    fn cpu_time_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (odd (name) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 9 0 100 1000 200";
+        assert_eq!(parse_stat(stat), Some(("odd (name) x".to_owned(), 2810.0)));
+    }
+
+    #[test]
+    fn this_process_has_used_some_cpu() {
+        let (command, _) = process_cpu(std::process::id()).expect("own stat");
+        assert!(!command.is_empty());
     }
 }

@@ -26,7 +26,7 @@ pub async fn run(settings: Settings, command: String) -> anyhow::Result<Report> 
     let clients = Clients::connect(&settings).await?;
     clients.ensure_product().await?;
     let probe = CostProbe::connect(&settings).await?;
-    let pids = cost::service_pids(&settings).await;
+    let pids = probe.pids.clone();
     let mut report = Report {
         unix_time: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -107,12 +107,14 @@ async fn measured_run(
 ) -> anyhow::Result<RunReport> {
     tokio::time::sleep(STATS_FLUSH).await;
     let before = probe.read().await?;
+    let cpu_before = probe.cpu_ms();
     let run = load::run(clients, settings, mode, count, duration).await?;
+    let cpu = cost::difference(probe.cpu_ms(), &cpu_before);
     println!("waiting {STATS_FLUSH:?} for PostgreSQL's statistics");
     tokio::time::sleep(STATS_FLUSH).await;
-    let spent = probe.read().await?.since(before);
+    let spent = probe.read().await?.since(&before);
     let ended = run.completed + run.compensated + run.failed;
-    let report = RunReport::of(label, &run, Some(CostPerSaga::of(spent, ended)));
+    let report = RunReport::of(label, &run, Some(CostPerSaga::of(spent, cpu, ended)));
     report.print();
     Ok(report)
 }

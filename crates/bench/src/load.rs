@@ -72,6 +72,8 @@ enum Tracked {
     },
     /// Its saga ended before the placement's answer arrived.
     Ended { at: Instant, saga: saga::Saga },
+    /// Counted; another watch stream's report of its end is a duplicate.
+    Recorded,
 }
 
 #[derive(Default)]
@@ -136,7 +138,8 @@ fn ended(state: i32) -> bool {
 #[derive(Clone)]
 pub struct Clients {
     orders: Vec<OrderServiceClient<Channel>>,
-    sagas: SagaServiceClient<Channel>,
+    /// Every orchestrator instance: each streams the changes it makes itself at once.
+    sagas: Vec<SagaServiceClient<Channel>>,
     inventory: InventoryServiceClient<Channel>,
 }
 
@@ -155,9 +158,17 @@ impl Clients {
         for _ in 0..4 {
             orders.push(OrderServiceClient::new(channel(settings.url(2)).await?));
         }
+        let mut sagas = vec![SagaServiceClient::new(channel(settings.url(6)).await?)];
+        // A second orchestrator (`ZENTRA_STACK_SAGA_INSTANCES=2`), when one runs.
+        if let Ok(second) = Channel::from_shared(settings.url(crate::settings::SAGA_REPLICA.1))?
+            .connect()
+            .await
+        {
+            sagas.push(SagaServiceClient::new(second));
+        }
         Ok(Self {
             orders,
-            sagas: SagaServiceClient::new(channel(settings.url(6)).await?),
+            sagas,
             inventory: InventoryServiceClient::new(channel(settings.url(1)).await?),
         })
     }
@@ -230,19 +241,19 @@ pub async fn run(
     duration: Duration,
 ) -> anyhow::Result<RunResult> {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    // Follow every saga transition from before the first order.
-    let mut stream = clients
-        .sagas
-        .clone()
-        .watch_sagas(saga::WatchSagasRequest {
-            states: Vec::new(),
-            include_active_snapshot: false,
-        })
-        .await?
-        .into_inner();
-    let watcher = {
+    // Follow every saga transition, on every instance, from before the first order.
+    let mut watchers = JoinSet::new();
+    for client in &clients.sagas {
+        let mut stream = client
+            .clone()
+            .watch_sagas(saga::WatchSagasRequest {
+                states: Vec::new(),
+                include_active_snapshot: false,
+            })
+            .await?
+            .into_inner();
         let ledger = ledger.clone();
-        tokio::spawn(async move {
+        watchers.spawn(async move {
             while let Ok(Some(update)) = stream.message().await {
                 let Some(update) = update.saga else { continue };
                 if !ended(update.state) {
@@ -252,25 +263,27 @@ pub async fn run(
                 let Ok(mut ledger) = ledger.lock() else {
                     return;
                 };
-                match ledger.orders.remove(&update.order_id) {
+                let order_id = update.order_id.clone();
+                match ledger.orders.remove(&order_id) {
                     Some(Tracked::Waiting { intended, done }) => {
                         ledger.record(intended, at, &update);
+                        ledger.orders.insert(order_id, Tracked::Recorded);
                         if let Some(done) = done {
                             let _ = done.send(());
                         }
                     }
-                    Some(ended @ Tracked::Ended { .. }) => {
-                        ledger.orders.insert(update.order_id.clone(), ended);
+                    Some(seen @ (Tracked::Ended { .. } | Tracked::Recorded)) => {
+                        ledger.orders.insert(order_id, seen);
                     }
                     None => {
                         ledger
                             .orders
-                            .insert(update.order_id.clone(), Tracked::Ended { at, saga: update });
+                            .insert(order_id, Tracked::Ended { at, saga: update });
                     }
                 }
             }
-        })
-    };
+        });
+    }
 
     let sent = Arc::new(AtomicU64::new(0));
     let placed = Arc::new(AtomicU64::new(0));
@@ -300,6 +313,7 @@ pub async fn run(
                         match ledger.orders.remove(&order.order_id) {
                             Some(Tracked::Ended { at, saga }) => {
                                 ledger.record(intended, at, &saga);
+                                ledger.orders.insert(order.order_id, Tracked::Recorded);
                                 if let Some(done) = done {
                                     let _ = done.send(());
                                 }
@@ -375,7 +389,7 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    watcher.abort();
+    watchers.abort_all();
     let ledger = ledger
         .lock()
         .map_err(|_| anyhow::anyhow!("ledger poisoned"))?;

@@ -45,18 +45,46 @@ pub struct CostPerSaga {
     pub kafka_records: f64,
     /// gRPC calls served.
     pub grpc_calls: f64,
+    /// PostgreSQL commits by database (named by service).
+    pub commits_by_database: BTreeMap<String, f64>,
+    /// CPU milliseconds by process: each service, all of PostgreSQL, the broker; measured over
+    /// the load alone.
+    pub cpu_ms: BTreeMap<String, f64>,
 }
 
 impl CostPerSaga {
-    /// Spread `spent` over `sagas`.
-    pub fn of(spent: Counters, sagas: u64) -> Self {
+    /// Spread `spent` and `cpu_ms` over `sagas`.
+    pub fn of(spent: Counters, cpu_ms: BTreeMap<String, f64>, sagas: u64) -> Self {
         let sagas = sagas.max(1) as f64;
+        let per_saga = |map: BTreeMap<String, f64>| {
+            map.into_iter()
+                .map(|(key, value)| (key, value / sagas))
+                .collect()
+        };
         Self {
             commits: spent.commits / sagas,
             kafka_records: spent.produced / sagas,
             grpc_calls: spent.grpc_calls / sagas,
+            commits_by_database: per_saga(spent.commits_by_database),
+            cpu_ms: per_saga(cpu_ms),
         }
     }
+
+    /// CPU milliseconds per saga over every process measured.
+    pub fn cpu_ms_total(&self) -> f64 {
+        self.cpu_ms.values().sum()
+    }
+}
+
+/// `name value, name value` with one decimal, largest first.
+fn breakdown(map: &BTreeMap<String, f64>) -> String {
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_by(|a, b| b.1.total_cmp(a.1));
+    entries
+        .into_iter()
+        .map(|(name, value)| format!("{name} {value:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One run.
@@ -160,6 +188,12 @@ impl RunReport {
             println!(
                 "  per saga     {:.1} PostgreSQL commits, {:.1} Kafka records, {:.1} gRPC calls",
                 cost.commits, cost.kafka_records, cost.grpc_calls
+            );
+            println!("  commits      {}", breakdown(&cost.commits_by_database));
+            println!(
+                "  CPU ms       {:.1} in all: {}",
+                cost.cpu_ms_total(),
+                breakdown(&cost.cpu_ms)
             );
         }
     }

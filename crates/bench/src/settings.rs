@@ -147,6 +147,9 @@ impl Settings {
     }
 }
 
+/// The second orchestrator instance of `ZENTRA_STACK_SAGA_INSTANCES=2`, measured when it runs.
+pub const SAGA_REPLICA: (&str, u16) = ("saga-2", 7);
+
 /// The services, by port offset.
 pub const SERVICES: [(&str, u16); 6] = [
     ("inventory", 1),

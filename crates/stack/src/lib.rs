@@ -199,7 +199,8 @@ fn launch(settings: &Settings, component: Component) -> anyhow::Result<Launch> {
                 env: Vec::new(),
             })
         }
-        Component::Service(service, _) => {
+        Component::Service(..) => {
+            let service = component.service();
             let program = settings.bin_dir.join(format!("zentra-{service}"));
             anyhow::ensure!(
                 program.is_file(),
@@ -226,7 +227,12 @@ fn launch(settings: &Settings, component: Component) -> anyhow::Result<Launch> {
                         ));
                     }
                     // A fixed name: after a restart it takes its sagas back at once.
-                    env.push(("ZENTRA_SAGA__INSTANCE_ID".to_owned(), "stack-1".to_owned()));
+                    let instance = if component == settings::SAGA_REPLICA {
+                        "stack-2"
+                    } else {
+                        "stack-1"
+                    };
+                    env.push(("ZENTRA_SAGA__INSTANCE_ID".to_owned(), instance.to_owned()));
                 }
                 _ => {}
             }

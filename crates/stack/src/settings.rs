@@ -25,6 +25,10 @@ pub const SERVICES: [Component; 6] = [
     Component::Service("saga", 6),
 ];
 
+/// A second orchestrator instance, sharing the saga's database, on base + 7; run when
+/// `ZENTRA_STACK_SAGA_INSTANCES=2`.
+pub const SAGA_REPLICA: Component = Component::Service("saga-2", 7);
+
 impl Component {
     /// Its name in logs.
     pub fn name(self) -> &'static str {
@@ -34,6 +38,12 @@ impl Component {
             Component::Service(name, _) => name,
             Component::Gateway => "gateway",
         }
+    }
+
+    /// The service a process runs: `saga` for both orchestrator instances.
+    pub fn service(self) -> &'static str {
+        let name = self.name();
+        name.split_once('-').map_or(name, |(service, _)| service)
     }
 }
 
@@ -71,6 +81,8 @@ pub struct Settings {
     pub db_prefix: String,
     /// Prefix of topics and consumer groups.
     pub topic_prefix: String,
+    /// Orchestrator instances: 1, or 2 to run [`SAGA_REPLICA`] beside the first.
+    pub saga_instances: u8,
     /// Redis, for the gateway's rate limits.
     pub redis_url: String,
     /// The control center's built files.
@@ -80,7 +92,8 @@ pub struct Settings {
 const USAGE: &str = "usage: zentra-stack [--only svc,svc] [--bin-dir DIR] [--state-dir DIR] \
 (ports and URLs: ZENTRA_STACK_GATEWAY_PORT, ZENTRA_STACK_BASE_PORT, ZENTRA_STACK_KAFKA_PORT, \
 ZENTRA_STACK_KAFKA=host:port, ZENTRA_STACK_SMTP_PORT, ZENTRA_STACK_PG_URL, ZENTRA_STACK_DB_PREFIX, \
-ZENTRA_STACK_TOPIC_PREFIX, ZENTRA_STACK_REDIS_URL, ZENTRA_STACK_STATIC_DIR)";
+ZENTRA_STACK_TOPIC_PREFIX, ZENTRA_STACK_REDIS_URL, ZENTRA_STACK_STATIC_DIR; \
+ZENTRA_STACK_SAGA_INSTANCES=2 adds a second orchestrator on base + 7)";
 
 impl Settings {
     /// Reads flags and the environment; the error is one line for the user.
@@ -116,12 +129,19 @@ impl Settings {
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".to_owned()),
             db_prefix: var("ZENTRA_STACK_DB_PREFIX").unwrap_or_else(|| "zentra_".to_owned()),
             topic_prefix: var("ZENTRA_STACK_TOPIC_PREFIX").unwrap_or_default(),
+            saga_instances: match var("ZENTRA_STACK_SAGA_INSTANCES").as_deref() {
+                None | Some("1") => 1,
+                Some("2") => 2,
+                Some(other) => {
+                    return Err(format!("ZENTRA_STACK_SAGA_INSTANCES={other}: 1 or 2"));
+                }
+            },
             redis_url: var("ZENTRA_STACK_REDIS_URL")
                 .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),
             static_dir: var("ZENTRA_STACK_STATIC_DIR").map(PathBuf::from),
         };
-        if settings.base_port > u16::MAX - 6 {
-            return Err("ZENTRA_STACK_BASE_PORT leaves no room for six services".to_owned());
+        if settings.base_port > u16::MAX - 7 {
+            return Err("ZENTRA_STACK_BASE_PORT leaves no room for the services".to_owned());
         }
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -173,6 +193,9 @@ impl Settings {
                 .into_iter()
                 .filter(|service| wanted(service.name())),
         );
+        if self.saga_instances == 2 && wanted("saga") {
+            components.push(SAGA_REPLICA);
+        }
         if wanted("gateway") {
             components.push(Component::Gateway);
         }
@@ -204,6 +227,7 @@ impl Settings {
     pub fn url(&self, service: &str) -> String {
         let offset = SERVICES
             .iter()
+            .chain([&SAGA_REPLICA])
             .find(|candidate| candidate.name() == service)
             .map_or(0, |service| match service {
                 Component::Service(_, offset) => *offset,
