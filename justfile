@@ -30,7 +30,7 @@ up *args:
 
 # The stack as `just bench` measures it: release builds, shipments dispatched without simulated delays
 up-bench *args:
-    ZENTRA_UP_PROFILE=release ZENTRA_FULFILLMENT__STEP_DELAY=0s ZENTRA_FULFILLMENT__POLL_INTERVAL=5ms just up "$@"
+    ZENTRA_UP_PROFILE=release ZENTRA_FULFILLMENT__STEP_DELAY=0s just up "$@"
 
 # Measure a running stack (`just up-bench` in another terminal): throughput, latency, cost per saga, commit bound, memory; `--sweep` finds the peak rate
 bench *args:

@@ -103,6 +103,19 @@ pub fn parse_uuid(field: &str, value: &str, violations: &mut Violations) -> Opti
     }
 }
 
+/// The status for a database failure: UNAVAILABLE when no pooled connection came free in time (the
+/// service is overloaded; the call may be retried), else INTERNAL. The detail goes to the log, not
+/// to the caller.
+pub fn database_error(error: &sea_orm::DbErr) -> Status {
+    if matches!(error, sea_orm::DbErr::ConnectionAcquire(_)) {
+        tracing::warn!(%error, "no database connection free");
+        Status::unavailable("overloaded: no database connection came free in time; retry later")
+    } else {
+        tracing::error!(%error, "database error");
+        Status::internal("internal error")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +138,16 @@ mod tests {
             })
             .unwrap_or_default();
         assert_eq!(fields, ["sku", "lines[0].quantity"]);
+    }
+
+    #[test]
+    fn an_exhausted_pool_is_unavailable_and_other_database_errors_internal() {
+        let busy = sea_orm::DbErr::ConnectionAcquire(sea_orm::error::ConnAcquireErr::Timeout);
+        assert_eq!(database_error(&busy).code(), Code::Unavailable);
+        let broken = sea_orm::DbErr::Custom("relation does not exist".to_owned());
+        let status = database_error(&broken);
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("relation"), "no detail leaks");
     }
 
     #[test]

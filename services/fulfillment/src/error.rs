@@ -66,10 +66,7 @@ impl From<FulfillmentError> for Status {
             error @ FulfillmentError::IllegalTransition { .. } => {
                 Status::failed_precondition(error.to_string())
             }
-            FulfillmentError::Database(error) => {
-                tracing::error!(%error, "database error");
-                Status::internal("internal error")
-            }
+            FulfillmentError::Database(error) => zentra_runtime::status::database_error(&error),
         }
     }
 }

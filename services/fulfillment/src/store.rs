@@ -183,12 +183,13 @@ pub async fn next_due_in<C: ConnectionTrait>(db: &C) -> Result<Option<std::time:
         millis: Option<i64>,
     }
     let due = Due::find_by_statement(statement(
-        "SELECT greatest(0, ceil(extract(epoch FROM min(next_step_at) - now()) * 1000))::bigint AS millis \
+        "SELECT ceil(extract(epoch FROM min(next_step_at) - now()) * 1000)::bigint AS millis \
          FROM shipments WHERE status IN ('PENDING', 'PICKING', 'PACKED') AND next_step_at IS NOT NULL",
         [],
     ))
     .one(db)
     .await?;
+    // No shipment waiting gives NULL (GREATEST would have turned that into 0); overdue is 0.
     Ok(due
         .and_then(|due| due.millis)
         .map(|millis| std::time::Duration::from_millis(u64::try_from(millis).unwrap_or(0))))

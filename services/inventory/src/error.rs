@@ -84,11 +84,7 @@ impl From<InventoryError> for Status {
             | InventoryError::IllegalTransition { .. }) => {
                 Status::failed_precondition(error.to_string())
             }
-            InventoryError::Database(error) => {
-                // The detail goes to the log, not to the caller.
-                tracing::error!(%error, "database error");
-                Status::internal("internal error")
-            }
+            InventoryError::Database(error) => zentra_runtime::status::database_error(&error),
         }
     }
 }

@@ -21,10 +21,7 @@ impl From<NotificationError> for Status {
     fn from(error: NotificationError) -> Self {
         match error {
             error @ NotificationError::NotFound { .. } => Status::not_found(error.to_string()),
-            NotificationError::Database(error) => {
-                tracing::error!(%error, "database error");
-                Status::internal("internal error")
-            }
+            NotificationError::Database(error) => zentra_runtime::status::database_error(&error),
         }
     }
 }

@@ -69,10 +69,7 @@ impl From<OrderError> for Status {
             }
             error @ OrderError::VersionConflict { .. } => Status::aborted(error.to_string()),
             error @ OrderError::KeyReused(_) => Status::already_exists(error.to_string()),
-            OrderError::Database(error) => {
-                tracing::error!(%error, "database error");
-                Status::internal("internal error")
-            }
+            OrderError::Database(error) => zentra_runtime::status::database_error(&error),
         }
     }
 }

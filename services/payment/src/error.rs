@@ -60,10 +60,7 @@ impl From<PaymentError> for Status {
             error @ PaymentError::Refused { .. } => Status::failed_precondition(error.to_string()),
             error @ PaymentError::Processor(_) => Status::unavailable(error.to_string()),
             error @ PaymentError::KeyReused(_) => Status::already_exists(error.to_string()),
-            PaymentError::Database(error) => {
-                tracing::error!(%error, "database error");
-                Status::internal("internal error")
-            }
+            PaymentError::Database(error) => zentra_runtime::status::database_error(&error),
         }
     }
 }

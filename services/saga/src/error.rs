@@ -55,10 +55,7 @@ impl From<SagaError> for Status {
             SagaError::Refused(reason) => Status::failed_precondition(reason),
             error @ SagaError::KeyReused(_) => Status::already_exists(error.to_string()),
             error @ SagaError::Downstream(_) => Status::unavailable(error.to_string()),
-            SagaError::Database(error) => {
-                tracing::error!(%error, "database error");
-                Status::internal("internal error")
-            }
+            SagaError::Database(error) => zentra_runtime::status::database_error(&error),
         }
     }
 }
