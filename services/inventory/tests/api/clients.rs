@@ -542,7 +542,11 @@ async fn broker_topics_are_listed_with_partitions_and_offsets_under_the_platform
         .iter()
         .map(|topic| topic.name.as_str())
         .collect();
-    for base in ["inventory.events", "inventory.commands", "saga.command-acks"] {
+    for base in [
+        "inventory.events",
+        "inventory.commands",
+        "saga.command-acks",
+    ] {
         let name = format!("{}{base}", app.env.prefix);
         assert!(
             names.contains(&name.as_str()),
