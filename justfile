@@ -37,6 +37,10 @@ bench *args:
     cargo build --release --workspace --exclude zentra-control-center --bins
     ${CARGO_TARGET_DIR:-target}/release/zentra-bench --json docs/bench/latest.json "$@"
 
+# Flame graph of every process (PostgreSQL, broker, services) for N seconds, while `just bench` runs: docs/bench/flamegraph.svg
+flamegraph seconds="10" output="docs/bench/flamegraph.svg":
+    deploy/local/flamegraph.sh {{seconds}} {{output}}
+
 # Build the control center (release wasm, optimised) into control-center/dist; `just up` serves it
 control-center:
     deploy/local/install-tools.sh wasm

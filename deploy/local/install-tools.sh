@@ -4,8 +4,9 @@
 #
 #   ZENTRA_CACHE  where tools live (default: ~/.cache/zentra)
 #
-# Usage: deploy/local/install-tools.sh [tansu] [just] [buf] [grpcurl] [aiosmtpd] [wasm_target] [browser] [wasm]
-#        (no args: all but wasm, which the control center's build asks for)
+# Usage: deploy/local/install-tools.sh [tansu] [just] [buf] [grpcurl] [aiosmtpd] [wasm_target] [browser] [wasm] [inferno]
+#        (no args: all but wasm, which the control center's build asks for, and inferno, which
+#        `just flamegraph` asks for)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,6 +19,7 @@ BUF_VERSION=1.61.0
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
 AIOSMTPD_VERSION=1.4.6
 BINARYEN_VERSION=132.0.0
+INFERNO_VERSION=0.12.3
 
 log() { printf 'install-tools: %s\n' "$*" >&2; }
 
@@ -91,6 +93,19 @@ install_wasm() {
     ln -sf "$ZENTRA_CACHE/npm/node_modules/.bin/wasm-opt" "$ZENTRA_BIN/wasm-opt"
     echo "$BINARYEN_VERSION" > "$ZENTRA_CACHE/binaryen.version"
   fi
+}
+
+# Flame graphs from perf samples (`just flamegraph`); perf itself is Debian's linux-perf.
+install_inferno() {
+  if [ -x "$ZENTRA_BIN/inferno-flamegraph" ] && [ "$(cat "$ZENTRA_CACHE/inferno.version" 2>/dev/null)" = "$INFERNO_VERSION" ]; then
+    return 0
+  fi
+  log "building inferno $INFERNO_VERSION (under a minute)"
+  CARGO_TARGET_DIR="$ZENTRA_CACHE/inferno-target" \
+    cargo install inferno --version "$INFERNO_VERSION" --locked --no-default-features --features cli \
+    --root "$ZENTRA_CACHE" --quiet
+  echo "$INFERNO_VERSION" > "$ZENTRA_CACHE/inferno.version"
+  rm -rf "$ZENTRA_CACHE/inferno-target"
 }
 
 # Debian's Chromium for the control center's browser tests (never a downloaded browser).

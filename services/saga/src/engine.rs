@@ -8,7 +8,13 @@
 //! A call that was cut by a crash is made again under the same idempotency key, so the
 //! downstream applies it once.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::Utc;
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait as _};
@@ -52,6 +58,9 @@ pub struct Engine {
     topic_prefix: String,
     outbox: OutboxWaker,
     wake: Notify,
+    /// The last claim round filled every free slot, so due sagas may have been left behind: a
+    /// slot that frees up should claim again at once.
+    saturated: AtomicBool,
     changes: broadcast::Sender<Arc<Saga>>,
 }
 
@@ -72,6 +81,7 @@ impl Engine {
             topic_prefix,
             outbox,
             wake: Notify::new(),
+            saturated: AtomicBool::new(false),
             changes,
         })
     }
@@ -221,6 +231,8 @@ impl Engine {
         loop {
             let free = permits.available_permits();
             if free == 0 {
+                // Every slot is busy: whatever woke the loop is claimed when one frees up.
+                self.saturated.store(true, Ordering::Relaxed);
                 return;
             }
             let claimed =
@@ -232,6 +244,7 @@ impl Engine {
                     }
                 };
             let count = claimed.len();
+            self.saturated.store(count == free, Ordering::Relaxed);
             for (saga, has_signals) in claimed {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
@@ -241,8 +254,12 @@ impl Engine {
                 tasks.spawn(async move {
                     engine.drive(saga, has_signals, &shutdown).await;
                     drop(permit);
-                    // A slot is free: there may be more due work.
-                    engine.wake();
+                    // A slot is free: claim again if the last round left due sagas behind.
+                    // Otherwise new work brings its own wake (a start or a signal) or the poll
+                    // finds it, and an empty claim costs the database a transaction.
+                    if engine.saturated.load(Ordering::Relaxed) {
+                        engine.wake();
+                    }
                 });
             }
             if count < free {
