@@ -25,6 +25,9 @@ const POLL: Duration = Duration::from_millis(250);
 /// `updated_at` is its start time, so rows can become visible slightly out of order.
 const LOOKBACK: Duration = Duration::from_secs(2);
 
+/// Sagas read whole in one query when a watcher reads the table.
+const READ_PAGE: usize = 200;
+
 type Watch<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// What woke a watcher.
@@ -205,17 +208,21 @@ impl AllWatcher {
             })
             .map(|change| change.id)
             .collect();
-        let mut sagas = match store::by_ids(db, unseen).await {
-            Ok(sagas) => sagas,
-            Err(error) => {
-                tracing::warn!(%error, "watch read failed");
-                return true;
-            }
-        };
-        sagas.sort_by_key(|saga| saga.updated_at);
-        for saga in &sagas {
-            if !self.offer(saga).await {
-                return false;
+        // Whole rows in bounded pages, oldest change first: a watcher catching up after a long
+        // stall never asks for thousands of timelines in one query.
+        for page in unseen.chunks(READ_PAGE) {
+            let mut sagas = match store::by_ids(self.engine.db(), page.to_vec()).await {
+                Ok(sagas) => sagas,
+                Err(error) => {
+                    tracing::warn!(%error, "watch read failed");
+                    return true;
+                }
+            };
+            sagas.sort_by_key(|saga| saga.updated_at);
+            for saga in &sagas {
+                if !self.offer(saga).await {
+                    return false;
+                }
             }
         }
         // Forget what is older than the look-back window; it cannot be returned again.
