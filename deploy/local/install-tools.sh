@@ -14,6 +14,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/env.sh"
 
 TANSU_VERSION=0.6.0
+# Memory storage for tests, SQLite storage (libsql) for a stack whose broker keeps its log.
+TANSU_FEATURES=dynostore,libsql
 JUST_VERSION=1.43.0
 BUF_VERSION=1.61.0
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
@@ -24,15 +26,15 @@ INFERNO_VERSION=0.12.3
 log() { printf 'install-tools: %s\n' "$*" >&2; }
 
 install_tansu() {
-  if [ -x "$ZENTRA_BIN/tansu" ] && [ "$(cat "$ZENTRA_CACHE/tansu.version" 2>/dev/null)" = "$TANSU_VERSION" ]; then
+  if [ -x "$ZENTRA_BIN/tansu" ] && [ "$(cat "$ZENTRA_CACHE/tansu.version" 2>/dev/null)" = "$TANSU_VERSION+$TANSU_FEATURES" ]; then
     return 0
   fi
   log "building tansu $TANSU_VERSION (first time only, ~15 minutes on 2 cores)"
   # The broker gets its own target dir so it never competes with the workspace's lock file.
   CARGO_TARGET_DIR="$ZENTRA_CACHE/tansu-target" \
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore \
+    cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES" \
     --root "$ZENTRA_CACHE" --quiet
-  echo "$TANSU_VERSION" > "$ZENTRA_CACHE/tansu.version"
+  echo "$TANSU_VERSION+$TANSU_FEATURES" > "$ZENTRA_CACHE/tansu.version"
   rm -rf "$ZENTRA_CACHE/tansu-target"
 }
 

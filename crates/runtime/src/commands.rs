@@ -109,7 +109,15 @@ impl<H: CommandHandler> CommandConsumer<H> {
 }
 
 impl<H: CommandHandler> EventHandler for CommandConsumer<H> {
-    async fn handle(&self, event: &ReceivedEvent) -> Result<(), HandlerError> {
+    type Applied = ();
+
+    /// The command's effect is committed by the service's own keyed RPC, not in `_tx`: a replay
+    /// under the same key answers again without a second effect.
+    async fn handle(
+        &self,
+        event: &ReceivedEvent,
+        _tx: &sea_orm::DatabaseTransaction,
+    ) -> Result<(), HandlerError> {
         let Some((identity, applied)) = self.handler.apply(event).await? else {
             return Ok(());
         };

@@ -115,6 +115,18 @@ pub struct KafkaConfig {
     /// default (500 ms) adds up to half a second to every event hop of a saga.
     #[serde(with = "humantime_serde")]
     pub fetch_wait: Duration,
+    /// This process's identity in the partition leases of its consumers. Give a process the
+    /// same id across restarts and it takes its partitions back at once; empty: a fresh id per
+    /// start (its old leases then move after `partition_lease`).
+    pub member_id: String,
+    /// How long a partition lease lasts without renewal: a killed member's partitions move to
+    /// the others after at most this long. Renewed every third of it.
+    #[serde(with = "humantime_serde")]
+    pub partition_lease: Duration,
+    /// A consumer whose owned partitions have unprocessed records and whose offsets do not move
+    /// for this long reports itself NOT_SERVING.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
 }
 
 impl Default for KafkaConfig {
@@ -126,6 +138,9 @@ impl Default for KafkaConfig {
             delivery_timeout: Duration::from_secs(10),
             partitions: 3,
             fetch_wait: Duration::from_millis(10),
+            member_id: String::new(),
+            partition_lease: Duration::from_secs(6),
+            stall_after: Duration::from_secs(30),
         }
     }
 }

@@ -98,6 +98,10 @@ CREATE TABLE dead_letters (
 CREATE INDEX dead_letters_by_failure ON dead_letters (last_failure_at DESC);
 "#,
     },
+    SqlMigration {
+        name: "m0000b_runtime_consumer_partitions",
+        up: crate::kafka::LEASES_MIGRATION,
+    },
 ];
 
 /// Opens the pool.

@@ -1,7 +1,10 @@
-//! Kafka through rdkafka: an idempotent producer, topic setup, and consumers that commit an offset
-//! only after its message was processed.
+//! Kafka through rdkafka: an idempotent producer that rebuilds itself after a fatal error, topic
+//! setup, and consumers whose partitions and offsets are kept in PostgreSQL.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use rdkafka::{
     ClientConfig,
@@ -16,10 +19,14 @@ use crate::config::KafkaConfig;
 
 mod consumer;
 mod lag;
+pub mod leases;
+mod tail;
 mod topics;
 
 pub use consumer::{ConsumerSettings, EventConsumer, EventHandler, HandlerError, ReceivedEvent};
-pub use lag::{ConsumerLag, PartitionLag};
+pub use lag::{ConsumerLag, ConsumerProblem, PartitionLag};
+pub use leases::MIGRATION as LEASES_MIGRATION;
+pub use tail::TopicTail;
 pub use topics::{BrokerTopics, MAX_TOPICS, PartitionInfo, TopicInfo};
 
 /// Kafka failures, with the topic they concern.
@@ -57,32 +64,46 @@ pub struct Delivered {
 }
 
 /// An idempotent producer (`enable.idempotence`, `acks=all`): a retried send never duplicates a
-/// record within a producer session.
+/// record within a producer session. A fatal error (an idempotence failure such as
+/// `UnknownProducerId` after the broker lost its state) replaces the client with a new one, and a
+/// topic the broker no longer knows is created again, so no process restart is needed.
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: FutureProducer,
-    delivery_timeout: Duration,
+    producer: Arc<RwLock<FutureProducer>>,
+    config: KafkaConfig,
+    client_id: Arc<str>,
+}
+
+fn create_producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer, KafkaFailure> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set(
+            "delivery.timeout.ms",
+            config.delivery_timeout.as_millis().to_string(),
+        )
+        .create()
+        .map_err(KafkaFailure::Setup)
 }
 
 impl EventProducer {
     /// Creates the producer; it connects lazily.
     pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self, KafkaFailure> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &config.bootstrap_servers)
-            .set("client.id", client_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set(
-                "delivery.timeout.ms",
-                config.delivery_timeout.as_millis().to_string(),
-            )
-            .create()
-            .map_err(KafkaFailure::Setup)?;
         Ok(Self {
-            producer,
-            delivery_timeout: config.delivery_timeout,
+            producer: Arc::new(RwLock::new(create_producer(config, client_id)?)),
+            config: config.clone(),
+            client_id: client_id.into(),
         })
+    }
+
+    fn client(&self) -> FutureProducer {
+        match self.producer.read() {
+            Ok(producer) => producer.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// Sends one record and waits for the broker's acknowledgement.
@@ -104,25 +125,70 @@ impl EventProducer {
             .key(key)
             .payload(payload)
             .headers(owned);
-        self.producer
-            .send(record, self.delivery_timeout)
-            .await
-            .map(|delivery| {
+        let producer = self.client();
+        let result = producer.send(record, self.config.delivery_timeout).await;
+        match result {
+            Ok(delivery) => {
                 metrics::counter!(crate::telemetry::names::KAFKA_PRODUCED).increment(1);
-                Delivered {
+                Ok(Delivered {
                     partition: delivery.partition,
                     offset: delivery.offset,
+                })
+            }
+            Err((source, _)) => {
+                self.recover(&producer, topic, &source).await;
+                Err(KafkaFailure::Publish {
+                    topic: topic.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// After a failed send: rebuilds a producer in a fatal state, and creates the topic again
+    /// when the broker no longer knows it. The caller retries the send.
+    async fn recover(&self, failed: &FutureProducer, topic: &str, error: &KafkaError) {
+        let code = error.rdkafka_error_code();
+        let fatal = failed.client().fatal_error().is_some()
+            || matches!(
+                code,
+                Some(
+                    RDKafkaErrorCode::UnknownProducerId
+                        | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                        | RDKafkaErrorCode::Fatal
+                )
+            );
+        if fatal {
+            match create_producer(&self.config, &self.client_id) {
+                Ok(fresh) => {
+                    if let Ok(mut current) = self.producer.write() {
+                        *current = fresh;
+                    }
+                    tracing::warn!(%error, "producer failed fatally; replaced it with a new one");
+                    metrics::counter!(crate::telemetry::names::KAFKA_RECOVERIES, "kind" => "producer_rebuilt")
+                        .increment(1);
                 }
-            })
-            .map_err(|(source, _)| KafkaFailure::Publish {
-                topic: topic.to_owned(),
-                source,
-            })
+                Err(setup) => tracing::warn!(%setup, "cannot rebuild the producer"),
+            }
+        }
+        let missing = matches!(
+            code,
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+        ) || matches!(code, Some(RDKafkaErrorCode::MessageTimedOut));
+        if missing && topic_missing(&self.client(), topic).await {
+            tracing::warn!(topic, "topic missing on the broker; creating it again");
+            metrics::counter!(crate::telemetry::names::KAFKA_RECOVERIES, "kind" => "topic_created")
+                .increment(1);
+            if let Err(error) = ensure_topics(&self.config, &[topic.to_owned()]).await {
+                tracing::warn!(%error, topic, "cannot create topic");
+            }
+        }
     }
 
     /// Answers when the broker answers a metadata request.
     pub async fn probe(&self) -> Result<(), String> {
-        let producer = self.producer.clone();
+        let producer = self.client();
         tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -142,7 +208,7 @@ impl EventProducer {
         prefix: String,
         budget: Duration,
     ) -> Result<BrokerTopics, String> {
-        let producer = self.producer.clone();
+        let producer = self.client();
         tokio::task::spawn_blocking(move || topics::describe(producer.client(), &prefix, budget))
             .await
             .map_err(|error| error.to_string())?
@@ -160,6 +226,27 @@ impl crate::ops::DependencyProbe for KafkaProbe {
     fn probe(&self) -> futures::future::BoxFuture<'_, Result<(), String>> {
         Box::pin(self.0.probe())
     }
+}
+
+/// Whether the broker answers that it does not know `topic` (false when it does not answer).
+async fn topic_missing(producer: &FutureProducer, topic: &str) -> bool {
+    let producer = producer.clone();
+    let name = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(Some(&name), Duration::from_secs(3))
+            .ok()
+            .is_some_and(|metadata| {
+                metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == name)
+                    .is_none_or(|t| t.error().is_some() || t.partitions().is_empty())
+            })
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// A topic's full name: the configured prefix, then the base name (for example `inventory.events`).

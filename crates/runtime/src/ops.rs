@@ -156,8 +156,7 @@ impl OpsService for OpsApi {
         _request: Request<GetHealthSummaryRequest>,
     ) -> Result<Response<GetHealthSummaryResponse>, Status> {
         let results = self.context.probe_all(PROBE_TIMEOUT).await;
-        let all_serving = results.iter().all(|result| result.error.is_none());
-        let dependencies = results
+        let mut dependencies: Vec<DependencyHealth> = results
             .into_iter()
             .map(|result| DependencyHealth {
                 name: result.name.to_owned(),
@@ -170,6 +169,23 @@ impl OpsService for OpsApi {
                 detail: result.error.unwrap_or_default(),
             })
             .collect();
+        // Each consumer group is a dependency of its own: one that owns no partition when it
+        // should, or stalls with records waiting, takes the service out of SERVING.
+        dependencies.extend(self.context.consumer_lag.health().into_iter().map(
+            |(group, problem)| DependencyHealth {
+                name: format!("consumer {group}"),
+                status: if problem.is_none() {
+                    HealthStatus::Serving
+                } else {
+                    HealthStatus::NotServing
+                } as i32,
+                latency: None,
+                detail: problem.unwrap_or_default(),
+            },
+        ));
+        let all_serving = dependencies
+            .iter()
+            .all(|dependency| dependency.status == HealthStatus::Serving as i32);
         let uptime = SystemTime::now()
             .duration_since(self.context.started_at)
             .unwrap_or_default();

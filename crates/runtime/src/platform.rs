@@ -16,7 +16,7 @@ use crate::{
     config::{CommonConfig, ConfigSources, ServiceConfig, to_toml},
     db::{self, PostgresProbe, SqlMigration},
     dead_letters::{DeadLetterApi, DeadLetterSink},
-    kafka::{self, ConsumerSettings, EventConsumer, EventProducer, KafkaProbe},
+    kafka::{self, ConsumerSettings, EventConsumer, EventHandler, EventProducer, KafkaProbe},
     ops::{DependencyProbe, OpsContext},
     outbox::OutboxRelay,
     server::{BoundServer, GrpcServerBuilder, RunningServer},
@@ -156,6 +156,24 @@ impl Platform {
         self.tasks.wait().await;
     }
 
+    /// Consumes `topics` (full names) in `group` with `handler` until shutdown. The group's
+    /// partitions are leased in this service's database and split between its instances; the
+    /// offsets advance there with each message's effect.
+    pub fn spawn_consumer<H: EventHandler>(
+        &self,
+        group: impl Into<String>,
+        topics: Vec<String>,
+        handler: H,
+    ) -> anyhow::Result<()> {
+        let consumer = EventConsumer::new(
+            &self.config.kafka,
+            self.consumer_settings(group, topics),
+            self.db.clone(),
+        )?;
+        self.spawn(consumer.run(handler, self.shutdown.clone()));
+        Ok(())
+    }
+
     /// Consumes saga commands from `commands_topic` (base name) with `handler`, dead-lettering
     /// what cannot be read, and acknowledges each on `saga.command-acks`; stops at shutdown.
     pub fn spawn_command_consumer<H: CommandHandler>(
@@ -163,25 +181,21 @@ impl Platform {
         commands_topic: &str,
         handler: H,
     ) -> anyhow::Result<()> {
-        let consumer = EventConsumer::subscribe(
-            &self.config.kafka,
-            self.consumer_settings(
-                format!("{}-commands", self.info.name),
-                vec![self.topic(commands_topic)],
-            ),
-        )?;
         let handler = CommandConsumer::new(
             handler,
             self.producer.clone(),
             self.topic(commands::ACKS_TOPIC),
             self.info.name,
         );
-        self.spawn(consumer.run(handler, self.shutdown.clone()));
-        Ok(())
+        self.spawn_consumer(
+            format!("{}-commands", self.info.name),
+            vec![self.topic(commands_topic)],
+            handler,
+        )
     }
 
-    /// Settings for a consumer of this service: its dead letters go to the service's table and
-    /// its lag to the ops snapshot.
+    /// Settings for a consumer of this service: its dead letters go to the service's table, its
+    /// ownership and lag to the ops snapshot and the health summary.
     pub fn consumer_settings(
         &self,
         group: impl Into<String>,

@@ -274,14 +274,17 @@ impl RunningServer {
     }
 }
 
-/// Health follows the dependencies: SERVING while every probe passes.
+/// Health follows the dependencies: SERVING while every probe passes and every consumer group
+/// consumes as it should.
 async fn report_health(health: HealthReporter, ops: OpsContext, services: Vec<String>) {
     let mut interval = tokio::time::interval(Duration::from_secs(5));
     let mut last: Option<ServingStatus> = None;
     loop {
         interval.tick().await;
         let results = ops.probe_all(Duration::from_secs(2)).await;
-        let status = if results.iter().all(|result| result.error.is_none()) {
+        let consumers = ops.consumer_lag.problems();
+        let status = if results.iter().all(|result| result.error.is_none()) && consumers.is_empty()
+        {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
@@ -289,6 +292,9 @@ async fn report_health(health: HealthReporter, ops: OpsContext, services: Vec<St
         if last != Some(status) {
             for failed in results.iter().filter(|result| result.error.is_some()) {
                 tracing::warn!(dependency = failed.name, error = ?failed.error, "dependency unhealthy");
+            }
+            for problem in &consumers {
+                tracing::warn!(group = %problem.group, reason = %problem.reason, "consumer unhealthy");
             }
             health.set_service_status("", status).await;
             for name in &services {

@@ -1,45 +1,204 @@
-//! The consumer against the real broker: offsets are committed only after processing, and a
-//! successor in the group resumes right after what was processed.
+//! The consumer against the real broker and PostgreSQL: partitions leased in the database, offsets
+//! advanced with each message's effect, a crashed member's work resumed by its restart or taken
+//! over by another member, a log the broker lost detected, a stall reported.
 
 use std::{
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use prost::Message as _;
+use sea_orm::{
+    ConnectionTrait as _, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
+};
 use zentra_proto::inventory::v1::StockLow;
 use zentra_runtime::{
     CancellationToken,
     config::KafkaConfig,
     events::{EventMeta, envelope, payload},
     kafka::{
-        ConsumerSettings, EventConsumer, EventHandler, EventProducer, HandlerError, ReceivedEvent,
-        ensure_topics,
+        ConsumerLag, ConsumerSettings, EventConsumer, EventHandler, EventProducer, HandlerError,
+        ReceivedEvent, ensure_topics,
     },
 };
-use zentra_test_support::{delete_topics, eventually, kafka_bootstrap, unique_suffix};
+use zentra_test_support::{
+    TestDatabase, delete_topics, eventually, kafka_bootstrap, unique_suffix,
+};
 
-#[derive(Clone, Default)]
-struct Flaky {
-    attempts: Arc<Mutex<Vec<String>>>,
-    done: Arc<Mutex<Vec<String>>>,
+/// A topic, a migrated database and a producer of one test.
+struct Fixture {
+    config: KafkaConfig,
+    topic: String,
+    database: TestDatabase,
+    db: DatabaseConnection,
+    producer: EventProducer,
 }
 
-impl EventHandler for Flaky {
-    async fn handle(&self, event: &ReceivedEvent) -> Result<(), HandlerError> {
+impl Fixture {
+    async fn new(label: &str, partitions: i32) -> Self {
+        let prefix = format!("zt-{label}-{}.", unique_suffix());
+        let config = KafkaConfig {
+            bootstrap_servers: kafka_bootstrap(),
+            topic_prefix: prefix.clone(),
+            group_prefix: prefix.clone(),
+            partitions,
+            partition_lease: Duration::from_millis(1500),
+            ..KafkaConfig::default()
+        };
+        let topic = format!("{prefix}stock");
+        ensure_topics(&config, std::slice::from_ref(&topic))
+            .await
+            .expect("topic");
+        let database = TestDatabase::create(label).await.expect("database");
+        let db = database.connect().await.expect("connect");
+        zentra_runtime::db::migrate(&db, &[])
+            .await
+            .expect("runtime migrations");
+        db.execute_unprepared("CREATE TABLE applied (sku TEXT NOT NULL, member TEXT NOT NULL)")
+            .await
+            .expect("effect table");
+        let producer = EventProducer::new(&config, "test").expect("producer");
+        Self {
+            config,
+            topic,
+            database,
+            db,
+            producer,
+        }
+    }
+
+    fn member(&self, member: &str) -> KafkaConfig {
+        KafkaConfig {
+            member_id: member.to_owned(),
+            ..self.config.clone()
+        }
+    }
+
+    /// Starts a member of group "g" applying into `applied`; the handle aborts it as a crash
+    /// would (nothing is given back, no offset is flushed).
+    fn start(&self, member: &str, settings: ConsumerSettings, lag: &ConsumerLag) -> Running {
+        let consumer = EventConsumer::new(
+            &self.member(member),
+            ConsumerSettings {
+                lag: Some(lag.clone()),
+                ..settings
+            },
+            self.db.clone(),
+        )
+        .expect("consumer");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(consumer.run(
+            Apply {
+                member: member.to_owned(),
+                fail_first: Arc::default(),
+            },
+            stop.clone(),
+        ));
+        Running { stop, task }
+    }
+
+    async fn applied(&self) -> Vec<String> {
+        self.db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT sku FROM applied ORDER BY sku",
+            ))
+            .await
+            .expect("applied")
+            .iter()
+            .map(|row| row.try_get::<String>("", "sku").expect("sku"))
+            .collect()
+    }
+
+    async fn wait_applied(&self, count: usize) -> Vec<String> {
+        let reached = eventually(Duration::from_secs(30), || async {
+            let applied = self.applied().await;
+            (applied.len() >= count).then_some(())
+        })
+        .await;
+        if reached.is_none() {
+            panic!(
+                "{count} effects expected, got {}",
+                self.applied().await.len()
+            );
+        }
+        // Anything that would be applied twice has time to be.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        self.applied().await
+    }
+
+    /// Owner of each partition of the topic, by partition.
+    async fn owners(&self) -> Vec<Option<String>> {
+        self.db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT owner FROM consumer_partitions WHERE topic = $1 AND lease_until > now() ORDER BY partition",
+                [self.topic.clone().into()],
+            ))
+            .await
+            .expect("owners")
+            .iter()
+            .map(|row| row.try_get::<Option<String>>("", "owner").expect("owner"))
+            .collect()
+    }
+
+    async fn cleanup(self) {
+        drop(self.db);
+        delete_topics(&[self.topic.clone(), format!("{}.dlq", self.topic)]).await;
+        self.database.drop_database().await.expect("cleanup");
+    }
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// As `kill -9` would: the task is cut wherever it is.
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.expect("consumer stops");
+    }
+}
+
+/// Writes each event's SKU into `applied` in the consumer's transaction; SKUs starting
+/// `FLAKY` fail their first attempt.
+#[derive(Clone)]
+struct Apply {
+    member: String,
+    fail_first: Arc<Mutex<Vec<String>>>,
+}
+
+impl EventHandler for Apply {
+    type Applied = ();
+
+    async fn handle(
+        &self,
+        event: &ReceivedEvent,
+        tx: &DatabaseTransaction,
+    ) -> Result<(), HandlerError> {
         let sku = payload::<StockLow>(&event.envelope)
             .map(|event| event.sku)
             .ok_or_else(|| HandlerError::Permanent("not StockLow".to_owned()))?;
-        let attempts = {
-            let mut attempts = self.attempts.lock().expect("lock");
-            attempts.push(sku.clone());
-            attempts.iter().filter(|seen| **seen == sku).count()
-        };
-        // The second event fails once, as a database hiccup would.
-        if sku == "SKU-2" && attempts == 1 {
-            return Err(HandlerError::Transient("simulated hiccup".to_owned()));
+        if sku.starts_with("FLAKY") {
+            let mut failed = self.fail_first.lock().expect("lock");
+            if !failed.contains(&sku) {
+                failed.push(sku);
+                return Err(HandlerError::Transient("simulated hiccup".to_owned()));
+            }
         }
-        self.done.lock().expect("lock").push(sku);
+        tx.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO applied (sku, member) VALUES ($1, $2)",
+            [sku.into(), self.member.clone().into()],
+        ))
+        .await?;
         Ok(())
     }
 }
@@ -70,70 +229,235 @@ async fn publish(producer: &EventProducer, topic: &str, sku: &str) {
         .expect("acknowledged");
 }
 
-async fn wait_done(handler: &Flaky, count: usize) -> Vec<String> {
-    eventually(Duration::from_secs(20), || async {
-        let done = handler.done.lock().expect("lock").clone();
-        (done.len() >= count).then_some(())
-    })
-    .await
-    .unwrap_or_else(|| panic!("{count} events expected"));
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    handler.done.lock().expect("lock").clone()
+fn quick(topic: &str) -> ConsumerSettings {
+    ConsumerSettings {
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+        ..ConsumerSettings::new("g", vec![topic.to_owned()])
+    }
+}
+
+fn skus(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}-{i:03}")).collect()
+}
+
+fn sorted(mut items: Vec<String>) -> Vec<String> {
+    items.sort();
+    items
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_event_is_retried_and_a_successor_resumes_after_what_was_processed() {
-    let prefix = format!("zt-consumer-{}.", unique_suffix());
-    let config = KafkaConfig {
-        bootstrap_servers: kafka_bootstrap(),
-        topic_prefix: prefix.clone(),
-        group_prefix: prefix.clone(),
-        partitions: 1,
-        ..KafkaConfig::default()
-    };
-    let topic = format!("{prefix}stock");
-    ensure_topics(&config, std::slice::from_ref(&topic))
-        .await
-        .expect("topic");
-    let producer = EventProducer::new(&config, "test").expect("producer");
-    for sku in ["SKU-1", "SKU-2", "SKU-3"] {
-        publish(&producer, &topic, sku).await;
+    let fixture = Fixture::new("consumer", 1).await;
+    for sku in ["SKU-1", "FLAKY-2", "SKU-3"] {
+        publish(&fixture.producer, &fixture.topic, sku).await;
     }
-    let settings = ConsumerSettings {
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(100),
-        ..ConsumerSettings::new("flaky", vec![topic.clone()])
+    let lag = ConsumerLag::default();
+    let first = fixture.start("m-1", quick(&fixture.topic), &lag);
+    assert_eq!(
+        fixture.wait_applied(3).await,
+        ["FLAKY-2", "SKU-1", "SKU-3"],
+        "each once, the flaky one after its retry"
+    );
+    first.stop().await;
+
+    publish(&fixture.producer, &fixture.topic, "SKU-4").await;
+    // A clean stop gave the partition back: a member with a new id takes it at once.
+    let successor = fixture.start("m-2", quick(&fixture.topic), &lag);
+    assert_eq!(
+        fixture.wait_applied(4).await,
+        ["FLAKY-2", "SKU-1", "SKU-3", "SKU-4"],
+        "resumes after the stored offset"
+    );
+    successor.stop().await;
+    fixture.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_killed_mid_stream_and_restarted_with_the_same_id_resumes_at_once_and_applies_nothing_twice()
+ {
+    let fixture = Fixture::new("killsame", 3).await;
+    let first_wave = skus("A", 0..60);
+    for sku in &first_wave {
+        publish(&fixture.producer, &fixture.topic, sku).await;
+    }
+    let lag = ConsumerLag::default();
+    let running = fixture.start("stack-1", quick(&fixture.topic), &lag);
+    eventually(Duration::from_secs(30), || async {
+        (fixture.applied().await.len() >= 20).then_some(())
+    })
+    .await
+    .expect("some applied before the kill");
+    running.kill().await;
+    let second_wave = skus("B", 0..30);
+    for sku in &second_wave {
+        publish(&fixture.producer, &fixture.topic, sku).await;
+    }
+
+    // Same member id, as `just up` restarts a process: its leases are its own, taken back at
+    // once rather than after they expire.
+    let restarted_at = Instant::now();
+    let restarted = fixture.start("stack-1", quick(&fixture.topic), &lag);
+    let applied = fixture.wait_applied(90).await;
+    let resumed_in = restarted_at.elapsed();
+    let mut expected = first_wave.clone();
+    expected.extend(second_wave);
+    assert_eq!(
+        applied,
+        sorted(expected),
+        "every event applied exactly once"
+    );
+    eprintln!("restarted member caught up on 90 events in {resumed_in:?}");
+    restarted.stop().await;
+    fixture.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_split_the_partitions_and_the_survivor_takes_over_a_killed_ones_share() {
+    let fixture = Fixture::new("split", 4).await;
+    let lag_a = ConsumerLag::default();
+    let lag_b = ConsumerLag::default();
+    let a = fixture.start("a", quick(&fixture.topic), &lag_a);
+    let b = fixture.start("b", quick(&fixture.topic), &lag_b);
+    let owners = eventually(Duration::from_secs(20), || async {
+        let owners = fixture.owners().await;
+        let of = |member: &str| {
+            owners
+                .iter()
+                .filter(|o| o.as_deref() == Some(member))
+                .count()
+        };
+        (owners.len() == 4 && of("a") == 2 && of("b") == 2).then_some(owners)
+    })
+    .await
+    .unwrap_or_else(|| panic!("two partitions each expected: {:?}", lag_a.snapshot()));
+    assert_eq!(owners.len(), 4);
+
+    let first_wave = skus("A", 0..40);
+    for sku in &first_wave {
+        publish(&fixture.producer, &fixture.topic, sku).await;
+    }
+    fixture.wait_applied(40).await;
+    let by_member = |member: &'static str| {
+        let db = fixture.db.clone();
+        async move {
+            db.query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT count(*) AS n FROM applied WHERE member = $1",
+                [member.into()],
+            ))
+            .await
+            .expect("count")
+            .expect("row")
+            .try_get::<i64>("", "n")
+            .expect("n")
+        }
     };
+    assert!(
+        by_member("a").await > 0 && by_member("b").await > 0,
+        "both members consumed a share"
+    );
 
-    let first = Flaky::default();
-    let stop = CancellationToken::new();
-    let consumer = EventConsumer::subscribe(&config, settings.clone()).expect("subscribe");
-    let running = tokio::spawn(consumer.run(first.clone(), stop.clone()));
+    a.kill().await;
+    let killed_at = Instant::now();
+    let second_wave = skus("B", 0..40);
+    for sku in &second_wave {
+        publish(&fixture.producer, &fixture.topic, sku).await;
+    }
+    let applied = fixture.wait_applied(80).await;
+    let mut expected = first_wave;
+    expected.extend(second_wave);
     assert_eq!(
-        wait_done(&first, 3).await,
+        applied,
+        sorted(expected),
+        "nothing lost, nothing applied twice"
+    );
+    eprintln!(
+        "survivor applied the killed member's share within {:?}",
+        killed_at.elapsed()
+    );
+    assert_eq!(
+        fixture.owners().await,
+        vec![Some("b".to_owned()); 4],
+        "the survivor holds every partition"
+    );
+    b.stop().await;
+    fixture.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_offset_past_the_logs_end_is_detected_and_reading_starts_over() {
+    let fixture = Fixture::new("pastend", 1).await;
+    // As after a broker that lost its log: the stored offset points far beyond the new log.
+    fixture
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO consumer_partitions (consumer_group, topic, partition, next_offset) VALUES ($1, $2, 0, 5000)",
+            [format!("{}g", fixture.config.group_prefix).into(), fixture.topic.clone().into()],
+        ))
+        .await
+        .expect("stored offset");
+    for sku in ["SKU-1", "SKU-2", "SKU-3"] {
+        publish(&fixture.producer, &fixture.topic, sku).await;
+    }
+    let lag = ConsumerLag::default();
+    let running = fixture.start("m-1", quick(&fixture.topic), &lag);
+    assert_eq!(
+        fixture.wait_applied(3).await,
         ["SKU-1", "SKU-2", "SKU-3"],
-        "in order, none skipped"
+        "the new log is read from its start"
     );
-    assert_eq!(
-        *first.attempts.lock().expect("lock"),
-        ["SKU-1", "SKU-2", "SKU-2", "SKU-3"]
-    );
-    stop.cancel();
-    running.await.expect("consumer stops");
+    running.stop().await;
+    fixture.cleanup().await;
+}
 
-    publish(&producer, &topic, "SKU-4").await;
-    let successor = Flaky::default();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_stuck_on_a_message_reports_the_stall_as_a_problem() {
+    let fixture = Fixture::new("stall", 1).await;
+    let config = KafkaConfig {
+        stall_after: Duration::from_millis(800),
+        ..fixture.member("m-1")
+    };
+    let lag = ConsumerLag::default();
+    // Without a dead-letter sink a failing message is retried for ever: the partition stalls.
+    let consumer = EventConsumer::new(
+        &config,
+        ConsumerSettings {
+            lag: Some(lag.clone()),
+            ..quick(&fixture.topic)
+        },
+        fixture.db.clone(),
+    )
+    .expect("consumer");
+    publish(&fixture.producer, &fixture.topic, "SKU-1").await;
+    #[derive(Clone)]
+    struct Broken;
+    impl EventHandler for Broken {
+        type Applied = ();
+        async fn handle(
+            &self,
+            _: &ReceivedEvent,
+            _: &DatabaseTransaction,
+        ) -> Result<(), HandlerError> {
+            Err(HandlerError::Transient("database unreachable".to_owned()))
+        }
+    }
     let stop = CancellationToken::new();
-    let consumer = EventConsumer::subscribe(&config, settings).expect("subscribe");
-    let running = tokio::spawn(consumer.run(successor.clone(), stop.clone()));
-    assert_eq!(
-        wait_done(&successor, 1).await,
-        ["SKU-4"],
-        "resumes after the committed offsets"
+    let task = tokio::spawn(consumer.run(Broken, stop.clone()));
+    let problems = eventually(Duration::from_secs(20), || async {
+        let problems = lag.problems();
+        (!problems.is_empty()).then_some(problems)
+    })
+    .await
+    .expect("the stall is reported");
+    assert!(
+        problems[0].reason.contains("made no progress"),
+        "{problems:?}"
     );
     stop.cancel();
-    running.await.expect("consumer stops");
-    delete_topics(&[topic]).await;
+    let _ = task.await;
+    fixture.cleanup().await;
 }
 
 /// Fails every event whose SKU starts with `SKU-BAD` until told to accept them.
@@ -144,7 +468,13 @@ struct Picky {
 }
 
 impl EventHandler for Picky {
-    async fn handle(&self, event: &ReceivedEvent) -> Result<(), HandlerError> {
+    type Applied = ();
+
+    async fn handle(
+        &self,
+        event: &ReceivedEvent,
+        _tx: &DatabaseTransaction,
+    ) -> Result<(), HandlerError> {
         let sku = payload::<StockLow>(&event.envelope)
             .map(|e| e.sku)
             .unwrap_or_default();
@@ -176,9 +506,7 @@ async fn a_message_that_keeps_failing_is_dead_lettered_then_replayed_or_dismisse
     ensure_topics(&config, std::slice::from_ref(&topic))
         .await
         .expect("topic");
-    let database = zentra_test_support::TestDatabase::create("dlq")
-        .await
-        .expect("database");
+    let database = TestDatabase::create("dlq").await.expect("database");
     let db = database.connect().await.expect("connect");
     zentra_runtime::db::migrate(&db, &[])
         .await
@@ -201,7 +529,7 @@ async fn a_message_that_keeps_failing_is_dead_lettered_then_replayed_or_dismisse
         )),
         ..ConsumerSettings::new("picky", vec![topic.clone()])
     };
-    let consumer = EventConsumer::subscribe(&config, settings).expect("subscribe");
+    let consumer = EventConsumer::new(&config, settings, db.clone()).expect("consumer");
     let running = tokio::spawn(consumer.run(handler.clone(), stop.clone()));
 
     let api = DeadLetterApi::new(db.clone(), producer.clone());
@@ -243,6 +571,7 @@ async fn a_message_that_keeps_failing_is_dead_lettered_then_replayed_or_dismisse
         assert!(letter.first_failure_time.is_some() && letter.last_failure_time.is_some());
     }
     let on_dlq = zentra_test_support::EventCollector::start(&config, &[format!("{topic}.dlq")])
+        .await
         .collect(2)
         .await;
     assert_eq!(on_dlq.len(), 2, "published to the .dlq topic too");

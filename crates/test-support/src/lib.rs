@@ -303,61 +303,37 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_name_replaces_the_path_and_keeps_the_query() {
-        assert_eq!(
-            replace_database("postgres://u@h:5432/postgres?sslmode=disable", "zt_x"),
-            "postgres://u@h:5432/zt_x?sslmode=disable"
-        );
-        assert_eq!(
-            replace_database("postgres://u@h", "zt_x"),
-            "postgres://u@h/zt_x"
-        );
-    }
-}
-
-/// Collects every event on some topics with a consumer group of its own.
+/// Collects every event on some topics from their beginning (partitions assigned directly, no
+/// group).
 pub struct EventCollector {
     received: std::sync::Arc<std::sync::Mutex<Vec<zentra_runtime::kafka::ReceivedEvent>>>,
     stop: zentra_runtime::CancellationToken,
     running: tokio::task::JoinHandle<()>,
 }
 
-#[derive(Clone)]
-struct Collect(std::sync::Arc<std::sync::Mutex<Vec<zentra_runtime::kafka::ReceivedEvent>>>);
-
-impl zentra_runtime::kafka::EventHandler for Collect {
-    async fn handle(
-        &self,
-        event: &zentra_runtime::kafka::ReceivedEvent,
-    ) -> Result<(), zentra_runtime::kafka::HandlerError> {
-        self.0
-            .lock()
-            .map_err(|_| zentra_runtime::kafka::HandlerError::Permanent("poisoned".to_owned()))?
-            .push(event.clone());
-        Ok(())
-    }
-}
-
 impl EventCollector {
     /// Starts collecting `topics` from their beginning.
-    pub fn start(config: &zentra_runtime::config::KafkaConfig, topics: &[String]) -> Self {
-        let consumer = zentra_runtime::kafka::EventConsumer::subscribe(
-            config,
-            zentra_runtime::kafka::ConsumerSettings::new(
-                format!("collector-{}", unique_suffix()),
-                topics.to_vec(),
-            ),
-        )
-        .unwrap_or_else(|error| panic!("collector subscribes: {error}"));
-        let received = std::sync::Arc::default();
+    pub async fn start(config: &zentra_runtime::config::KafkaConfig, topics: &[String]) -> Self {
+        let tail = zentra_runtime::kafka::TopicTail::from_beginning(config, topics)
+            .await
+            .unwrap_or_else(|error| panic!("collector assigns its topics: {error}"));
+        let received: std::sync::Arc<std::sync::Mutex<Vec<_>>> = std::sync::Arc::default();
         let stop = zentra_runtime::CancellationToken::new();
-        let running =
-            tokio::spawn(consumer.run(Collect(std::sync::Arc::clone(&received)), stop.clone()));
+        let running = tokio::spawn({
+            let received = std::sync::Arc::clone(&received);
+            let stop = stop.clone();
+            async move {
+                loop {
+                    let event = tokio::select! {
+                        () = stop.cancelled() => return,
+                        event = tail.recv() => event,
+                    };
+                    if let Ok(mut received) = received.lock() {
+                        received.push(event);
+                    }
+                }
+            }
+        });
         Self {
             received,
             stop,
@@ -383,5 +359,22 @@ impl EventCollector {
         // outlive the process's last await).
         let _ = self.running.await;
         received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_replaces_the_path_and_keeps_the_query() {
+        assert_eq!(
+            replace_database("postgres://u@h:5432/postgres?sslmode=disable", "zt_x"),
+            "postgres://u@h:5432/zt_x?sslmode=disable"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h", "zt_x"),
+            "postgres://u@h/zt_x"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! inbox in the same transaction as the notification it creates, so a redelivered event creates
 //! nothing new.
 
-use sea_orm::{DatabaseConnection, TransactionTrait as _};
+use sea_orm::DatabaseTransaction;
 use uuid::Uuid;
 use zentra_proto::order::v1 as order;
 use zentra_runtime::{
@@ -19,15 +19,13 @@ pub const CONSUMER: &str = "notification-intake";
 /// The event handler.
 #[derive(Clone)]
 pub struct Intake {
-    db: DatabaseConnection,
     customer_email_domain: String,
 }
 
 impl Intake {
-    /// Intake into `db`.
-    pub fn new(db: DatabaseConnection, customer_email_domain: String) -> Self {
+    /// Intake addressing customers without an e-mail id at `customer_email_domain`.
+    pub fn new(customer_email_domain: String) -> Self {
         Self {
-            db,
             customer_email_domain,
         }
     }
@@ -43,7 +41,13 @@ impl Intake {
 }
 
 impl EventHandler for Intake {
-    async fn handle(&self, event: &ReceivedEvent) -> Result<(), HandlerError> {
+    type Applied = ();
+
+    async fn handle(
+        &self,
+        event: &ReceivedEvent,
+        tx: &DatabaseTransaction,
+    ) -> Result<(), HandlerError> {
         let transient = |error: sea_orm::DbErr| HandlerError::Transient(error.to_string());
         let envelope = &event.envelope;
         let event_id = Uuid::parse_str(&envelope.event_id).map_err(|_| {
@@ -55,8 +59,7 @@ impl EventHandler for Intake {
             // Nothing to remember or send: no transaction, no inbox entry.
             return Ok(());
         }
-        let tx = self.db.begin().await.map_err(transient)?;
-        if !inbox::claim(&tx, CONSUMER, &envelope.event_id, &event.topic)
+        if !inbox::claim(tx, CONSUMER, &envelope.event_id, &event.topic)
             .await
             .map_err(transient)?
         {
@@ -65,7 +68,7 @@ impl EventHandler for Intake {
         if let Some(placed) = placed
             && let Ok(order_id) = Uuid::parse_str(&placed.order_id)
         {
-            store::remember_customer(&tx, order_id, &placed.customer_id)
+            store::remember_customer(tx, order_id, &placed.customer_id)
                 .await
                 .map_err(transient)?;
         }
@@ -75,7 +78,7 @@ impl EventHandler for Intake {
             })?;
             let customer_id = match rendered.customer_id {
                 Some(customer_id) => Some(customer_id),
-                None => store::customer_of(&tx, order_id).await.map_err(transient)?,
+                None => store::customer_of(tx, order_id).await.map_err(transient)?,
             };
             match customer_id {
                 Some(customer_id) => {
@@ -91,13 +94,13 @@ impl EventHandler for Intake {
                             rendered.body, envelope.event_id
                         ),
                     };
-                    store::insert(&tx, &new).await.map_err(transient)?;
+                    store::insert(tx, &new).await.map_err(transient)?;
                 }
                 None => {
                     tracing::info!(%order_id, event_type = %envelope.event_type, "no customer known for order; not notified")
                 }
             }
         }
-        tx.commit().await.map_err(transient)
+        Ok(())
     }
 }

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use zentra_proto::notification::v1::notification_service_server::NotificationServiceServer;
 use zentra_runtime::{
     config::ConfigSources,
-    kafka::EventConsumer,
     platform::{Platform, RunningService, ServiceInfo},
     server::BoundServer,
     telemetry::Telemetry,
@@ -60,19 +59,15 @@ impl NotificationService {
         let settings = config.domain.notification.clone();
         let platform = Platform::start(INFO, &config, &sources, telemetry).await?;
         platform.spawn_relay();
-        let consumer = EventConsumer::subscribe(
-            &platform.config.kafka,
-            platform.consumer_settings(
-                "notification",
-                CONSUMED_TOPICS
-                    .iter()
-                    .map(|topic| platform.topic(topic))
-                    .collect(),
-            ),
+        let intake = intake::Intake::new(settings.customer_email_domain.clone());
+        platform.spawn_consumer(
+            "notification",
+            CONSUMED_TOPICS
+                .iter()
+                .map(|topic| platform.topic(topic))
+                .collect(),
+            intake,
         )?;
-        let intake =
-            intake::Intake::new(platform.db.clone(), settings.customer_email_domain.clone());
-        platform.spawn(consumer.run(intake, platform.shutdown.clone()));
         let delivery = delivery::Delivery::new(
             platform.db.clone(),
             settings,

@@ -1,17 +1,34 @@
-//! A consumer that processes each message before committing its offset: a crash replays what was
-//! not committed, so handlers must be idempotent (the inbox makes them so).
+//! A consumer that never depends on the broker's group membership. It assigns its partitions
+//! itself, from leases kept in PostgreSQL ([`super::leases`]), and stores its offsets there too,
+//! advancing them in the same transaction as the effect of the messages they cover. A crash
+//! therefore replays exactly what did not commit, a restarted process resumes from its stored
+//! offsets within one lease round (at once with the same member id), and a superseded owner
+//! cannot commit anything (its epoch no longer matches).
+//!
+//! Messages are handled in batches: everything one poll returns (up to `max_batch`) is applied
+//! in one transaction with one offset update per partition. When any message of a batch fails,
+//! the batch is rolled back and its messages are handled one by one, each retried with backoff
+//! and dead-lettered when it keeps failing.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     future::Future,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
+use futures::FutureExt as _;
 use prost::Message as _;
 use rdkafka::{
     ClientConfig, Message as _, Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer as _, StreamConsumer},
-    message::{BorrowedMessage, Headers as _},
+    consumer::{Consumer as _, StreamConsumer},
+    message::{Headers as _, OwnedMessage},
 };
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait as _};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use zentra_proto::events::v1::EventEnvelope;
 
@@ -19,8 +36,9 @@ use crate::{
     config::KafkaConfig,
     dead_letters::{DeadLetterSink, FailedRecord},
     kafka::{
-        KafkaFailure,
+        KafkaFailure, ensure_topics,
         lag::{ConsumerLag, LagContext},
+        leases::{self, Lease, PartitionLeases},
     },
     telemetry::names,
 };
@@ -51,19 +69,36 @@ pub enum HandlerError {
     Permanent(String),
 }
 
-/// Processes events; must be idempotent, since a message can arrive twice.
+impl From<DbErr> for HandlerError {
+    fn from(error: DbErr) -> Self {
+        Self::Transient(error.to_string())
+    }
+}
+
+/// Processes events inside the consumer's transaction; must be idempotent, since a message can
+/// arrive twice (the inbox makes it so).
 pub trait EventHandler: Send + Sync + 'static {
-    /// Handles one event.
+    /// What to do once the transaction committed (announce a change, wake a loop).
+    type Applied: Send + 'static;
+
+    /// Handles one event. Effects written through `tx` commit together with the offset.
     fn handle(
         &self,
         event: &ReceivedEvent,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+        tx: &DatabaseTransaction,
+    ) -> impl Future<Output = Result<Self::Applied, HandlerError>> + Send;
+
+    /// Called after the transaction holding `applied` committed.
+    fn committed(&self, applied: Vec<Self::Applied>) {
+        let _ = applied;
+    }
 }
 
 /// How a consumer behaves.
 #[derive(Clone)]
 pub struct ConsumerSettings {
-    /// Consumer group (the configured group prefix is prepended).
+    /// Consumer group (the configured group prefix is prepended): the members of one group
+    /// split its partitions.
     pub group: String,
     /// Full topic names.
     pub topics: Vec<String>,
@@ -75,12 +110,15 @@ pub struct ConsumerSettings {
     pub max_attempts: u32,
     /// Where messages that keep failing go; `None` retries them forever.
     pub dead_letters: Option<DeadLetterSink>,
-    /// Where the consumer's lag is reported; `None` does not collect it.
+    /// Where ownership, offsets and lag are reported.
     pub lag: Option<ConsumerLag>,
+    /// Messages applied in one transaction at most.
+    pub max_batch: usize,
 }
 
 impl ConsumerSettings {
-    /// Settings for `group` on `topics`: 3 attempts, 200 ms to 30 s backoff, no dead letters.
+    /// Settings for `group` on `topics`: 3 attempts, 200 ms to 30 s backoff, no dead letters,
+    /// batches of up to 64.
     pub fn new(group: impl Into<String>, topics: Vec<String>) -> Self {
         Self {
             group: group.into(),
@@ -90,118 +128,439 @@ impl ConsumerSettings {
             max_attempts: 3,
             dead_letters: None,
             lag: None,
+            max_batch: 64,
         }
     }
 }
 
-/// A subscribed consumer.
+/// This process's member id when the configuration names none: one per process start.
+fn process_member_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        format!(
+            "member-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        )
+    })
+}
+
+/// What the lease keeper hands the processing loop.
+#[derive(Default)]
+struct Shared {
+    held: Mutex<Vec<Lease>>,
+    changed: AtomicBool,
+    wake: Notify,
+}
+
+impl Shared {
+    fn publish(&self, held: Vec<Lease>) {
+        let Ok(mut current) = self.held.lock() else {
+            return;
+        };
+        if *current != held {
+            let moved = |a: &[Lease], b: &[Lease]| {
+                a.iter()
+                    .map(|l| (&l.topic, l.partition, l.epoch))
+                    .ne(b.iter().map(|l| (&l.topic, l.partition, l.epoch)))
+            };
+            let changed = moved(&current, &held);
+            *current = held;
+            if changed {
+                self.changed.store(true, Ordering::SeqCst);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    fn holds(&self, topic: &str, partition: i32, epoch: i64) -> bool {
+        self.held.lock().is_ok_and(|held| {
+            held.iter()
+                .any(|l| l.topic == topic && l.partition == partition && l.epoch == epoch)
+        })
+    }
+
+    /// Forgets everything held (the leases could not be renewed in time), so nothing is
+    /// consumed under a lease that may have moved.
+    fn drop_all(&self) {
+        self.publish(Vec::new());
+    }
+}
+
+/// What this process reads of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    epoch: i64,
+    /// The next offset to process; `None` until something was.
+    next: Option<i64>,
+}
+
+type Assignment = BTreeMap<(String, i32), Slot>;
+
+/// A consumer whose partitions are leased in PostgreSQL.
 pub struct EventConsumer {
-    consumer: StreamConsumer<LagContext>,
+    consumer: Arc<StreamConsumer<LagContext>>,
     settings: ConsumerSettings,
-    group: String,
+    kafka: KafkaConfig,
+    db: DatabaseConnection,
+    leases: PartitionLeases,
+    lag: ConsumerLag,
+    shared: Arc<Shared>,
+}
+
+/// How handling one message ended.
+enum Handled {
+    /// Applied (or dead-lettered) and its offset committed.
+    Done,
+    /// This process no longer holds the partition; nothing was committed.
+    Fenced,
+    /// Shutdown interrupted a retry; nothing was committed.
+    Stopped,
 }
 
 impl EventConsumer {
-    /// Subscribes; reading starts at the group's committed offsets, else at the earliest record.
-    pub fn subscribe(
+    /// A consumer of `settings.topics` in `settings.group`, keeping leases and offsets in `db`.
+    /// It reads nothing until [`EventConsumer::run`].
+    pub fn new(
         config: &KafkaConfig,
         settings: ConsumerSettings,
+        db: DatabaseConnection,
     ) -> Result<Self, KafkaFailure> {
         let group = format!("{}{}", config.group_prefix, settings.group);
-        let mut client = ClientConfig::new();
-        client
+        let member = if config.member_id.is_empty() {
+            process_member_id().to_owned()
+        } else {
+            config.member_id.clone()
+        };
+        let lag = settings.lag.clone().unwrap_or_default();
+        let consumer: StreamConsumer<LagContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.bootstrap_servers)
+            // The group id is never joined (partitions are assigned, not subscribed): it only
+            // names the client to the broker.
             .set("group.id", &group)
-            // Offsets are stored only after their message was processed, and committed by the
-            // client in the background every 100 ms: one commit request covers many messages.
-            .set("enable.auto.commit", "true")
+            .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", "100")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set(
                 "fetch.wait.max.ms",
                 config.fetch_wait.as_millis().max(1).to_string(),
-            );
-        if settings.lag.is_some() {
-            // The statistics carry each partition's lag; no extra broker calls.
-            client.set("statistics.interval.ms", "2000");
-        }
-        let consumer: StreamConsumer<LagContext> = client
+            )
+            // The statistics carry each partition's high watermark; no extra broker calls.
+            .set("statistics.interval.ms", "2000")
             .create_with_context(LagContext {
                 group: group.clone(),
-                lag: settings.lag.clone(),
+                lag: lag.clone(),
             })
             .map_err(KafkaFailure::Setup)?;
-        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).map_err(KafkaFailure::Setup)?;
+        lag.register(&group, &member, config.partition_lease, config.stall_after);
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
+            leases: PartitionLeases::new(db.clone(), group, member, config.partition_lease),
             settings,
-            group,
+            kafka: config.clone(),
+            db,
+            lag,
+            shared: Arc::default(),
         })
     }
 
-    /// Consumes until `shutdown` is cancelled. A failing message is retried with backoff and its
-    /// offset is not committed until it succeeds; an undecodable one is logged and skipped.
-    ///
-    /// Offsets are committed asynchronously as messages complete; at shutdown the positions of
-    /// what was processed are committed synchronously, so a successor in the group starts exactly
-    /// after them.
+    /// Consumes until `shutdown` is cancelled, then gives its partitions back.
     pub async fn run<H: EventHandler>(self, handler: H, shutdown: CancellationToken) {
-        let mut processed = TopicPartitionList::new();
+        let keeper_stop = shutdown.child_token();
+        let keeper = tokio::spawn(keep_leases(
+            self.leases.clone(),
+            Arc::clone(&self.consumer),
+            self.settings.topics.clone(),
+            self.kafka.clone(),
+            self.lag.clone(),
+            Arc::clone(&self.shared),
+            keeper_stop.clone(),
+        ));
+        let mut assigned = Assignment::new();
         loop {
-            let message = tokio::select! {
+            if self.shared.changed.swap(false, Ordering::SeqCst) {
+                self.reassign(&mut assigned).await;
+            }
+            let first = tokio::select! {
                 () = shutdown.cancelled() => break,
-                message = self.consumer.recv() => message,
+                () = self.shared.wake.notified() => continue,
+                message = self.consumer.recv() => message.map(|message| message.detach()),
             };
-            let message = match message {
+            let first = match first {
                 Ok(message) => message,
                 Err(error) => {
-                    tracing::warn!(%error, "kafka receive failed");
+                    tracing::warn!(%error, group = self.leases.group(), "kafka receive failed");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             };
-            if !self.process(&message, &handler, &shutdown).await {
+            let mut batch = vec![first];
+            while batch.len() < self.settings.max_batch.max(1) {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(message)) => batch.push(message.detach()),
+                    _ => break,
+                }
+            }
+            if !self
+                .process_batch(batch, &mut assigned, &handler, &shutdown)
+                .await
+            {
                 break;
             }
-            if processed
-                .find_partition(message.topic(), message.partition())
-                .is_none()
-            {
-                processed.add_partition(message.topic(), message.partition());
-            }
-            let next = Offset::Offset(message.offset() + 1);
-            if let Err(error) =
-                processed.set_partition_offset(message.topic(), message.partition(), next)
-            {
-                tracing::warn!(%error, "cannot track processed offset");
-            }
-            if let Err(error) = self.consumer.store_offset_from_message(&message) {
-                tracing::warn!(%error, topic = message.topic(), offset = message.offset(), "cannot store a processed offset");
-            }
         }
-        if processed.count() == 0 {
-            return;
-        }
-        // The synchronous commit blocks on the broker: keep it off the async workers.
-        let consumer = self.consumer;
-        let committed =
-            tokio::task::spawn_blocking(move || consumer.commit(&processed, CommitMode::Sync))
-                .await;
-        if let Ok(Err(error)) = committed {
-            tracing::warn!(%error, "final offset commit failed");
+        keeper_stop.cancel();
+        let _ = keeper.await;
+        if let Err(error) = self.leases.leave().await {
+            tracing::warn!(%error, group = self.leases.group(), "could not give partitions back");
         }
     }
 
-    /// Returns false when shutdown interrupted a retry (the offset must then stay uncommitted).
-    async fn process<H: EventHandler>(
+    /// Assigns what the leases say this process holds, at the stored offsets for partitions
+    /// taken now and at the local position for partitions kept.
+    async fn reassign(&self, assigned: &mut Assignment) {
+        let held = self
+            .shared
+            .held
+            .lock()
+            .map(|held| held.clone())
+            .unwrap_or_default();
+        let mut next = Assignment::new();
+        for lease in held {
+            let key = (lease.topic.clone(), lease.partition);
+            let slot = match assigned.get(&key) {
+                Some(slot) if slot.epoch == lease.epoch => *slot,
+                _ => Slot {
+                    epoch: lease.epoch,
+                    next: lease.next_offset,
+                },
+            };
+            next.insert(key, slot);
+        }
+        // A stored offset past the log's end means the broker lost its log: start over.
+        let taken: Vec<(String, i32, i64)> = next
+            .iter()
+            .filter(|(key, slot)| assigned.get(*key) != Some(*slot))
+            .filter_map(|((topic, partition), slot)| {
+                slot.next.map(|offset| (topic.clone(), *partition, offset))
+            })
+            .collect();
+        for (topic, partition, offset) in taken {
+            if let Some(high) = self.high_watermark(&topic, partition).await
+                && offset > high
+            {
+                self.log_reset(&topic, partition, offset, high);
+                if let Some(slot) = next.get_mut(&(topic, partition)) {
+                    slot.next = None;
+                }
+            }
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), slot) in &next {
+            let offset = slot.next.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(error) = list.add_partition_offset(topic, *partition, offset) {
+                tracing::warn!(%error, topic, partition, "cannot assign partition");
+            }
+        }
+        if let Err(error) = self.consumer.assign(&list) {
+            tracing::warn!(%error, group = self.leases.group(), "assigning partitions failed");
+            // Try again on the next wake-up.
+            self.shared.changed.store(true, Ordering::SeqCst);
+            return;
+        }
+        tracing::info!(
+            group = self.leases.group(),
+            member = self.leases.member(),
+            partitions = ?next.iter().map(|((t, p), s)| format!("{t}[{p}]@{}", s.next.unwrap_or(-1))).collect::<Vec<_>>(),
+            "partitions assigned"
+        );
+        *assigned = next;
+    }
+
+    fn log_reset(&self, topic: &str, partition: i32, stored: i64, high: i64) {
+        tracing::warn!(
+            group = self.leases.group(),
+            topic,
+            partition,
+            stored,
+            high,
+            "stored offset is past the log's end (the broker lost its log): reading from the start"
+        );
+        metrics::counter!(names::CONSUMER_OFFSET_RESETS, "group" => self.leases.group().to_owned())
+            .increment(1);
+    }
+
+    async fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        let consumer = Arc::clone(&self.consumer);
+        let topic_name = topic.to_owned();
+        let fetched = tokio::task::spawn_blocking(move || {
+            consumer.fetch_watermarks(&topic_name, partition, Duration::from_secs(3))
+        })
+        .await;
+        match fetched {
+            Ok(Ok((_, high))) => Some(high),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, topic, partition, "cannot read watermarks");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Returns false when shutdown interrupted the batch.
+    async fn process_batch<H: EventHandler>(
         &self,
-        message: &BorrowedMessage<'_>,
+        batch: Vec<OwnedMessage>,
+        assigned: &mut Assignment,
         handler: &H,
         shutdown: &CancellationToken,
     ) -> bool {
+        let mut ready = Vec::with_capacity(batch.len());
+        let mut behind = BTreeSet::new();
+        for message in batch {
+            let key = (message.topic().to_owned(), message.partition());
+            let Some(slot) = assigned.get(&key) else {
+                continue;
+            };
+            if slot.next.is_some_and(|next| message.offset() < next) {
+                behind.insert(key);
+                continue;
+            }
+            ready.push(message);
+        }
+        for (topic, partition) in behind {
+            // Below the next offset: a stale copy, or the log was lost and restarted from 0.
+            let next = assigned
+                .get(&(topic.clone(), partition))
+                .and_then(|slot| slot.next)
+                .unwrap_or(0);
+            if let Some(high) = self.high_watermark(&topic, partition).await
+                && next > high
+            {
+                self.log_reset(&topic, partition, next, high);
+                if let Some(slot) = assigned.get_mut(&(topic.clone(), partition)) {
+                    slot.next = None;
+                }
+                // Messages of this partition in `ready` came before the reset was seen: they
+                // are read again after the reassignment.
+                ready
+                    .retain(|message| message.topic() != topic || message.partition() != partition);
+                self.shared.changed.store(true, Ordering::SeqCst);
+            }
+        }
+        if ready.is_empty() {
+            return true;
+        }
+        // A single message goes straight to the one-by-one path, which counts its attempts.
+        let decoded: Option<Vec<ReceivedEvent>> = if ready.len() > 1 {
+            ready.iter().map(decode).collect()
+        } else {
+            None
+        };
+        if let Some(events) = decoded {
+            match self.apply_together(&events, assigned, handler).await {
+                Ok(Some(applied)) => {
+                    handler.committed(applied);
+                    for event in &events {
+                        self.note_processed(assigned, &event.topic, event.partition, event.offset);
+                        metrics::counter!(names::CONSUMER_MESSAGES, "topic" => event.topic.clone(), "outcome" => "processed")
+                            .increment(1);
+                    }
+                    return true;
+                }
+                Ok(None) => {
+                    self.fenced();
+                    return true;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, size = events.len(), "batch failed; handling its messages one by one");
+                }
+            }
+        }
+        for message in &ready {
+            let key = (message.topic().to_owned(), message.partition());
+            let Some(slot) = assigned.get(&key).copied() else {
+                continue;
+            };
+            match self
+                .process_one(message, slot.epoch, handler, shutdown)
+                .await
+            {
+                Handled::Done => {
+                    self.note_processed(
+                        assigned,
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                    );
+                }
+                Handled::Fenced => {
+                    self.fenced();
+                    return true;
+                }
+                Handled::Stopped => return false,
+            }
+        }
+        true
+    }
+
+    fn fenced(&self) {
+        tracing::info!(
+            group = self.leases.group(),
+            "a partition's lease moved; reassigning"
+        );
+        self.shared.changed.store(true, Ordering::SeqCst);
+    }
+
+    fn note_processed(&self, assigned: &mut Assignment, topic: &str, partition: i32, offset: i64) {
+        if let Some(slot) = assigned.get_mut(&(topic.to_owned(), partition)) {
+            slot.next = Some(offset + 1);
+        }
+        self.lag
+            .progressed(self.leases.group(), topic, partition, offset + 1);
+    }
+
+    /// Applies every event in one transaction with the offsets. `Ok(None)`: fenced.
+    async fn apply_together<H: EventHandler>(
+        &self,
+        events: &[ReceivedEvent],
+        assigned: &Assignment,
+        handler: &H,
+    ) -> Result<Option<Vec<H::Applied>>, HandlerError> {
+        let tx = self.db.begin().await?;
+        let mut applied = Vec::with_capacity(events.len());
+        let mut advances: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+        for event in events {
+            match handler.handle(event, &tx).await {
+                Ok(done) => applied.push(done),
+                Err(error) => {
+                    let _ = tx.rollback().await;
+                    return Err(error);
+                }
+            }
+            let key = (event.topic.clone(), event.partition);
+            let epoch = assigned.get(&key).map_or(-1, |slot| slot.epoch);
+            advances.insert(key, (epoch, event.offset + 1));
+        }
+        let advances: Vec<(String, i32, i64, i64)> = advances
+            .into_iter()
+            .map(|((topic, partition), (epoch, next))| (topic, partition, epoch, next))
+            .collect();
+        if !leases::advance(&tx, self.leases.group(), self.leases.member(), &advances).await? {
+            let _ = tx.rollback().await;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(applied))
+    }
+
+    /// Handles one message with retries; dead-letters it when it keeps failing.
+    async fn process_one<H: EventHandler>(
+        &self,
+        message: &OwnedMessage,
+        epoch: i64,
+        handler: &H,
+        shutdown: &CancellationToken,
+    ) -> Handled {
         let topic = message.topic().to_owned();
         let first_failure = SystemTime::now();
         let Some(event) = decode(message) else {
@@ -211,6 +570,7 @@ impl EventConsumer {
             return self
                 .dead_letter(
                     message,
+                    epoch,
                     None,
                     "undecodable message",
                     1,
@@ -222,12 +582,24 @@ impl EventConsumer {
         let mut backoff = self.settings.initial_backoff;
         let mut attempt = 1u32;
         loop {
-            let error = match handler.handle(&event).await {
-                Ok(()) => {
+            if !self.shared.holds(&topic, event.partition, epoch) {
+                return Handled::Fenced;
+            }
+            let error = match self
+                .apply_together(
+                    std::slice::from_ref(&event),
+                    &single(&event, epoch),
+                    handler,
+                )
+                .await
+            {
+                Ok(Some(applied)) => {
+                    handler.committed(applied);
                     metrics::counter!(names::CONSUMER_MESSAGES, "topic" => topic, "outcome" => "processed")
                         .increment(1);
-                    return true;
+                    return Handled::Done;
                 }
+                Ok(None) => return Handled::Fenced,
                 Err(error) => error,
             };
             metrics::counter!(names::CONSUMER_MESSAGES, "topic" => topic.clone(), "outcome" => "failed")
@@ -250,6 +622,7 @@ impl EventConsumer {
                 return self
                     .dead_letter(
                         message,
+                        epoch,
                         identity,
                         &error.to_string(),
                         attempt,
@@ -259,7 +632,7 @@ impl EventConsumer {
                     .await;
             }
             tokio::select! {
-                () = shutdown.cancelled() => return false,
+                () = shutdown.cancelled() => return Handled::Stopped,
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(self.settings.max_backoff);
@@ -267,26 +640,19 @@ impl EventConsumer {
         }
     }
 
-    /// Parks the message; retries parking until it succeeds (nothing may be lost). Without a
-    /// sink the message is skipped with an error log.
+    /// Parks the message, then moves past it; retries until both succeed (nothing may be
+    /// lost). Without a sink the message is skipped with an error log.
+    #[allow(clippy::too_many_arguments)]
     async fn dead_letter(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &OwnedMessage,
+        epoch: i64,
         event: Option<(String, String)>,
         error: &str,
         attempts: u32,
         first_failure: SystemTime,
         shutdown: &CancellationToken,
-    ) -> bool {
-        let Some(sink) = &self.settings.dead_letters else {
-            tracing::error!(
-                topic = message.topic(),
-                offset = message.offset(),
-                error,
-                "message skipped: no dead-letter sink"
-            );
-            return true;
-        };
+    ) -> Handled {
         let record = FailedRecord {
             topic: message.topic().to_owned(),
             partition: message.partition(),
@@ -311,27 +677,190 @@ impl EventConsumer {
             first_failure,
         };
         let mut backoff = self.settings.initial_backoff;
+        let mut parked = false;
         loop {
-            match sink.park(&self.group, &record, error, attempts).await {
-                Ok(()) => {
-                    metrics::counter!(names::CONSUMER_MESSAGES, "topic" => record.topic.clone(), "outcome" => "dead_lettered")
-                        .increment(1);
-                    return true;
+            if !self.shared.holds(&record.topic, record.partition, epoch) {
+                return Handled::Fenced;
+            }
+            if !parked {
+                match &self.settings.dead_letters {
+                    None => {
+                        tracing::error!(topic = %record.topic, offset = record.offset, error, "message skipped: no dead-letter sink");
+                        parked = true;
+                    }
+                    Some(sink) => match sink
+                        .park(self.leases.group(), &record, error, attempts)
+                        .await
+                    {
+                        Ok(()) => {
+                            metrics::counter!(names::CONSUMER_MESSAGES, "topic" => record.topic.clone(), "outcome" => "dead_lettered")
+                                .increment(1);
+                            parked = true;
+                        }
+                        Err(park_error) => {
+                            tracing::warn!(%park_error, topic = %record.topic, offset = record.offset, "dead-lettering failed; retrying");
+                        }
+                    },
                 }
-                Err(park_error) => {
-                    tracing::warn!(%park_error, topic = %record.topic, offset = record.offset, "dead-lettering failed; retrying");
+            }
+            if parked {
+                match self.skip(&record, epoch).await {
+                    Ok(true) => return Handled::Done,
+                    Ok(false) => return Handled::Fenced,
+                    Err(error) => {
+                        tracing::warn!(%error, topic = %record.topic, offset = record.offset, "cannot move past a dead letter; retrying");
+                    }
                 }
             }
             tokio::select! {
-                () = shutdown.cancelled() => return false,
+                () = shutdown.cancelled() => return Handled::Stopped,
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(self.settings.max_backoff);
         }
     }
+
+    async fn skip(&self, record: &FailedRecord, epoch: i64) -> Result<bool, DbErr> {
+        let tx = self.db.begin().await?;
+        let advanced = leases::advance(
+            &tx,
+            self.leases.group(),
+            self.leases.member(),
+            &[(
+                record.topic.clone(),
+                record.partition,
+                epoch,
+                record.offset + 1,
+            )],
+        )
+        .await?;
+        if advanced {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(advanced)
+    }
 }
 
-fn decode(message: &BorrowedMessage<'_>) -> Option<ReceivedEvent> {
+fn single(event: &ReceivedEvent, epoch: i64) -> Assignment {
+    let mut assignment = Assignment::new();
+    assignment.insert(
+        (event.topic.clone(), event.partition),
+        Slot { epoch, next: None },
+    );
+    assignment
+}
+
+/// Keeps the group's leases: declares the topics' partitions (creating topics that vanished),
+/// runs a lease round every third of a lease, and tells the processing loop what it holds.
+async fn keep_leases(
+    leases: PartitionLeases,
+    consumer: Arc<StreamConsumer<LagContext>>,
+    topics: Vec<String>,
+    kafka: KafkaConfig,
+    lag: ConsumerLag,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let interval = (kafka.partition_lease / 3).max(Duration::from_millis(100));
+    let mut declared = false;
+    let mut rounds: u64 = 0;
+    let mut last_success = tokio::time::Instant::now();
+    loop {
+        // Partitions are looked up at start, then every ~30 rounds: a topic created again after
+        // a broker restart comes back with its partitions.
+        if !declared || rounds.is_multiple_of(30) {
+            declared = declare_partitions(&leases, &consumer, &topics, &kafka).await;
+        }
+        rounds += 1;
+        let held = shared
+            .held
+            .lock()
+            .map(|held| held.clone())
+            .unwrap_or_default();
+        match leases.round(&held).await {
+            Ok(round) => {
+                last_success = tokio::time::Instant::now();
+                let owned: Vec<(String, i32, Option<i64>)> = round
+                    .held
+                    .iter()
+                    .map(|lease| (lease.topic.clone(), lease.partition, lease.next_offset))
+                    .collect();
+                lag.round_done(leases.group(), &owned, round.total, round.live_members);
+                shared.publish(round.held);
+            }
+            Err(error) => {
+                tracing::warn!(%error, group = leases.group(), "partition lease round failed");
+                lag.round_failed(leases.group(), error.to_string());
+                // Past the lease, another member may own these partitions: stop reading them.
+                if last_success.elapsed() >= kafka.partition_lease {
+                    shared.drop_all();
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Records every topic's partitions in the lease table; returns false when the broker could not
+/// be asked (tried again next round).
+async fn declare_partitions(
+    leases: &PartitionLeases,
+    consumer: &Arc<StreamConsumer<LagContext>>,
+    topics: &[String],
+    kafka: &KafkaConfig,
+) -> bool {
+    let mut complete = true;
+    for topic in topics {
+        let mut count = partition_count(consumer, topic).await;
+        if count == Some(0) {
+            // The topic is gone (a broker that lost its log): create it again.
+            tracing::warn!(topic, "topic missing on the broker; creating it again");
+            metrics::counter!(names::KAFKA_RECOVERIES, "kind" => "topic_created").increment(1);
+            if let Err(error) = ensure_topics(kafka, std::slice::from_ref(topic)).await {
+                tracing::warn!(%error, topic, "cannot create topic");
+            }
+            count = partition_count(consumer, topic).await;
+        }
+        match count {
+            Some(count) if count > 0 => {
+                if let Err(error) = leases.declare(topic, count).await {
+                    tracing::warn!(%error, topic, "cannot record partitions");
+                    complete = false;
+                }
+            }
+            _ => complete = false,
+        }
+    }
+    complete
+}
+
+/// The topic's partition count: `Some(0)` when the broker does not know it, `None` when the
+/// broker did not answer.
+async fn partition_count(consumer: &Arc<StreamConsumer<LagContext>>, topic: &str) -> Option<i32> {
+    let consumer = Arc::clone(consumer);
+    let name = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer
+            .client()
+            .fetch_metadata(Some(&name), Duration::from_secs(5))
+            .ok()?;
+        let found = metadata.topics().iter().find(|t| t.name() == name)?;
+        if found.error().is_some() {
+            return Some(0);
+        }
+        i32::try_from(found.partitions().len()).ok()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+pub(crate) fn decode(message: &OwnedMessage) -> Option<ReceivedEvent> {
     let envelope = EventEnvelope::decode(message.payload()?).ok()?;
     let key = message
         .key()

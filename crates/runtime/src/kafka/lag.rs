@@ -1,18 +1,20 @@
-//! Consumer lag as the Kafka client itself reports it: librdkafka's statistics (every few
-//! seconds) carry each assigned partition's high watermark and the consumer's position, so no
-//! extra broker round trip is needed. Kept per service for the ops snapshot and as a gauge.
+//! What a service's consumers report about themselves: per partition the owner, the next offset
+//! to process, the high watermark and the lag between them; per group whether it is healthy.
+//! The high watermark comes from librdkafka's statistics (every few seconds, no extra broker
+//! call); offsets and ownership come from the consumer itself. Kept for the ops snapshot, the
+//! health summary and as gauges.
 
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use rdkafka::{ClientContext, Statistics, consumer::ConsumerContext};
 
 use crate::telemetry::names;
 
-/// How far one group is behind on one partition.
+/// How far one group is behind on one partition this process owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionLag {
     /// Consumer group.
@@ -21,39 +23,241 @@ pub struct PartitionLag {
     pub topic: String,
     /// Partition.
     pub partition: i32,
-    /// Messages not yet processed.
+    /// Messages not yet processed (high watermark minus next offset); -1 until both are known.
     pub lag: i64,
-    /// When the client reported it.
+    /// When this was last updated.
     pub reported: SystemTime,
+    /// The member that holds the partition's lease (this process).
+    pub owner: String,
+    /// The next offset to process; -1 when nothing was processed yet.
+    pub next_offset: i64,
+    /// The partition's high watermark as the client last saw it; -1 when unknown.
+    pub high_watermark: i64,
 }
 
 /// Group, topic and partition.
 type PartitionKey = (String, String, i32);
 
-/// The latest lag of every consumer of a service; cheap to clone.
+#[derive(Debug, Clone)]
+struct PartitionState {
+    lag: PartitionLag,
+    /// When the next offset last moved, or the partition was taken.
+    progressed: Instant,
+}
+
+/// What the lease keeper last found for a group.
+#[derive(Debug, Clone)]
+struct GroupState {
+    member: String,
+    owned: usize,
+    total: usize,
+    live_members: usize,
+    /// When a lease round last succeeded, and the error of the last one that did not.
+    last_round: Option<Instant>,
+    last_error: Option<String>,
+    /// Since when the group has owned nothing although its share is at least one.
+    starved_since: Option<Instant>,
+    started: Instant,
+    lease: Duration,
+    stall_after: Duration,
+}
+
+#[derive(Default)]
+struct Inner {
+    partitions: BTreeMap<PartitionKey, PartitionState>,
+    groups: BTreeMap<String, GroupState>,
+}
+
+/// The state of every consumer of a service; cheap to clone.
 #[derive(Clone, Default)]
 pub struct ConsumerLag {
-    partitions: Arc<Mutex<BTreeMap<PartitionKey, PartitionLag>>>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// A group that is not consuming as it should, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerProblem {
+    /// The group.
+    pub group: String,
+    /// What is wrong, in a sentence.
+    pub reason: String,
 }
 
 impl ConsumerLag {
-    /// Every partition's latest lag, by group, topic and partition.
+    /// Every owned partition's latest state, by group, topic and partition.
     pub fn snapshot(&self) -> Vec<PartitionLag> {
-        self.partitions
+        self.inner
             .lock()
-            .map(|partitions| partitions.values().cloned().collect())
+            .map(|inner| {
+                inner
+                    .partitions
+                    .values()
+                    .map(|state| state.lag.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
+    /// The groups of this service, each with its problem when it has one.
+    pub fn health(&self) -> Vec<(String, Option<String>)> {
+        let Ok(inner) = self.inner.lock() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        inner
+            .groups
+            .iter()
+            .map(|(group, state)| (group.clone(), problem(&inner, group, state, now)))
+            .collect()
+    }
+
+    /// Problems of every group; empty when all consume as they should.
+    pub fn problems(&self) -> Vec<ConsumerProblem> {
+        self.health()
+            .into_iter()
+            .filter_map(|(group, reason)| reason.map(|reason| ConsumerProblem { group, reason }))
+            .collect()
+    }
+
+    pub(crate) fn register(
+        &self,
+        group: &str,
+        member: &str,
+        lease: Duration,
+        stall_after: Duration,
+    ) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.groups.insert(
+                group.to_owned(),
+                GroupState {
+                    member: member.to_owned(),
+                    owned: 0,
+                    total: 0,
+                    live_members: 1,
+                    last_round: None,
+                    last_error: None,
+                    starved_since: None,
+                    started: Instant::now(),
+                    lease,
+                    stall_after,
+                },
+            );
+        }
+    }
+
+    /// Records a lease round: what the group owns now, out of how many, among how many members.
+    pub(crate) fn round_done(
+        &self,
+        group: &str,
+        owned: &[(String, i32, Option<i64>)],
+        total: usize,
+        live_members: usize,
+    ) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let member = inner
+            .groups
+            .get(group)
+            .map(|state| state.member.clone())
+            .unwrap_or_default();
+        inner.partitions.retain(|(g, topic, partition), _| {
+            g != group || owned.iter().any(|(t, p, _)| t == topic && p == partition)
+        });
+        for (topic, partition, next) in owned {
+            let key = (group.to_owned(), topic.clone(), *partition);
+            inner
+                .partitions
+                .entry(key)
+                .or_insert_with(|| PartitionState {
+                    lag: PartitionLag {
+                        group: group.to_owned(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                        lag: -1,
+                        reported: SystemTime::now(),
+                        owner: member.clone(),
+                        next_offset: next.unwrap_or(-1),
+                        high_watermark: -1,
+                    },
+                    progressed: now,
+                });
+        }
+        metrics::gauge!(names::CONSUMER_PARTITIONS_OWNED, "group" => group.to_owned())
+            .set(owned.len() as f64);
+        if let Some(state) = inner.groups.get_mut(group) {
+            state.owned = owned.len();
+            state.total = total;
+            state.live_members = live_members;
+            state.last_round = Some(now);
+            state.last_error = None;
+            let share = total.div_ceil(live_members.max(1));
+            if owned.is_empty() && share > 0 {
+                state.starved_since.get_or_insert(now);
+            } else {
+                state.starved_since = None;
+            }
+        }
+    }
+
+    pub(crate) fn round_failed(&self, group: &str, error: String) {
+        if let Ok(mut inner) = self.inner.lock()
+            && let Some(state) = inner.groups.get_mut(group)
+        {
+            state.last_error = Some(error);
+        }
+    }
+
+    /// Records that `next` is now the next offset to process of a partition.
+    pub(crate) fn progressed(&self, group: &str, topic: &str, partition: i32, next: i64) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let key = (group.to_owned(), topic.to_owned(), partition);
+        if let Some(state) = inner.partitions.get_mut(&key) {
+            state.lag.next_offset = next;
+            state.lag.reported = SystemTime::now();
+            if state.lag.high_watermark >= 0 {
+                state.lag.lag = (state.lag.high_watermark - next).max(0);
+            }
+            state.progressed = Instant::now();
+            metrics::gauge!(
+                names::CONSUMER_OFFSET,
+                "group" => group.to_owned(),
+                "topic" => topic.to_owned(),
+                "partition" => partition.to_string()
+            )
+            .set(next as f64);
+        }
+    }
+
     fn record(&self, group: &str, statistics: &Statistics) {
-        let Ok(mut partitions) = self.partitions.lock() else {
+        let Ok(mut inner) = self.inner.lock() else {
             return;
         };
         for (topic, stats) in &statistics.topics {
             for (partition, stats) in &stats.partitions {
-                // -1 is librdkafka's "internal UA partition"; a negative lag means "not known yet".
-                if *partition < 0 || stats.consumer_lag < 0 {
+                // -1 is librdkafka's "internal UA partition"; a negative watermark is not known yet.
+                if *partition < 0 || stats.hi_offset < 0 {
                     continue;
+                }
+                let key = (group.to_owned(), topic.clone(), *partition);
+                let Some(state) = inner.partitions.get_mut(&key) else {
+                    continue;
+                };
+                state.lag.high_watermark = stats.hi_offset;
+                // Nothing processed yet: everything from the log's start is pending.
+                let from = if state.lag.next_offset >= 0 {
+                    state.lag.next_offset
+                } else {
+                    stats.lo_offset.max(0)
+                };
+                state.lag.lag = (stats.hi_offset - from).max(0);
+                state.lag.reported = SystemTime::now();
+                if state.lag.lag == 0 {
+                    // Caught up counts as progress: nothing waits.
+                    state.progressed = Instant::now();
                 }
                 metrics::gauge!(
                     names::CONSUMER_LAG,
@@ -61,35 +265,68 @@ impl ConsumerLag {
                     "topic" => topic.clone(),
                     "partition" => partition.to_string()
                 )
-                .set(stats.consumer_lag as f64);
-                partitions.insert(
-                    (group.to_owned(), topic.clone(), *partition),
-                    PartitionLag {
-                        group: group.to_owned(),
-                        topic: topic.clone(),
-                        partition: *partition,
-                        lag: stats.consumer_lag,
-                        reported: SystemTime::now(),
-                    },
-                );
+                .set(state.lag.lag as f64);
             }
         }
     }
 }
 
+fn problem(inner: &Inner, group: &str, state: &GroupState, now: Instant) -> Option<String> {
+    // A few rounds of grace at start and after a loss: leases move within one lease time.
+    let grace = state.lease * 2;
+    match state.last_round {
+        None if now.duration_since(state.started) > grace => {
+            return Some(format!(
+                "no partition lease round has succeeded since start: {}",
+                state.last_error.as_deref().unwrap_or("not yet attempted")
+            ));
+        }
+        Some(last) if now.duration_since(last) > state.lease => {
+            return Some(format!(
+                "partition leases not renewed for {}s: {}",
+                now.duration_since(last).as_secs(),
+                state.last_error.as_deref().unwrap_or("no round completed")
+            ));
+        }
+        _ => {}
+    }
+    if let Some(since) = state.starved_since
+        && now.duration_since(since) > grace
+    {
+        return Some(format!(
+            "owns none of the group's {} partitions although {} live member(s) share them",
+            state.total, state.live_members
+        ));
+    }
+    inner
+        .partitions
+        .values()
+        .filter(|partition| partition.lag.group == group)
+        .find(|partition| {
+            partition.lag.lag > 0 && now.duration_since(partition.progressed) > state.stall_after
+        })
+        .map(|partition| {
+            format!(
+                "{}[{}] has {} unprocessed record(s) and made no progress for {}s",
+                partition.lag.topic,
+                partition.lag.partition,
+                partition.lag.lag,
+                now.duration_since(partition.progressed).as_secs()
+            )
+        })
+}
+
 /// The consumer's client context: hands librdkafka's statistics to [`ConsumerLag`].
 pub struct LagContext {
-    /// Full group id.
+    /// Group id.
     pub group: String,
-    /// Where lag goes; `None` ignores statistics.
-    pub lag: Option<ConsumerLag>,
+    /// Where watermarks go.
+    pub lag: ConsumerLag,
 }
 
 impl ClientContext for LagContext {
     fn stats(&self, statistics: Statistics) {
-        if let Some(lag) = &self.lag {
-            lag.record(&self.group, &statistics);
-        }
+        self.lag.record(&self.group, &statistics);
     }
 }
 

@@ -50,6 +50,9 @@ pub(super) fn metrics_snapshot(
                 partition: lag.partition,
                 lag: lag.lag,
                 report_time: Some(to_timestamp(lag.reported)),
+                owner: lag.owner,
+                next_offset: lag.next_offset,
+                high_watermark: lag.high_watermark,
             })
             .collect(),
         requests_total: snapshot.requests_total,

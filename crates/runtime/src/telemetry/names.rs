@@ -18,6 +18,14 @@ pub const KAFKA_PRODUCED: &str = "zentra_kafka_produced_total";
 pub const CONSUMER_MESSAGES: &str = "zentra_consumer_messages_total";
 /// Messages a consumer group has not processed yet, by group, topic and partition.
 pub const CONSUMER_LAG: &str = "zentra_consumer_lag";
+/// Partitions a consumer group of this process holds the lease of.
+pub const CONSUMER_PARTITIONS_OWNED: &str = "zentra_consumer_partitions_owned";
+/// The next offset a consumer will process, by group, topic and partition.
+pub const CONSUMER_OFFSET: &str = "zentra_consumer_next_offset";
+/// Times a consumer found its stored offset past the log's end (the broker lost its log).
+pub const CONSUMER_OFFSET_RESETS: &str = "zentra_consumer_offset_resets_total";
+/// Producers rebuilt after a fatal error, and topics created again after they vanished.
+pub const KAFKA_RECOVERIES: &str = "zentra_kafka_recoveries_total";
 /// Events skipped because the inbox had already applied them.
 pub const INBOX_DUPLICATES: &str = "zentra_inbox_duplicates_total";
 /// Faults injected into RPCs, by kind.
@@ -49,6 +57,22 @@ pub fn describe() {
     metrics::describe_gauge!(
         CONSUMER_LAG,
         "messages a consumer group has not processed yet, by group, topic and partition"
+    );
+    metrics::describe_gauge!(
+        CONSUMER_PARTITIONS_OWNED,
+        "partitions a consumer group of this process holds the lease of"
+    );
+    metrics::describe_gauge!(
+        CONSUMER_OFFSET,
+        "next offset a consumer will process, by group, topic and partition"
+    );
+    metrics::describe_counter!(
+        CONSUMER_OFFSET_RESETS,
+        "stored offsets found past the log's end (the broker lost its log)"
+    );
+    metrics::describe_counter!(
+        KAFKA_RECOVERIES,
+        "producers rebuilt after a fatal error and topics created again, by kind"
     );
     metrics::describe_counter!(INBOX_DUPLICATES, "events skipped as already applied");
     metrics::describe_counter!(FAULTS_APPLIED, "faults injected into RPCs, by kind");

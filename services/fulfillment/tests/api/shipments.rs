@@ -42,6 +42,7 @@ async fn a_shipment_interrupted_by_a_restart_still_dispatches_exactly_once() {
         &app.env.common_config().kafka,
         std::slice::from_ref(&app.events_topic),
     )
+    .await
     .collect(5)
     .await;
     let dispatches: Vec<pb::ShipmentDispatched> =
@@ -67,6 +68,7 @@ async fn an_unshippable_destination_fails_the_shipment_with_an_event() {
         &app.env.common_config().kafka,
         std::slice::from_ref(&app.events_topic),
     )
+    .await
     .collect(6)
     .await;
     let failures: Vec<pb::ShipmentFailed> =

@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use sea_orm::{DatabaseConnection, TransactionTrait as _};
+use sea_orm::DatabaseTransaction;
 use tonic::metadata::MetadataValue;
 use zentra_proto::inventory::v1 as pb;
 use zentra_runtime::{
@@ -34,46 +34,49 @@ impl Stop {
 /// Records every delivery, and applies each event through the inbox.
 #[derive(Clone)]
 struct Recorder {
-    db: DatabaseConnection,
     deliveries: Arc<Mutex<Vec<ReceivedEvent>>>,
     applied: Arc<Mutex<Vec<String>>>,
 }
 
 impl EventHandler for Recorder {
-    async fn handle(&self, event: &ReceivedEvent) -> Result<(), HandlerError> {
+    /// The event id, when this delivery applied it.
+    type Applied = Option<String>;
+
+    async fn handle(
+        &self,
+        event: &ReceivedEvent,
+        tx: &DatabaseTransaction,
+    ) -> Result<Option<String>, HandlerError> {
         self.deliveries.lock().expect("lock").push(event.clone());
-        let transient = |error: sea_orm::DbErr| HandlerError::Transient(error.to_string());
-        let tx = self.db.begin().await.map_err(transient)?;
-        let first = inbox::claim(&tx, "test-recorder", &event.envelope.event_id, &event.topic)
-            .await
-            .map_err(transient)?;
-        tx.commit().await.map_err(transient)?;
-        if first {
-            self.applied
-                .lock()
-                .expect("lock")
-                .push(event.envelope.event_id.clone());
-        }
-        Ok(())
+        let first =
+            inbox::claim(tx, "test-recorder", &event.envelope.event_id, &event.topic).await?;
+        Ok(first.then(|| event.envelope.event_id.clone()))
+    }
+
+    fn committed(&self, applied: Vec<Option<String>>) {
+        self.applied
+            .lock()
+            .expect("lock")
+            .extend(applied.into_iter().flatten());
     }
 }
 
 impl Recorder {
     fn start(app: &TestApp) -> (Self, Stop) {
         let recorder = Recorder {
-            db: app.service.db().clone(),
             deliveries: Arc::default(),
             applied: Arc::default(),
         };
         let config = app.env.common_config().kafka;
-        let consumer = EventConsumer::subscribe(
+        let consumer = EventConsumer::new(
             &config,
             ConsumerSettings {
                 initial_backoff: Duration::from_millis(50),
                 ..ConsumerSettings::new("recorder", vec![app.events_topic.clone()])
             },
+            app.service.db().clone(),
         )
-        .expect("consumer subscribes");
+        .expect("consumer created");
         let token = CancellationToken::new();
         let running = tokio::spawn(consumer.run(recorder.clone(), token.clone()));
         (recorder, Stop { token, running })

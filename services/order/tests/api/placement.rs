@@ -33,6 +33,7 @@ async fn placing_the_same_order_twice_with_one_key_creates_one_order_and_one_eve
         &app.env.common_config().kafka,
         std::slice::from_ref(&app.events_topic),
     )
+    .await
     .collect(1)
     .await;
     assert_eq!(events.len(), 1, "one OrderPlaced on the broker");
