@@ -322,6 +322,15 @@ pub enum ShipmentReport {
     Failed(String),
 }
 
+/// The last time the saga asked fulfillment about its shipment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentCheck {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Whether fulfillment answered (false: it was down or too slow, ask again).
+    pub answered: bool,
+}
+
 /// A saga as the engine walks it.
 #[derive(Debug, Clone)]
 pub struct Saga {
@@ -349,6 +358,11 @@ pub struct Saga {
     pub shipment: ShipmentReport,
     /// A customer's cancellation reason, once requested.
     pub cancel_request: Option<String>,
+    /// When fulfillment was last asked about the shipment (while waiting for its report, and
+    /// before undoing it), and whether it answered.
+    pub shipment_check: Option<ShipmentCheck>,
+    /// When compensation began; a shipment is looked up after this before it is cancelled.
+    pub compensating_since: Option<DateTime<Utc>>,
     /// Steps in execution order.
     pub steps: Vec<Step>,
     /// Incremented on every change.

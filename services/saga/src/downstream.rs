@@ -19,7 +19,7 @@ use zentra_runtime::{
 use crate::{
     config::Endpoints,
     domain::{Downstream, Saga, StepType},
-    machine::{CallResult, Effect, SettleResult},
+    machine::{CallResult, Effect, SettleResult, ShipmentLookup},
 };
 
 /// Clients of the four services the saga calls, and their breakers.
@@ -153,6 +153,60 @@ impl Downstreams {
             Err(_) => SettleResult::Failed {
                 message: format!("no answer within {:?}", self.deadline),
             },
+        }
+    }
+
+    /// Asks fulfillment how the saga's shipment stands (by its id, else by the order). Reads
+    /// only; an unanswered question is `Unknown`, never a guess.
+    pub async fn check_shipment(&self, saga: &Saga) -> ShipmentLookup {
+        let asked = tokio::time::timeout(self.deadline + Duration::from_millis(250), async {
+            match saga.shipment_id {
+                Some(shipment_id) => self
+                    .fulfillment
+                    .clone()
+                    .get_shipment(self.request(fulfillment::GetShipmentRequest {
+                        shipment_id: shipment_id.to_string(),
+                    }))
+                    .await
+                    .map(|response| response.into_inner().shipment),
+                None => self
+                    .fulfillment
+                    .clone()
+                    .list_shipments(self.request(fulfillment::ListShipmentsRequest {
+                        order_id: saga.order_id.to_string(),
+                        ..Default::default()
+                    }))
+                    .await
+                    .map(|response| response.into_inner().shipments.into_iter().next()),
+            }
+        })
+        .await;
+        let shipment = match asked {
+            Ok(Ok(shipment)) => shipment,
+            Ok(Err(status)) => {
+                return ShipmentLookup::Unknown(format!(
+                    "{:?}: {}",
+                    status.code(),
+                    status.message()
+                ));
+            }
+            Err(_) => {
+                return ShipmentLookup::Unknown(format!("no answer within {:?}", self.deadline));
+            }
+        };
+        let Some(shipment) = shipment else {
+            // No shipment at all: nothing can leave.
+            return ShipmentLookup::Cancelled;
+        };
+        use fulfillment::ShipmentStatus as S;
+        match S::try_from(shipment.status).unwrap_or(S::Unspecified) {
+            S::Dispatched => ShipmentLookup::Dispatched,
+            S::Cancelled => ShipmentLookup::Cancelled,
+            S::Failed => ShipmentLookup::Failed(shipment.failure_reason),
+            S::Pending | S::Picking | S::Packed => ShipmentLookup::Pending,
+            S::Unspecified => {
+                ShipmentLookup::Unknown("fulfillment reported no shipment status".to_owned())
+            }
         }
     }
 

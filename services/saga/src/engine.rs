@@ -128,6 +128,30 @@ impl Engine {
     ) -> Result<(Saga, bool), DbErr> {
         let order_id = Uuid::parse_str(&order.order_id)
             .map_err(|_| DbErr::Custom(format!("order id {} is not a UUID", order.order_id)))?;
+        let tx = self.db.begin().await?;
+        let Some(saga) = self.start_saga_in(&tx, order, cancel_request).await? else {
+            tx.commit().await?;
+            let existing = store::by_order(&self.db, order_id)
+                .await?
+                .ok_or_else(|| DbErr::RecordNotFound(format!("saga of order {order_id}")))?;
+            return Ok((existing, false));
+        };
+        tx.commit().await?;
+        self.started(&saga);
+        Ok((saga, true))
+    }
+
+    /// Inserts the saga of `order` with its SagaStarted event in the caller's transaction,
+    /// unless the order has one; `Some` when it was created. After the commit, hand it to
+    /// [`Engine::started`].
+    pub async fn start_saga_in<C: sea_orm::ConnectionTrait>(
+        &self,
+        tx: &C,
+        order: OrderPlaced,
+        cancel_request: Option<String>,
+    ) -> Result<Option<Saga>, DbErr> {
+        let order_id = Uuid::parse_str(&order.order_id)
+            .map_err(|_| DbErr::Custom(format!("order id {} is not a UUID", order.order_id)))?;
         let now = Utc::now();
         let saga = Saga {
             id: Uuid::now_v7(),
@@ -147,16 +171,13 @@ impl Engine {
             created_at: now,
             updated_at: now,
             ended_at: None,
+            shipment_check: None,
+            compensating_since: None,
             next_run_at: Some(now),
             lease: None,
         };
-        let tx = self.db.begin().await?;
-        if !store::insert(&tx, &saga, self.owner()).await? {
-            tx.commit().await?;
-            let existing = store::by_order(&self.db, order_id)
-                .await?
-                .ok_or_else(|| DbErr::RecordNotFound(format!("saga of order {order_id}")))?;
-            return Ok((existing, false));
+        if !store::insert(tx, &saga, self.owner()).await? {
+            return Ok(None);
         }
         let started = machine::saga_event(
             &saga,
@@ -165,14 +186,18 @@ impl Engine {
                 order_id: saga.order_id.to_string(),
             },
         );
-        self.enqueue(&tx, &[started]).await?;
-        tx.commit().await?;
+        self.enqueue(tx, &[started]).await?;
+        Ok(Some(saga))
+    }
+
+    /// What follows the commit of a saga started by [`Engine::start_saga_in`]: counted,
+    /// announced to watchers, its event relayed and the loop woken to run it.
+    pub fn started(&self, saga: &Saga) {
         metrics::counter!(metric_names::SAGAS_STARTED).increment(1);
         tracing::info!(saga_id = %saga.id, order_id = %saga.order_id, "saga started");
         self.outbox.wake();
-        self.announce(&saga);
+        self.announce(saga);
         self.wake();
-        Ok((saga, true))
     }
 
     /// Adds a signal for a saga and wakes the loop.
@@ -284,7 +309,7 @@ impl Engine {
             } else {
                 Vec::new()
             };
-            let applied = signals.last().map(|(id, _)| *id);
+            let applied: Vec<i64> = signals.iter().map(|(id, _)| *id).collect();
             let now = Utc::now();
             let mut out = Vec::new();
             for (_, signal) in &signals {
@@ -338,6 +363,14 @@ impl Engine {
                     saga.next_run_at = Some(end);
                     Lease::Extend(self.settings.lease)
                 }
+                Next::CheckShipment => {
+                    let lookup = self.downstreams.check_shipment(&saga).await;
+                    tracing::info!(saga_id = %saga.id, ?lookup, "asked fulfillment how the shipment stands");
+                    let end = Utc::now();
+                    machine::record_shipment_check(&mut saga, end, lookup, &self.settings.policy);
+                    saga.next_run_at = Some(end);
+                    Lease::Extend(self.settings.lease)
+                }
                 Next::Send(step) => {
                     match machine::command(&saga, step) {
                         Some(command) => {
@@ -373,7 +406,7 @@ impl Engine {
                     .increment(1);
                 tracing::info!(saga_id = %saga.id, state = %saga.state, reason = %saga.failure_reason, "saga ended");
             }
-            match self.commit(&saga, &out, lease, applied).await {
+            match self.commit(&saga, &out, lease, &applied).await {
                 Ok(Some(saved)) => {
                     saga.version += 1;
                     saga.updated_at = saved.updated_at;
@@ -401,7 +434,7 @@ impl Engine {
         saga: &Saga,
         out: &[Outgoing],
         lease: Lease,
-        applied: Option<i64>,
+        applied: &[i64],
     ) -> Result<Option<store::Saved>, DbErr> {
         let tx = self.db.begin().await?;
         let token = saga.lease.as_deref().unwrap_or_default();

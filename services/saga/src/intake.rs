@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use prost::Name as _;
-use sea_orm::{DbErr, TransactionTrait as _};
+use sea_orm::DatabaseTransaction;
 use uuid::Uuid;
 use zentra_proto::{
     fulfillment::v1::{ShipmentDispatched, ShipmentFailed},
@@ -17,10 +17,13 @@ use zentra_runtime::{
     kafka::{EventHandler, HandlerError, ReceivedEvent},
 };
 
-use crate::{engine::Engine, machine::Signal, store};
+use crate::{domain::Saga, engine::Engine, machine::Signal, store};
 
 /// Base names of the topics the saga consumes.
 pub const CONSUMED_TOPICS: &[&str] = &["order.events", "fulfillment.events", "saga.command-acks"];
+
+/// The consumer group every orchestrator instance shares: the instances split its partitions.
+pub const GROUP: &str = "saga";
 
 const CONSUMER: &str = "saga";
 
@@ -29,45 +32,50 @@ pub struct Intake {
     engine: Arc<Engine>,
 }
 
+/// What an event led to, acted on once it committed.
+pub enum Applied {
+    /// Nothing the engine must hear of.
+    Nothing,
+    /// A saga was started.
+    Started(Box<Saga>),
+    /// A signal waits for a saga.
+    Signalled,
+}
+
 impl Intake {
     /// Intake feeding `engine`.
     pub fn new(engine: Arc<Engine>) -> Self {
         Self { engine }
     }
 
-    async fn start(&self, event: &ReceivedEvent, order: OrderPlaced) -> Result<(), HandlerError> {
-        // start_saga is idempotent by order id, so no inbox entry is needed for OrderPlaced.
-        let _ = event;
-        self.engine
-            .start_saga(order, None)
-            .await
-            .map(drop)
-            .map_err(transient)
+    async fn start(
+        &self,
+        tx: &DatabaseTransaction,
+        order: OrderPlaced,
+    ) -> Result<Applied, HandlerError> {
+        // Starting is idempotent by order id, so no inbox entry is needed for OrderPlaced.
+        Ok(match self.engine.start_saga_in(tx, order, None).await? {
+            Some(saga) => Applied::Started(Box::new(saga)),
+            None => Applied::Nothing,
+        })
     }
 
     /// Records `signal` for the saga of `order_id` (or `saga_id`), claiming the event first.
     async fn record(
         &self,
+        tx: &DatabaseTransaction,
         event: &ReceivedEvent,
         target: Target,
         signal: Signal,
-    ) -> Result<(), HandlerError> {
-        let tx = self.engine.db().begin().await.map_err(transient)?;
-        if !inbox::claim(&tx, CONSUMER, &event.envelope.event_id, &event.topic)
-            .await
-            .map_err(transient)?
-        {
-            return tx.commit().await.map_err(transient);
+    ) -> Result<Applied, HandlerError> {
+        if !inbox::claim(tx, CONSUMER, &event.envelope.event_id, &event.topic).await? {
+            return Ok(Applied::Nothing);
         }
         let found = match target {
-            Target::Order(order_id) => store::add_signal_by_order(&tx, order_id, &signal)
-                .await
-                .map_err(transient)?,
-            Target::Saga(saga_id) => match store::by_id(&tx, saga_id).await.map_err(transient)? {
+            Target::Order(order_id) => store::add_signal_by_order(tx, order_id, &signal).await?,
+            Target::Saga(saga_id) => match store::by_id(tx, saga_id).await? {
                 Some(_) => {
-                    store::add_signal(&tx, saga_id, &signal)
-                        .await
-                        .map_err(transient)?;
+                    store::add_signal(tx, saga_id, &signal).await?;
                     true
                 }
                 None => false,
@@ -85,9 +93,7 @@ impl Intake {
                 }
             });
         }
-        tx.commit().await.map_err(transient)?;
-        self.engine.wake();
-        Ok(())
+        Ok(Applied::Signalled)
     }
 }
 
@@ -95,10 +101,6 @@ impl Intake {
 enum Target {
     Order(Uuid),
     Saga(Uuid),
-}
-
-fn transient(error: DbErr) -> HandlerError {
-    HandlerError::Transient(error.to_string())
 }
 
 fn decode<M: prost::Name + Default>(event: &ReceivedEvent) -> Result<M, HandlerError> {
@@ -113,12 +115,18 @@ fn uuid(field: &str, text: &str) -> Result<Uuid, HandlerError> {
 }
 
 impl EventHandler for Intake {
-    async fn handle(&self, event: &ReceivedEvent) -> Result<(), HandlerError> {
+    type Applied = Applied;
+
+    async fn handle(
+        &self,
+        event: &ReceivedEvent,
+        tx: &DatabaseTransaction,
+    ) -> Result<Applied, HandlerError> {
         let event_type = event.envelope.event_type.as_str();
         if event_type == OrderPlaced::full_name() {
             let order: OrderPlaced = decode(event)?;
             uuid("order_id", &order.order_id)?;
-            return self.start(event, order).await;
+            return self.start(tx, order).await;
         }
         if event_type == OrderCancellationRequested::full_name() {
             let request: OrderCancellationRequested = decode(event)?;
@@ -126,7 +134,9 @@ impl EventHandler for Intake {
             let signal = Signal::CustomerCancelled {
                 reason: request.reason,
             };
-            return self.record(event, Target::Order(order_id), signal).await;
+            return self
+                .record(tx, event, Target::Order(order_id), signal)
+                .await;
         }
         if event_type == ShipmentDispatched::full_name() {
             let dispatched: ShipmentDispatched = decode(event)?;
@@ -134,7 +144,9 @@ impl EventHandler for Intake {
             let signal = Signal::ShipmentDispatched {
                 shipment_id: dispatched.shipment_id,
             };
-            return self.record(event, Target::Order(order_id), signal).await;
+            return self
+                .record(tx, event, Target::Order(order_id), signal)
+                .await;
         }
         if event_type == ShipmentFailed::full_name() {
             let failed: ShipmentFailed = decode(event)?;
@@ -143,7 +155,9 @@ impl EventHandler for Intake {
                 shipment_id: failed.shipment_id,
                 reason: failed.failure_reason,
             };
-            return self.record(event, Target::Order(order_id), signal).await;
+            return self
+                .record(tx, event, Target::Order(order_id), signal)
+                .await;
         }
         if event_type == CommandAcknowledged::full_name() {
             let ack: CommandAcknowledged = decode(event)?;
@@ -152,10 +166,25 @@ impl EventHandler for Intake {
                 idempotency_key: ack.idempotency_key,
                 outcome: ack.outcome,
                 error: ack.error,
+                command_id: ack.command_id,
             };
-            return self.record(event, Target::Saga(saga_id), signal).await;
+            return self.record(tx, event, Target::Saga(saga_id), signal).await;
         }
         // Other events of these topics do not concern the saga.
-        Ok(())
+        Ok(Applied::Nothing)
+    }
+
+    fn committed(&self, applied: Vec<Applied>) {
+        let mut signalled = false;
+        for applied in applied {
+            match applied {
+                Applied::Nothing => {}
+                Applied::Started(saga) => self.engine.started(&saga),
+                Applied::Signalled => signalled = true,
+            }
+        }
+        if signalled {
+            self.engine.wake();
+        }
     }
 }

@@ -12,7 +12,6 @@ use zentra_proto::saga::v1::{
 };
 use zentra_runtime::{
     config::ConfigSources,
-    kafka::EventConsumer,
     platform::{Platform, RunningService, ServiceInfo},
     server::BoundServer,
     telemetry::Telemetry,
@@ -64,12 +63,21 @@ pub struct SagaOrchestrator {
 impl SagaOrchestrator {
     /// Connects, migrates, starts the engine, the intake and reconciliation, binds the port.
     pub async fn start(
-        config: Config,
+        mut config: Config,
         sources: ConfigSources,
         telemetry: Telemetry,
     ) -> anyhow::Result<Self> {
         metric_names::describe();
         let settings = config.domain.saga.clone();
+        // A fixed instance id names this instance in the partition leases too, so a restart
+        // takes its partitions back at once.
+        if config.common.kafka.member_id.is_empty() {
+            config
+                .common
+                .kafka
+                .member_id
+                .clone_from(&settings.instance_id);
+        }
         // A claim must outlive the calls made under it, or another claim could run the same step.
         let minimum_lease = settings.call_timeout * 2 + std::time::Duration::from_secs(1);
         if settings.lease < minimum_lease {
@@ -92,10 +100,6 @@ impl SagaOrchestrator {
         } else {
             settings.instance_id.clone()
         };
-        // Every instance reads every event in its own group (the inbox makes the second reading a
-        // no-op): intake never waits for the broker to rebalance a group, which the local broker
-        // does not do, and a killed instance's membership cannot hold the partitions hostage.
-        let group = format!("{SERVICE}-{owner}");
         let engine = engine::Engine::new(
             platform.db.clone(),
             downstreams,
@@ -109,20 +113,16 @@ impl SagaOrchestrator {
             platform.config.kafka.topic_prefix.clone(),
             platform.relay.waker(),
         );
-        let consumer = EventConsumer::subscribe(
-            &platform.config.kafka,
-            platform.consumer_settings(
-                group,
-                intake::CONSUMED_TOPICS
-                    .iter()
-                    .map(|topic| platform.topic(topic))
-                    .collect(),
-            ),
-        )?;
-        platform.spawn(consumer.run(
+        // Every instance is a member of one group: the partitions are leased in the saga's
+        // database and split between the instances (not left to the broker's group protocol).
+        platform.spawn_consumer(
+            intake::GROUP,
+            intake::CONSUMED_TOPICS
+                .iter()
+                .map(|topic| platform.topic(topic))
+                .collect(),
             intake::Intake::new(engine.clone()),
-            platform.shutdown.clone(),
-        ));
+        )?;
         platform.spawn(engine.clone().run(platform.shutdown.clone()));
         platform.spawn(reconcile::run(
             engine.clone(),

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rand::RngExt as _;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use zentra_proto::{
@@ -20,71 +19,6 @@ use crate::domain::{
     StepStatus, StepType,
 };
 
-/// How steps are retried and timed out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetryPolicy {
-    /// Attempts of a call step that reached the downstream before it fails for good.
-    pub max_attempts: u32,
-    /// Delay before the second attempt; doubles per attempt up to `max_backoff`.
-    #[serde(with = "humantime_serde")]
-    pub initial_backoff: Duration,
-    /// Longest delay between attempts.
-    #[serde(with = "humantime_serde")]
-    pub max_backoff: Duration,
-    /// Each delay is scaled by a random factor in `1 ± jitter`, so retries of many sagas spread.
-    pub jitter: f64,
-    /// A step fails for good once this long has passed since its first attempt (durable: counted
-    /// from the stored start time, so a restart does not reset it).
-    #[serde(with = "humantime_serde")]
-    pub step_timeout: Duration,
-    /// How long to wait for ShipmentDispatched or ShipmentFailed after the shipment was created.
-    #[serde(with = "humantime_serde")]
-    pub shipment_timeout: Duration,
-    /// A compensation command is sent again when no acknowledgement came within this.
-    #[serde(with = "humantime_serde")]
-    pub ack_timeout: Duration,
-    /// FAILED acknowledgements of one compensation before the saga parks as COMPENSATION_FAILED.
-    pub max_command_failures: u32,
-    /// While a downstream's breaker is open: true fails the step at once (forward steps then
-    /// compensate), false waits for the breaker within the step's timeout.
-    pub fail_fast_when_open: bool,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(10),
-            jitter: 0.2,
-            step_timeout: Duration::from_secs(60),
-            shipment_timeout: Duration::from_secs(120),
-            ack_timeout: Duration::from_secs(10),
-            max_command_failures: 5,
-            fail_fast_when_open: false,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Delay after the `failures`-th failed attempt (from 1), with jitter.
-    pub fn backoff(&self, failures: u32) -> Duration {
-        let exponent = failures.saturating_sub(1).min(20);
-        let base = self
-            .initial_backoff
-            .saturating_mul(1u32 << exponent)
-            .min(self.max_backoff);
-        let jitter = self.jitter.clamp(0.0, 1.0);
-        let factor = if jitter > 0.0 {
-            rand::rng().random_range((1.0 - jitter)..=(1.0 + jitter))
-        } else {
-            1.0
-        };
-        base.mul_f64(factor)
-    }
-}
-
 /// What the engine must do next for a saga.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -95,6 +29,8 @@ pub enum Next {
     /// Find out whether a forward step whose outcome is unknown (it timed out) took effect after
     /// all, by looking the order up downstream; then [`record_settle`].
     Settle(StepType),
+    /// Ask fulfillment how the shipment stands; then [`record_shipment_check`].
+    CheckShipment,
     /// Nothing now; look again at this time, or only on a signal when `None`.
     Wait(Option<DateTime<Utc>>),
 }
@@ -140,6 +76,9 @@ pub enum Signal {
         outcome: i32,
         /// Why it was rejected or failed.
         error: String,
+        /// The event id of the command it answers (empty from older senders).
+        #[serde(default)]
+        command_id: String,
     },
     /// An operator cancelled the saga.
     OperatorCancelled {
@@ -260,19 +199,14 @@ fn forward(
                 );
             }
             ShipmentReport::None => {
-                let deadline = shipment_deadline(saga, policy).unwrap_or(now);
-                if now < deadline {
-                    return Some(Next::Wait(Some(deadline)));
-                }
-                begin_compensation(
-                    saga,
-                    CompensationCause::StepFailed,
-                    format!(
-                        "shipment not dispatched within {}",
-                        humanize(policy.shipment_timeout)
-                    ),
-                    now,
-                );
+                // Never undone on a timer alone: fulfillment is asked, and only a shipment it
+                // says is still not dispatched after the timeout is cancelled.
+                let due = shipment::next_check(saga, policy).unwrap_or(now);
+                return Some(if now < due {
+                    Next::Wait(Some(due))
+                } else {
+                    Next::CheckShipment
+                });
             }
         }
         return None;
@@ -301,6 +235,10 @@ fn forward(
         } else {
             Next::Wait(due)
         }),
+        Some((StepStatus::Failed, _)) if saga.dispatched() => {
+            park_forward(saga, step, out);
+            None
+        }
         Some((StepStatus::Failed, _)) => {
             let reason = failure_reason(saga, step);
             begin_compensation(saga, CompensationCause::StepFailed, reason, now);
@@ -317,6 +255,11 @@ fn compensate(
     policy: &RetryPolicy,
     out: &mut Vec<Outgoing>,
 ) -> Option<Next> {
+    if saga.dispatched() {
+        // The goods left: the point of no return is passed, whatever started compensation.
+        shipment::turn_forward(saga, now, out);
+        return None;
+    }
     // Undo only what is known: a step that timed out may have taken effect, so look first.
     for step in [
         StepType::CreateShipment,
@@ -353,6 +296,11 @@ fn compensate(
         ));
         return None;
     };
+    if step == StepType::CancelShipment
+        && let Some(first) = shipment::before_cancel(saga, now, policy, out)
+    {
+        return Some(first);
+    }
     let act = if step.is_command() {
         Next::Send(step)
     } else {
@@ -504,11 +452,6 @@ fn due(step: &Step) -> Option<DateTime<Utc>> {
     step.last_attempt().and_then(|attempt| attempt.next_retry)
 }
 
-fn shipment_deadline(saga: &Saga, policy: &RetryPolicy) -> Option<DateTime<Utc>> {
-    let created = saga.step(StepType::CreateShipment)?.last_attempt()?.end?;
-    Some(created + chrono_duration(policy.shipment_timeout))
-}
-
 fn failure_reason(saga: &Saga, step: StepType) -> String {
     let message = saga
         .step(step)
@@ -546,7 +489,21 @@ fn begin_compensation(
     saga.state = SagaState::Compensating;
     saga.cause = Some(cause);
     saga.failure_reason = truncate(&reason, 500);
+    saga.compensating_since = Some(now);
     saga.updated_at = now;
+}
+
+/// Past the point of no return a forward step failed for good: nothing may be undone, so the
+/// saga parks for an operator, saying so, instead of compensating.
+fn park_forward(saga: &mut Saga, step: StepType, out: &mut Vec<Outgoing>) {
+    let reason = failure_reason(saga, step);
+    saga.failure_reason = truncate(
+        &format!(
+            "past the point of no return (the goods were dispatched): {reason}; resolve it and resume the saga"
+        ),
+        500,
+    );
+    park(saga, step, out);
 }
 
 fn park(saga: &mut Saga, step: StepType, out: &mut Vec<Outgoing>) {
@@ -657,8 +614,10 @@ pub fn record_call(
             None
         }
     };
-    let fail_fast =
-        attempt.outcome == Outcome::CircuitOpen && policy.fail_fast_when_open && step.is_forward();
+    let fail_fast = attempt.outcome == Outcome::CircuitOpen
+        && policy.fail_fast_when_open
+        && step.is_forward()
+        && !roll_forward;
     record.attempts.push(attempt);
     let last = record.attempts.len() - 1;
     if let Some(effect) = effect {
@@ -683,7 +642,9 @@ pub fn record_call(
         }
         None => {
             record.status = StepStatus::Failed;
-            if step.is_forward() {
+            if roll_forward {
+                park_forward(saga, step, out);
+            } else if step.is_forward() {
                 if saga.state != SagaState::Compensating {
                     let reason = failure_reason(saga, step);
                     begin_compensation(saga, CompensationCause::StepFailed, reason, now);
@@ -862,7 +823,19 @@ pub fn apply_signal(
             idempotency_key,
             outcome,
             error,
-        } => record_ack(saga, idempotency_key, *outcome, error, now, policy, out),
+            command_id,
+        } => record_ack(
+            saga,
+            Ack {
+                key: idempotency_key,
+                command_id,
+                outcome: *outcome,
+                error,
+            },
+            now,
+            policy,
+            out,
+        ),
         Signal::OperatorCancelled { reason } => {
             if cancel_refusal(saga).is_none() && saga.state != SagaState::Compensating {
                 begin_compensation(
@@ -912,7 +885,12 @@ pub fn apply_signal(
                     attempt.next_retry = Some(now);
                 }
             }
-            saga.state = SagaState::Compensating;
+            // A forward step parked past the point of no return goes on forward.
+            saga.state = if step.step.is_forward() {
+                SagaState::Running
+            } else {
+                SagaState::Compensating
+            };
             saga.updated_at = now;
         }
     }
@@ -936,11 +914,17 @@ pub fn cancel_refusal(saga: &Saga) -> Option<String> {
     }
 }
 
+/// An acknowledgement as the saga reads it.
+struct Ack<'a> {
+    key: &'a str,
+    command_id: &'a str,
+    outcome: i32,
+    error: &'a str,
+}
+
 fn record_ack(
     saga: &mut Saga,
-    key: &str,
-    outcome: i32,
-    error: &str,
+    ack: Ack<'_>,
     now: DateTime<Utc>,
     policy: &RetryPolicy,
     out: &mut Vec<Outgoing>,
@@ -948,40 +932,55 @@ fn record_ack(
     let Some(index) = saga
         .steps
         .iter()
-        .position(|step| step.key == key && step.step.is_command())
+        .position(|step| step.key == ack.key && step.step.is_command())
     else {
         return;
     };
-    if saga.steps[index].status != StepStatus::Running {
-        // Already settled by an earlier acknowledgement of the same key.
+    if saga.steps[index].status != StepStatus::Running || saga.state != SagaState::Compensating {
+        // Already settled by an earlier acknowledgement of the same key, or the saga moved on
+        // (it turned forward after the shipment left).
         return;
     }
-    saga.updated_at = now;
+    let outcome = CommandOutcome::try_from(ack.outcome).unwrap_or(CommandOutcome::Unspecified);
+    let succeeded = matches!(
+        outcome,
+        CommandOutcome::Applied | CommandOutcome::AlreadyApplied | CommandOutcome::NotNeeded
+    );
     let step = saga.steps[index].step;
-    let outcome = CommandOutcome::try_from(outcome).unwrap_or(CommandOutcome::Unspecified);
     let record = &mut saga.steps[index];
     let Some(attempt) = record.attempts.last_mut() else {
         return;
     };
+    // A success under the key is a success whichever send it answers (the effect is keyed); a
+    // failure counts only for the command it answers, not for a later send of the same key.
+    if !succeeded && !ack.command_id.is_empty() && attempt.command_id != ack.command_id {
+        return;
+    }
+    saga.updated_at = now;
     attempt.end = Some(now);
+    if succeeded {
+        attempt.outcome = Outcome::Succeeded;
+        let number = attempt.number;
+        record.status = StepStatus::Succeeded;
+        step_completed(saga, step, number, out);
+        return;
+    }
     match outcome {
-        CommandOutcome::Applied | CommandOutcome::AlreadyApplied | CommandOutcome::NotNeeded => {
-            attempt.outcome = Outcome::Succeeded;
-            let number = attempt.number;
-            record.status = StepStatus::Succeeded;
-            step_completed(saga, step, number, out);
-        }
         CommandOutcome::Rejected => {
             attempt.outcome = Outcome::PermanentFailure;
             attempt.error_code = "REJECTED".to_owned();
-            attempt.error_message = error.to_owned();
+            attempt.error_message = ack.error.to_owned();
             record.status = StepStatus::Failed;
-            park(saga, step, out);
+            // A refused shipment cancel is looked up before anything else is decided: the
+            // shipment may have left, and the saga then turns forward.
+            if step != StepType::CancelShipment {
+                park(saga, step, out);
+            }
         }
-        CommandOutcome::Failed | CommandOutcome::Unspecified => {
+        _ => {
             attempt.outcome = Outcome::RetryableFailure;
             attempt.error_code = "FAILED".to_owned();
-            attempt.error_message = error.to_owned();
+            attempt.error_message = ack.error.to_owned();
             let failures = record.attempts[record.budget_from..]
                 .iter()
                 .filter(|attempt| attempt.outcome == Outcome::RetryableFailure)
@@ -1031,5 +1030,10 @@ fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
 
+mod policy;
+mod shipment;
 #[cfg(test)]
 mod tests;
+
+pub use policy::RetryPolicy;
+pub use shipment::{ShipmentLookup, record_shipment_check};

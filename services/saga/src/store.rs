@@ -8,7 +8,7 @@ use uuid::Uuid;
 use zentra_proto::order::v1::OrderPlaced;
 
 use crate::{
-    domain::{CompensationCause, Saga, SagaState, ShipmentReport, Step, StepType},
+    domain::{CompensationCause, Saga, SagaState, ShipmentCheck, ShipmentReport, Step, StepType},
     machine::Signal,
 };
 
@@ -56,6 +56,10 @@ struct SagaData {
     shipment_failure: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cancel_request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shipment_check: Option<ShipmentCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    compensating_since: Option<DateTime<Utc>>,
     #[serde(default)]
     steps: Vec<Step>,
 }
@@ -99,6 +103,8 @@ impl TryFrom<SagaRow> for Saga {
             captured: data.captured,
             shipment,
             cancel_request: data.cancel_request,
+            shipment_check: data.shipment_check,
+            compensating_since: data.compensating_since,
             steps: data.steps,
             version: row.version,
             created_at: row.created_at,
@@ -125,6 +131,8 @@ fn data_json(saga: &Saga) -> Result<String, DbErr> {
         shipment_dispatched,
         shipment_failure,
         cancel_request: saga.cancel_request.clone(),
+        shipment_check: saga.shipment_check,
+        compensating_since: saga.compensating_since,
         steps: saga.steps.clone(),
     };
     serde_json::to_string(&data).map_err(|error| DbErr::Custom(error.to_string()))
@@ -318,8 +326,9 @@ pub enum Lease {
     Release,
 }
 
-/// Stores a transition made under the lease token `token` by the instance `writer`, deleting the
-/// signals it applied (ids up to `applied_signals`).
+/// Stores a transition made under the lease token `token` by the instance `writer`, deleting
+/// exactly the signals it applied (by id: a signal that committed meanwhile with a lower id is
+/// kept for the next transition).
 /// `None` when the token no longer holds the lease: another claim took the saga over and this
 /// transition must be dropped.
 pub async fn save<C: ConnectionTrait>(
@@ -327,7 +336,7 @@ pub async fn save<C: ConnectionTrait>(
     saga: &Saga,
     (token, writer): (&str, &str),
     lease: Lease,
-    applied_signals: Option<i64>,
+    applied_signals: &[i64],
 ) -> Result<Option<Saved>, DbErr> {
     let (release, lease_ms) = match lease {
         Lease::Extend(duration) => (
@@ -336,11 +345,11 @@ pub async fn save<C: ConnectionTrait>(
         ),
         Lease::Release => (true, 0),
     };
-    if let Some(up_to) = applied_signals {
+    if !applied_signals.is_empty() {
         // Rolled back with the rest when the lease turns out to be lost.
         db.execute_raw(statement(
-            "DELETE FROM saga_signals WHERE saga_id = $1 AND id <= $2",
-            [saga.id.into(), up_to.into()],
+            "DELETE FROM saga_signals WHERE saga_id = $1 AND id = ANY($2)",
+            [saga.id.into(), applied_signals.to_vec().into()],
         ))
         .await?;
     }

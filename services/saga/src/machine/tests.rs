@@ -29,6 +29,8 @@ fn saga() -> Saga {
         created_at: now,
         updated_at: now,
         ended_at: None,
+        shipment_check: None,
+        compensating_since: None,
         next_run_at: Some(now),
         lease: None,
     }
@@ -73,12 +75,23 @@ fn names(saga: &Saga) -> Vec<StepType> {
 }
 
 fn acknowledge(saga: &mut Saga, step: StepType, outcome: CommandOutcome, out: &mut Vec<Outgoing>) {
+    acknowledge_at(saga, step, outcome, Utc::now(), out);
+}
+
+fn acknowledge_at(
+    saga: &mut Saga,
+    step: StepType,
+    outcome: CommandOutcome,
+    at: DateTime<Utc>,
+    out: &mut Vec<Outgoing>,
+) {
     let signal = Signal::CommandAcknowledged {
         idempotency_key: saga.key(step),
         outcome: outcome as i32,
         error: "because".to_owned(),
+        command_id: String::new(),
     };
-    apply_signal(saga, &signal, Utc::now(), &policy(), out);
+    apply_signal(saga, &signal, at, &policy(), out);
 }
 
 #[test]
@@ -90,7 +103,10 @@ fn the_happy_path_waits_for_dispatch_then_captures_and_completes() {
     assert_eq!(saga.state, SagaState::AwaitingShipment);
     assert_eq!(
         next,
-        Next::Wait(Some(now + chrono_duration(policy().shipment_timeout)))
+        Next::Wait(Some(
+            now + chrono_duration(policy().shipment_check_interval)
+        )),
+        "fulfillment is asked well before the timeout"
     );
     let shipment_id = saga.shipment_id.expect("shipment recorded").to_string();
     apply_signal(
@@ -460,6 +476,12 @@ fn a_customer_cancellation_compensates_before_dispatch_and_is_ignored_after() {
     );
     assert_eq!(
         advance(&mut saga, now, &policy(), &mut out),
+        Next::CheckShipment,
+        "the shipment is looked up before it is cancelled"
+    );
+    record_shipment_check(&mut saga, now, ShipmentLookup::Pending, &policy());
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
         Next::Send(StepType::CancelShipment)
     );
     assert_eq!(saga.cause, Some(CompensationCause::CustomerCancelled));
@@ -695,4 +717,290 @@ fn a_step_that_timed_out_is_looked_up_before_compensation_and_undone_if_it_appli
         Next::Call(StepType::RejectOrder),
         "nothing to release"
     );
+}
+
+/// Walks a saga to the shipment wait, then past its timeout.
+fn overdue_shipment(out: &mut Vec<Outgoing>) -> (Saga, DateTime<Utc>) {
+    let mut saga = saga();
+    let start = Utc::now();
+    run_calls(&mut saga, start, out);
+    assert_eq!(saga.state, SagaState::AwaitingShipment);
+    (saga, start + chrono_duration(policy().shipment_timeout))
+}
+
+/// Compensation steps the saga started (sent or called).
+fn undone(saga: &Saga) -> Vec<StepType> {
+    names(saga)
+        .into_iter()
+        .filter(|step| !step.is_forward() && *step != StepType::CancelShipment)
+        .collect()
+}
+
+#[test]
+fn a_shipment_timeout_asks_fulfillment_and_a_dispatched_shipment_completes_the_order() {
+    let mut out = Vec::new();
+    let (mut saga, late) = overdue_shipment(&mut out);
+    assert_eq!(
+        advance(&mut saga, late, &policy(), &mut out),
+        Next::CheckShipment
+    );
+    record_shipment_check(&mut saga, late, ShipmentLookup::Dispatched, &policy());
+    assert_eq!(run_calls(&mut saga, late, &mut out), Next::Wait(None));
+    assert_eq!(saga.state, SagaState::Completed);
+    assert!(saga.captured);
+    assert!(
+        undone(&saga).is_empty(),
+        "nothing undone: {:?}",
+        names(&saga)
+    );
+}
+
+#[test]
+fn an_unanswered_shipment_lookup_never_starts_compensation() {
+    let mut out = Vec::new();
+    let (mut saga, mut now) = overdue_shipment(&mut out);
+    for _ in 0..10 {
+        assert_eq!(
+            advance(&mut saga, now, &policy(), &mut out),
+            Next::CheckShipment
+        );
+        record_shipment_check(
+            &mut saga,
+            now,
+            ShipmentLookup::Unknown("fulfillment is frozen".to_owned()),
+            &policy(),
+        );
+        let Next::Wait(Some(next)) = advance(&mut saga, now, &policy(), &mut out) else {
+            panic!("waits for the next lookup");
+        };
+        assert_eq!(saga.state, SagaState::AwaitingShipment);
+        now = next;
+    }
+    // Fulfillment comes back: the goods had left meanwhile.
+    record_shipment_check(&mut saga, now, ShipmentLookup::Dispatched, &policy());
+    assert_eq!(run_calls(&mut saga, now, &mut out), Next::Wait(None));
+    assert_eq!(saga.state, SagaState::Completed);
+}
+
+#[test]
+fn a_refused_shipment_cancel_is_looked_up_and_a_dispatched_shipment_turns_the_saga_forward() {
+    let mut out = Vec::new();
+    let (mut saga, late) = overdue_shipment(&mut out);
+    assert_eq!(
+        advance(&mut saga, late, &policy(), &mut out),
+        Next::CheckShipment
+    );
+    record_shipment_check(&mut saga, late, ShipmentLookup::Pending, &policy());
+    assert_eq!(saga.state, SagaState::Compensating);
+    assert_eq!(
+        advance(&mut saga, late, &policy(), &mut out),
+        Next::Send(StepType::CancelShipment)
+    );
+    record_send(
+        &mut saga,
+        StepType::CancelShipment,
+        "c1".to_owned(),
+        late,
+        policy().ack_timeout,
+    );
+    // The warehouse dispatched in between: fulfillment refuses the cancel.
+    let refused = late + chrono::Duration::seconds(1);
+    acknowledge_at(
+        &mut saga,
+        StepType::CancelShipment,
+        CommandOutcome::Rejected,
+        refused,
+        &mut out,
+    );
+    assert_eq!(
+        saga.state,
+        SagaState::Compensating,
+        "not parked on a refusal"
+    );
+    assert_eq!(
+        advance(&mut saga, refused, &policy(), &mut out),
+        Next::CheckShipment
+    );
+    record_shipment_check(&mut saga, refused, ShipmentLookup::Dispatched, &policy());
+    assert_eq!(run_calls(&mut saga, refused, &mut out), Next::Wait(None));
+    assert_eq!(saga.state, SagaState::Completed);
+    assert!(saga.captured, "the dispatched order is charged");
+    assert!(
+        undone(&saga).is_empty(),
+        "no void, refund or release: {:?}",
+        names(&saga)
+    );
+}
+
+#[test]
+fn a_dispatch_reported_while_compensating_turns_the_saga_forward() {
+    let mut out = Vec::new();
+    let (mut saga, late) = overdue_shipment(&mut out);
+    advance(&mut saga, late, &policy(), &mut out);
+    record_shipment_check(&mut saga, late, ShipmentLookup::Pending, &policy());
+    advance(&mut saga, late, &policy(), &mut out);
+    record_send(
+        &mut saga,
+        StepType::CancelShipment,
+        "c1".to_owned(),
+        late,
+        policy().ack_timeout,
+    );
+    let shipment_id = saga.shipment_id.expect("shipment").to_string();
+    apply_signal(
+        &mut saga,
+        &Signal::ShipmentDispatched { shipment_id },
+        late,
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(run_calls(&mut saga, late, &mut out), Next::Wait(None));
+    assert_eq!(saga.state, SagaState::Completed);
+    // The cancel's late refusal changes nothing any more.
+    acknowledge(
+        &mut saga,
+        StepType::CancelShipment,
+        CommandOutcome::Rejected,
+        &mut out,
+    );
+    assert_eq!(saga.state, SagaState::Completed);
+}
+
+#[test]
+fn a_cancelled_or_failed_shipment_needs_no_cancel_command() {
+    let mut out = Vec::new();
+    let (mut saga, late) = overdue_shipment(&mut out);
+    apply_signal(
+        &mut saga,
+        &Signal::OperatorCancelled {
+            reason: "test".to_owned(),
+        },
+        late,
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(
+        advance(&mut saga, late, &policy(), &mut out),
+        Next::CheckShipment
+    );
+    record_shipment_check(&mut saga, late, ShipmentLookup::Cancelled, &policy());
+    assert_eq!(
+        advance(&mut saga, late, &policy(), &mut out),
+        Next::Send(StepType::VoidPayment),
+        "the shipment's cancel is done; the payment is next"
+    );
+}
+
+#[test]
+fn past_the_point_of_no_return_a_permanent_failure_parks_instead_of_compensating() {
+    let mut out = Vec::new();
+    let mut saga = saga();
+    let now = Utc::now();
+    run_calls(&mut saga, now, &mut out);
+    let shipment_id = saga.shipment_id.expect("shipment").to_string();
+    apply_signal(
+        &mut saga,
+        &Signal::ShipmentDispatched { shipment_id },
+        now,
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
+        Next::Call(StepType::CapturePayment)
+    );
+    record_call(
+        &mut saga,
+        StepType::CapturePayment,
+        now,
+        now,
+        CallResult::Permanent {
+            code: "FAILED_PRECONDITION".to_owned(),
+            message: "authorization expired".to_owned(),
+        },
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(saga.state, SagaState::CompensationFailed);
+    assert!(
+        saga.failure_reason.contains("point of no return"),
+        "{}",
+        saga.failure_reason
+    );
+    assert!(undone(&saga).is_empty());
+    apply_signal(
+        &mut saga,
+        &Signal::Resume {
+            skip_failed_step: false,
+            reason: "re-authorized".to_owned(),
+        },
+        now,
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(saga.state, SagaState::Running, "resumed forward");
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
+        Next::Call(StepType::CapturePayment)
+    );
+}
+
+#[test]
+fn a_failed_acknowledgement_of_an_earlier_send_does_not_fail_the_current_one() {
+    let mut out = Vec::new();
+    let mut saga = saga();
+    let now = Utc::now();
+    record_call(
+        &mut saga,
+        StepType::ReserveStock,
+        now,
+        now,
+        CallResult::Done(Effect::Reservation(Uuid::now_v7())),
+        &policy(),
+        &mut out,
+    );
+    apply_signal(
+        &mut saga,
+        &Signal::OperatorCancelled {
+            reason: "test".to_owned(),
+        },
+        now,
+        &policy(),
+        &mut out,
+    );
+    advance(&mut saga, now, &policy(), &mut out);
+    record_send(
+        &mut saga,
+        StepType::ReleaseStock,
+        "first".to_owned(),
+        now,
+        policy().ack_timeout,
+    );
+    record_send(
+        &mut saga,
+        StepType::ReleaseStock,
+        "second".to_owned(),
+        now,
+        policy().ack_timeout,
+    );
+    let stale = Signal::CommandAcknowledged {
+        idempotency_key: saga.key(StepType::ReleaseStock),
+        outcome: CommandOutcome::Rejected as i32,
+        error: "stale".to_owned(),
+        command_id: "first".to_owned(),
+    };
+    apply_signal(&mut saga, &stale, now, &policy(), &mut out);
+    assert_eq!(
+        saga.state,
+        SagaState::Compensating,
+        "the stale refusal is ignored"
+    );
+    let current = Signal::CommandAcknowledged {
+        idempotency_key: saga.key(StepType::ReleaseStock),
+        outcome: CommandOutcome::Applied as i32,
+        error: String::new(),
+        command_id: "second".to_owned(),
+    };
+    apply_signal(&mut saga, &current, now, &policy(), &mut out);
+    assert!(saga.succeeded(StepType::ReleaseStock));
 }
