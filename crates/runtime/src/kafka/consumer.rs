@@ -267,7 +267,9 @@ impl EventConsumer {
     /// Consumes until `shutdown` is cancelled, then gives its partitions back.
     pub async fn run<H: EventHandler>(self, handler: H, shutdown: CancellationToken) {
         let keeper_stop = shutdown.child_token();
-        let keeper = tokio::spawn(keep_leases(
+        // Aborted with this future: a consumer cut short (a crash, a killed task) must not leave
+        // its leases renewed by an orphan.
+        let keeper = AbortOnDrop(tokio::spawn(keep_leases(
             self.leases.clone(),
             Arc::clone(&self.consumer),
             self.settings.topics.clone(),
@@ -275,7 +277,7 @@ impl EventConsumer {
             self.lag.clone(),
             Arc::clone(&self.shared),
             keeper_stop.clone(),
-        ));
+        )));
         let mut assigned = Assignment::new();
         loop {
             if self.shared.changed.swap(false, Ordering::SeqCst) {
@@ -309,7 +311,7 @@ impl EventConsumer {
             }
         }
         keeper_stop.cancel();
-        let _ = keeper.await;
+        keeper.finish().await;
         if let Err(error) = self.leases.leave().await {
             tracing::warn!(%error, group = self.leases.group(), "could not give partitions back");
         }
@@ -604,6 +606,9 @@ impl EventConsumer {
             };
             metrics::counter!(names::CONSUMER_MESSAGES, "topic" => topic.clone(), "outcome" => "failed")
                 .increment(1);
+            // A message held in retries is a record waiting, whatever the statistics said last.
+            self.lag
+                .waiting(self.leases.group(), &topic, event.partition, event.offset);
             tracing::warn!(
                 topic = %topic,
                 offset = event.offset,
@@ -740,6 +745,22 @@ impl EventConsumer {
             tx.rollback().await?;
         }
         Ok(advanced)
+    }
+}
+
+/// A task aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn finish(mut self) {
+        let handle = std::mem::replace(&mut self.0, tokio::spawn(async {}));
+        let _ = handle.await;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

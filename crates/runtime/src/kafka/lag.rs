@@ -232,6 +232,24 @@ impl ConsumerLag {
         }
     }
 
+    /// Records that the message at `offset` waits (its handling failed and is retried).
+    pub(crate) fn waiting(&self, group: &str, topic: &str, partition: i32, offset: i64) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let key = (group.to_owned(), topic.to_owned(), partition);
+        if let Some(state) = inner.partitions.get_mut(&key) {
+            state.lag.high_watermark = state.lag.high_watermark.max(offset + 1);
+            let from = if state.lag.next_offset >= 0 {
+                state.lag.next_offset
+            } else {
+                offset
+            };
+            state.lag.lag = (state.lag.high_watermark - from).max(1);
+            state.lag.reported = SystemTime::now();
+        }
+    }
+
     fn record(&self, group: &str, statistics: &Statistics) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
