@@ -208,6 +208,12 @@ fn launch(settings: &Settings, component: Component) -> anyhow::Result<Launch> {
                 program.display()
             );
             let mut env = common_env(settings, &listen);
+            // A fixed member id, as a production deployment gives each replica: a restarted
+            // process takes its partition leases back at once.
+            env.push((
+                "ZENTRA_KAFKA__MEMBER_ID".to_owned(),
+                format!("stack-{name}"),
+            ));
             env.push((
                 "ZENTRA_DATABASE__URL".to_owned(),
                 format!("{}/{}{service}", settings.pg_url, settings.db_prefix),

@@ -565,7 +565,7 @@ async fn start_payment(config: &zentra_payment::Config) -> RunningService {
     .spawn()
 }
 
-fn free_address() -> std::net::SocketAddr {
+pub fn free_address() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")

@@ -4,7 +4,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::{StreamExt as _, stream};
@@ -17,7 +17,9 @@ use zentra_proto::{
 use zentra_runtime::events::{self, EventMeta};
 use zentra_test_support::eventually;
 
-use crate::helpers::{Stack, StackOptions, by_order, start_saga, state_name, step_names};
+use crate::helpers::{
+    Stack, StackOptions, by_order, free_address, start_saga, state_name, step_names,
+};
 
 const SAGAS: usize = 200;
 
@@ -210,6 +212,120 @@ async fn killing_the_orchestrator_with_sagas_in_flight_loses_and_repeats_nothing
     let orchestrator = SagaProcess::start(stack.saga_config());
     assert_each_effect_once(&stack, "CRASH-1", 1000, &orders).await;
     orchestrator.kill_9();
+    stack.stop().await;
+}
+
+/// Who holds each partition of the orchestrators' consumer group (live leases only).
+async fn saga_partition_owners(stack: &Stack) -> Vec<Option<String>> {
+    use sea_orm::ConnectionTrait as _;
+    let db = stack.database("saga").await;
+    db.query_all_raw(sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        "SELECT CASE WHEN lease_until > now() THEN owner END AS owner FROM consumer_partitions \
+         WHERE consumer_group LIKE '%saga' ORDER BY topic, partition",
+    ))
+    .await
+    .expect("partition owners")
+    .iter()
+    .map(|row| row.try_get::<Option<String>>("", "owner").expect("owner"))
+    .collect()
+}
+
+/// An orchestrator process as `just up` runs it: a fixed instance id, and no reconciliation to
+/// hide a consumer that stopped consuming.
+fn process_config(stack: &Stack, instance: &str) -> zentra_saga::Config {
+    let mut config = stack.saga_config().clone();
+    config.domain.saga.instance_id = instance.to_owned();
+    config.domain.saga.reconcile_after = Duration::from_secs(3600);
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orchestrator_killed_and_restarted_with_its_instance_id_consumes_again_at_once() {
+    let options = StackOptions {
+        in_process_saga: false,
+        shipment_timeout: Duration::from_secs(600),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start("saga-restart", options).await;
+    stack.create_product("RESTART-1", 1000).await;
+    let config = process_config(&stack, "stack-1");
+    let orchestrator = SagaProcess::start(&config);
+    let mut orders = place_orders(&stack, "RESTART-1", 40).await;
+    for order_id in &orders[..10] {
+        stack
+            .await_saga(by_order(order_id), Duration::from_secs(30), |_| true)
+            .await
+            .expect("sagas started before the kill");
+    }
+    orchestrator.kill_9();
+
+    // The same instance id, as the stack's supervisor restarts it: its partition leases and its
+    // sagas are its own, taken back without waiting for them to expire.
+    let restarted = Instant::now();
+    let orchestrator = SagaProcess::start(&config);
+    let later = place_orders(&stack, "RESTART-1", 20).await;
+    for order_id in &later {
+        stack
+            .await_saga(by_order(order_id), Duration::from_secs(20), |_| true)
+            .await
+            .expect("orders placed after the restart get their saga from Kafka, not a sweep");
+    }
+    eprintln!(
+        "every order placed after the restart had its saga {:?} after the restart",
+        restarted.elapsed()
+    );
+    orders.extend(later);
+    assert_each_effect_once(&stack, "RESTART-1", 1000, &orders).await;
+    orchestrator.kill_9();
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_orchestrators_split_intake_and_the_survivor_of_a_kill_takes_its_partitions_over() {
+    let options = StackOptions {
+        in_process_saga: false,
+        shipment_timeout: Duration::from_secs(600),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start("saga-split", options).await;
+    stack.create_product("SPLIT-1", 1000).await;
+    // The stack's clients talk to "two"; "one" listens elsewhere and is the one killed.
+    let two_config = process_config(&stack, "two");
+    let mut one_config = process_config(&stack, "one");
+    one_config.common.grpc.listen_addr = free_address();
+    let one = SagaProcess::start(&one_config);
+    let two = SagaProcess::start(&two_config);
+
+    let owners = eventually(Duration::from_secs(30), || async {
+        let owners = saga_partition_owners(&stack).await;
+        let held_by = |name: &str| owners.iter().filter(|o| o.as_deref() == Some(name)).count();
+        (owners.iter().all(Option::is_some) && held_by("one") > 0 && held_by("two") > 0)
+            .then_some(owners)
+    })
+    .await
+    .expect("each orchestrator holds a share of the partitions");
+    eprintln!("partition owners with two orchestrators: {owners:?}");
+
+    let mut orders = place_orders(&stack, "SPLIT-1", 40).await;
+    one.kill_9();
+    let killed = Instant::now();
+    eventually(Duration::from_secs(30), || async {
+        let owners = saga_partition_owners(&stack).await;
+        owners
+            .iter()
+            .all(|owner| owner.as_deref() == Some("two"))
+            .then_some(())
+    })
+    .await
+    .expect("the survivor takes every partition once the leases expire");
+    eprintln!(
+        "the survivor held every partition {:?} after the kill",
+        killed.elapsed()
+    );
+    orders.extend(place_orders(&stack, "SPLIT-1", 20).await);
+    assert_each_effect_once(&stack, "SPLIT-1", 1000, &orders).await;
+    two.kill_9();
     stack.stop().await;
 }
 
