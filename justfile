@@ -37,6 +37,11 @@ bench *args:
     cargo build --release --workspace --exclude zentra-control-center --bins
     ${CARGO_TARGET_DIR:-target}/release/zentra-bench --json docs/bench/latest.json "$@"
 
+# Chaos audit of a running stack (`just up` in another terminal): orders under SIGKILL of every process and the broker and a freeze, then an audit of every database; non-zero exit on any violation
+chaos *args:
+    cargo build -q --profile ${ZENTRA_UP_PROFILE:-dev} -p zentra-bench --bin zentra-chaos
+    profile=${ZENTRA_UP_PROFILE:-dev}; ${CARGO_TARGET_DIR:-target}/${profile/#dev/debug}/zentra-chaos "$@"
+
 # Flame graph of every process (PostgreSQL, broker, services) for N seconds, while `just bench` runs: docs/bench/flamegraph.svg
 flamegraph seconds="10" output="docs/bench/flamegraph.svg":
     deploy/local/flamegraph.sh {{seconds}} {{output}}

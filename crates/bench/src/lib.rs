@@ -3,6 +3,8 @@
 //! saga's end in HDR histograms, per-step latency, cost per saga (PostgreSQL commits, Kafka
 //! records, gRPC calls), the PostgreSQL commit bound from pgbench, and the services' memory.
 
+pub mod audit;
+pub mod chaos;
 pub mod cost;
 pub mod load;
 pub mod pgbench;
