@@ -4,11 +4,13 @@
 # buf curl, a client nobody here wrote), waits for its saga to complete and the order to be
 # CONFIRMED, runs the control center's end-to-end tests in headless Chromium when the control center
 # is built (`just control-center`), then stops the stack as Ctrl-C would and checks it stopped
-# cleanly. A short benchmark run proves `zentra-bench` works against the same stack.
+# cleanly. A short benchmark run proves `zentra-bench` works against the same stack, and a small
+# chaos audit (`just chaos`) kills every process once and audits the databases.
 #
 #   ZENTRA_SMOKE_PORT_BASE  first of the ports it uses (default 46000; it takes base+25 .. base+92)
 #   ZENTRA_SMOKE_BROWSER    0: skip the browser tests
 #   ZENTRA_SMOKE_BENCH      0: skip the benchmark's smoke run
+#   ZENTRA_SMOKE_CHAOS      0: skip the chaos audit's smoke run
 #   ZENTRA_E2E_SCREENSHOTS  a directory: the browser tests save their screenshots there
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,6 +26,9 @@ export ZENTRA_STACK_GATEWAY_PORT=$((base + 80))
 export ZENTRA_STACK_KAFKA_PORT=$((base + 92))
 export ZENTRA_STACK_SMTP_PORT=$((base + 25))
 pg_url=${ZENTRA_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+# A short shipment timeout, so the chaos audit's freeze can outlast it in seconds, not minutes.
+shipment_timeout_s=15
+export ZENTRA_SAGA__RETRY__SHIPMENT_TIMEOUT="${shipment_timeout_s}s"
 state=$(mktemp -d)
 log="$state/up.log"
 gateway="http://127.0.0.1:$ZENTRA_STACK_GATEWAY_PORT"
@@ -117,6 +122,16 @@ assert report["pgbench_tps"] > 0 and report["commit_bound_fraction"] > 0, report
 assert len(report["peak_rss_kib"]) == 6, report
 PY
   say "benchmark: $(grep -m1 'sagas/s' "$state/bench.log" | sed 's/^ *//')"
+fi
+
+if [ "${ZENTRA_SMOKE_CHAOS:-1}" != 0 ]; then
+  # The chaos audit, small: every service, the orchestrator and the broker killed once with
+  # SIGKILL, fulfillment frozen past the shipment timeout, then every database audited.
+  say "chaos audit (60 orders, every process killed once, one freeze)"
+  "${CARGO_TARGET_DIR:-target}/debug/zentra-chaos" --count 60 --rate 5 --freeze "fulfillment:$((shipment_timeout_s + 10))s" \
+    --settle 240 --pg-url "$pg_url" --keys "$state/dev-keys.env" >"$state/chaos.log" 2>&1 \
+    || { cat "$state/chaos.log" >&2; fail "the chaos audit"; }
+  grep -E '^(inventory|order|payment|fulfillment|notification|saga|broker) |every saga ended|chaos audit' "$state/chaos.log" >&2 || true
 fi
 
 # Ctrl-C reaches the stack (children have their own process group): everything stops in order.

@@ -102,7 +102,7 @@ struct Fault {
 
 /// Runs the audit; `Ok(true)` when nothing was violated.
 pub async fn run(settings: ChaosSettings) -> anyhow::Result<bool> {
-    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_ascii_uppercase();
     let gateway = Channel::from_shared(format!("http://127.0.0.1:{}", settings.gateway_port))?
         .connect()
         .await

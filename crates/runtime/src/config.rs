@@ -154,6 +154,10 @@ pub struct OutboxConfig {
     pub poll_interval: Duration,
     /// Events published per round.
     pub batch_size: u32,
+    /// When the broker is found to have lost its log (a partition's offsets went back), the
+    /// events published within this are published again; consumers skip what they saw.
+    #[serde(with = "humantime_serde")]
+    pub republish_window: Duration,
 }
 
 impl Default for OutboxConfig {
@@ -161,6 +165,7 @@ impl Default for OutboxConfig {
         Self {
             poll_interval: Duration::from_millis(250),
             batch_size: 256,
+            republish_window: Duration::from_secs(15 * 60),
         }
     }
 }

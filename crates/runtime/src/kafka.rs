@@ -149,6 +149,9 @@ impl EventProducer {
     /// when the broker no longer knows it. The caller retries the send.
     async fn recover(&self, failed: &FutureProducer, topic: &str, error: &KafkaError) {
         let code = error.rdkafka_error_code();
+        // A record that timed out was retried by the client for the whole delivery timeout: after
+        // a broker that lost its state, an idempotent producer's sequence can stay stuck without
+        // a fatal error being raised, so a timeout replaces the client too (cheap, and rare).
         let fatal = failed.client().fatal_error().is_some()
             || matches!(
                 code,
@@ -157,17 +160,21 @@ impl EventProducer {
                         | RDKafkaErrorCode::OutOfOrderSequenceNumber
                         | RDKafkaErrorCode::InvalidProducerEpoch
                         | RDKafkaErrorCode::Fatal
+                        | RDKafkaErrorCode::MessageTimedOut
                 )
             );
         if fatal {
             match create_producer(&self.config, &self.client_id) {
                 Ok(fresh) => {
-                    if let Ok(mut current) = self.producer.write() {
+                    // Sends that failed together replace the client once.
+                    if let Ok(mut current) = self.producer.write()
+                        && std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr())
+                    {
                         *current = fresh;
+                        tracing::warn!(%error, "producer failed; replaced it with a new one");
+                        metrics::counter!(crate::telemetry::names::KAFKA_RECOVERIES, "kind" => "producer_rebuilt")
+                            .increment(1);
                     }
-                    tracing::warn!(%error, "producer failed fatally; replaced it with a new one");
-                    metrics::counter!(crate::telemetry::names::KAFKA_RECOVERIES, "kind" => "producer_rebuilt")
-                        .increment(1);
                 }
                 Err(setup) => tracing::warn!(%setup, "cannot rebuild the producer"),
             }

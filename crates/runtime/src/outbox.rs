@@ -79,6 +79,9 @@ pub struct OutboxRelay {
     producer: EventProducer,
     config: OutboxConfig,
     wake: Arc<Notify>,
+    /// The highest offset each partition acknowledged: a lower one later means the broker lost
+    /// its log, and what was published recently may never have been consumed.
+    high_offsets: Arc<std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>>,
 }
 
 impl OutboxRelay {
@@ -89,6 +92,7 @@ impl OutboxRelay {
             producer,
             config,
             wake: Arc::new(Notify::new()),
+            high_offsets: Arc::default(),
         }
     }
 
@@ -204,12 +208,66 @@ impl OutboxRelay {
                 ))
                 .await?;
         }
+        if self.log_went_back(&pending, &results) {
+            // The broker lost its log: what it acknowledged recently may be gone before anyone
+            // consumed it. Publish it again (the inbox and idempotency keys absorb repeats).
+            let window =
+                i64::try_from(self.config.republish_window.as_millis()).unwrap_or(i64::MAX);
+            let again = transaction
+                .execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "UPDATE outbox SET published_at = NULL \
+                     WHERE published_at > now() - $1 * interval '1 millisecond' AND NOT (seq = ANY($2))",
+                    [window.into(), acknowledged.clone().into()],
+                ))
+                .await?
+                .rows_affected();
+            tracing::warn!(
+                again,
+                "the broker lost its log: publishing recent events again"
+            );
+            metrics::counter!(names::KAFKA_RECOVERIES, "kind" => "outbox_republished")
+                .increment(again);
+            self.wake.notify_one();
+        }
         transaction.commit().await?;
         metrics::counter!(names::OUTBOX_PUBLISHED).increment(acknowledged.len() as u64);
         if let Some(Err(error)) = results.into_iter().find(Result::is_err) {
             return Err(error.into());
         }
         Ok(acknowledged.len())
+    }
+
+    /// Records the acknowledged offsets; true when a partition's offset went back.
+    fn log_went_back(
+        &self,
+        pending: &[PendingRow],
+        results: &[Result<crate::kafka::Delivered, crate::kafka::KafkaFailure>],
+    ) -> bool {
+        let Ok(mut high) = self.high_offsets.lock() else {
+            return false;
+        };
+        let mut went_back = false;
+        for (row, result) in pending.iter().zip(results) {
+            let Ok(delivered) = result else { continue };
+            let key = (row.topic.clone(), delivered.partition);
+            match high.get(&key) {
+                Some(previous) if delivered.offset <= *previous => went_back = true,
+                _ => {}
+            }
+        }
+        if went_back {
+            high.clear();
+        }
+        for (row, result) in pending.iter().zip(results) {
+            if let Ok(delivered) = result {
+                let entry = high
+                    .entry((row.topic.clone(), delivered.partition))
+                    .or_insert(delivered.offset);
+                *entry = (*entry).max(delivered.offset);
+            }
+        }
+        went_back
     }
 
     /// Number of rows not yet published.
