@@ -327,6 +327,12 @@ impl Engine {
                     saga.next_run_at = Some(now);
                     Lease::Release
                 }
+                Next::Call(step) if !machine::has_intent(&saga, step) => {
+                    // Written ahead: the attempt commits before the call is made.
+                    machine::record_intent(&mut saga, step, now);
+                    saga.next_run_at = Some(now);
+                    Lease::Extend(self.settings.lease)
+                }
                 Next::Call(step) => {
                     let start = Utc::now();
                     let result = self.downstreams.call(&saga, step).await;
@@ -343,6 +349,13 @@ impl Engine {
                         &self.settings.policy,
                         &mut out,
                     );
+                    // The next call's intent commits with this result: no extra commit.
+                    let mut ahead = saga.clone();
+                    if let Next::Call(next) =
+                        machine::advance(&mut ahead, end, &self.settings.policy, &mut Vec::new())
+                    {
+                        machine::record_intent(&mut saga, next, end);
+                    }
                     saga.next_run_at = Some(end);
                     Lease::Extend(self.settings.lease)
                 }

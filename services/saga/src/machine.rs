@@ -407,6 +407,18 @@ pub fn record_settle(
 ) {
     saga.updated_at = now;
     let record = step_record(saga, step);
+    if let Some(unknown) = record
+        .attempts
+        .last_mut()
+        .filter(|attempt| attempt.outcome == Outcome::InProgress)
+    {
+        // A call written ahead whose answer was never recorded (the orchestrator stopped).
+        unknown.end = Some(unknown.start);
+        unknown.outcome = Outcome::TimedOut;
+        unknown.error_code = "UNKNOWN".to_owned();
+        unknown.error_message =
+            "no answer recorded: the orchestrator stopped during the call".to_owned();
+    }
     let number = next_number(record);
     let mut attempt = Attempt {
         number,
@@ -545,6 +557,36 @@ fn step_record(saga: &mut Saga, step: StepType) -> &mut Step {
     &mut saga.steps[index]
 }
 
+/// Whether the next call of `step` was written ahead: its attempt is recorded as in progress.
+pub fn has_intent(saga: &Saga, step: StepType) -> bool {
+    saga.step(step)
+        .and_then(Step::last_attempt)
+        .is_some_and(|attempt| attempt.outcome == Outcome::InProgress)
+}
+
+/// Records that a call of `step` is about to be made. The engine commits this before the call,
+/// so after a crash the saga knows a call that may have taken effect, and compensation looks it
+/// up before undoing anything.
+pub fn record_intent(saga: &mut Saga, step: StepType, now: DateTime<Utc>) {
+    if step.is_command() || has_intent(saga, step) {
+        return;
+    }
+    saga.updated_at = now;
+    let record = step_record(saga, step);
+    let number = next_number(record);
+    record.status = StepStatus::Running;
+    record.attempts.push(Attempt {
+        number,
+        start: now,
+        end: None,
+        outcome: Outcome::InProgress,
+        error_code: String::new(),
+        error_message: String::new(),
+        next_retry: None,
+        command_id: String::new(),
+    });
+}
+
 /// Records the outcome of one call of `step` that started at `start`.
 pub fn record_call(
     saga: &mut Saga,
@@ -560,7 +602,16 @@ pub fn record_call(
     // retried until they succeed instead of running out of attempts or time.
     let roll_forward = saga.dispatched() && step.is_forward();
     let record = step_record(saga, step);
-    let number = next_number(record);
+    // The intent written ahead of this call becomes its attempt.
+    let intent = record
+        .attempts
+        .last()
+        .filter(|attempt| attempt.outcome == Outcome::InProgress && !step.is_command())
+        .map(|attempt| (attempt.number, attempt.start.min(start)));
+    if intent.is_some() {
+        record.attempts.pop();
+    }
+    let (number, start) = intent.unwrap_or((next_number(record), start));
     let mut attempt = Attempt {
         number,
         start,
@@ -1030,6 +1081,8 @@ fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
 
+#[cfg(test)]
+mod model_tests;
 mod policy;
 mod shipment;
 #[cfg(test)]
