@@ -102,6 +102,27 @@ CREATE INDEX dead_letters_by_failure ON dead_letters (last_failure_at DESC);
         name: "m0000b_runtime_consumer_partitions",
         up: crate::kafka::LEASES_MIGRATION,
     },
+    SqlMigration {
+        name: "m0000c_runtime_dead_letters_by_identity",
+        // Offsets repeat after a broker lost its log: a dead letter is known by its event id (or a
+        // digest of an undecodable record), and a replayed one that fails again is pending again.
+        up: r#"
+ALTER TABLE dead_letters ADD COLUMN identity TEXT;
+UPDATE dead_letters SET identity = CASE WHEN event_id <> '' THEN event_id
+    ELSE 'offset:' || partition || ':' || record_offset || ':' || id END;
+ALTER TABLE dead_letters ALTER COLUMN identity SET NOT NULL;
+DO $$
+DECLARE constraint_name TEXT;
+BEGIN
+    SELECT conname INTO constraint_name FROM pg_constraint
+    WHERE conrelid = 'dead_letters'::regclass AND contype = 'u';
+    IF constraint_name IS NOT NULL THEN
+        EXECUTE 'ALTER TABLE dead_letters DROP CONSTRAINT ' || quote_ident(constraint_name);
+    END IF;
+END $$;
+CREATE UNIQUE INDEX dead_letters_identity ON dead_letters (consumer_group, source_topic, identity);
+"#,
+    },
 ];
 
 /// Opens the pool.

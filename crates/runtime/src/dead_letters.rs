@@ -94,6 +94,23 @@ impl DeadLetterSink {
         }
         .encode_to_vec();
         let (event_id, event_type) = record.event.clone().unwrap_or_default();
+        // Deduplicated by what the record is, not where it sat: offsets repeat after a broker
+        // lost its log. An undecodable record is known by a digest of its key and payload.
+        let identity = if event_id.is_empty() {
+            use sha2::{Digest as _, Sha256};
+            let mut digest = Sha256::new();
+            digest.update(&record.key);
+            digest.update([0]);
+            digest.update(&record.payload);
+            let hex: String = digest
+                .finalize()
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect();
+            format!("sha256:{hex}")
+        } else {
+            event_id.clone()
+        };
         let first: DateTime<Utc> = record.first_failure.into();
         let stored = self
             .db
@@ -101,9 +118,13 @@ impl DeadLetterSink {
                 DbBackend::Postgres,
                 "INSERT INTO dead_letters (id, consumer_group, source_topic, partition, record_offset, \
                  record_key, headers, payload, event_id, event_type, error, attempt_count, status, \
-                 first_failure_at, last_failure_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'PENDING', $13, now()) \
-                 ON CONFLICT (consumer_group, source_topic, partition, record_offset) DO NOTHING",
+                 first_failure_at, last_failure_at, identity) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'PENDING', $13, now(), $14) \
+                 ON CONFLICT (consumer_group, source_topic, identity) DO UPDATE \
+                 SET status = 'PENDING', error = EXCLUDED.error, attempt_count = EXCLUDED.attempt_count, \
+                     partition = EXCLUDED.partition, record_offset = EXCLUDED.record_offset, \
+                     last_failure_at = now(), replayed_at = NULL \
+                 WHERE dead_letters.status = 'REPLAYED'",
                 [
                     Uuid::now_v7().into(),
                     group.into(),
@@ -118,6 +139,7 @@ impl DeadLetterSink {
                     error.into(),
                     (attempts as i32).into(),
                     first.into(),
+                    identity.into(),
                 ],
             ))
             .await?;

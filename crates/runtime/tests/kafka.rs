@@ -644,3 +644,83 @@ async fn a_message_that_keeps_failing_is_dead_lettered_then_replayed_or_dismisse
     delete_topics(&[topic.clone(), format!("{topic}.dlq")]).await;
     database.drop_database().await.expect("cleanup");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_known_by_its_event_not_by_where_it_sat() {
+    use zentra_runtime::dead_letters::DeadLetterSink;
+    let fixture = Fixture::new("dlqident", 1).await;
+    // The same event twice, at two offsets: as after a broker that lost its log and the outbox
+    // published it again.
+    let event = envelope(
+        &StockLow {
+            sku: "SKU-POISON".to_owned(),
+            available: 1,
+            low_stock_threshold: 2,
+        },
+        EventMeta {
+            producer: "test",
+            aggregate_type: "product",
+            aggregate_id: "SKU-POISON".to_owned(),
+            correlation_id: String::new(),
+            causation_id: String::new(),
+        },
+    );
+    for _ in 0..2 {
+        fixture
+            .producer
+            .send(&fixture.topic, "SKU-POISON", &event.encode_to_vec(), &[])
+            .await
+            .expect("acknowledged");
+    }
+    #[derive(Clone)]
+    struct Refuses;
+    impl EventHandler for Refuses {
+        type Applied = ();
+        async fn handle(
+            &self,
+            _: &ReceivedEvent,
+            _: &DatabaseTransaction,
+        ) -> Result<(), HandlerError> {
+            Err(HandlerError::Permanent("cannot apply".to_owned()))
+        }
+    }
+    let consumer = EventConsumer::new(
+        &fixture.member("m-1"),
+        ConsumerSettings {
+            dead_letters: Some(DeadLetterSink::new(
+                fixture.db.clone(),
+                fixture.producer.clone(),
+                fixture.config.clone(),
+            )),
+            ..quick(&fixture.topic)
+        },
+        fixture.db.clone(),
+    )
+    .expect("consumer");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(Refuses, stop.clone()));
+    let count = |sql: &'static str| {
+        let db = fixture.db.clone();
+        async move {
+            db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+                .await
+                .expect("count")
+                .expect("row")
+                .try_get::<i64>("", "n")
+                .expect("n")
+        }
+    };
+    eventually(Duration::from_secs(20), || async {
+        (count("SELECT coalesce(min(next_offset), 0) AS n FROM consumer_partitions").await >= 2).then_some(())
+    })
+    .await
+    .expect("both copies handled");
+    assert_eq!(
+        count("SELECT count(*) AS n FROM dead_letters").await,
+        1,
+        "one dead letter for one event"
+    );
+    stop.cancel();
+    let _ = task.await;
+    fixture.cleanup().await;
+}

@@ -51,12 +51,22 @@ impl SagaApi {
             })
     }
 
-    /// Records `signal` and waits until the engine applied it (the saga's version moved past
-    /// `version`), then returns the saga. This instance's changes are heard as they commit; the
-    /// table is read every 100 ms in case another instance applies it.
-    async fn signal_and_wait(&self, saga: Saga, signal: Signal) -> Result<Saga, SagaError> {
+    /// Commits the action's `signal` in the transaction that records its idempotency key (so a
+    /// key is never kept for an action that was lost), then waits until the engine applied it
+    /// (the saga's version moved past the one read) and returns the saga. This instance's
+    /// changes are heard as they commit; the table is read every 100 ms in case another
+    /// instance applies it.
+    async fn act<R: prost::Message>(
+        &self,
+        tx: zentra_runtime::idempotency::IdempotentTransaction,
+        response: &R,
+        saga: Saga,
+        signal: Signal,
+    ) -> Result<Saga, SagaError> {
         let mut changes = self.engine.subscribe();
-        self.engine.signal(saga.id, &signal).await?;
+        store::add_signal(tx.transaction(), saga.id, &signal).await?;
+        tx.commit(response).await?;
+        self.engine.wake();
         let deadline = tokio::time::Instant::now() + APPLY_WAIT;
         let mut poll = tokio::time::interval(Duration::from_millis(100));
         loop {
@@ -276,9 +286,8 @@ impl SagaService for SagaApi {
         let response = pb::RetrySagaResponse {
             saga: Some(convert::saga(&saga)),
         };
-        tx.commit(&response).await.map_err(SagaError::from)?;
         tracing::info!(saga_id = %id, "operator asked for the retry now");
-        let saga = self.signal_and_wait(saga, Signal::RetryNow).await?;
+        let saga = self.act(tx, &response, saga, Signal::RetryNow).await?;
         Ok(Response::new(pb::RetrySagaResponse {
             saga: Some(convert::saga(&saga)),
         }))
@@ -306,15 +315,15 @@ impl SagaService for SagaApi {
         let response = pb::CancelSagaResponse {
             saga: Some(convert::saga(&saga)),
         };
-        tx.commit(&response).await.map_err(SagaError::from)?;
         if saga.state == SagaState::Compensating {
+            tx.commit(&response).await.map_err(SagaError::from)?;
             return Ok(Response::new(response));
         }
         tracing::info!(saga_id = %id, reason = %request.reason.trim(), "operator cancelled the saga");
         let signal = Signal::OperatorCancelled {
             reason: request.reason.trim().to_owned(),
         };
-        let saga = self.signal_and_wait(saga, signal).await?;
+        let saga = self.act(tx, &response, saga, signal).await?;
         Ok(Response::new(pb::CancelSagaResponse {
             saga: Some(convert::saga(&saga)),
         }))
@@ -346,13 +355,12 @@ impl SagaService for SagaApi {
         let response = pb::ResumeSagaResponse {
             saga: Some(convert::saga(&saga)),
         };
-        tx.commit(&response).await.map_err(SagaError::from)?;
         tracing::info!(saga_id = %id, skip = request.skip_failed_step, "operator resumed the saga");
         let signal = Signal::Resume {
             skip_failed_step: request.skip_failed_step,
             reason: request.reason.trim().to_owned(),
         };
-        let saga = self.signal_and_wait(saga, signal).await?;
+        let saga = self.act(tx, &response, saga, signal).await?;
         Ok(Response::new(pb::ResumeSagaResponse {
             saga: Some(convert::saga(&saga)),
         }))
