@@ -163,20 +163,18 @@ impl EventProducer {
                         | RDKafkaErrorCode::MessageTimedOut
                 )
             );
-        if fatal {
-            match create_producer(&self.config, &self.client_id) {
-                Ok(fresh) => {
-                    // Sends that failed together replace the client once.
-                    if let Ok(mut current) = self.producer.write()
-                        && std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr())
-                    {
+        if fatal && let Ok(mut current) = self.producer.write() {
+            // Sends that failed together replace the client once.
+            if std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
+                match create_producer(&self.config, &self.client_id) {
+                    Ok(fresh) => {
                         *current = fresh;
                         tracing::warn!(%error, "producer failed; replaced it with a new one");
                         metrics::counter!(crate::telemetry::names::KAFKA_RECOVERIES, "kind" => "producer_rebuilt")
                             .increment(1);
                     }
+                    Err(setup) => tracing::warn!(%setup, "cannot rebuild the producer"),
                 }
-                Err(setup) => tracing::warn!(%setup, "cannot rebuild the producer"),
             }
         }
         let missing = matches!(

@@ -711,7 +711,8 @@ async fn a_dead_letter_is_known_by_its_event_not_by_where_it_sat() {
         }
     };
     eventually(Duration::from_secs(20), || async {
-        (count("SELECT coalesce(min(next_offset), 0) AS n FROM consumer_partitions").await >= 2).then_some(())
+        (count("SELECT coalesce(min(next_offset), 0) AS n FROM consumer_partitions").await >= 2)
+            .then_some(())
     })
     .await
     .expect("both copies handled");

@@ -192,8 +192,8 @@ impl ConsumerLag {
             state.live_members = live_members;
             state.last_round = Some(now);
             state.last_error = None;
-            let share = total.div_ceil(live_members.max(1));
-            if owned.is_empty() && share > 0 {
+            // Starved: there are enough partitions for every live member, and none is ours.
+            if owned.is_empty() && total >= live_members.max(1) {
                 state.starved_since.get_or_insert(now);
             } else {
                 state.starved_since = None;
