@@ -267,6 +267,28 @@ pub struct Attempt {
     pub command_id: String,
 }
 
+impl Attempt {
+    /// Attempt `number` of a step, started at `start`, ended at `end` with `outcome`, with no
+    /// error, retry or command id yet.
+    pub fn new(
+        number: u32,
+        start: DateTime<Utc>,
+        end: Option<DateTime<Utc>>,
+        outcome: Outcome,
+    ) -> Self {
+        Self {
+            number,
+            start,
+            end,
+            outcome,
+            error_code: String::new(),
+            error_message: String::new(),
+            next_retry: None,
+            command_id: String::new(),
+        }
+    }
+}
+
 /// One step and its attempts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {

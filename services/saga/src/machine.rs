@@ -420,16 +420,7 @@ pub fn record_settle(
             "no answer recorded: the orchestrator stopped during the call".to_owned();
     }
     let number = next_number(record);
-    let mut attempt = Attempt {
-        number,
-        start,
-        end: Some(now),
-        outcome: Outcome::Succeeded,
-        error_code: String::new(),
-        error_message: String::new(),
-        next_retry: None,
-        command_id: String::new(),
-    };
+    let mut attempt = Attempt::new(number, start, Some(now), Outcome::Succeeded);
     match result {
         SettleResult::Found(effect) => {
             attempt.error_message = "took effect after all (found by lookup)".to_owned();
@@ -575,16 +566,9 @@ pub fn record_intent(saga: &mut Saga, step: StepType, now: DateTime<Utc>) {
     let record = step_record(saga, step);
     let number = next_number(record);
     record.status = StepStatus::Running;
-    record.attempts.push(Attempt {
-        number,
-        start: now,
-        end: None,
-        outcome: Outcome::InProgress,
-        error_code: String::new(),
-        error_message: String::new(),
-        next_retry: None,
-        command_id: String::new(),
-    });
+    record
+        .attempts
+        .push(Attempt::new(number, now, None, Outcome::InProgress));
 }
 
 /// Records the outcome of one call of `step` that started at `start`.
@@ -612,16 +596,7 @@ pub fn record_call(
         record.attempts.pop();
     }
     let (number, start) = intent.unwrap_or((next_number(record), start));
-    let mut attempt = Attempt {
-        number,
-        start,
-        end: Some(now),
-        outcome: Outcome::Succeeded,
-        error_code: String::new(),
-        error_message: String::new(),
-        next_retry: None,
-        command_id: String::new(),
-    };
+    let mut attempt = Attempt::new(number, start, Some(now), Outcome::Succeeded);
     let retry_at = |record: &Step, extra: Option<Duration>| -> Option<DateTime<Utc>> {
         let within_budget = record
             .first_start()
@@ -828,14 +803,8 @@ pub fn record_send(
     let number = next_number(record);
     record.status = StepStatus::Running;
     record.attempts.push(Attempt {
-        number,
-        start: now,
-        end: None,
-        outcome: Outcome::InProgress,
-        error_code: String::new(),
-        error_message: String::new(),
-        next_retry: None,
         command_id,
+        ..Attempt::new(number, now, None, Outcome::InProgress)
     });
 }
 
@@ -919,14 +888,8 @@ pub fn apply_signal(
             if *skip_failed_step {
                 step.status = StepStatus::Succeeded;
                 step.attempts.push(Attempt {
-                    number: next_number(step),
-                    start: now,
-                    end: Some(now),
-                    outcome: Outcome::Succeeded,
-                    error_code: String::new(),
                     error_message: format!("skipped by an operator: {reason}"),
-                    next_retry: None,
-                    command_id: String::new(),
+                    ..Attempt::new(next_number(step), now, Some(now), Outcome::Succeeded)
                 });
             } else {
                 // A fresh budget of attempts, starting now.

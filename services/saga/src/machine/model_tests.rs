@@ -13,8 +13,11 @@ use rand::{RngExt as _, SeedableRng as _, rngs::StdRng};
 use uuid::Uuid;
 use zentra_proto::saga::v1::CommandOutcome;
 
-use super::*;
-use crate::domain::{SagaState, ShipmentReport};
+use super::{
+    tests::{policy, saga as fresh},
+    *,
+};
+use crate::domain::SagaState;
 
 /// What the participants hold, whatever the saga believes.
 #[derive(Debug, Default)]
@@ -40,40 +43,6 @@ enum Ship {
     Pending,
     Dispatched,
     Cancelled,
-}
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        jitter: 0.0,
-        ..RetryPolicy::default()
-    }
-}
-
-fn fresh() -> Saga {
-    let now = Utc::now();
-    Saga {
-        id: Uuid::now_v7(),
-        order_id: Uuid::now_v7(),
-        order: Default::default(),
-        state: SagaState::Running,
-        cause: None,
-        failure_reason: String::new(),
-        reservation_id: None,
-        payment_id: None,
-        shipment_id: None,
-        captured: false,
-        shipment: ShipmentReport::None,
-        cancel_request: None,
-        shipment_check: None,
-        compensating_since: None,
-        steps: Vec::new(),
-        version: 1,
-        created_at: now,
-        updated_at: now,
-        ended_at: None,
-        next_run_at: Some(now),
-        lease: None,
-    }
 }
 
 /// A call's effect on the world (idempotent, as the keyed RPCs are); `None` when it cannot act.

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 
 use super::{Outgoing, RetryPolicy, begin_compensation, chrono_duration, humanize, park};
 use crate::domain::{
-    CompensationCause, Outcome, Saga, SagaState, ShipmentCheck, ShipmentReport, StepStatus,
-    StepType,
+    Attempt, CompensationCause, Outcome, Saga, SagaState, ShipmentCheck, ShipmentReport,
+    StepStatus, StepType,
 };
 
 /// What fulfillment says about the saga's shipment.
@@ -142,15 +142,9 @@ pub fn record_shipment_check(
 fn cancel_not_needed(saga: &mut Saga, now: DateTime<Utc>) {
     let record = super::step_record(saga, StepType::CancelShipment);
     let number = super::next_number(record);
-    record.attempts.push(crate::domain::Attempt {
-        number,
-        start: now,
-        end: Some(now),
-        outcome: Outcome::Succeeded,
-        error_code: String::new(),
+    record.attempts.push(Attempt {
         error_message: "not needed: fulfillment says the shipment will never leave".to_owned(),
-        next_retry: None,
-        command_id: String::new(),
+        ..Attempt::new(number, now, Some(now), Outcome::Succeeded)
     });
     record.status = StepStatus::Succeeded;
 }

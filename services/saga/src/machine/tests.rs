@@ -9,7 +9,7 @@ use zentra_proto::{order::v1::OrderPlaced, saga::v1::CommandOutcome};
 use super::*;
 use crate::domain::{SagaState, ShipmentReport};
 
-fn saga() -> Saga {
+pub(super) fn saga() -> Saga {
     let now = Utc::now();
     Saga {
         id: Uuid::now_v7(),
@@ -36,7 +36,7 @@ fn saga() -> Saga {
     }
 }
 
-fn policy() -> RetryPolicy {
+pub(super) fn policy() -> RetryPolicy {
     RetryPolicy {
         jitter: 0.0,
         ..RetryPolicy::default()
