@@ -104,8 +104,9 @@ CREATE INDEX dead_letters_by_failure ON dead_letters (last_failure_at DESC);
     },
     SqlMigration {
         name: "m0000c_runtime_dead_letters_by_identity",
-        // Offsets repeat after a broker lost its log: a dead letter is known by its event id (or a
-        // digest of an undecodable record), and a replayed one that fails again is pending again.
+        // Offsets repeat after a broker lost its log: a pending dead letter is known by its event
+        // id (or a digest of an undecodable record). One replayed or dismissed that fails again is
+        // a new pending record.
         up: r#"
 ALTER TABLE dead_letters ADD COLUMN identity TEXT;
 UPDATE dead_letters SET identity = CASE WHEN event_id <> '' THEN event_id
@@ -120,7 +121,8 @@ BEGIN
         EXECUTE 'ALTER TABLE dead_letters DROP CONSTRAINT ' || quote_ident(constraint_name);
     END IF;
 END $$;
-CREATE UNIQUE INDEX dead_letters_identity ON dead_letters (consumer_group, source_topic, identity);
+CREATE UNIQUE INDEX dead_letters_identity ON dead_letters (consumer_group, source_topic, identity)
+    WHERE status = 'PENDING';
 "#,
     },
 ];

@@ -120,11 +120,7 @@ impl DeadLetterSink {
                  record_key, headers, payload, event_id, event_type, error, attempt_count, status, \
                  first_failure_at, last_failure_at, identity) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'PENDING', $13, now(), $14) \
-                 ON CONFLICT (consumer_group, source_topic, identity) DO UPDATE \
-                 SET status = 'PENDING', error = EXCLUDED.error, attempt_count = EXCLUDED.attempt_count, \
-                     partition = EXCLUDED.partition, record_offset = EXCLUDED.record_offset, \
-                     last_failure_at = now(), replayed_at = NULL \
-                 WHERE dead_letters.status = 'REPLAYED'",
+                 ON CONFLICT (consumer_group, source_topic, identity) WHERE status = 'PENDING' DO NOTHING",
                 [
                     Uuid::now_v7().into(),
                     group.into(),
