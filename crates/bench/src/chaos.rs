@@ -383,6 +383,7 @@ async fn inflict(
     load_time: Duration,
 ) -> anyhow::Result<Vec<Fault>> {
     let mut faults = Vec::new();
+    let databases = Databases::connect(&settings.pg_url, &settings.db_prefix).await?;
     let gap = load_time.mul_f64(0.66) / u32::try_from(settings.kill.len() + 1).unwrap_or(1);
     for target in &settings.kill {
         tokio::time::sleep(gap).await;
@@ -392,7 +393,6 @@ async fn inflict(
         };
         let at = started.elapsed();
         let member = format!("stack-{target}");
-        let databases = Databases::connect(&settings.pg_url, &settings.db_prefix).await?;
         let before = db_now(&databases.order).await?;
         signal(pid, "KILL").await?;
         println!("{:>6.1}s  SIGKILL {target} (pid {pid})", at.as_secs_f64());

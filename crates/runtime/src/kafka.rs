@@ -72,6 +72,8 @@ pub struct EventProducer {
     producer: Arc<RwLock<FutureProducer>>,
     config: KafkaConfig,
     client_id: Arc<str>,
+    /// Topics whose existence a failed send is checking: a failed batch asks the broker once.
+    checking: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 fn create_producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer, KafkaFailure> {
@@ -96,6 +98,7 @@ impl EventProducer {
             producer: Arc::new(RwLock::new(create_producer(config, client_id)?)),
             config: config.clone(),
             client_id: client_id.into(),
+            checking: Arc::default(),
         })
     }
 
@@ -181,13 +184,24 @@ impl EventProducer {
             code,
             Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
         ) || matches!(code, Some(RDKafkaErrorCode::MessageTimedOut));
-        if missing && topic_missing(&self.client(), topic).await {
+        let first = missing
+            && self
+                .checking
+                .lock()
+                .is_ok_and(|mut checking| checking.insert(topic.to_owned()));
+        if !first {
+            return;
+        }
+        if topic_missing(&self.client(), topic).await {
             tracing::warn!(topic, "topic missing on the broker; creating it again");
             metrics::counter!(crate::telemetry::names::KAFKA_RECOVERIES, "kind" => "topic_created")
                 .increment(1);
             if let Err(error) = ensure_topics(&self.config, &[topic.to_owned()]).await {
                 tracing::warn!(%error, topic, "cannot create topic");
             }
+        }
+        if let Ok(mut checking) = self.checking.lock() {
+            checking.remove(topic);
         }
     }
 

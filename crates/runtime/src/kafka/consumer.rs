@@ -459,7 +459,12 @@ impl EventConsumer {
             None
         };
         if let Some(events) = decoded {
-            match self.apply_together(&events, assigned, handler).await {
+            let epoch_of = |topic: &str, partition: i32| {
+                assigned
+                    .get(&(topic.to_owned(), partition))
+                    .map_or(-1, |slot| slot.epoch)
+            };
+            match self.apply_together(&events, epoch_of, handler).await {
                 Ok(Some(applied)) => {
                     handler.committed(applied);
                     for event in &events {
@@ -521,11 +526,12 @@ impl EventConsumer {
             .progressed(self.leases.group(), topic, partition, offset + 1);
     }
 
-    /// Applies every event in one transaction with the offsets. `Ok(None)`: fenced.
+    /// Applies every event in one transaction with the offsets, each partition's advance fenced
+    /// by the epoch `epoch_of` gives. `Ok(None)`: fenced.
     async fn apply_together<H: EventHandler>(
         &self,
         events: &[ReceivedEvent],
-        assigned: &Assignment,
+        epoch_of: impl Fn(&str, i32) -> i64,
         handler: &H,
     ) -> Result<Option<Vec<H::Applied>>, HandlerError> {
         let tx = self.db.begin().await?;
@@ -539,9 +545,11 @@ impl EventConsumer {
                     return Err(error);
                 }
             }
-            let key = (event.topic.clone(), event.partition);
-            let epoch = assigned.get(&key).map_or(-1, |slot| slot.epoch);
-            advances.insert(key, (epoch, event.offset + 1));
+            let epoch = epoch_of(&event.topic, event.partition);
+            advances.insert(
+                (event.topic.clone(), event.partition),
+                (epoch, event.offset + 1),
+            );
         }
         let advances: Vec<(String, i32, i64, i64)> = advances
             .into_iter()
@@ -588,11 +596,7 @@ impl EventConsumer {
                 return Handled::Fenced;
             }
             let error = match self
-                .apply_together(
-                    std::slice::from_ref(&event),
-                    &single(&event, epoch),
-                    handler,
-                )
+                .apply_together(std::slice::from_ref(&event), |_, _| epoch, handler)
                 .await
             {
                 Ok(Some(applied)) => {
@@ -762,15 +766,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-fn single(event: &ReceivedEvent, epoch: i64) -> Assignment {
-    let mut assignment = Assignment::new();
-    assignment.insert(
-        (event.topic.clone(), event.partition),
-        Slot { epoch, next: None },
-    );
-    assignment
 }
 
 /// Keeps the group's leases: declares the topics' partitions (creating topics that vanished),

@@ -101,13 +101,16 @@ impl PartitionLeases {
             ],
         ))
         .await?;
-        // Members gone for an hour (fresh ids of past runs) are forgotten.
-        tx.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "DELETE FROM consumer_members WHERE consumer_group = $1 AND alive_until < now() - interval '1 hour'",
-            [self.group.clone().into()],
-        ))
-        .await?;
+        if held.is_empty() {
+            // Joining (or starting over): members gone for an hour, fresh ids of past runs, are
+            // forgotten. Not every round: a renewal stays three statements.
+            tx.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "DELETE FROM consumer_members WHERE consumer_group = $1 AND alive_until < now() - interval '1 hour'",
+                [self.group.clone().into()],
+            ))
+            .await?;
+        }
         let counts = tx
             .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,

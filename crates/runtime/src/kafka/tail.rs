@@ -60,10 +60,7 @@ impl TopicTail {
             Ok(Self { consumer })
         })
         .await
-        .map_err(|error| KafkaFailure::CreateTopic {
-            topic: String::new(),
-            reason: error.to_string(),
-        })?
+        .map_err(|_| KafkaFailure::Setup(rdkafka::error::KafkaError::Canceled))?
     }
 
     /// The next event of any assigned partition; undecodable records are skipped.
