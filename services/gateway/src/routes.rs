@@ -268,6 +268,7 @@ mod tests {
                 "zentra.fulfillment.v1.FulfillmentService/CancelShipment",
                 "zentra.fulfillment.v1.FulfillmentService/CreateShipment",
                 "zentra.inventory.v1.InventoryService/ConfirmReservation",
+                "zentra.inventory.v1.InventoryService/PinReservation",
                 "zentra.inventory.v1.InventoryService/ReleaseReservation",
                 "zentra.inventory.v1.InventoryService/ReserveStock",
                 "zentra.order.v1.OrderService/CompleteCancellation",

@@ -41,10 +41,14 @@ pub fn reservation(reservation: &Reservation) -> pb::Reservation {
         order_id: reservation.order_id.to_string(),
         lines: lines(&reservation.lines),
         status: status(reservation.state) as i32,
-        expire_time: Some(chrono_to_timestamp(reservation.expires_at)),
+        expire_time: reservation
+            .pinned_at
+            .is_none()
+            .then(|| chrono_to_timestamp(reservation.expires_at)),
         create_time: Some(chrono_to_timestamp(reservation.created_at)),
         update_time: Some(chrono_to_timestamp(reservation.updated_at)),
         release_reason: reservation.release_reason.clone(),
+        pin_time: reservation.pinned_at.map(chrono_to_timestamp),
     }
 }
 

@@ -156,6 +156,32 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         Ok(Response::new(response))
     }
 
+    async fn pin_reservation(
+        &self,
+        request: Request<pb::PinReservationRequest>,
+    ) -> Result<Response<pb::PinReservationResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        let id = parse_uuid("reservation_id", &request.reservation_id, &mut violations);
+        let Some(id) = id.filter(|_| violations.is_empty()) else {
+            return Err(violations.into_status());
+        };
+        let tx = zentra_runtime::fresh_or_replay!(
+            self.stock.db(),
+            "PinReservation",
+            request,
+            InventoryError
+        );
+        let reservation = self.stock.pin(tx.transaction(), id).await?;
+        let response = pb::PinReservationResponse {
+            reservation: Some(convert::reservation(&reservation)),
+        };
+        tx.commit(&response).await.map_err(InventoryError::from)?;
+        tracing::info!(reservation_id = %id, "reservation pinned");
+        Ok(Response::new(response))
+    }
+
     async fn confirm_reservation(
         &self,
         request: Request<pb::ConfirmReservationRequest>,

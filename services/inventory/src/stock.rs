@@ -107,6 +107,40 @@ impl Stock {
         Ok(reservation)
     }
 
+    /// Pins a pending reservation so that it never expires: its goods are about to be promised to
+    /// a shipment, and from then on the reservation can only be confirmed (or, if the shipment
+    /// never leaves, released). Pinning twice, or pinning a confirmed reservation, is a no-op.
+    pub async fn pin<C: ConnectionTrait>(
+        &self,
+        tx: &C,
+        reservation_id: Uuid,
+    ) -> Result<Reservation, InventoryError> {
+        let reservation = store::reservation(tx, reservation_id, true).await?;
+        match reservation.state {
+            ReservationState::Confirmed => return Ok(reservation),
+            ReservationState::Pending if reservation.pinned_at.is_some() => {
+                return Ok(reservation);
+            }
+            ReservationState::Pending if lapsed(&reservation) => {
+                return Err(InventoryError::IllegalTransition {
+                    reservation_id: reservation_id.to_string(),
+                    status: "EXPIRED",
+                    action: "pinned",
+                });
+            }
+            ReservationState::Pending => {}
+            other => {
+                return Err(InventoryError::IllegalTransition {
+                    reservation_id: reservation_id.to_string(),
+                    status: other.as_str(),
+                    action: "pinned",
+                });
+            }
+        }
+        store::pin(tx, reservation_id).await?;
+        store::reservation(tx, reservation_id, false).await
+    }
+
     /// Confirms a pending reservation (its stock is sold); confirming twice is a no-op.
     pub async fn confirm<C: ConnectionTrait>(
         &self,
@@ -116,8 +150,8 @@ impl Stock {
         let reservation = store::reservation(tx, reservation_id, true).await?;
         match reservation.state {
             ReservationState::Confirmed => return Ok(reservation),
-            // Past its hold but not yet swept: as good as expired.
-            ReservationState::Pending if reservation.expires_at <= Utc::now() => {
+            // Past its hold but not yet swept: as good as expired (unless pinned).
+            ReservationState::Pending if lapsed(&reservation) => {
                 return Err(InventoryError::IllegalTransition {
                     reservation_id: reservation_id.to_string(),
                     status: "EXPIRED",
@@ -212,6 +246,11 @@ impl Stock {
         outbox::enqueue(tx, &self.topics.events, &envelope(event, meta)).await?;
         Ok(())
     }
+}
+
+/// Whether a pending reservation's hold ran out (a pinned one never runs out).
+fn lapsed(reservation: &Reservation) -> bool {
+    reservation.pinned_at.is_none() && reservation.expires_at <= Utc::now()
 }
 
 /// Expires reservations every `interval` until `shutdown`.

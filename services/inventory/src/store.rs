@@ -80,8 +80,10 @@ pub struct Reservation {
     pub state: ReservationState,
     /// Lines, by SKU.
     pub lines: Vec<(String, i64)>,
-    /// Expiry of a pending hold.
+    /// Expiry of a pending hold, unless pinned.
     pub expires_at: DateTime<Utc>,
+    /// When it was pinned: a pinned reservation never expires.
+    pub pinned_at: Option<DateTime<Utc>>,
     /// Why released.
     pub release_reason: String,
     /// Created.
@@ -96,6 +98,7 @@ struct ReservationRow {
     order_id: Uuid,
     status: String,
     expires_at: DateTime<Utc>,
+    pinned_at: Option<DateTime<Utc>>,
     release_reason: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -282,7 +285,7 @@ pub async fn reservation<C: ConnectionTrait>(
     let lock = if lock { " FOR UPDATE" } else { "" };
     let row = ReservationRow::find_by_statement(statement(
         &format!(
-            "SELECT id, order_id, status, expires_at, release_reason, created_at, updated_at \
+            "SELECT id, order_id, status, expires_at, pinned_at, release_reason, created_at, updated_at \
              FROM reservations WHERE id = $1{lock}"
         ),
         [id.into()],
@@ -307,7 +310,7 @@ pub async fn list_reservations<C: ConnectionTrait>(
     limit: u64,
 ) -> Result<Vec<Reservation>, DbErr> {
     let rows = ReservationRow::find_by_statement(statement(
-        "SELECT id, order_id, status, expires_at, release_reason, created_at, updated_at \
+        "SELECT id, order_id, status, expires_at, pinned_at, release_reason, created_at, updated_at \
          FROM reservations \
          WHERE ($1::uuid IS NULL OR id < $1) AND ($2::uuid IS NULL OR order_id = $2) \
            AND ($3::text IS NULL OR status = $3) \
@@ -351,6 +354,7 @@ async fn with_lines<C: ConnectionTrait>(
                 order_id: row.order_id,
                 state: ReservationState::parse(&row.status)?,
                 expires_at: row.expires_at,
+                pinned_at: row.pinned_at,
                 release_reason: row.release_reason,
                 created_at: row.created_at,
                 updated_at: row.updated_at,
@@ -401,7 +405,18 @@ pub async fn settle<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Locks up to `limit` pending reservations past their expiry; other sweepers skip them.
+/// Pins a pending reservation: from now on it never expires.
+pub async fn pin<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<(), DbErr> {
+    db.execute_raw(statement(
+        "UPDATE reservations SET pinned_at = now(), updated_at = now() \
+         WHERE id = $1 AND status = 'PENDING' AND pinned_at IS NULL",
+        [id.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Locks up to `limit` unpinned pending reservations past their expiry; other sweepers skip them.
 pub async fn lock_expired<C: ConnectionTrait>(db: &C, limit: u64) -> Result<Vec<Uuid>, DbErr> {
     // One at a time keeps each sweep transaction to one reservation's products.
     #[derive(FromQueryResult)]
@@ -409,7 +424,8 @@ pub async fn lock_expired<C: ConnectionTrait>(db: &C, limit: u64) -> Result<Vec<
         id: Uuid,
     }
     let ids = Id::find_by_statement(statement(
-        "SELECT id FROM reservations WHERE status = 'PENDING' AND expires_at <= now() \
+        "SELECT id FROM reservations \
+         WHERE status = 'PENDING' AND pinned_at IS NULL AND expires_at <= now() \
          ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         [(limit as i64).into()],
     ))

@@ -4,9 +4,10 @@
 use zentra_runtime::db::SqlMigration;
 
 /// Every inventory migration.
-pub const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
-    name: "m0001_products_reservations",
-    up: r#"
+pub const MIGRATIONS: &[SqlMigration] = &[
+    SqlMigration {
+        name: "m0001_products_reservations",
+        up: r#"
 CREATE TABLE products (
     sku                  TEXT PRIMARY KEY,
     name                 TEXT        NOT NULL,
@@ -48,4 +49,15 @@ CREATE TABLE stock_adjustments (
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 "#,
-}];
+    },
+    SqlMigration {
+        name: "m0002_pinned_reservations",
+        up: r#"
+-- A reservation whose goods were promised to a shipment is pinned: it never expires.
+ALTER TABLE reservations ADD COLUMN pinned_at TIMESTAMPTZ;
+DROP INDEX reservations_pending_expiry;
+CREATE INDEX reservations_pending_expiry ON reservations (expires_at)
+    WHERE status = 'PENDING' AND pinned_at IS NULL;
+"#,
+    },
+];

@@ -315,3 +315,113 @@ async fn a_hold_past_its_expiry_cannot_be_confirmed_even_before_the_sweep() {
     assert_eq!(app.product("SKU-LATE").await.sold, 0);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_reservation_outlives_its_hold_and_can_always_be_confirmed() {
+    let app = TestApp::spawn_with(
+        "pinned",
+        Options {
+            sweep: Duration::from_millis(50),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.create_product("SKU-PIN", 2).await;
+    let short_hold = Some(prost_types::Duration {
+        seconds: 0,
+        nanos: 400_000_000,
+    });
+    let reserve = |sku: &str, key: &str| {
+        let mut request = reserve_request(sku, 1, key);
+        request.hold_duration = short_hold;
+        let mut client = app.client.clone();
+        async move {
+            client
+                .reserve_stock(request)
+                .await
+                .expect("reserved")
+                .into_inner()
+                .reservation
+                .expect("reservation")
+        }
+    };
+    let pin = |reservation_id: String, key: &str| {
+        let mut client = app.client.clone();
+        let request = pb::PinReservationRequest {
+            reservation_id,
+            idempotency_key: key.to_owned(),
+        };
+        async move { client.pin_reservation(request).await }
+    };
+    let pinned = reserve("SKU-PIN", "pin-me").await;
+    let unpinned = reserve("SKU-PIN", "leave-me").await;
+
+    let answer = pin(pinned.reservation_id.clone(), "pin-1")
+        .await
+        .expect("pinned")
+        .into_inner()
+        .reservation
+        .expect("reservation");
+    assert!(answer.pin_time.is_some());
+    assert!(answer.expire_time.is_none(), "a pinned hold has no expiry");
+    // Pinning again, under another key, changes nothing.
+    let again = pin(pinned.reservation_id.clone(), "pin-2")
+        .await
+        .expect("pinned again")
+        .into_inner()
+        .reservation
+        .expect("reservation");
+    assert_eq!(again.pin_time, answer.pin_time);
+
+    // The unpinned hold runs out and its unit goes back on sale; the pinned one stays held.
+    zentra_test_support::eventually(Duration::from_secs(10), || {
+        let mut client = app.client.clone();
+        let id = unpinned.reservation_id.clone();
+        async move {
+            let current = client
+                .get_reservation(pb::GetReservationRequest { reservation_id: id })
+                .await
+                .ok()?
+                .into_inner()
+                .reservation?;
+            (current.status == ReservationStatus::Expired as i32).then_some(())
+        }
+    })
+    .await
+    .expect("the unpinned reservation expires");
+    let late = pin(unpinned.reservation_id.clone(), "pin-late")
+        .await
+        .expect_err("an expired hold cannot be pinned");
+    assert_eq!(late.code(), Code::FailedPrecondition);
+    let product = app.product("SKU-PIN").await;
+    assert_eq!((product.available, product.reserved), (1, 1));
+
+    // Well past its hold, the pinned reservation is still pending and confirms.
+    let confirmed = app
+        .client
+        .clone()
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: pinned.reservation_id.clone(),
+            idempotency_key: "confirm-pinned".to_owned(),
+        })
+        .await
+        .expect("a pinned reservation always confirms")
+        .into_inner()
+        .reservation
+        .expect("reservation");
+    assert_eq!(confirmed.status, ReservationStatus::Confirmed as i32);
+    let product = app.product("SKU-PIN").await;
+    assert_eq!(
+        (product.available, product.reserved, product.sold),
+        (1, 0, 1)
+    );
+    // Pinning a confirmed reservation is a no-op; a malformed id is refused before any lookup.
+    pin(pinned.reservation_id.clone(), "pin-3")
+        .await
+        .expect("no-op");
+    let bad = pin("not-a-uuid".to_owned(), "pin-4")
+        .await
+        .expect_err("malformed");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    app.stop().await;
+}
