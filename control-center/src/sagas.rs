@@ -63,9 +63,10 @@ const STATES: [pb::SagaState; 6] = [
     pb::SagaState::CompensationFailed,
 ];
 
-const FAILING_STEPS: [pb::SagaStepType; 6] = [
+const FAILING_STEPS: [pb::SagaStepType; 7] = [
     pb::SagaStepType::ReserveStock,
     pb::SagaStepType::AuthorizePayment,
+    pb::SagaStepType::PinReservation,
     pb::SagaStepType::CreateShipment,
     pb::SagaStepType::CapturePayment,
     pb::SagaStepType::ConfirmReservation,

@@ -132,13 +132,17 @@ stored_enum! {
         RejectOrder = "REJECT_ORDER",
         /// OrderService.CompleteCancellation.
         CompleteCancellation = "COMPLETE_CANCELLATION",
+        /// InventoryService.PinReservation.
+        PinReservation = "PIN_RESERVATION",
     }
 }
 
-/// The forward steps, in order. The shipment wait sits between CREATE_SHIPMENT and CAPTURE_PAYMENT.
+/// The forward steps, in order. The reservation is pinned (it can no longer expire) before any
+/// shipment exists; the shipment wait sits between CREATE_SHIPMENT and CAPTURE_PAYMENT.
 pub const FORWARD: &[StepType] = &[
     StepType::ReserveStock,
     StepType::AuthorizePayment,
+    StepType::PinReservation,
     StepType::CreateShipment,
     StepType::CapturePayment,
     StepType::ConfirmReservation,
@@ -195,9 +199,10 @@ impl StepType {
     /// Who it talks to.
     pub fn downstream(self) -> Downstream {
         match self {
-            Self::ReserveStock | Self::ConfirmReservation | Self::ReleaseStock => {
-                Downstream::Inventory
-            }
+            Self::ReserveStock
+            | Self::PinReservation
+            | Self::ConfirmReservation
+            | Self::ReleaseStock => Downstream::Inventory,
             Self::AuthorizePayment
             | Self::CapturePayment
             | Self::VoidPayment

@@ -19,7 +19,7 @@ use zentra_runtime::{
 use crate::{
     config::Endpoints,
     domain::{Downstream, Saga, StepType},
-    machine::{CallResult, Effect, SettleResult, ShipmentLookup},
+    machine::{CallResult, CommandLookup, Effect, SettleResult, ShipmentLookup},
 };
 
 /// Clients of the four services the saga calls, and their breakers.
@@ -210,6 +210,98 @@ impl Downstreams {
         }
     }
 
+    /// Asks the participant of a compensation command whether its effect is in place, by the id
+    /// the command targets. Reads only; an unanswered question is `Unknown`.
+    pub async fn verify_command(&self, saga: &Saga, step: StepType) -> CommandLookup {
+        let asked = tokio::time::timeout(
+            self.deadline + Duration::from_millis(250),
+            self.command_state(saga, step),
+        )
+        .await;
+        match asked {
+            Ok(Ok(lookup)) => lookup,
+            Ok(Err(status)) => {
+                CommandLookup::Unknown(format!("{:?}: {}", status.code(), status.message()))
+            }
+            Err(_) => CommandLookup::Unknown(format!("no answer within {:?}", self.deadline)),
+        }
+    }
+
+    async fn command_state(&self, saga: &Saga, step: StepType) -> Result<CommandLookup, Status> {
+        let verdict = |state: String, done: bool| {
+            if done {
+                CommandLookup::Applied(state)
+            } else {
+                CommandLookup::NotApplied(state)
+            }
+        };
+        let missing = || Status::failed_precondition(format!("{step} has no target id recorded"));
+        match step {
+            StepType::ReleaseStock => {
+                let reservation_id = saga.reservation_id.ok_or_else(missing)?.to_string();
+                let reservation = self
+                    .inventory
+                    .clone()
+                    .get_reservation(
+                        self.request(inventory::GetReservationRequest { reservation_id }),
+                    )
+                    .await?
+                    .into_inner()
+                    .reservation
+                    .unwrap_or_default();
+                use inventory::ReservationStatus as R;
+                let status = R::try_from(reservation.status).unwrap_or(R::Unspecified);
+                Ok(verdict(
+                    format!("reservation {}", status.as_str_name()),
+                    matches!(status, R::Released | R::Expired),
+                ))
+            }
+            StepType::VoidPayment | StepType::RefundPayment => {
+                let payment_id = saga.payment_id.ok_or_else(missing)?.to_string();
+                let payment = self
+                    .payment
+                    .clone()
+                    .get_payment(self.request(payment::GetPaymentRequest { payment_id }))
+                    .await?
+                    .into_inner()
+                    .payment
+                    .unwrap_or_default();
+                use payment::PaymentStatus as P;
+                let status = P::try_from(payment.status).unwrap_or(P::Unspecified);
+                let done = if step == StepType::VoidPayment {
+                    // Nothing is held and nothing was charged.
+                    matches!(status, P::Voided | P::Expired | P::Declined)
+                } else {
+                    status == P::Refunded
+                };
+                Ok(verdict(format!("payment {}", status.as_str_name()), done))
+            }
+            StepType::CancelShipment => {
+                let shipment_id = saga.shipment_id.ok_or_else(missing)?.to_string();
+                let shipment = self
+                    .fulfillment
+                    .clone()
+                    .get_shipment(self.request(fulfillment::GetShipmentRequest { shipment_id }))
+                    .await?
+                    .into_inner()
+                    .shipment
+                    .unwrap_or_default();
+                use fulfillment::ShipmentStatus as S;
+                let status = S::try_from(shipment.status).unwrap_or(S::Unspecified);
+                if status == S::Dispatched {
+                    return Ok(CommandLookup::Dispatched);
+                }
+                Ok(verdict(
+                    format!("shipment {}", status.as_str_name()),
+                    matches!(status, S::Cancelled | S::Failed),
+                ))
+            }
+            _ => Err(Status::invalid_argument(format!(
+                "{step} is a call, not a command"
+            ))),
+        }
+    }
+
     async fn lookup(&self, saga: &Saga, step: StepType) -> Result<Option<Effect>, Status> {
         let order_id = saga.order_id.to_string();
         let found = match step {
@@ -355,6 +447,18 @@ impl Downstreams {
                     .await
                     .map_err(classify)?;
                 Ok(Effect::Captured)
+            }
+            StepType::PinReservation => {
+                let reservation_id = required(saga.reservation_id, "reservation")?;
+                self.inventory
+                    .clone()
+                    .pin_reservation(self.request(inventory::PinReservationRequest {
+                        reservation_id,
+                        idempotency_key: key,
+                    }))
+                    .await
+                    .map_err(classify)?;
+                Ok(Effect::None)
             }
             StepType::ConfirmReservation => {
                 let reservation_id = required(saga.reservation_id, "reservation")?;

@@ -384,6 +384,21 @@ impl Engine {
                     saga.next_run_at = Some(end);
                     Lease::Extend(self.settings.lease)
                 }
+                Next::Verify(step) => {
+                    let lookup = self.downstreams.verify_command(&saga, step).await;
+                    tracing::info!(saga_id = %saga.id, step = %step, ?lookup, "acknowledgement overdue; asked the participant");
+                    let end = Utc::now();
+                    machine::record_verify(
+                        &mut saga,
+                        step,
+                        end,
+                        lookup,
+                        self.settings.policy.ack_timeout,
+                        &mut out,
+                    );
+                    saga.next_run_at = Some(end);
+                    Lease::Extend(self.settings.lease)
+                }
                 Next::Send(step) => {
                     match machine::command(&saga, step) {
                         Some(command) => {

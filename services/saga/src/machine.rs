@@ -31,6 +31,10 @@ pub enum Next {
     Settle(StepType),
     /// Ask fulfillment how the shipment stands; then [`record_shipment_check`].
     CheckShipment,
+    /// A compensation command's acknowledgement is overdue: ask its participant whether the
+    /// command took effect (the acknowledgement, or the command, may have been lost); then
+    /// [`record_verify`].
+    Verify(StepType),
     /// Nothing now; look again at this time, or only on a signal when `None`.
     Wait(Option<DateTime<Utc>>),
 }
@@ -311,12 +315,18 @@ fn compensate(
     };
     match record.status {
         StepStatus::Running if step.is_command() => {
-            let sent = record.last_attempt().map_or(now, |attempt| attempt.start);
-            let resend_at = sent + chrono_duration(policy.ack_timeout);
-            Some(if now >= resend_at {
-                act
+            let Some(sent) = record
+                .last_attempt()
+                .filter(|attempt| attempt.outcome == Outcome::InProgress)
+            else {
+                return Some(act);
+            };
+            let overdue_at = sent.start + chrono_duration(policy.ack_timeout);
+            // Never sent blindly again: the participant is asked what it did first.
+            Some(if now >= overdue_at {
+                Next::Verify(step)
             } else {
-                Next::Wait(Some(resend_at))
+                Next::Wait(Some(overdue_at))
             })
         }
         StepStatus::Running => Some(act),
@@ -469,6 +479,7 @@ pub fn describe_failure(step: StepType, message: &str) -> String {
     let what = match step {
         StepType::ReserveStock => "stock could not be reserved",
         StepType::AuthorizePayment => "payment was not authorized",
+        StepType::PinReservation => "stock could not be held for the shipment",
         StepType::CreateShipment => "shipment could not be created",
         StepType::CapturePayment => "payment could not be captured",
         StepType::ConfirmReservation => "stock could not be confirmed",
@@ -806,6 +817,76 @@ pub fn record_send(
         command_id,
         ..Attempt::new(number, now, None, Outcome::InProgress)
     });
+}
+
+/// What a participant says about a compensation command whose acknowledgement is overdue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandLookup {
+    /// Its effect is in place (the stock is back, the payment voided or refunded, the shipment
+    /// cancelled or failed): what the participant reported.
+    Applied(String),
+    /// Not in place: the command is sent again under the same key.
+    NotApplied(String),
+    /// The shipment whose cancel is overdue was dispatched: past the point of no return, the
+    /// saga turns forward.
+    Dispatched,
+    /// The participant did not answer: the command is sent again under the same key (applying
+    /// it twice is harmless), and asked about after the next timeout.
+    Unknown(String),
+}
+
+/// Records what the participant said about the command of `step` whose acknowledgement is
+/// overdue: the step succeeds, or its open attempt ends and the command is due again now.
+pub fn record_verify(
+    saga: &mut Saga,
+    step: StepType,
+    now: DateTime<Utc>,
+    lookup: CommandLookup,
+    ack_timeout: Duration,
+    out: &mut Vec<Outgoing>,
+) {
+    if !saga
+        .step(step)
+        .and_then(Step::last_attempt)
+        .is_some_and(|attempt| attempt.outcome == Outcome::InProgress)
+    {
+        return;
+    }
+    saga.updated_at = now;
+    let record = step_record(saga, step);
+    let last = record.attempts.len() - 1;
+    let attempt = &mut record.attempts[last];
+    attempt.end = Some(now);
+    match lookup {
+        CommandLookup::Applied(state) => {
+            attempt.outcome = Outcome::Succeeded;
+            attempt.error_message =
+                format!("no acknowledgement, but the participant says it is done ({state})");
+            let number = attempt.number;
+            record.status = StepStatus::Succeeded;
+            step_completed(saga, step, number, out);
+        }
+        CommandLookup::Dispatched => {
+            attempt.outcome = Outcome::PermanentFailure;
+            attempt.error_code = "REJECTED".to_owned();
+            attempt.error_message =
+                "no acknowledgement, and fulfillment says the shipment was dispatched".to_owned();
+            record.status = StepStatus::Failed;
+            if saga.shipment == ShipmentReport::None {
+                saga.shipment = ShipmentReport::Dispatched;
+            }
+        }
+        CommandLookup::NotApplied(state) | CommandLookup::Unknown(state) => {
+            attempt.outcome = Outcome::TimedOut;
+            attempt.error_code = "DEADLINE_EXCEEDED".to_owned();
+            attempt.error_message = format!(
+                "no acknowledgement within {}; the participant was asked: {state}; sending again",
+                humanize(ack_timeout)
+            );
+            attempt.next_retry = Some(now);
+            record.status = StepStatus::RetryScheduled;
+        }
+    }
 }
 
 /// Applies a signal. Signals that no longer fit (a late acknowledgement, a cancellation after

@@ -10,6 +10,9 @@ pub const STEP_CALLS: &str = "zentra_saga_step_calls_total";
 pub const STEP_SECONDS: &str = "zentra_saga_step_seconds";
 /// Sagas started by reconciliation for orders whose OrderPlaced was lost (counter).
 pub const SAGAS_RECONCILED: &str = "zentra_saga_reconciled_total";
+/// Customer cancellations handed to their saga by reconciliation, because their event was lost
+/// (counter).
+pub const CANCELLATIONS_RECONCILED: &str = "zentra_saga_cancellations_reconciled_total";
 
 /// Describes every metric for the Prometheus exposition.
 pub fn describe() {
@@ -25,4 +28,8 @@ pub fn describe() {
         "duration of saga step calls"
     );
     metrics::describe_counter!(SAGAS_RECONCILED, "sagas started by reconciliation");
+    metrics::describe_counter!(
+        CANCELLATIONS_RECONCILED,
+        "customer cancellations whose event was lost, signalled by reconciliation"
+    );
 }

@@ -1,6 +1,7 @@
 //! Reconciliation: PENDING orders older than a bound that have no saga (their OrderPlaced was
 //! lost, for example when an in-memory broker restarted) get their saga started, so no order
-//! stays PENDING forever.
+//! stays PENDING forever. A customer's cancellation whose event was lost reaches its saga the
+//! same way: the order service's CANCELLATION_REQUESTED orders are the truth.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,7 +13,7 @@ use zentra_proto::{
 };
 use zentra_runtime::time::to_timestamp;
 
-use crate::{engine::Engine, grpc::placed, metric_names, store};
+use crate::{engine::Engine, grpc::placed, machine::Signal, metric_names, store};
 
 /// Orders looked at per page.
 const PAGE_SIZE: i32 = 200;
@@ -62,6 +63,9 @@ async fn sweep_status(
             .filter_map(|order| Uuid::parse_str(&order.order_id).ok())
             .collect();
         let known = store::orders_with_sagas(engine.db(), &ids).await?;
+        if status == order::OrderStatus::CancellationRequested {
+            signal_unheard_cancellations(engine, &response.orders, &ids).await?;
+        }
         for order in response.orders {
             let Ok(id) = Uuid::parse_str(&order.order_id) else {
                 continue;
@@ -83,6 +87,28 @@ async fn sweep_status(
             return Ok(started);
         }
     }
+}
+
+/// Hands the cancellation to each saga of `orders` that is going forward without having heard
+/// of it (its OrderCancellationRequested was lost): the signal the event would have left.
+async fn signal_unheard_cancellations(
+    engine: &Engine,
+    orders: &[order::Order],
+    ids: &[Uuid],
+) -> anyhow::Result<()> {
+    for order_id in store::cancellations_unheard(engine.db(), ids).await? {
+        let reason = orders
+            .iter()
+            .find(|order| order.order_id == order_id.to_string())
+            .map(|order| order.cancellation_reason.clone())
+            .unwrap_or_default();
+        let signal = Signal::CustomerCancelled { reason };
+        if store::add_signal_by_order(engine.db(), order_id, &signal).await? {
+            metrics::counter!(metric_names::CANCELLATIONS_RECONCILED).increment(1);
+            tracing::warn!(%order_id, "the saga had not heard of the customer's cancellation; signalled it");
+        }
+    }
+    Ok(())
 }
 
 /// Sweeps every `interval` until `shutdown`.

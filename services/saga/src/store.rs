@@ -520,3 +520,26 @@ pub async fn orders_with_sagas<C: ConnectionTrait>(
     .await?;
     Ok(found.into_iter().map(|row| row.order_id).collect())
 }
+
+/// Which of `order_ids` (orders whose customer asked to cancel) have a saga that is still going
+/// forward and has not heard of the cancellation: neither applied nor waiting as a signal.
+pub async fn cancellations_unheard<C: ConnectionTrait>(
+    db: &C,
+    order_ids: &[Uuid],
+) -> Result<Vec<Uuid>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        order_id: Uuid,
+    }
+    let found = Row::find_by_statement(statement(
+        "SELECT s.order_id FROM sagas s \
+         WHERE s.order_id = ANY($1) AND s.state IN ('RUNNING', 'AWAITING_SHIPMENT') \
+           AND NOT s.data ? 'cancel_request' \
+           AND NOT EXISTS (SELECT 1 FROM saga_signals g \
+                           WHERE g.saga_id = s.id AND g.signal->>'kind' = 'customer_cancelled')",
+        [order_ids.to_vec().into()],
+    ))
+    .all(db)
+    .await?;
+    Ok(found.into_iter().map(|row| row.order_id).collect())
+}

@@ -6,7 +6,9 @@
 //!
 //! - goods that were dispatched are never followed by a void, a refund or a release;
 //! - every path ends (completed, compensated, or parked for an operator);
-//! - compensation undoes exactly what took effect, and nothing that did not.
+//! - compensation undoes exactly what took effect, and nothing that did not;
+//! - no shipment exists for stock whose hold could still run out (the reservation was pinned
+//!   first), so dispatched goods are never sold twice.
 
 use chrono::{DateTime, Duration as Span, Utc};
 use rand::{RngExt as _, SeedableRng as _, rngs::StdRng};
@@ -25,6 +27,12 @@ struct World {
     reservation: Option<Uuid>,
     released: bool,
     reservation_confirmed: bool,
+    /// Pinned: the hold can no longer run out.
+    pinned: bool,
+    /// The hold ran out and the stock went back on sale.
+    expired: bool,
+    /// A shipment was created while the reservation could still expire.
+    shipped_unpinned: bool,
     payment: Option<Uuid>,
     voided: bool,
     captured: bool,
@@ -56,7 +64,17 @@ fn apply_call(world: &mut World, step: StepType, rng: &mut StdRng) -> Option<Eff
             let id = *world.payment.get_or_insert_with(Uuid::now_v7);
             Some(Effect::Payment(id))
         }
+        StepType::PinReservation => {
+            let holds = world.reservation.is_some() && !world.released && !world.expired;
+            holds.then(|| {
+                world.pinned = true;
+                Effect::None
+            })
+        }
         StepType::CreateShipment => {
+            if world.shipment.is_none() && !world.pinned {
+                world.shipped_unpinned = true;
+            }
             let id = *world.shipment.get_or_insert_with(|| {
                 world.ship = Ship::Pending;
                 Uuid::now_v7()
@@ -71,7 +89,8 @@ fn apply_call(world: &mut World, step: StepType, rng: &mut StdRng) -> Option<Eff
             })
         }
         StepType::ConfirmReservation => {
-            (world.reservation.is_some() && !world.released).then(|| {
+            let holds = world.reservation.is_some() && !world.released && !world.expired;
+            holds.then(|| {
                 world.reservation_confirmed = true;
                 Effect::None
             })
@@ -140,6 +159,25 @@ fn shipment_lookup(world: &World) -> ShipmentLookup {
     }
 }
 
+/// What a participant says about a command whose acknowledgement is overdue.
+fn command_lookup(world: &World, step: StepType) -> CommandLookup {
+    let (state, done) = match step {
+        StepType::ReleaseStock => ("reservation", world.released || world.expired),
+        StepType::VoidPayment => ("payment", world.voided),
+        StepType::RefundPayment => ("payment", world.refunded),
+        StepType::CancelShipment if world.ship == Ship::Dispatched => {
+            return CommandLookup::Dispatched;
+        }
+        StepType::CancelShipment => ("shipment", world.ship == Ship::Cancelled),
+        _ => ("nothing", false),
+    };
+    if done {
+        CommandLookup::Applied(state.to_owned())
+    } else {
+        CommandLookup::NotApplied(state.to_owned())
+    }
+}
+
 fn retryable() -> CallResult {
     CallResult::Retryable {
         code: "UNAVAILABLE".to_owned(),
@@ -162,7 +200,14 @@ fn walk(seed: u64) -> (Saga, World) {
     let operator_cancel_at = rng.random_bool(0.1).then(|| rng.random_range(0..40_u32));
     let decline = rng.random_bool(0.15);
     for round in 0..4000_u32 {
-        // The world moves on its own: the warehouse dispatches, reports arrive or are lost.
+        // The world moves on its own: holds run out, the warehouse dispatches, reports arrive
+        // or are lost.
+        if world.reservation.is_some()
+            && !(world.pinned || world.released || world.reservation_confirmed)
+            && rng.random_bool(0.01)
+        {
+            world.expired = true;
+        }
         if world.ship == Ship::Pending && rng.random_bool(0.15) {
             world.ship = Ship::Dispatched;
         }
@@ -191,7 +236,12 @@ fn walk(seed: u64) -> (Saga, World) {
             };
             apply_signal(&mut saga, &signal, now, &policy, &mut out);
         }
-        // Acknowledgements arrive late, twice, or never (the saga sends again).
+        // A command is lost with the broker before its service saw it.
+        if !in_flight.is_empty() && rng.random_bool(0.03) {
+            let index = rng.random_range(0..in_flight.len());
+            in_flight.swap_remove(index);
+        }
+        // Acknowledgements arrive late, twice, or never (the saga asks, then sends again).
         if !in_flight.is_empty() && rng.random_bool(0.5) {
             let index = rng.random_range(0..in_flight.len());
             let (step, key, command_id) = in_flight.swap_remove(index);
@@ -281,6 +331,14 @@ fn walk(seed: u64) -> (Saga, World) {
                 };
                 record_shipment_check(&mut saga, now, result, &policy);
             }
+            Next::Verify(step) => {
+                let result = if rng.random_bool(0.2) {
+                    CommandLookup::Unknown("model: participant down".to_owned())
+                } else {
+                    command_lookup(&world, step)
+                };
+                record_verify(&mut saga, step, now, result, policy.ack_timeout, &mut out);
+            }
             Next::Send(step) => {
                 let Some(command) = command(&saga, step) else {
                     panic!("seed {seed}: {step} has no target");
@@ -307,6 +365,14 @@ fn random_interleavings_never_undo_dispatched_goods_always_end_and_undo_exactly_
     for seed in 0..3000 {
         let (saga, world) = walk(seed);
         let started: Vec<StepType> = saga.steps.iter().map(|step| step.step).collect();
+        assert!(
+            !world.shipped_unpinned,
+            "seed {seed}: a shipment for stock that could expire; steps {started:?}"
+        );
+        assert!(
+            world.ship != Ship::Dispatched || !world.expired,
+            "seed {seed}: dispatched goods went back on sale: {world:?}"
+        );
         assert!(
             world.undone_after_dispatch.is_empty(),
             "seed {seed}: {:?} after dispatch; steps {started:?}",
@@ -337,7 +403,7 @@ fn random_interleavings_never_undo_dispatched_goods_always_end_and_undo_exactly_
                     "seed {seed}: compensated shipped goods"
                 );
                 assert!(
-                    world.reservation.is_none() || world.released,
+                    world.reservation.is_none() || world.released || world.expired,
                     "seed {seed}: stock kept: {world:?}"
                 );
                 assert!(

@@ -120,8 +120,64 @@ fn the_happy_path_waits_for_dispatch_then_captures_and_completes() {
     assert_eq!(saga.state, SagaState::Completed);
     assert_eq!(names(&saga), FORWARD);
     assert!(saga.ended_at.is_some());
-    // Six step completions and the completion itself.
-    assert_eq!(out.len(), 7);
+    // Seven step completions and the completion itself.
+    assert_eq!(out.len(), 8);
+}
+
+#[test]
+fn a_reservation_that_cannot_be_pinned_is_never_shipped() {
+    let mut saga = saga();
+    let mut out = Vec::new();
+    let now = Utc::now();
+    for step in [StepType::ReserveStock, StepType::AuthorizePayment] {
+        assert_eq!(
+            advance(&mut saga, now, &policy(), &mut out),
+            Next::Call(step)
+        );
+        let effect = if step == StepType::ReserveStock {
+            Effect::Reservation(Uuid::now_v7())
+        } else {
+            Effect::Payment(Uuid::now_v7())
+        };
+        record_call(
+            &mut saga,
+            step,
+            now,
+            now,
+            CallResult::Done(effect),
+            &policy(),
+            &mut out,
+        );
+    }
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
+        Next::Call(StepType::PinReservation),
+        "the hold is pinned before any shipment exists"
+    );
+    record_call(
+        &mut saga,
+        StepType::PinReservation,
+        now,
+        now,
+        CallResult::Permanent {
+            code: "FAILED_PRECONDITION".to_owned(),
+            message: "reservation is EXPIRED and cannot be pinned".to_owned(),
+        },
+        &policy(),
+        &mut out,
+    );
+    assert_eq!(saga.state, SagaState::Compensating);
+    assert!(
+        saga.failure_reason.starts_with("stock could not be held"),
+        "{}",
+        saga.failure_reason
+    );
+    // No shipment to cancel: the payment is voided first.
+    assert_eq!(
+        advance(&mut saga, now, &policy(), &mut out),
+        Next::Send(StepType::VoidPayment)
+    );
+    assert!(saga.step(StepType::CreateShipment).is_none());
 }
 
 #[test]
@@ -281,12 +337,9 @@ fn a_step_stops_retrying_once_its_durable_timeout_passed() {
     assert_eq!(saga.state, SagaState::Compensating);
 }
 
-#[test]
-fn an_unacknowledged_command_is_sent_again_and_the_old_attempt_times_out() {
+/// A saga that reserved, was cancelled by an operator and sent its ReleaseStockCommand at `now`.
+fn release_sent(now: DateTime<Utc>, out: &mut Vec<Outgoing>) -> Saga {
     let mut saga = saga();
-    let mut out = Vec::new();
-    let now = Utc::now();
-    saga.reservation_id = Some(Uuid::now_v7());
     record_call(
         &mut saga,
         StepType::ReserveStock,
@@ -294,7 +347,7 @@ fn an_unacknowledged_command_is_sent_again_and_the_old_attempt_times_out() {
         now,
         CallResult::Done(Effect::Reservation(Uuid::now_v7())),
         &policy(),
-        &mut out,
+        out,
     );
     apply_signal(
         &mut saga,
@@ -303,10 +356,10 @@ fn an_unacknowledged_command_is_sent_again_and_the_old_attempt_times_out() {
         },
         now,
         &policy(),
-        &mut out,
+        out,
     );
     assert_eq!(
-        advance(&mut saga, now, &policy(), &mut out),
+        advance(&mut saga, now, &policy(), out),
         Next::Send(StepType::ReleaseStock)
     );
     record_send(
@@ -316,7 +369,28 @@ fn an_unacknowledged_command_is_sent_again_and_the_old_attempt_times_out() {
         now,
         policy().ack_timeout,
     );
+    saga
+}
+
+#[test]
+fn an_unacknowledged_command_is_looked_up_then_sent_again_under_the_same_key() {
+    let mut out = Vec::new();
+    let now = Utc::now();
+    let mut saga = release_sent(now, &mut out);
     let later = now + chrono_duration(policy().ack_timeout);
+    assert_eq!(
+        advance(&mut saga, later, &policy(), &mut out),
+        Next::Verify(StepType::ReleaseStock),
+        "the participant is asked before anything is sent again"
+    );
+    record_verify(
+        &mut saga,
+        StepType::ReleaseStock,
+        later,
+        CommandLookup::NotApplied("reservation RESERVATION_STATUS_PENDING".to_owned()),
+        policy().ack_timeout,
+        &mut out,
+    );
     assert_eq!(
         advance(&mut saga, later, &policy(), &mut out),
         Next::Send(StepType::ReleaseStock)
@@ -331,10 +405,42 @@ fn an_unacknowledged_command_is_sent_again_and_the_old_attempt_times_out() {
     let step = saga.step(StepType::ReleaseStock).expect("step");
     assert_eq!(step.attempts.len(), 2);
     assert_eq!(step.attempts[0].outcome, Outcome::TimedOut);
+    assert!(
+        step.attempts[0].error_message.contains("PENDING"),
+        "{}",
+        step.attempts[0].error_message
+    );
     assert_eq!(
         step.key,
         saga.key(StepType::ReleaseStock),
         "one key for every send"
+    );
+}
+
+#[test]
+fn a_lost_acknowledgement_is_settled_by_what_the_participant_says() {
+    let mut out = Vec::new();
+    let now = Utc::now();
+    let mut saga = release_sent(now, &mut out);
+    let later = now + chrono_duration(policy().ack_timeout);
+    assert_eq!(
+        advance(&mut saga, later, &policy(), &mut out),
+        Next::Verify(StepType::ReleaseStock)
+    );
+    record_verify(
+        &mut saga,
+        StepType::ReleaseStock,
+        later,
+        CommandLookup::Applied("reservation RESERVATION_STATUS_RELEASED".to_owned()),
+        policy().ack_timeout,
+        &mut out,
+    );
+    let step = saga.step(StepType::ReleaseStock).expect("step");
+    assert_eq!(step.status, StepStatus::Succeeded);
+    assert_eq!(step.attempts.len(), 1, "nothing sent twice");
+    assert_eq!(
+        advance(&mut saga, later, &policy(), &mut out),
+        Next::Call(StepType::RejectOrder)
     );
 }
 

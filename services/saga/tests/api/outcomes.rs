@@ -53,6 +53,7 @@ async fn the_happy_path_reserves_charges_ships_and_confirms_with_a_timeline() {
         [
             "RESERVE_STOCK",
             "AUTHORIZE_PAYMENT",
+            "PIN_RESERVATION",
             "CREATE_SHIPMENT",
             "CAPTURE_PAYMENT",
             "CONFIRM_RESERVATION",
@@ -183,6 +184,7 @@ async fn a_failed_shipment_voids_the_payment_and_releases_the_stock() {
         [
             "RESERVE_STOCK",
             "AUTHORIZE_PAYMENT",
+            "PIN_RESERVATION",
             "CREATE_SHIPMENT",
             "VOID_PAYMENT",
             "RELEASE_STOCK",
@@ -231,6 +233,7 @@ async fn a_shipment_that_is_not_dispatched_in_time_is_cancelled_and_everything_u
         [
             "RESERVE_STOCK",
             "AUTHORIZE_PAYMENT",
+            "PIN_RESERVATION",
             "CREATE_SHIPMENT",
             "CANCEL_SHIPMENT",
             "VOID_PAYMENT",

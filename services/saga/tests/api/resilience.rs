@@ -515,7 +515,7 @@ async fn a_poison_event_is_dead_lettered_without_blocking_and_a_replay_after_the
         pb::SagaCompensationCause::CustomerCancelled as i32
     );
     assert_eq!(
-        &step_names(&saga)[3..],
+        &step_names(&saga)[4..],
         [
             "CANCEL_SHIPMENT",
             "VOID_PAYMENT",
@@ -537,6 +537,58 @@ async fn a_poison_event_is_dead_lettered_without_blocking_and_a_replay_after_the
     )
     .await;
     assert_eq!(applied, 1, "the replayed event was applied once");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_cancellation_lost_with_the_broker_reaches_its_saga_by_reconciliation() {
+    // Every order event is lost: the saga is started by reconciliation, and the customer's
+    // cancellation can only reach it the same way.
+    let options = StackOptions {
+        lose_order_events: true,
+        shipment_step_delay: Duration::from_secs(60),
+        shipment_timeout: Duration::from_secs(90),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start("saga-lostcancel", options).await;
+    stack.create_product("LOSTC-1", 5).await;
+    let order_id = stack.place_order("LOSTC-1", 2, "tok_approve", "US").await;
+    let awaiting = pb::ListSagasRequest {
+        state: pb::SagaState::AwaitingShipment as i32,
+        ..by_order(&order_id)
+    };
+    stack
+        .await_saga(awaiting, Duration::from_secs(30), |_| true)
+        .await
+        .expect("reconciliation started the saga");
+    stack
+        .orders
+        .clone()
+        .cancel_order(order::CancelOrderRequest {
+            order_id: order_id.clone(),
+            reason: "changed my mind".to_owned(),
+            expected_version: 0,
+            idempotency_key: "cancel-unheard".to_owned(),
+        })
+        .await
+        .expect("cancellation requested");
+
+    let saga = stack
+        .finished_saga(&order_id, Duration::from_secs(40))
+        .await;
+    assert_eq!(state_name(&saga), "SAGA_STATE_COMPENSATED", "{saga:#?}");
+    assert_eq!(
+        saga.compensation_cause,
+        pb::SagaCompensationCause::CustomerCancelled as i32
+    );
+    assert_eq!(
+        stack.order(&order_id).await.status,
+        OrderStatus::Cancelled as i32
+    );
+    let shipments = stack.shipments_of(&order_id).await;
+    assert_eq!(shipments[0].status, ShipmentStatus::Cancelled as i32);
+    let product = stack.product("LOSTC-1").await;
+    assert_eq!((product.available, product.reserved), (5, 0));
     stack.stop().await;
 }
 
