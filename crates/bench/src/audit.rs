@@ -157,6 +157,7 @@ pub async fn audit(db: &Databases, placed: &Placed) -> anyhow::Result<AuditRepor
         open: open_authorizations(&db.payment, &ids).await?,
         stock: stock(&db.inventory, &placed.skus).await?,
         pending: pending_reservations(&db.inventory, &ids).await?,
+        expired: expired_reservations(&db.inventory, &ids).await?,
         shipments: shipments(&db.fulfillment, &ids).await?,
         confirmations: confirmations(&db.notification, &ids).await?,
         ids,
@@ -208,6 +209,8 @@ struct Facts {
     open: Vec<(String, String)>,
     stock: Vec<Stock>,
     pending: Vec<(String, i64)>,
+    /// Orders with a reservation whose hold ran out (its stock went back on sale).
+    expired: ByOrder<i64>,
     shipments: ByOrder<String>,
     confirmations: ByOrder<i64>,
 }
@@ -353,6 +356,13 @@ async fn stock(db: &Db, skus: &[(String, i64)]) -> anyhow::Result<Vec<Stock>> {
 async fn pending_reservations(db: &Db, ids: &[String]) -> anyhow::Result<Vec<(String, i64)>> {
     let sql = "SELECT order_id::text AS key, count(*) AS value FROM reservations \
                WHERE order_id = ANY($1::text[]::uuid[]) AND status = 'PENDING' GROUP BY 1 ORDER BY 1";
+    keyed(db, "reservations", sql, ids).await
+}
+
+/// Placed orders with a reservation whose hold ran out, with how many.
+async fn expired_reservations(db: &Db, ids: &[String]) -> anyhow::Result<ByOrder<i64>> {
+    let sql = "SELECT order_id::text AS key, count(*) AS value FROM reservations \
+               WHERE order_id = ANY($1::text[]::uuid[]) AND status = 'EXPIRED' GROUP BY 1";
     keyed(db, "reservations", sql, ids).await
 }
 
@@ -520,6 +530,11 @@ fn delivery_checks(f: &Facts) -> Vec<Check> {
                 Some("DISPATCHED") => None,
                 Some(status) => Some(format!("{id} shipment {status}")),
             }
+        }),
+        // Goods that left were never put back on sale: their reservation was pinned before the
+        // shipment existed, so its hold could not run out.
+        per_order(f, "dispatched stock never expired", |id| {
+            (f.shipments.get(id)? == "DISPATCHED" && f.expired.contains_key(id)).then(|| id.clone())
         }),
         per_order(f, "no dispatch for rejected order", |id| {
             f.total_if(id, &["REJECTED", "CANCELLED"])?;
