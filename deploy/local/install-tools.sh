@@ -14,8 +14,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/env.sh"
 
 TANSU_VERSION=0.6.0
-# Memory storage for tests, SQLite storage (libsql) for a stack whose broker keeps its log.
-TANSU_FEATURES=dynostore,libsql
+# The memory storage engine. (Its SQLite storage panicked under load here, and its PostgreSQL
+# storage needs a schema the crate does not ship: docs/ARCHITECTURE.md, "A broker restart".)
+TANSU_FEATURES=dynostore
 JUST_VERSION=1.43.0
 BUF_VERSION=1.61.0
 GRPCURL_WRAPPER_VERSION=1.8.6.post2
