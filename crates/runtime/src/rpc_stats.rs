@@ -221,7 +221,9 @@ impl RpcStats {
         let elapsed = inner.started.elapsed();
         let covered = window.min(elapsed.max(Duration::from_secs(1)));
         let now = elapsed.as_secs();
-        let oldest = now.saturating_sub(covered.as_secs().saturating_sub(1));
+        // The slots of the last `window` seconds, the current one included; every slot since the
+        // start while the window reaches back further than that.
+        let oldest = (now + 1).saturating_sub(window.as_secs().max(1));
         let mut overall = Tally::default();
         let mut per_method: HashMap<Arc<str>, Tally> = HashMap::new();
         for second in inner.seconds.iter().filter(|second| second.at >= oldest) {
@@ -248,6 +250,22 @@ impl RpcStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_of_the_first_second_count_while_the_window_reaches_back_to_the_start() {
+        // Started 0.9 s ago: a call now lands in second 0, the snapshot below in second 1.
+        let stats = RpcStats::default();
+        if let Ok(mut inner) = stats.inner.lock()
+            && let Some(started) = Instant::now().checked_sub(Duration::from_millis(900))
+        {
+            inner.started = started;
+        }
+        stats.record("svc/A", true, Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(200));
+        let snapshot = stats.snapshot(Duration::from_secs(60));
+        assert_eq!(snapshot.overall.count, 1, "{snapshot:?}");
+        assert!(snapshot.window >= Duration::from_secs(1));
+    }
 
     #[test]
     fn percentiles_are_within_a_bucket_of_the_truth() {
