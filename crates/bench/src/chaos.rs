@@ -119,6 +119,9 @@ pub async fn run(settings: ChaosSettings) -> anyhow::Result<bool> {
         create_product(products.clone(), sku, *stock).await?;
     }
     let databases = Databases::connect(&settings.pg_url, &settings.db_prefix).await?;
+    if settings.kill.iter().any(|target| target == "broker") {
+        check_broker_supervised(&settings).await?;
+    }
 
     println!(
         "chaos {run_id}: {} orders at {}/s; killing {} in turn{}",
@@ -516,6 +519,36 @@ async fn wait_healthy(settings: &ChaosSettings, budget: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     false
+}
+
+/// Refuses to kill a broker that nothing would restart: one the stack found already listening
+/// (started by `just infra` for the tests) is not its child, and killing it would measure a
+/// broker that never comes back instead of a crash.
+async fn check_broker_supervised(settings: &ChaosSettings) -> anyhow::Result<()> {
+    let Some(pid) = pid_of(settings, "broker").await else {
+        anyhow::bail!(
+            "no broker process listens on 127.0.0.1:{}; is `just up` running?",
+            settings.kafka_port
+        );
+    };
+    let parent = parent_of(pid).unwrap_or_default();
+    let parent_cmdline = std::fs::read(format!("/proc/{parent}/cmdline")).unwrap_or_default();
+    anyhow::ensure!(
+        String::from_utf8_lossy(&parent_cmdline).contains("zentra-stack"),
+        "the broker on 127.0.0.1:{} (pid {pid}) was not started by `just up`, so nothing would \
+         restart it after a kill: stop it (`just infra-down`) and restart `just up`, or leave the \
+         broker out (--kill inventory,order,payment,fulfillment,notification,saga)",
+        settings.kafka_port
+    );
+    Ok(())
+}
+
+/// The parent process id, from `/proc/<pid>/stat` (the fields after the command's closing
+/// parenthesis: state, then the parent's id).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after) = stat.rsplit_once(')')?;
+    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The process id of a service (from its build info) or of the broker (from `/proc`).
