@@ -116,26 +116,8 @@ impl Stock {
         reservation_id: Uuid,
     ) -> Result<Reservation, InventoryError> {
         let reservation = store::reservation(tx, reservation_id, true).await?;
-        match reservation.state {
-            ReservationState::Confirmed => return Ok(reservation),
-            ReservationState::Pending if reservation.pinned_at.is_some() => {
-                return Ok(reservation);
-            }
-            ReservationState::Pending if lapsed(&reservation) => {
-                return Err(InventoryError::IllegalTransition {
-                    reservation_id: reservation_id.to_string(),
-                    status: "EXPIRED",
-                    action: "pinned",
-                });
-            }
-            ReservationState::Pending => {}
-            other => {
-                return Err(InventoryError::IllegalTransition {
-                    reservation_id: reservation_id.to_string(),
-                    status: other.as_str(),
-                    action: "pinned",
-                });
-            }
+        if !still_held(&reservation, "pinned")? || reservation.pinned_at.is_some() {
+            return Ok(reservation);
         }
         store::pin(tx, reservation_id).await?;
         store::reservation(tx, reservation_id, false).await
@@ -148,24 +130,8 @@ impl Stock {
         reservation_id: Uuid,
     ) -> Result<Reservation, InventoryError> {
         let reservation = store::reservation(tx, reservation_id, true).await?;
-        match reservation.state {
-            ReservationState::Confirmed => return Ok(reservation),
-            // Past its hold but not yet swept: as good as expired (unless pinned).
-            ReservationState::Pending if lapsed(&reservation) => {
-                return Err(InventoryError::IllegalTransition {
-                    reservation_id: reservation_id.to_string(),
-                    status: "EXPIRED",
-                    action: "confirmed",
-                });
-            }
-            ReservationState::Pending => {}
-            other => {
-                return Err(InventoryError::IllegalTransition {
-                    reservation_id: reservation_id.to_string(),
-                    status: other.as_str(),
-                    action: "confirmed",
-                });
-            }
+        if !still_held(&reservation, "confirmed")? {
+            return Ok(reservation);
         }
         store::settle(tx, &reservation, ReservationState::Confirmed, "").await?;
         let event = pb::ReservationConfirmed {
@@ -248,9 +214,26 @@ impl Stock {
     }
 }
 
-/// Whether a pending reservation's hold ran out (a pinned one never runs out).
-fn lapsed(reservation: &Reservation) -> bool {
-    reservation.pinned_at.is_none() && reservation.expires_at <= Utc::now()
+/// Whether `reservation` still holds its stock, so that it can be `action` (confirmed, pinned):
+/// `false` when it is confirmed already (nothing left to do); FAILED_PRECONDITION when its stock
+/// went back, released or expired. A pending hold past its expiry that the sweep has not reached
+/// yet is as good as expired, unless it is pinned.
+fn still_held(reservation: &Reservation, action: &'static str) -> Result<bool, InventoryError> {
+    let status = match reservation.state {
+        ReservationState::Confirmed => return Ok(false),
+        ReservationState::Pending
+            if reservation.pinned_at.is_none() && reservation.expires_at <= Utc::now() =>
+        {
+            "EXPIRED"
+        }
+        ReservationState::Pending => return Ok(true),
+        other => other.as_str(),
+    };
+    Err(InventoryError::IllegalTransition {
+        reservation_id: reservation.id.to_string(),
+        status,
+        action,
+    })
 }
 
 /// Expires reservations every `interval` until `shutdown`.
