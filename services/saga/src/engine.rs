@@ -327,37 +327,51 @@ impl Engine {
                     saga.next_run_at = Some(now);
                     Lease::Release
                 }
-                Next::Call(step) if !machine::has_intent(&saga, step) => {
+                Next::Call(step)
+                    if machine::writes_ahead(step) && !machine::has_intent(&saga, step) =>
+                {
                     // Written ahead: the attempt commits before the call is made.
                     machine::record_intent(&mut saga, step, now);
                     saga.next_run_at = Some(now);
                     Lease::Extend(self.settings.lease)
                 }
-                Next::Call(step) => {
-                    let start = Utc::now();
-                    let result = self.downstreams.call(&saga, step).await;
-                    let end = Utc::now();
-                    metrics::histogram!(metric_names::STEP_SECONDS, "step" => step.as_str())
-                        .record((end - start).as_seconds_f64());
-                    log_result(&saga, step, &result);
-                    machine::record_call(
-                        &mut saga,
-                        step,
-                        start,
-                        end,
-                        result,
-                        &self.settings.policy,
-                        &mut out,
-                    );
-                    // The next call's intent commits with this result: no extra commit.
-                    let mut ahead = saga.clone();
-                    if let Next::Call(next) =
-                        machine::advance(&mut ahead, end, &self.settings.policy, &mut Vec::new())
-                    {
-                        machine::record_intent(&mut saga, next, end);
+                Next::Call(first) => {
+                    // Calls follow one another until one must be written ahead, the saga waits
+                    // or it moves otherwise; their results commit together, with the next
+                    // call's intent or the wait. Only calls nothing would undo are chained (a
+                    // crash repeats them under their keys), and never for longer than half a
+                    // lease.
+                    let chain_started = std::time::Instant::now();
+                    let mut step = first;
+                    loop {
+                        let start = Utc::now();
+                        let result = self.downstreams.call(&saga, step).await;
+                        let end = Utc::now();
+                        metrics::histogram!(metric_names::STEP_SECONDS, "step" => step.as_str())
+                            .record((end - start).as_seconds_f64());
+                        log_result(&saga, step, &result);
+                        let policy = &self.settings.policy;
+                        machine::record_call(&mut saga, step, start, end, result, policy, &mut out);
+                        saga.next_run_at = Some(end);
+                        match machine::advance(&mut saga, end, policy, &mut out) {
+                            Next::Call(next)
+                                if !machine::writes_ahead(next)
+                                    && !shutdown.is_cancelled()
+                                    && chain_started.elapsed() < self.settings.lease / 2 =>
+                            {
+                                step = next;
+                            }
+                            Next::Call(next) => {
+                                machine::record_intent(&mut saga, next, end);
+                                break Lease::Extend(self.settings.lease);
+                            }
+                            Next::Wait(until) => {
+                                saga.next_run_at = until;
+                                break Lease::Release;
+                            }
+                            _ => break Lease::Extend(self.settings.lease),
+                        }
                     }
-                    saga.next_run_at = Some(end);
-                    Lease::Extend(self.settings.lease)
                 }
                 Next::Settle(step) => {
                     let start = Utc::now();

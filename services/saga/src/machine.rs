@@ -566,11 +566,21 @@ pub fn has_intent(saga: &Saga, step: StepType) -> bool {
         .is_some_and(|attempt| attempt.outcome == Outcome::InProgress)
 }
 
+/// Whether a call of `step` is written ahead: the forward steps that compensation undoes, whose
+/// effect it must know about after a crash. The others (pinning, and everything past the point
+/// of no return) are never undone, and a crash merely repeats them under their key.
+pub fn writes_ahead(step: StepType) -> bool {
+    matches!(
+        step,
+        StepType::ReserveStock | StepType::AuthorizePayment | StepType::CreateShipment
+    )
+}
+
 /// Records that a call of `step` is about to be made. The engine commits this before the call,
 /// so after a crash the saga knows a call that may have taken effect, and compensation looks it
 /// up before undoing anything.
 pub fn record_intent(saga: &mut Saga, step: StepType, now: DateTime<Utc>) {
-    if step.is_command() || has_intent(saga, step) {
+    if !writes_ahead(step) || has_intent(saga, step) {
         return;
     }
     saga.updated_at = now;

@@ -273,7 +273,7 @@ fn walk(seed: u64) -> (Saga, World) {
                     now + Span::milliseconds(rng.random_range(10..5000))
                 };
             }
-            Next::Call(step) if !has_intent(&saga, step) => {
+            Next::Call(step) if writes_ahead(step) && !has_intent(&saga, step) => {
                 // The engine commits the intent before the call.
                 record_intent(&mut saga, step, now);
             }
