@@ -139,60 +139,55 @@ impl Downstreams {
     /// Looks up whether `step` of `saga` took effect, by the order id (the only id known when the
     /// call's answer was lost). Reads only: repeating it is always safe.
     pub async fn settle(&self, saga: &Saga, step: StepType) -> SettleResult {
-        let lookup = tokio::time::timeout(
-            self.deadline + Duration::from_millis(250),
-            self.lookup(saga, step),
-        )
-        .await;
-        match lookup {
-            Ok(Ok(Some(effect))) => SettleResult::Found(effect),
-            Ok(Ok(None)) => SettleResult::Nothing,
-            Ok(Err(status)) => SettleResult::Failed {
-                message: format!("{:?}: {}", status.code(), status.message()),
-            },
-            Err(_) => SettleResult::Failed {
-                message: format!("no answer within {:?}", self.deadline),
-            },
+        match self.ask(self.lookup(saga, step)).await {
+            Ok(Some(effect)) => SettleResult::Found(effect),
+            Ok(None) => SettleResult::Nothing,
+            Err(message) => SettleResult::Failed { message },
+        }
+    }
+
+    /// Runs a read-only lookup within the call deadline; a failure or no answer becomes the
+    /// reason, for the saga's timeline.
+    async fn ask<T>(
+        &self,
+        lookup: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(self.deadline + Duration::from_millis(250), lookup).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+            Err(_) => Err(format!("no answer within {:?}", self.deadline)),
         }
     }
 
     /// Asks fulfillment how the saga's shipment stands (by its id, else by the order). Reads
     /// only; an unanswered question is `Unknown`, never a guess.
     pub async fn check_shipment(&self, saga: &Saga) -> ShipmentLookup {
-        let asked = tokio::time::timeout(self.deadline + Duration::from_millis(250), async {
-            match saga.shipment_id {
-                Some(shipment_id) => self
-                    .fulfillment
-                    .clone()
-                    .get_shipment(self.request(fulfillment::GetShipmentRequest {
-                        shipment_id: shipment_id.to_string(),
-                    }))
-                    .await
-                    .map(|response| response.into_inner().shipment),
-                None => self
-                    .fulfillment
-                    .clone()
-                    .list_shipments(self.request(fulfillment::ListShipmentsRequest {
-                        order_id: saga.order_id.to_string(),
-                        ..Default::default()
-                    }))
-                    .await
-                    .map(|response| response.into_inner().shipments.into_iter().next()),
-            }
-        })
-        .await;
+        let asked = self
+            .ask(async {
+                match saga.shipment_id {
+                    Some(shipment_id) => self
+                        .fulfillment
+                        .clone()
+                        .get_shipment(self.request(fulfillment::GetShipmentRequest {
+                            shipment_id: shipment_id.to_string(),
+                        }))
+                        .await
+                        .map(|response| response.into_inner().shipment),
+                    None => self
+                        .fulfillment
+                        .clone()
+                        .list_shipments(self.request(fulfillment::ListShipmentsRequest {
+                            order_id: saga.order_id.to_string(),
+                            ..Default::default()
+                        }))
+                        .await
+                        .map(|response| response.into_inner().shipments.into_iter().next()),
+                }
+            })
+            .await;
         let shipment = match asked {
-            Ok(Ok(shipment)) => shipment,
-            Ok(Err(status)) => {
-                return ShipmentLookup::Unknown(format!(
-                    "{:?}: {}",
-                    status.code(),
-                    status.message()
-                ));
-            }
-            Err(_) => {
-                return ShipmentLookup::Unknown(format!("no answer within {:?}", self.deadline));
-            }
+            Ok(shipment) => shipment,
+            Err(message) => return ShipmentLookup::Unknown(message),
         };
         let Some(shipment) = shipment else {
             // No shipment at all: nothing can leave.
@@ -213,18 +208,9 @@ impl Downstreams {
     /// Asks the participant of a compensation command whether its effect is in place, by the id
     /// the command targets. Reads only; an unanswered question is `Unknown`.
     pub async fn verify_command(&self, saga: &Saga, step: StepType) -> CommandLookup {
-        let asked = tokio::time::timeout(
-            self.deadline + Duration::from_millis(250),
-            self.command_state(saga, step),
-        )
-        .await;
-        match asked {
-            Ok(Ok(lookup)) => lookup,
-            Ok(Err(status)) => {
-                CommandLookup::Unknown(format!("{:?}: {}", status.code(), status.message()))
-            }
-            Err(_) => CommandLookup::Unknown(format!("no answer within {:?}", self.deadline)),
-        }
+        self.ask(self.command_state(saga, step))
+            .await
+            .unwrap_or_else(CommandLookup::Unknown)
     }
 
     async fn command_state(&self, saga: &Saga, step: StepType) -> Result<CommandLookup, Status> {
