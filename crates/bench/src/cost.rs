@@ -19,6 +19,8 @@ pub struct Counters {
     pub commits_by_database: BTreeMap<String, f64>,
     /// Kafka records acknowledged by the broker.
     pub produced: f64,
+    /// The same, per topic.
+    pub produced_by_topic: BTreeMap<String, f64>,
     /// gRPC calls answered.
     pub grpc_calls: f64,
 }
@@ -30,6 +32,7 @@ impl Counters {
             commits: self.commits - earlier.commits,
             commits_by_database: difference(self.commits_by_database, &earlier.commits_by_database),
             produced: self.produced - earlier.produced,
+            produced_by_topic: difference(self.produced_by_topic, &earlier.produced_by_topic),
             grpc_calls: self.grpc_calls - earlier.grpc_calls,
         }
     }
@@ -104,6 +107,9 @@ impl CostProbe {
         for port in &self.ports {
             let page = metrics_page(*port).await?;
             counters.produced += sum(&page, "zentra_kafka_produced_total");
+            for (topic, records) in by_label(&page, "zentra_kafka_produced_total", "topic") {
+                *counters.produced_by_topic.entry(topic).or_default() += records;
+            }
             counters.grpc_calls += sum(&page, "zentra_grpc_server_requests_total");
         }
         Ok(counters)
@@ -133,6 +139,31 @@ fn sum(page: &str, name: &str) -> f64 {
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The series of `name` on a Prometheus page summed by the value of `label` (series without it
+/// are left out).
+fn by_label(page: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
+    let mut sums = BTreeMap::new();
+    let needle = format!("{label}=\"");
+    for line in page.lines() {
+        let Some(rest) = line
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('{'))
+        else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let value_of_label = labels
+            .split(',')
+            .find_map(|pair| pair.strip_prefix(&needle)?.strip_suffix('"'));
+        if let (Some(key), Ok(value)) = (value_of_label, value.trim().parse::<f64>()) {
+            *sums.entry(key.to_owned()).or_default() += value;
+        }
+    }
+    sums
 }
 
 /// Process ids of the services that run, from their build info.
@@ -243,6 +274,15 @@ mod tests {
     fn a_metric_is_summed_over_its_series_and_not_its_lookalikes() {
         let page = "# HELP x\nzentra_kafka_produced_total 3\nzentra_kafka_produced_total{a=\"b\"} 4\nzentra_kafka_produced_total_other 100\n";
         assert_eq!(sum(page, "zentra_kafka_produced_total"), 7.0);
+    }
+
+    #[test]
+    fn series_are_summed_by_one_label_and_those_without_it_left_out() {
+        let page = "zentra_kafka_produced_total{topic=\"a\",x=\"1\"} 3\nzentra_kafka_produced_total{x=\"2\",topic=\"a\"} 4\nzentra_kafka_produced_total{topic=\"b\"} 1\nzentra_kafka_produced_total 9\n";
+        let sums = by_label(page, "zentra_kafka_produced_total", "topic");
+        assert_eq!(sums.get("a"), Some(&7.0));
+        assert_eq!(sums.get("b"), Some(&1.0));
+        assert_eq!(sums.len(), 2);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::{
     cost::CostProbe,
     load::Clients,
-    report::{CostPerSaga, Report, RunReport, SweepStep},
+    report::{CostPerSaga, IdleReport, Report, RunReport, SweepStep},
     settings::{Mode, Settings},
 };
 
@@ -37,6 +37,12 @@ pub async fn run(settings: Settings, command: String) -> anyhow::Result<Report> 
         command,
         ..Report::default()
     };
+
+    if let Some(window) = settings.idle {
+        let idle = measure_idle(&probe, window).await?;
+        idle.print();
+        report.idle = Some(idle);
+    }
 
     let (stop_sampling, sampler) = cost::sample_memory(pids.clone());
     let measured = if settings.sweep {
@@ -95,6 +101,19 @@ pub async fn run(settings: Settings, command: String) -> anyhow::Result<Report> 
     std::fs::write(&settings.json, serde_json::to_string_pretty(&report)?)?;
     println!("\nJSON: {}", settings.json.display());
     Ok(report)
+}
+
+/// The stack's cost while it does nothing. Commit counts lag by up to PostgreSQL's statistics
+/// interval at both ends alike, so over a steady idle window their difference is the rate.
+async fn measure_idle(probe: &CostProbe, window: Duration) -> anyhow::Result<IdleReport> {
+    println!("watching the idle stack for {window:?}");
+    tokio::time::sleep(STATS_FLUSH).await;
+    let before = probe.read().await?;
+    let cpu_before = probe.cpu_ms();
+    tokio::time::sleep(window).await;
+    let cpu = cost::difference(probe.cpu_ms(), &cpu_before);
+    let spent = probe.read().await?.since(&before);
+    Ok(IdleReport::of(spent, cpu, window.as_secs_f64()))
 }
 
 /// One run with its cost measured around it.

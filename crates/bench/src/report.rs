@@ -43,6 +43,8 @@ pub struct CostPerSaga {
     pub commits: f64,
     /// Kafka records produced.
     pub kafka_records: f64,
+    /// The same, by topic.
+    pub kafka_records_by_topic: BTreeMap<String, f64>,
     /// gRPC calls served.
     pub grpc_calls: f64,
     /// PostgreSQL commits by database (named by service).
@@ -64,6 +66,7 @@ impl CostPerSaga {
         Self {
             commits: spent.commits / sagas,
             kafka_records: spent.produced / sagas,
+            kafka_records_by_topic: per_saga(spent.produced_by_topic),
             grpc_calls: spent.grpc_calls / sagas,
             commits_by_database: per_saga(spent.commits_by_database),
             cpu_ms: per_saga(cpu_ms),
@@ -190,6 +193,7 @@ impl RunReport {
                 cost.commits, cost.kafka_records, cost.grpc_calls
             );
             println!("  commits      {}", breakdown(&cost.commits_by_database));
+            println!("  records      {}", breakdown(&cost.kafka_records_by_topic));
             println!(
                 "  CPU ms       {:.1} in all: {}",
                 cost.cpu_ms_total(),
@@ -212,6 +216,61 @@ pub struct SweepStep {
     pub sustainable: bool,
 }
 
+/// What the stack costs while nothing happens, measured before the load.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleReport {
+    /// How long it was watched.
+    pub seconds: f64,
+    /// Share of one core used, in percent, by process: each service, all of PostgreSQL, the
+    /// broker.
+    pub cpu_percent: BTreeMap<String, f64>,
+    /// Their sum.
+    pub cpu_percent_total: f64,
+    /// PostgreSQL commits per second, by database.
+    pub commits_per_second: BTreeMap<String, f64>,
+    /// Their sum.
+    pub commits_per_second_total: f64,
+    /// Kafka records produced per second.
+    pub records_per_second: f64,
+}
+
+impl IdleReport {
+    /// From what was spent over `seconds`.
+    pub fn of(spent: Counters, cpu_ms: BTreeMap<String, f64>, seconds: f64) -> Self {
+        let rate = |map: BTreeMap<String, f64>, scale: f64| -> BTreeMap<String, f64> {
+            map.into_iter()
+                .map(|(key, value)| (key, value * scale / seconds))
+                .collect()
+        };
+        // CPU ms per second ÷ 1000 ms = share of one core; × 100 for percent.
+        let cpu_percent = rate(cpu_ms, 0.1);
+        Self {
+            seconds,
+            cpu_percent_total: cpu_percent.values().sum(),
+            cpu_percent,
+            commits_per_second_total: spent.commits / seconds,
+            commits_per_second: rate(spent.commits_by_database, 1.0),
+            records_per_second: spent.produced / seconds,
+        }
+    }
+
+    /// The idle cost as lines of a table.
+    pub fn print(&self) {
+        println!("\nidle ({:.0} s, before the load)", self.seconds);
+        println!(
+            "  CPU          {:.1} % of one core: {}",
+            self.cpu_percent_total,
+            breakdown(&self.cpu_percent)
+        );
+        println!(
+            "  commits/s    {:.1}: {}",
+            self.commits_per_second_total,
+            breakdown(&self.commits_per_second)
+        );
+        println!("  records/s    {:.1}", self.records_per_second);
+    }
+}
+
 /// Everything measured.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Report {
@@ -219,6 +278,8 @@ pub struct Report {
     pub unix_time: u64,
     /// The command line.
     pub command: String,
+    /// The stack's cost with no load, measured first.
+    pub idle: Option<IdleReport>,
     /// Single runs, or the sweep's runs at fractions of the peak.
     pub runs: Vec<RunReport>,
     /// The sweep's ladder.

@@ -43,11 +43,13 @@ pub struct Settings {
     pub pgbench_duration: Duration,
     /// Where the JSON report goes.
     pub json: PathBuf,
+    /// How long the idle stack is watched before the load; `None` skips it.
+    pub idle: Option<Duration>,
 }
 
 const USAGE: &str = "usage: zentra-bench [--rate N | --concurrency N] [--count N] [--duration 60s] \
 [--declined PERCENT] [--sweep [--p99-bound 50ms] [--step 10s]] [--base-port 50050] [--pg-url URL] \
-[--db-prefix zentra_] [--no-pgbench] [--pgbench-duration 10s] [--json FILE]";
+[--db-prefix zentra_] [--no-pgbench] [--pgbench-duration 10s] [--idle 20s | --no-idle] [--json FILE]";
 
 fn duration(flag: &str, value: &str) -> Result<Duration, String> {
     let parsed = if let Some(ms) = value.strip_suffix("ms") {
@@ -86,6 +88,7 @@ impl Settings {
             pgbench: true,
             pgbench_duration: Duration::from_secs(10),
             json: PathBuf::from("bench-results.json"),
+            idle: Some(Duration::from_secs(20)),
         };
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
@@ -131,6 +134,8 @@ impl Settings {
                 "--no-pgbench" => settings.pgbench = false,
                 "--pgbench-duration" => settings.pgbench_duration = duration(&flag, &value()?)?,
                 "--json" => settings.json = PathBuf::from(value()?),
+                "--idle" => settings.idle = Some(duration(&flag, &value()?)?),
+                "--no-idle" => settings.idle = None,
                 "-h" | "--help" => return Err(USAGE.to_owned()),
                 other => return Err(format!("unknown argument {other}; {USAGE}")),
             }

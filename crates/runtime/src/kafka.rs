@@ -132,7 +132,8 @@ impl EventProducer {
         let result = producer.send(record, self.config.delivery_timeout).await;
         match result {
             Ok(delivery) => {
-                metrics::counter!(crate::telemetry::names::KAFKA_PRODUCED).increment(1);
+                metrics::counter!(crate::telemetry::names::KAFKA_PRODUCED, "topic" => topic.to_owned())
+                    .increment(1);
                 Ok(Delivered {
                     partition: delivery.partition,
                     offset: delivery.offset,

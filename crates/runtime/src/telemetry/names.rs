@@ -52,7 +52,7 @@ pub fn describe() {
     );
     metrics::describe_counter!(
         KAFKA_PRODUCED,
-        "Kafka records the broker acknowledged, from any producer of the process"
+        "Kafka records the broker acknowledged, from any producer of the process, by topic"
     );
     metrics::describe_gauge!(
         CONSUMER_LAG,
