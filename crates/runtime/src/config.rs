@@ -127,6 +127,18 @@ pub struct KafkaConfig {
     /// for this long reports itself NOT_SERVING.
     #[serde(with = "humantime_serde")]
     pub stall_after: Duration,
+    /// Redis for hints that a topic has new records (`redis://127.0.0.1:6379`). With it, a
+    /// consumer that has caught up stops fetching until a producer announces its topic, or
+    /// `idle_fetch` passes; an idle platform then costs the broker almost nothing. Empty: every
+    /// consumer fetches continuously, one fetch per `fetch_wait`.
+    pub wake_url: SecretUrl,
+    /// With hints: how long a consumer goes without records before it stops fetching.
+    #[serde(with = "humantime_serde")]
+    pub idle_after: Duration,
+    /// With hints: how often a consumer that stopped fetching looks anyway. A lost hint delays
+    /// a record by at most this long; nothing is lost.
+    #[serde(with = "humantime_serde")]
+    pub idle_fetch: Duration,
 }
 
 impl Default for KafkaConfig {
@@ -141,6 +153,9 @@ impl Default for KafkaConfig {
             member_id: String::new(),
             partition_lease: Duration::from_secs(6),
             stall_after: Duration::from_secs(30),
+            wake_url: SecretUrl::new(""),
+            idle_after: Duration::from_millis(100),
+            idle_fetch: Duration::from_secs(2),
         }
     }
 }

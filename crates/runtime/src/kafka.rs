@@ -22,6 +22,7 @@ mod lag;
 pub mod leases;
 mod tail;
 mod topics;
+pub mod wake;
 
 pub use consumer::{ConsumerSettings, EventConsumer, EventHandler, HandlerError, ReceivedEvent};
 pub use lag::{ConsumerLag, ConsumerProblem, PartitionLag};
@@ -74,6 +75,8 @@ pub struct EventProducer {
     client_id: Arc<str>,
     /// Topics whose existence a failed send is checking: a failed batch asks the broker once.
     checking: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Announces topics that received records, when hints are configured.
+    wake: Option<wake::WakePublisher>,
 }
 
 fn create_producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer, KafkaFailure> {
@@ -91,6 +94,16 @@ fn create_producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProduc
         .map_err(KafkaFailure::Setup)
 }
 
+fn wake_publisher(config: &KafkaConfig) -> Option<wake::WakePublisher> {
+    let url = config.wake_url.expose();
+    if url.is_empty() {
+        return None;
+    }
+    wake::WakePublisher::new(url)
+        .inspect_err(|error| tracing::warn!(%error, "wake hints disabled: bad Redis URL"))
+        .ok()
+}
+
 impl EventProducer {
     /// Creates the producer; it connects lazily.
     pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self, KafkaFailure> {
@@ -99,6 +112,7 @@ impl EventProducer {
             config: config.clone(),
             client_id: client_id.into(),
             checking: Arc::default(),
+            wake: wake_publisher(config),
         })
     }
 
@@ -134,6 +148,9 @@ impl EventProducer {
             Ok(delivery) => {
                 metrics::counter!(crate::telemetry::names::KAFKA_PRODUCED, "topic" => topic.to_owned())
                     .increment(1);
+                if let Some(wake) = &self.wake {
+                    wake.announce(topic);
+                }
                 Ok(Delivered {
                     partition: delivery.partition,
                     offset: delivery.offset,

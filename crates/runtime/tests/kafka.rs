@@ -12,6 +12,7 @@ use sea_orm::{
     ConnectionTrait as _, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
 };
 use zentra_proto::inventory::v1::StockLow;
+use zentra_runtime::config::SecretUrl;
 use zentra_runtime::{
     CancellationToken,
     config::KafkaConfig,
@@ -22,7 +23,7 @@ use zentra_runtime::{
     },
 };
 use zentra_test_support::{
-    TestDatabase, delete_topics, eventually, kafka_bootstrap, unique_suffix,
+    TestDatabase, delete_topics, eventually, kafka_bootstrap, redis_url, unique_suffix,
 };
 
 /// A topic, a migrated database and a producer of one test.
@@ -244,6 +245,70 @@ fn skus(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
 fn sorted(mut items: Vec<String>) -> Vec<String> {
     items.sort();
     items
+}
+
+/// The fixture's settings with hints on Redis at `wake_url`: a consumer stops fetching after
+/// 100 ms without records and, hearing nothing, looks again after `idle_fetch`.
+fn with_hints(fixture: &mut Fixture, wake_url: &str, idle_fetch: Duration) {
+    fixture.config.wake_url = SecretUrl::new(wake_url);
+    fixture.config.idle_after = Duration::from_millis(100);
+    fixture.config.idle_fetch = idle_fetch;
+    // The producer announces on the same Redis.
+    fixture.producer = EventProducer::new(&fixture.config, "test").expect("producer");
+}
+
+async fn wait_idle(lag: &ConsumerLag, group: &str) {
+    eventually(Duration::from_secs(30), || async {
+        (lag.idle(group) == Some(true)).then_some(())
+    })
+    .await
+    .expect("the consumer stops fetching once it has caught up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_caught_up_stops_fetching_and_a_hint_brings_the_next_record_at_once() {
+    let mut fixture = Fixture::new("hinted", 3).await;
+    // Without a hint it would not look again within the test.
+    with_hints(&mut fixture, &redis_url(), Duration::from_secs(3600));
+    for sku in skus("A", 0..5) {
+        publish(&fixture.producer, &fixture.topic, &sku).await;
+    }
+    let lag = ConsumerLag::default();
+    let running = fixture.start("m-1", quick(&fixture.topic), &lag);
+    assert_eq!(fixture.wait_applied(5).await.len(), 5);
+    let group = format!("{}g", fixture.config.group_prefix);
+    wait_idle(&lag, &group).await;
+
+    // Each record is announced after the broker acknowledged it, and the idle consumer fetches.
+    for round in 0..3 {
+        publish(&fixture.producer, &fixture.topic, &format!("B-{round}")).await;
+        assert_eq!(fixture.wait_applied(6 + round).await.len(), 6 + round);
+        wait_idle(&lag, &group).await;
+    }
+    running.stop().await;
+    fixture.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_hints_an_idle_consumer_still_reads_everything_by_looking_periodically() {
+    let mut fixture = Fixture::new("unhinted", 2).await;
+    // Nothing listens on port 1: every hint is lost.
+    with_hints(
+        &mut fixture,
+        "redis://127.0.0.1:1",
+        Duration::from_millis(500),
+    );
+    let lag = ConsumerLag::default();
+    let running = fixture.start("m-1", quick(&fixture.topic), &lag);
+    let group = format!("{}g", fixture.config.group_prefix);
+    wait_idle(&lag, &group).await;
+    let expected = skus("C", 0..10);
+    for sku in &expected {
+        publish(&fixture.producer, &fixture.topic, sku).await;
+    }
+    assert_eq!(fixture.wait_applied(10).await, expected);
+    running.stop().await;
+    fixture.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -318,6 +318,15 @@ fn common_env(settings: &Settings, listen: &str) -> Vec<(String, String)> {
             "ZENTRA_KAFKA__GROUP_PREFIX".to_owned(),
             settings.topic_prefix.clone(),
         ),
+        // Consumers that caught up stop fetching until a producer announces new records here.
+        (
+            "ZENTRA_KAFKA__WAKE_URL".to_owned(),
+            if settings.wake_hints {
+                settings.redis_url.clone()
+            } else {
+                String::new()
+            },
+        ),
     ]
 }
 

@@ -83,8 +83,11 @@ pub struct Settings {
     pub topic_prefix: String,
     /// Orchestrator instances: 1, or 2 to run [`SAGA_REPLICA`] beside the first.
     pub saga_instances: u8,
-    /// Redis, for the gateway's rate limits.
+    /// Redis, for the gateway's rate limits and the consumers' wake hints.
     pub redis_url: String,
+    /// Consumers that caught up stop fetching until a hint (`ZENTRA_STACK_WAKE_HINTS=0` turns
+    /// that off, to measure the difference).
+    pub wake_hints: bool,
     /// The control center's built files.
     pub static_dir: Option<PathBuf>,
 }
@@ -92,7 +95,7 @@ pub struct Settings {
 const USAGE: &str = "usage: zentra-stack [--only svc,svc] [--bin-dir DIR] [--state-dir DIR] \
 (ports and URLs: ZENTRA_STACK_GATEWAY_PORT, ZENTRA_STACK_BASE_PORT, ZENTRA_STACK_KAFKA_PORT, \
 ZENTRA_STACK_KAFKA=host:port, ZENTRA_STACK_SMTP_PORT, ZENTRA_STACK_PG_URL, ZENTRA_STACK_DB_PREFIX, \
-ZENTRA_STACK_TOPIC_PREFIX, ZENTRA_STACK_REDIS_URL, ZENTRA_STACK_STATIC_DIR; \
+ZENTRA_STACK_TOPIC_PREFIX, ZENTRA_STACK_REDIS_URL, ZENTRA_STACK_STATIC_DIR, ZENTRA_STACK_WAKE_HINTS=0|1; \
 ZENTRA_STACK_SAGA_INSTANCES=2 adds a second orchestrator on base + 7)";
 
 impl Settings {
@@ -139,6 +142,11 @@ impl Settings {
             redis_url: var("ZENTRA_STACK_REDIS_URL")
                 .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),
             static_dir: var("ZENTRA_STACK_STATIC_DIR").map(PathBuf::from),
+            wake_hints: match var("ZENTRA_STACK_WAKE_HINTS").as_deref() {
+                None | Some("1") => true,
+                Some("0") => false,
+                Some(other) => return Err(format!("ZENTRA_STACK_WAKE_HINTS={other}: 0 or 1")),
+            },
         };
         if settings.base_port > u16::MAX - 7 {
             return Err("ZENTRA_STACK_BASE_PORT leaves no room for the services".to_owned());

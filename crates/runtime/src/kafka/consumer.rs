@@ -17,7 +17,7 @@ use std::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use futures::FutureExt as _;
@@ -39,6 +39,7 @@ use crate::{
         KafkaFailure, ensure_topics,
         lag::{ConsumerLag, LagContext},
         leases::{self, Lease, PartitionLeases},
+        wake,
     },
     telemetry::names,
 };
@@ -196,6 +197,53 @@ struct Slot {
 
 type Assignment = BTreeMap<(String, i32), Slot>;
 
+/// The partitions of `assigned`, each at the next offset to process (the log's start when none
+/// was processed yet).
+fn partition_list(assigned: &Assignment) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), slot) in assigned {
+        let offset = slot.next.map_or(Offset::Beginning, Offset::Offset);
+        if let Err(error) = list.add_partition_offset(topic, *partition, offset) {
+            tracing::warn!(%error, topic, partition, "cannot assign partition");
+        }
+    }
+    list
+}
+
+/// Whether the consumer fetches, and since when it has (or has not).
+#[derive(Debug, Clone, Copy)]
+struct Fetching {
+    paused: bool,
+    /// Fetching: the last record or hint. Paused: the pause.
+    since: Instant,
+}
+
+impl Fetching {
+    fn new(now: Instant) -> Self {
+        Self {
+            paused: false,
+            since: now,
+        }
+    }
+
+    /// When to stop fetching (nothing came for `idle_after`), or, paused, to look anyway.
+    fn deadline(&self, kafka: &KafkaConfig) -> Instant {
+        if self.paused {
+            self.since + kafka.idle_fetch
+        } else {
+            self.since + kafka.idle_after
+        }
+    }
+}
+
+/// Returns when a hint arrives; never without hints.
+async fn wait_for_hint(hints: Option<&Notify>) {
+    match hints {
+        Some(hints) => hints.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A consumer whose partitions are leased in PostgreSQL.
 pub struct EventConsumer {
     consumer: Arc<StreamConsumer<LagContext>>,
@@ -279,13 +327,43 @@ impl EventConsumer {
             keeper_stop.clone(),
         )));
         let mut assigned = Assignment::new();
+        // With hints, fetching stops once the consumer has caught up (see `wake`).
+        let hints = (!self.kafka.wake_url.expose().is_empty()).then(|| {
+            wake::subscribe(
+                self.kafka.wake_url.expose(),
+                self.settings.topics.clone(),
+                shutdown.child_token(),
+            )
+        });
+        let mut fetching = Fetching::new(Instant::now());
         loop {
             if self.shared.changed.swap(false, Ordering::SeqCst) {
                 self.reassign(&mut assigned).await;
+                fetching = Fetching::new(Instant::now());
+                self.lag.set_idle(self.leases.group(), false);
             }
+            let deadline = fetching.deadline(&self.kafka);
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.shared.wake.notified() => continue,
+                () = wait_for_hint(hints.as_deref()) => {
+                    if fetching.paused {
+                        self.resume(&assigned);
+                    }
+                    fetching = Fetching::new(Instant::now());
+                    continue;
+                }
+                () = tokio::time::sleep_until(deadline.into()), if hints.is_some() => {
+                    if fetching.paused {
+                        self.resume(&assigned);
+                        fetching = Fetching::new(Instant::now());
+                    } else {
+                        self.pause();
+                        fetching.paused = true;
+                        fetching.since = Instant::now();
+                    }
+                    continue;
+                }
                 message = self.consumer.recv() => message.map(|message| message.detach()),
             };
             let first = match first {
@@ -309,12 +387,33 @@ impl EventConsumer {
             {
                 break;
             }
+            fetching.since = Instant::now();
         }
         keeper_stop.cancel();
         keeper.finish().await;
         if let Err(error) = self.leases.leave().await {
             tracing::warn!(%error, group = self.leases.group(), "could not give partitions back");
         }
+    }
+
+    /// Stops fetching: the consumer has caught up and waits for a hint.
+    fn pause(&self) {
+        if let Err(error) = self.consumer.unassign() {
+            tracing::warn!(%error, group = self.leases.group(), "could not stop fetching");
+        }
+        metrics::counter!(names::CONSUMER_PAUSES, "group" => self.leases.group().to_owned())
+            .increment(1);
+        self.lag.set_idle(self.leases.group(), true);
+    }
+
+    /// Fetches again from exactly where processing stands (not from the client's own position,
+    /// which a pause may have moved past records it had fetched and not yet handed out).
+    fn resume(&self, assigned: &Assignment) {
+        if let Err(error) = self.consumer.assign(&partition_list(assigned)) {
+            tracing::warn!(%error, group = self.leases.group(), "could not fetch again");
+            self.shared.changed.store(true, Ordering::SeqCst);
+        }
+        self.lag.set_idle(self.leases.group(), false);
     }
 
     /// Assigns what the leases say this process holds, at the stored offsets for partitions
@@ -356,14 +455,7 @@ impl EventConsumer {
                 }
             }
         }
-        let mut list = TopicPartitionList::new();
-        for ((topic, partition), slot) in &next {
-            let offset = slot.next.map_or(Offset::Beginning, Offset::Offset);
-            if let Err(error) = list.add_partition_offset(topic, *partition, offset) {
-                tracing::warn!(%error, topic, partition, "cannot assign partition");
-            }
-        }
-        if let Err(error) = self.consumer.assign(&list) {
+        if let Err(error) = self.consumer.assign(&partition_list(&next)) {
             tracing::warn!(%error, group = self.leases.group(), "assigning partitions failed");
             // Try again on the next wake-up.
             self.shared.changed.store(true, Ordering::SeqCst);

@@ -60,6 +60,8 @@ struct GroupState {
     started: Instant,
     lease: Duration,
     stall_after: Duration,
+    /// The consumer caught up and stopped fetching until a hint (`kafka.wake_url`).
+    idle: bool,
 }
 
 #[derive(Default)]
@@ -140,6 +142,7 @@ impl ConsumerLag {
                     started: Instant::now(),
                     lease,
                     stall_after,
+                    idle: false,
                 },
             );
         }
@@ -206,6 +209,21 @@ impl ConsumerLag {
             && let Some(state) = inner.groups.get_mut(group)
         {
             state.last_error = Some(error);
+        }
+    }
+
+    /// Whether `group` has caught up and stopped fetching until a hint; `None` for a group this
+    /// process does not run.
+    pub fn idle(&self, group: &str) -> Option<bool> {
+        let inner = self.inner.lock().ok()?;
+        inner.groups.get(group).map(|state| state.idle)
+    }
+
+    pub(crate) fn set_idle(&self, group: &str, idle: bool) {
+        if let Ok(mut inner) = self.inner.lock()
+            && let Some(state) = inner.groups.get_mut(group)
+        {
+            state.idle = idle;
         }
     }
 

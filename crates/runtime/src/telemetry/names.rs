@@ -14,6 +14,10 @@ pub const OUTBOX_FAILURES: &str = "zentra_outbox_publish_failures_total";
 pub const OUTBOX_PENDING: &str = "zentra_outbox_pending";
 /// Kafka records the broker acknowledged, from any producer of the process.
 pub const KAFKA_PRODUCED: &str = "zentra_kafka_produced_total";
+/// Hints that a topic has new records, sent to Redis (or not), by outcome.
+pub const WAKE_HINTS: &str = "zentra_wake_hints_total";
+/// Times a consumer stopped fetching because it had caught up, by group.
+pub const CONSUMER_PAUSES: &str = "zentra_consumer_pauses_total";
 /// Kafka messages a consumer processed, by topic and outcome.
 pub const CONSUMER_MESSAGES: &str = "zentra_consumer_messages_total";
 /// Messages a consumer group has not processed yet, by group, topic and partition.
@@ -53,6 +57,14 @@ pub fn describe() {
     metrics::describe_counter!(
         KAFKA_PRODUCED,
         "Kafka records the broker acknowledged, from any producer of the process, by topic"
+    );
+    metrics::describe_counter!(
+        WAKE_HINTS,
+        "hints that a topic has new records, by outcome (sent, unsent)"
+    );
+    metrics::describe_counter!(
+        CONSUMER_PAUSES,
+        "times a consumer stopped fetching because it had caught up, by group"
     );
     metrics::describe_gauge!(
         CONSUMER_LAG,
