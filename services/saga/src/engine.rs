@@ -21,7 +21,7 @@ use sea_orm::{DatabaseConnection, DbErr, TransactionTrait as _};
 use tokio::sync::{Notify, Semaphore, broadcast};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
-use zentra_proto::{order::v1::OrderPlaced, saga::v1 as pb};
+use zentra_proto::order::v1::OrderPlaced;
 use zentra_runtime::outbox::{self, OutboxWaker};
 
 use crate::{
@@ -119,7 +119,7 @@ impl Engine {
     }
 
     /// Starts the saga of `order` unless it has one; returns the order's saga and whether it
-    /// was created now. The saga and its SagaStarted event commit together. `cancel_request` is
+    /// was created now. `cancel_request` is
     /// the reason of a cancellation the customer asked for before the saga existed.
     pub async fn start_saga(
         &self,
@@ -141,8 +141,7 @@ impl Engine {
         Ok((saga, true))
     }
 
-    /// Inserts the saga of `order` with its SagaStarted event in the caller's transaction,
-    /// unless the order has one; `Some` when it was created. After the commit, hand it to
+    /// Inserts the saga of `order` in the caller's transaction, unless the order has one; `Some` when it was created. After the commit, hand it to
     /// [`Engine::started`].
     pub async fn start_saga_in<C: sea_orm::ConnectionTrait>(
         &self,
@@ -179,23 +178,14 @@ impl Engine {
         if !store::insert(tx, &saga, self.owner()).await? {
             return Ok(None);
         }
-        let started = machine::saga_event(
-            &saga,
-            &pb::SagaStarted {
-                saga_id: saga.id.to_string(),
-                order_id: saga.order_id.to_string(),
-            },
-        );
-        self.enqueue(tx, &[started]).await?;
         Ok(Some(saga))
     }
 
     /// What follows the commit of a saga started by [`Engine::start_saga_in`]: counted,
-    /// announced to watchers, its event relayed and the loop woken to run it.
+    /// announced to watchers and the loop woken to run it.
     pub fn started(&self, saga: &Saga) {
         metrics::counter!(metric_names::SAGAS_STARTED).increment(1);
         tracing::info!(saga_id = %saga.id, order_id = %saga.order_id, "saga started");
-        self.outbox.wake();
         self.announce(saga);
         self.wake();
     }
@@ -385,7 +375,6 @@ impl Engine {
                         end,
                         result,
                         &self.settings.policy,
-                        &mut out,
                     );
                     saga.next_run_at = Some(end);
                     Lease::Extend(self.settings.lease)
@@ -408,7 +397,6 @@ impl Engine {
                         end,
                         lookup,
                         self.settings.policy.ack_timeout,
-                        &mut out,
                     );
                     saga.next_run_at = Some(end);
                     Lease::Extend(self.settings.lease)

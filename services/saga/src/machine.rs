@@ -413,7 +413,6 @@ pub fn record_settle(
     now: DateTime<Utc>,
     result: SettleResult,
     policy: &RetryPolicy,
-    out: &mut Vec<Outgoing>,
 ) {
     saga.updated_at = now;
     let record = step_record(saga, step);
@@ -438,7 +437,6 @@ pub fn record_settle(
             record.status = StepStatus::Succeeded;
             record.settled = true;
             apply_effect(saga, effect);
-            step_completed(saga, step, number, out);
         }
         SettleResult::Nothing => {
             attempt.outcome = Outcome::PermanentFailure;
@@ -670,10 +668,6 @@ pub fn record_call(
     if let Some(effect) = effect {
         record.status = StepStatus::Succeeded;
         apply_effect(saga, effect);
-        let number = saga
-            .step(step)
-            .map_or(1, |record| record.attempts[last].number);
-        step_completed(saga, step, number, out);
         return;
     }
     let outcome = record.attempts[last].outcome;
@@ -717,18 +711,6 @@ fn apply_effect(saga: &mut Saga, effect: Effect) {
         Effect::Shipment(id) => saga.shipment_id = Some(id),
         Effect::Captured => saga.captured = true,
     }
-}
-
-fn step_completed(saga: &Saga, step: StepType, attempt_number: u32, out: &mut Vec<Outgoing>) {
-    out.push(saga_event(
-        saga,
-        &pb::SagaStepCompleted {
-            saga_id: saga.id.to_string(),
-            order_id: saga.order_id.to_string(),
-            step: step.to_proto() as i32,
-            attempt_number: i32::try_from(attempt_number).unwrap_or(i32::MAX),
-        },
-    ));
 }
 
 /// The command of a compensation step, ready for the outbox.
@@ -853,7 +835,6 @@ pub fn record_verify(
     now: DateTime<Utc>,
     lookup: CommandLookup,
     ack_timeout: Duration,
-    out: &mut Vec<Outgoing>,
 ) {
     if !saga
         .step(step)
@@ -872,9 +853,7 @@ pub fn record_verify(
             attempt.outcome = Outcome::Succeeded;
             attempt.error_message =
                 format!("no acknowledgement, but the participant says it is done ({state})");
-            let number = attempt.number;
             record.status = StepStatus::Succeeded;
-            step_completed(saga, step, number, out);
         }
         CommandLookup::Dispatched => {
             attempt.outcome = Outcome::PermanentFailure;
@@ -1065,9 +1044,7 @@ fn record_ack(
     attempt.end = Some(now);
     if succeeded {
         attempt.outcome = Outcome::Succeeded;
-        let number = attempt.number;
         record.status = StepStatus::Succeeded;
-        step_completed(saga, step, number, out);
         return;
     }
     match outcome {

@@ -321,7 +321,7 @@ fn walk(seed: u64) -> (Saga, World) {
                 } else {
                     lookup(&world, step)
                 };
-                record_settle(&mut saga, step, now, now, result, &policy, &mut out);
+                record_settle(&mut saga, step, now, now, result, &policy);
             }
             Next::CheckShipment => {
                 let result = if rng.random_bool(0.2) {
@@ -337,7 +337,7 @@ fn walk(seed: u64) -> (Saga, World) {
                 } else {
                     command_lookup(&world, step)
                 };
-                record_verify(&mut saga, step, now, result, policy.ack_timeout, &mut out);
+                record_verify(&mut saga, step, now, result, policy.ack_timeout);
             }
             Next::Send(step) => {
                 let Some(command) = command(&saga, step) else {
