@@ -12,12 +12,14 @@ use rdkafka::{
     client::DefaultClientContext,
     error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord, Producer as _},
 };
 
 use crate::config::KafkaConfig;
 
+use self::delivery::ProducerClient;
+
 mod consumer;
+mod delivery;
 mod lag;
 pub mod leases;
 mod tail;
@@ -70,7 +72,7 @@ pub struct Delivered {
 /// topic the broker no longer knows is created again, so no process restart is needed.
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: Arc<RwLock<FutureProducer>>,
+    producer: Arc<RwLock<ProducerClient>>,
     config: KafkaConfig,
     client_id: Arc<str>,
     /// Topics whose existence a failed send is checking: a failed batch asks the broker once.
@@ -79,8 +81,8 @@ pub struct EventProducer {
     wake: Option<wake::WakePublisher>,
 }
 
-fn create_producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProducer, KafkaFailure> {
-    ClientConfig::new()
+fn create_producer(config: &KafkaConfig, client_id: &str) -> Result<ProducerClient, KafkaFailure> {
+    let settings = ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("client.id", client_id)
         .set("enable.idempotence", "true")
@@ -90,8 +92,8 @@ fn create_producer(config: &KafkaConfig, client_id: &str) -> Result<FutureProduc
             "delivery.timeout.ms",
             config.delivery_timeout.as_millis().to_string(),
         )
-        .create()
-        .map_err(KafkaFailure::Setup)
+        .clone();
+    ProducerClient::new(&settings).map_err(KafkaFailure::Setup)
 }
 
 fn wake_publisher(config: &KafkaConfig) -> Option<wake::WakePublisher> {
@@ -116,7 +118,7 @@ impl EventProducer {
         })
     }
 
-    fn client(&self) -> FutureProducer {
+    fn client(&self) -> ProducerClient {
         match self.producer.read() {
             Ok(producer) => producer.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -138,25 +140,20 @@ impl EventProducer {
                 value: Some(*value),
             });
         }
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(payload)
-            .headers(owned);
         let producer = self.client();
-        let result = producer.send(record, self.config.delivery_timeout).await;
+        let result = producer
+            .send(topic, key, payload, owned, self.config.delivery_timeout)
+            .await;
         match result {
-            Ok(delivery) => {
+            Ok((partition, offset)) => {
                 metrics::counter!(crate::telemetry::names::KAFKA_PRODUCED, "topic" => topic.to_owned())
                     .increment(1);
                 if let Some(wake) = &self.wake {
                     wake.announce(topic);
                 }
-                Ok(Delivered {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                })
+                Ok(Delivered { partition, offset })
             }
-            Err((source, _)) => {
+            Err(source) => {
                 self.recover(&producer, topic, &source).await;
                 Err(KafkaFailure::Publish {
                     topic: topic.to_owned(),
@@ -168,7 +165,7 @@ impl EventProducer {
 
     /// After a failed send: rebuilds a producer in a fatal state, and creates the topic again
     /// when the broker no longer knows it. The caller retries the send.
-    async fn recover(&self, failed: &FutureProducer, topic: &str, error: &KafkaError) {
+    async fn recover(&self, failed: &ProducerClient, topic: &str, error: &KafkaError) {
         let code = error.rdkafka_error_code();
         // A record that timed out was retried by the client for the whole delivery timeout: after
         // a broker that lost its state, an idempotent producer's sequence can stay stuck without
@@ -266,7 +263,7 @@ impl crate::ops::DependencyProbe for KafkaProbe {
 }
 
 /// Whether the broker answers that it does not know `topic` (false when it does not answer).
-async fn topic_missing(producer: &FutureProducer, topic: &str) -> bool {
+async fn topic_missing(producer: &ProducerClient, topic: &str) -> bool {
     let producer = producer.clone();
     let name = topic.to_owned();
     tokio::task::spawn_blocking(move || {
