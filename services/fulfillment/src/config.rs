@@ -22,7 +22,8 @@ pub struct FulfillmentSettings {
     /// Time each step (picking, packing, dispatch) takes.
     #[serde(with = "humantime_serde")]
     pub step_delay: Duration,
-    /// How often the worker looks for due shipments.
+    /// How often the worker looks for due shipments at least. It sleeps until the next step it
+    /// knows of, and a new shipment wakes it; this covers other replicas' shipments.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// Destinations no carrier serves: shipments there fail while picking.
@@ -35,7 +36,7 @@ impl Default for FulfillmentSettings {
     fn default() -> Self {
         Self {
             step_delay: Duration::from_secs(2),
-            poll_interval: Duration::from_millis(200),
+            poll_interval: Duration::from_secs(1),
             unshippable_countries: vec!["AQ".to_owned()],
             unshippable_sku_prefix: "NOSHIP-".to_owned(),
         }

@@ -38,7 +38,8 @@ pub struct NotificationSettings {
     /// Longest delay between attempts.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
-    /// How often the delivery worker looks for due notifications.
+    /// How often the delivery worker looks for due notifications (retries, and other replicas'
+    /// work); a notification created here wakes it at once.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
 }
@@ -54,7 +55,7 @@ impl Default for NotificationSettings {
             max_attempts: 5,
             initial_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(300),
-            poll_interval: Duration::from_millis(200),
+            poll_interval: Duration::from_secs(1),
         }
     }
 }

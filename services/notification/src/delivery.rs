@@ -1,12 +1,13 @@
 //! Delivers due notifications by SMTP, records every attempt, retries with exponential backoff
 //! and dead-letters a notification after the configured number of attempts.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use lettre::{
     AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor, message::header::ContentType,
 };
 use sea_orm::{DatabaseConnection, TransactionTrait as _};
+use tokio::sync::Notify;
 use zentra_proto::notification::v1 as pb;
 use zentra_runtime::{
     CancellationToken,
@@ -137,8 +138,9 @@ impl Delivery {
     }
 }
 
-/// Delivers due notifications until `shutdown`.
-pub async fn run(delivery: Delivery, shutdown: CancellationToken) {
+/// Delivers due notifications until `shutdown`: at once when `wake` is notified (new
+/// notifications committed), else every poll interval (retries, other replicas' work).
+pub async fn run(delivery: Delivery, wake: Arc<Notify>, shutdown: CancellationToken) {
     let interval = delivery.settings.poll_interval;
     loop {
         loop {
@@ -153,6 +155,7 @@ pub async fn run(delivery: Delivery, shutdown: CancellationToken) {
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
+            () = wake.notified() => {}
             () = tokio::time::sleep(interval) => {}
         }
     }

@@ -2,7 +2,10 @@
 //! inbox in the same transaction as the notification it creates, so a redelivered event creates
 //! nothing new.
 
+use std::sync::Arc;
+
 use sea_orm::DatabaseTransaction;
+use tokio::sync::Notify;
 use uuid::Uuid;
 use zentra_proto::order::v1 as order;
 use zentra_runtime::{
@@ -20,13 +23,17 @@ pub const CONSUMER: &str = "notification-intake";
 #[derive(Clone)]
 pub struct Intake {
     customer_email_domain: String,
+    /// Wakes the delivery worker once new notifications committed.
+    delivery: Arc<Notify>,
 }
 
 impl Intake {
-    /// Intake addressing customers without an e-mail id at `customer_email_domain`.
-    pub fn new(customer_email_domain: String) -> Self {
+    /// Intake addressing customers without an e-mail id at `customer_email_domain`, waking
+    /// `delivery` when it created notifications.
+    pub fn new(customer_email_domain: String, delivery: Arc<Notify>) -> Self {
         Self {
             customer_email_domain,
+            delivery,
         }
     }
 
@@ -41,13 +48,14 @@ impl Intake {
 }
 
 impl EventHandler for Intake {
-    type Applied = ();
+    /// Whether a notification was created.
+    type Applied = bool;
 
     async fn handle(
         &self,
         event: &ReceivedEvent,
         tx: &DatabaseTransaction,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<bool, HandlerError> {
         let transient = |error: sea_orm::DbErr| HandlerError::Transient(error.to_string());
         let envelope = &event.envelope;
         let event_id = Uuid::parse_str(&envelope.event_id).map_err(|_| {
@@ -57,14 +65,15 @@ impl EventHandler for Intake {
         let rendered = render(envelope);
         if placed.is_none() && rendered.is_none() {
             // Nothing to remember or send: no transaction, no inbox entry.
-            return Ok(());
+            return Ok(false);
         }
         if !inbox::claim(tx, CONSUMER, &envelope.event_id, &event.topic)
             .await
             .map_err(transient)?
         {
-            return Ok(());
+            return Ok(false);
         }
+        let mut created = false;
         if let Some(placed) = placed
             && let Ok(order_id) = Uuid::parse_str(&placed.order_id)
         {
@@ -95,12 +104,19 @@ impl EventHandler for Intake {
                         ),
                     };
                     store::insert(tx, &new).await.map_err(transient)?;
+                    created = true;
                 }
                 None => {
                     tracing::info!(%order_id, event_type = %envelope.event_type, "no customer known for order; not notified")
                 }
             }
         }
-        Ok(())
+        Ok(created)
+    }
+
+    fn committed(&self, applied: Vec<bool>) {
+        if applied.contains(&true) {
+            self.delivery.notify_one();
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! the inbox), renders a message per event and customer, delivers it by SMTP, records every
 //! attempt, retries with exponential backoff and dead-letters what keeps failing.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use zentra_proto::notification::v1::notification_service_server::NotificationServiceServer;
 use zentra_runtime::{
@@ -59,7 +59,11 @@ impl NotificationService {
         let settings = config.domain.notification.clone();
         let platform = Platform::start(INFO, &config, &sources, telemetry).await?;
         platform.spawn_relay();
-        let intake = intake::Intake::new(settings.customer_email_domain.clone());
+        let delivery_wake = Arc::new(tokio::sync::Notify::new());
+        let intake = intake::Intake::new(
+            settings.customer_email_domain.clone(),
+            Arc::clone(&delivery_wake),
+        );
         platform.spawn_consumer(
             "notification",
             CONSUMED_TOPICS
@@ -74,7 +78,11 @@ impl NotificationService {
             platform.topic(EVENTS_TOPIC),
             platform.relay.waker(),
         );
-        platform.spawn(delivery::run(delivery, platform.shutdown.clone()));
+        platform.spawn(delivery::run(
+            delivery,
+            delivery_wake,
+            platform.shutdown.clone(),
+        ));
         let server = platform
             .server()
             .add_service(NotificationServiceServer::new(grpc::NotificationApi::new(

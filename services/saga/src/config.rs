@@ -66,7 +66,8 @@ pub struct SagaSettings {
     /// instance's sagas are taken over after this.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
-    /// How often the engine looks for due sagas when nothing woke it.
+    /// How often the engine looks for due sagas when nothing woke it. Its own timers (retries,
+    /// waits) wake it on time; this covers sagas another instance left behind.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// Sagas driven at once by this instance.
@@ -89,7 +90,7 @@ impl Default for SagaSettings {
             retry: RetryPolicy::default(),
             circuit_breaker: BreakerSettings::default(),
             lease: Duration::from_secs(30),
-            poll_interval: Duration::from_millis(250),
+            poll_interval: Duration::from_secs(2),
             concurrency: 64,
             reconcile_interval: Duration::from_secs(30),
             reconcile_after: Duration::from_secs(60),

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait as _};
 use tokio::sync::{Notify, Semaphore, broadcast};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -61,6 +61,11 @@ pub struct Engine {
     /// The last claim round filled every free slot, so due sagas may have been left behind: a
     /// slot that frees up should claim again at once.
     saturated: AtomicBool,
+    /// The earliest time a saga this instance put to sleep is due again: the loop wakes for it,
+    /// so timers fire on time while the poll, for other instances' work, can be slow.
+    next_timer: std::sync::Mutex<Option<DateTime<Utc>>>,
+    /// An earlier timer was set: the loop recomputes how long it sleeps.
+    timer_set: Notify,
     changes: broadcast::Sender<Arc<Saga>>,
 }
 
@@ -82,6 +87,8 @@ impl Engine {
             outbox,
             wake: Notify::new(),
             saturated: AtomicBool::new(false),
+            next_timer: std::sync::Mutex::new(None),
+            timer_set: Notify::new(),
             changes,
         })
     }
@@ -226,7 +233,8 @@ impl Engine {
                 biased;
                 () = shutdown.cancelled() => break,
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.settings.poll_interval) => {}
+                () = self.timer_set.notified() => continue,
+                () = tokio::time::sleep(self.sleep_for()) => {}
             }
             self.claim_round(&tasks, &permits, &shutdown).await;
         }
@@ -234,6 +242,34 @@ impl Engine {
         tasks.wait().await;
         if let Err(error) = store::release_leases(&self.db, self.owner()).await {
             tracing::warn!(%error, "cannot release leases at shutdown");
+        }
+    }
+
+    /// Until the earliest timer of this instance, at most the poll interval; a timer that is
+    /// due now is consumed by the claim round that follows.
+    fn sleep_for(&self) -> Duration {
+        let poll = self.settings.poll_interval;
+        let Ok(mut next) = self.next_timer.lock() else {
+            return poll;
+        };
+        let Some(at) = *next else {
+            return poll;
+        };
+        let until = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        if until.is_zero() {
+            *next = None;
+        }
+        until.min(poll)
+    }
+
+    /// Remembers that a saga is due again at `at`, waking the loop if that is the earliest.
+    fn set_timer(&self, at: DateTime<Utc>) {
+        let Ok(mut next) = self.next_timer.lock() else {
+            return;
+        };
+        if next.is_none_or(|current| at < current) {
+            *next = Some(at);
+            self.timer_set.notify_one();
         }
     }
 
@@ -442,6 +478,11 @@ impl Engine {
                     saga.updated_at = saved.updated_at;
                     has_signals = saved.has_signals;
                     self.announce(&saga);
+                    if lease == Lease::Release
+                        && let Some(at) = saga.next_run_at
+                    {
+                        self.set_timer(at);
+                    }
                 }
                 Ok(None) => {
                     tracing::warn!(saga_id = %saga.id, "lease lost; another instance drives the saga");
