@@ -38,6 +38,9 @@ pub struct NotificationSettings {
     /// Longest delay between attempts.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Mails sent at once, each by a worker holding its notification's row lock and a
+    /// database connection while the SMTP server answers (at most 8: the pool has 16).
+    pub concurrency: usize,
     /// How often the delivery worker looks for due notifications (retries, and other replicas'
     /// work); a notification created here wakes it at once.
     #[serde(with = "humantime_serde")]
@@ -56,6 +59,7 @@ impl Default for NotificationSettings {
             initial_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(300),
             poll_interval: Duration::from_secs(1),
+            concurrency: 4,
         }
     }
 }

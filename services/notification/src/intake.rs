@@ -116,6 +116,8 @@ impl EventHandler for Intake {
 
     fn committed(&self, applied: Vec<bool>) {
         if applied.contains(&true) {
+            // Every idle worker, and a permit for one that is between rounds.
+            self.delivery.notify_waiters();
             self.delivery.notify_one();
         }
     }

@@ -132,12 +132,17 @@ pub async fn insert<C: ConnectionTrait>(db: &C, new: &NewNotification) -> Result
     Ok(())
 }
 
-/// Locks the next notification due for delivery; other workers skip it.
+/// Locks the next notification due for delivery; other workers skip it. A notification waits
+/// while an earlier one of its order is still on its first attempt (perhaps being sent by
+/// another worker), so a customer never gets "confirmed" before "received".
 pub async fn lock_due<C: ConnectionTrait>(db: &C) -> Result<Option<Notification>, DbErr> {
     Notification::find_by_statement(statement(
         &format!(
-            "SELECT {COLUMNS} FROM notifications WHERE status IN ('PENDING', 'RETRYING') \
-             AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+            "SELECT {COLUMNS} FROM notifications n WHERE status IN ('PENDING', 'RETRYING') \
+             AND next_attempt_at <= now() \
+             AND NOT EXISTS (SELECT 1 FROM notifications earlier WHERE earlier.order_id = n.order_id \
+                 AND earlier.id < n.id AND earlier.status = 'PENDING') \
+             ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED"
         ),
         [],
     ))

@@ -177,3 +177,56 @@ async fn listing_needs_a_filter_and_refuses_malformed_ones() {
     assert_eq!(absent.code(), tonic::Code::NotFound);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_send_each_orders_mails_in_the_order_they_were_created() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn("mailorder", smtp.port, 3).await;
+    let customer = format!("customer-{}", uuid::Uuid::now_v7().simple());
+    let orders: Vec<String> = (0..12).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    for order_id in &orders {
+        let total = Some(Money {
+            currency_code: "EUR".to_owned(),
+            amount_minor: 1000,
+        });
+        let placed = order::OrderPlaced {
+            order_id: order_id.clone(),
+            customer_id: customer.clone(),
+            total: total.clone(),
+            ..Default::default()
+        };
+        let confirmed = order::OrderConfirmed {
+            order_id: order_id.clone(),
+            customer_id: customer.clone(),
+            total,
+        };
+        app.publish("order.events", &order_event(&placed, order_id))
+            .await;
+        app.publish("order.events", &order_event(&confirmed, order_id))
+            .await;
+    }
+
+    let sent = eventually(Duration::from_secs(30), || async {
+        let notifications = app.notifications(&customer).await;
+        (notifications.len() == 2 * orders.len()
+            && notifications
+                .iter()
+                .all(|n| n.status == NotificationStatus::Sent as i32))
+        .then_some(notifications)
+    })
+    .await
+    .expect("every mail sent");
+    for order_id in &orders {
+        let sent_at = |event_type: &str| {
+            sent.iter()
+                .find(|n| &n.order_id == order_id && n.trigger_event_type == event_type)
+                .and_then(|n| n.sent_time)
+                .map(|time| (time.seconds, time.nanos))
+                .expect("sent")
+        };
+        assert!(
+            sent_at("zentra.order.v1.OrderPlaced") <= sent_at("zentra.order.v1.OrderConfirmed"),
+            "order {order_id}: \"confirmed\" went out before \"received\""
+        );
+    }
+}
