@@ -214,6 +214,9 @@ fn partition_list(assigned: &Assignment) -> TopicPartitionList {
 #[derive(Debug, Clone, Copy)]
 struct Fetching {
     paused: bool,
+    /// Fetching only for a periodic look, woken by no hint and given no record yet: one fetch
+    /// round tells whether anything is there, so it stops sooner than `idle_after`.
+    looking: bool,
     /// Fetching: the last record or hint. Paused: the pause.
     since: Instant,
 }
@@ -222,19 +225,37 @@ impl Fetching {
     fn new(now: Instant) -> Self {
         Self {
             paused: false,
+            looking: false,
             since: now,
         }
     }
 
-    /// When to stop fetching (nothing came for `idle_after`), or, paused, to look anyway.
+    /// A periodic look that started `now`.
+    fn look(now: Instant) -> Self {
+        Self {
+            looking: true,
+            ..Self::new(now)
+        }
+    }
+
+    /// When to stop fetching (nothing came for `idle_after`, or a look found nothing in three
+    /// fetch waits), or, paused, to look anyway.
     fn deadline(&self, kafka: &KafkaConfig) -> Instant {
         if self.paused {
             self.since + kafka.idle_fetch
+        } else if self.looking {
+            self.since
+                + (kafka.fetch_wait * 3)
+                    .max(LOOK_AT_LEAST)
+                    .min(kafka.idle_after)
         } else {
             self.since + kafka.idle_after
         }
     }
 }
+
+/// The shortest periodic look: time for the assignment and one fetch round trip.
+const LOOK_AT_LEAST: Duration = Duration::from_millis(30);
 
 /// Returns when a hint arrives; never without hints.
 async fn wait_for_hint(hints: Option<&Notify>) {
@@ -356,7 +377,7 @@ impl EventConsumer {
                 () = tokio::time::sleep_until(deadline.into()), if hints.is_some() => {
                     if fetching.paused {
                         self.resume(&assigned);
-                        fetching = Fetching::new(Instant::now());
+                        fetching = Fetching::look(Instant::now());
                     } else {
                         self.pause();
                         fetching.paused = true;
@@ -388,6 +409,7 @@ impl EventConsumer {
                 break;
             }
             fetching.since = Instant::now();
+            fetching.looking = false;
         }
         keeper_stop.cancel();
         keeper.finish().await;
