@@ -160,6 +160,23 @@ impl Default for KafkaConfig {
     }
 }
 
+impl KafkaConfig {
+    /// Values that parse but cannot work: with hints, zero idle times would pause and resume
+    /// the consumers in a loop.
+    pub fn check(&self) -> Result<(), String> {
+        if self.wake_url.expose().is_empty() {
+            return Ok(());
+        }
+        if self.idle_after.is_zero() || self.idle_fetch.is_zero() {
+            return Err(
+                "kafka.idle_after and kafka.idle_fetch must be above zero when kafka.wake_url is set"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The outbox relay.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -390,6 +407,7 @@ where
     // Extracted separately, not through serde's flatten, so an error names the key at fault.
     let invalid = |error: figment::Error| ConfigError::Invalid(one_line(&error));
     let common = figment.extract::<CommonConfig>().map_err(invalid)?;
+    common.kafka.check().map_err(ConfigError::Invalid)?;
     let domain = figment.extract::<D>().map_err(invalid)?;
     Ok((ServiceConfig { common, domain }, ConfigSources(sources)))
 }
@@ -461,6 +479,22 @@ mod tests {
                 load::<NoSettings>(Some("zentra.toml".into())).map_err(|e| e.to_string())?;
             assert_eq!(config.common.kafka.topic_prefix, "env.");
             assert_eq!(config.common.kafka.partitions, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn zero_idle_times_with_hints_are_refused_in_one_line() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ZENTRA_KAFKA__WAKE_URL", "redis://127.0.0.1:6379");
+            jail.set_env("ZENTRA_KAFKA__IDLE_FETCH", "0s");
+            let error = load::<NoSettings>(None).err().map(|e| e.to_string());
+            assert_eq!(
+                error.as_deref(),
+                Some(
+                    "invalid config: kafka.idle_after and kafka.idle_fetch must be above zero when kafka.wake_url is set"
+                )
+            );
             Ok(())
         });
     }

@@ -341,7 +341,20 @@ async fn a_failed_event_is_retried_and_a_successor_resumes_after_what_was_proces
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_killed_mid_stream_and_restarted_with_the_same_id_resumes_at_once_and_applies_nothing_twice()
  {
-    let fixture = Fixture::new("killsame", 3).await;
+    killed_and_restarted_with_the_same_id(Fixture::new("killsame", 3).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_hints_killed_and_restarted_with_the_same_id_applies_everything_once() {
+    let mut fixture = Fixture::new("killhinted", 3).await;
+    // Records of the second wave reach the restarted member by hints alone.
+    with_hints(&mut fixture, &redis_url(), Duration::from_secs(3600));
+    killed_and_restarted_with_the_same_id(fixture).await;
+}
+
+/// Kills a member mid-stream as `kill -9` would, publishes more, restarts it under the same
+/// member id as `just up` does, and checks every event was applied exactly once.
+async fn killed_and_restarted_with_the_same_id(fixture: Fixture) {
     let first_wave = skus("A", 0..60);
     for sku in &first_wave {
         publish(&fixture.producer, &fixture.topic, sku).await;

@@ -57,6 +57,13 @@ impl NotificationService {
         telemetry: Telemetry,
     ) -> anyhow::Result<Self> {
         let settings = config.domain.notification.clone();
+        // Each worker holds a pooled connection while the SMTP server answers.
+        if !(1..=8).contains(&settings.concurrency) {
+            anyhow::bail!(
+                "notification.concurrency ({}) must be between 1 and 8",
+                settings.concurrency
+            );
+        }
         let platform = Platform::start(INFO, &config, &sources, telemetry).await?;
         platform.spawn_relay();
         let delivery_wake = Arc::new(tokio::sync::Notify::new());
@@ -74,7 +81,7 @@ impl NotificationService {
         )?;
         // One SMTP conversation at a time sent about 40 mails a second, fewer than two per saga
         // at the benchmark's peak: workers share the due notifications with SKIP LOCKED.
-        let workers = settings.concurrency.clamp(1, 8);
+        let workers = settings.concurrency;
         let delivery = delivery::Delivery::new(
             platform.db.clone(),
             settings,

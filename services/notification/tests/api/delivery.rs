@@ -28,6 +28,24 @@ fn order_event<M: prost::Name>(
     )
 }
 
+/// The customer's notifications once there are `count`, all sent, within `within`.
+async fn all_sent(
+    app: &TestApp,
+    customer: &str,
+    count: usize,
+    within: Duration,
+) -> Option<Vec<zentra_proto::notification::v1::Notification>> {
+    eventually(within, || async {
+        let notifications = app.notifications(customer).await;
+        (notifications.len() == count
+            && notifications
+                .iter()
+                .all(|n| n.status == NotificationStatus::Sent as i32))
+        .then_some(notifications)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirmed_order_is_mailed_once_even_when_its_event_arrives_twice() {
     let smtp = SmtpServer::start().await;
@@ -58,16 +76,9 @@ async fn a_confirmed_order_is_mailed_once_even_when_its_event_arrives_twice() {
     app.publish("order.events", &confirmed).await;
     app.publish("order.events", &confirmed).await; // delivered twice
 
-    let sent = eventually(Duration::from_secs(20), || async {
-        let notifications = app.notifications("customer-7").await;
-        (notifications.len() == 2
-            && notifications
-                .iter()
-                .all(|n| n.status == NotificationStatus::Sent as i32))
-        .then_some(notifications)
-    })
-    .await
-    .expect("both notifications sent");
+    let sent = all_sent(&app, "customer-7", 2, Duration::from_secs(20))
+        .await
+        .expect("both notifications sent");
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     let messages = smtp.messages();
@@ -206,16 +217,9 @@ async fn several_workers_send_each_orders_mails_in_the_order_they_were_created()
             .await;
     }
 
-    let sent = eventually(Duration::from_secs(30), || async {
-        let notifications = app.notifications(&customer).await;
-        (notifications.len() == 2 * orders.len()
-            && notifications
-                .iter()
-                .all(|n| n.status == NotificationStatus::Sent as i32))
-        .then_some(notifications)
-    })
-    .await
-    .expect("every mail sent");
+    let sent = all_sent(&app, &customer, 2 * orders.len(), Duration::from_secs(30))
+        .await
+        .expect("every mail sent");
     for order_id in &orders {
         let sent_at = |event_type: &str| {
             sent.iter()
