@@ -72,6 +72,9 @@ pub struct SagaSettings {
     pub poll_interval: Duration,
     /// Sagas driven at once by this instance.
     pub concurrency: usize,
+    /// Most transitions stored in one transaction. Transitions of different sagas that are
+    /// ready while another batch is written share the next commit; 1 writes each alone.
+    pub commit_batch: usize,
     /// How often reconciliation looks for PENDING orders without a saga.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
@@ -92,6 +95,7 @@ impl Default for SagaSettings {
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
             concurrency: 64,
+            commit_batch: 64,
             reconcile_interval: Duration::from_secs(30),
             reconcile_after: Duration::from_secs(60),
         }

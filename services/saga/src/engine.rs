@@ -18,7 +18,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait as _};
-use tokio::sync::{Notify, Semaphore, broadcast};
+use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 use zentra_proto::order::v1::OrderPlaced;
@@ -46,6 +46,8 @@ pub struct EngineSettings {
     pub poll_interval: Duration,
     /// Sagas driven at once.
     pub concurrency: usize,
+    /// Most transitions per commit.
+    pub commit_batch: usize,
     /// Retries and timeouts.
     pub policy: RetryPolicy,
 }
@@ -67,6 +69,19 @@ pub struct Engine {
     /// An earlier timer was set: the loop recomputes how long it sleeps.
     timer_set: Notify,
     changes: broadcast::Sender<Arc<Saga>>,
+    /// Transitions waiting to be written (see [`Engine::commit`]).
+    queue: std::sync::Mutex<Vec<Transition>>,
+    /// The turn to write the queue.
+    writer: tokio::sync::Mutex<()>,
+}
+
+/// A transition waiting for its commit.
+struct Transition {
+    saga: Saga,
+    out: Vec<Outgoing>,
+    lease: Lease,
+    applied: Vec<i64>,
+    reply: oneshot::Sender<Result<Option<store::Saved>, DbErr>>,
 }
 
 impl Engine {
@@ -90,6 +105,8 @@ impl Engine {
             next_timer: std::sync::Mutex::new(None),
             timer_set: Notify::new(),
             changes,
+            queue: std::sync::Mutex::new(Vec::new()),
+            writer: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -472,7 +489,7 @@ impl Engine {
                     .increment(1);
                 tracing::info!(saga_id = %saga.id, state = %saga.state, reason = %saga.failure_reason, "saga ended");
             }
-            match self.commit(&saga, &out, lease, &applied).await {
+            match self.commit(&saga, out, lease, applied).await {
                 Ok(Some(saved)) => {
                     saga.version += 1;
                     saga.updated_at = saved.updated_at;
@@ -500,26 +517,112 @@ impl Engine {
         }
     }
 
+    /// Stores a transition with its records. Transitions that arrive while another batch is
+    /// being written wait for it and are then written together, in one transaction: under
+    /// load the saga database pays one commit for many sagas' steps, and alone a transition
+    /// is written at once.
     async fn commit(
         &self,
         saga: &Saga,
-        out: &[Outgoing],
+        out: Vec<Outgoing>,
         lease: Lease,
-        applied: &[i64],
+        applied: Vec<i64>,
     ) -> Result<Option<store::Saved>, DbErr> {
-        let tx = self.db.begin().await?;
-        let token = saga.lease.as_deref().unwrap_or_default();
-        let Some(saved) = store::save(&tx, saga, (token, self.owner()), lease, applied).await?
-        else {
-            tx.rollback().await?;
-            return Ok(None);
+        let (reply, mut answer) = oneshot::channel();
+        let transition = Transition {
+            saga: saga.clone(),
+            out,
+            lease,
+            applied,
+            reply,
         };
-        self.enqueue(&tx, out).await?;
-        tx.commit().await?;
-        if !out.is_empty() {
+        self.queue
+            .lock()
+            .map_err(|_| DbErr::Custom("commit queue poisoned".to_owned()))?
+            .push(transition);
+        loop {
+            {
+                // One writer at a time; whoever holds the turn writes what is queued, up to a
+                // batch, which includes this transition unless an earlier writer took it.
+                let _turn = self.writer.lock().await;
+                let batch: Vec<Transition> = match self.queue.lock() {
+                    Ok(mut queue) => {
+                        let take = queue.len().min(self.settings.commit_batch);
+                        queue.drain(..take).collect()
+                    }
+                    Err(_) => Vec::new(),
+                };
+                if !batch.is_empty() {
+                    self.write_batch(batch).await;
+                }
+            }
+            // Answered while a writer held the turn, or still queued behind a full batch.
+            match answer.try_recv() {
+                Ok(result) => return result,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(DbErr::Custom("the transition's writer stopped".to_owned()));
+                }
+            }
+        }
+    }
+
+    /// Writes `batch` in one transaction and answers each transition. When the transaction
+    /// fails, each is written alone, so one bad transition fails nobody else.
+    async fn write_batch(&self, batch: Vec<Transition>) {
+        let any_records = batch.iter().any(|transition| !transition.out.is_empty());
+        match self.write(&batch).await {
+            Ok(saved) => {
+                for (transition, saved) in batch.into_iter().zip(saved) {
+                    let _ = transition.reply.send(Ok(saved));
+                }
+            }
+            Err(error) if batch.len() == 1 => {
+                if let Some(transition) = batch.into_iter().next() {
+                    let _ = transition.reply.send(Err(error));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, count = batch.len(), "storing a batch of transitions failed; storing each alone");
+                for transition in batch {
+                    let result = self
+                        .write(std::slice::from_ref(&transition))
+                        .await
+                        .map(|mut saved| saved.pop().flatten());
+                    let _ = transition.reply.send(result);
+                }
+            }
+        }
+        if any_records {
             self.outbox.wake();
         }
-        Ok(Some(saved))
+    }
+
+    /// One transaction storing every transition of `batch` whose lease still holds, with its
+    /// records; `None` for a transition whose lease was lost (nothing of it is written).
+    async fn write(&self, batch: &[Transition]) -> Result<Vec<Option<store::Saved>>, DbErr> {
+        let tx = self.db.begin().await?;
+        let mut results = Vec::with_capacity(batch.len());
+        for transition in batch {
+            let saga = &transition.saga;
+            let token = saga.lease.as_deref().unwrap_or_default();
+            let saved = store::save(
+                &tx,
+                saga,
+                (token, self.owner()),
+                transition.lease,
+                &transition.applied,
+            )
+            .await?;
+            if saved.is_some() {
+                self.enqueue(&tx, &transition.out).await?;
+            }
+            results.push(saved);
+        }
+        tx.commit().await?;
+        metrics::counter!(metric_names::TRANSITION_COMMITS).increment(1);
+        metrics::counter!(metric_names::TRANSITIONS_WRITTEN).increment(batch.len() as u64);
+        Ok(results)
     }
 
     /// After a database failure: hand the saga back so it is retried, by any instance, later.

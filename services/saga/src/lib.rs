@@ -108,6 +108,7 @@ impl SagaOrchestrator {
                 lease: settings.lease,
                 poll_interval: settings.poll_interval,
                 concurrency: settings.concurrency,
+                commit_batch: settings.commit_batch.max(1),
                 policy: settings.retry.clone(),
             },
             platform.config.kafka.topic_prefix.clone(),

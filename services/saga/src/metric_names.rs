@@ -13,6 +13,11 @@ pub const SAGAS_RECONCILED: &str = "zentra_saga_reconciled_total";
 /// Customer cancellations handed to their saga by reconciliation, because their event was lost
 /// (counter).
 pub const CANCELLATIONS_RECONCILED: &str = "zentra_saga_cancellations_reconciled_total";
+/// Transactions that stored transitions (counter); with [`TRANSITIONS_WRITTEN`], how many
+/// transitions a commit carries.
+pub const TRANSITION_COMMITS: &str = "zentra_saga_transition_commits_total";
+/// Transitions stored (counter).
+pub const TRANSITIONS_WRITTEN: &str = "zentra_saga_transitions_written_total";
 
 /// Describes every metric for the Prometheus exposition.
 pub fn describe() {
@@ -27,6 +32,11 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "duration of saga step calls"
     );
+    metrics::describe_counter!(
+        TRANSITION_COMMITS,
+        "transactions that stored saga transitions (several under load)"
+    );
+    metrics::describe_counter!(TRANSITIONS_WRITTEN, "saga transitions stored");
     metrics::describe_counter!(SAGAS_RECONCILED, "sagas started by reconciliation");
     metrics::describe_counter!(
         CANCELLATIONS_RECONCILED,

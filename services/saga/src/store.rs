@@ -330,7 +330,8 @@ pub enum Lease {
 /// exactly the signals it applied (by id: a signal that committed meanwhile with a lower id is
 /// kept for the next transition).
 /// `None` when the token no longer holds the lease: another claim took the saga over and this
-/// transition must be dropped.
+/// transition must be dropped. Then nothing was written, so the transaction can go on storing
+/// other sagas' transitions.
 pub async fn save<C: ConnectionTrait>(
     db: &C,
     saga: &Saga,
@@ -345,14 +346,6 @@ pub async fn save<C: ConnectionTrait>(
         ),
         Lease::Release => (true, 0),
     };
-    if !applied_signals.is_empty() {
-        // Rolled back with the rest when the lease turns out to be lost.
-        db.execute_raw(statement(
-            "DELETE FROM saga_signals WHERE saga_id = $1 AND id = ANY($2)",
-            [saga.id.into(), applied_signals.to_vec().into()],
-        ))
-        .await?;
-    }
     let updated = db
         .query_one_raw(statement(
             "UPDATE sagas SET state = $3, current_step = $4, failing_step = $5, \
@@ -361,7 +354,8 @@ pub async fn save<C: ConnectionTrait>(
                lease_owner = CASE WHEN $10 THEN NULL ELSE lease_owner END, \
                lease_until = CASE WHEN $10 THEN NULL ELSE now() + $11 * interval '1 millisecond' END \
              WHERE id = $1 AND lease_owner = $2 \
-             RETURNING updated_at, EXISTS (SELECT 1 FROM saga_signals g WHERE g.saga_id = $1) AS has_signals",
+             RETURNING updated_at, EXISTS (SELECT 1 FROM saga_signals g \
+               WHERE g.saga_id = $1 AND g.id <> ALL($13)) AS has_signals",
             [
                 saga.id.into(),
                 token.into(),
@@ -378,12 +372,21 @@ pub async fn save<C: ConnectionTrait>(
                 release.into(),
                 lease_ms.into(),
                 writer.into(),
+                applied_signals.to_vec().into(),
             ],
         ))
         .await?;
     let Some(row) = updated else {
+        // Nothing written: the signals stay for the lease's holder.
         return Ok(None);
     };
+    if !applied_signals.is_empty() {
+        db.execute_raw(statement(
+            "DELETE FROM saga_signals WHERE saga_id = $1 AND id = ANY($2)",
+            [saga.id.into(), applied_signals.to_vec().into()],
+        ))
+        .await?;
+    }
     Ok(Some(Saved {
         updated_at: row.try_get("", "updated_at")?,
         has_signals: row.try_get("", "has_signals")?,

@@ -4,3 +4,4 @@ mod helpers;
 mod operator;
 mod outcomes;
 mod resilience;
+mod store;

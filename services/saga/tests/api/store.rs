@@ -1,0 +1,149 @@
+//! The saga store against PostgreSQL: what one transaction storing several sagas' transitions
+//! does when one of them lost its lease.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sea_orm::TransactionTrait as _;
+use uuid::Uuid;
+use zentra_proto::order::v1::OrderPlaced;
+use zentra_saga::{
+    domain::{Saga, SagaState, ShipmentReport},
+    machine::Signal,
+    store::{self, Lease},
+};
+use zentra_test_support::{TestDatabase, count};
+
+fn new_saga() -> Saga {
+    let order_id = Uuid::now_v7();
+    let now = Utc::now();
+    Saga {
+        id: Uuid::now_v7(),
+        order_id,
+        order: OrderPlaced {
+            order_id: order_id.to_string(),
+            customer_id: "store-test".to_owned(),
+            ..OrderPlaced::default()
+        },
+        state: SagaState::Running,
+        cause: None,
+        failure_reason: String::new(),
+        reservation_id: None,
+        payment_id: None,
+        shipment_id: None,
+        captured: false,
+        shipment: ShipmentReport::None,
+        cancel_request: None,
+        steps: Vec::new(),
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        ended_at: None,
+        shipment_check: None,
+        compensating_since: None,
+        next_run_at: Some(now),
+        lease: None,
+    }
+}
+
+async fn signal_ids(db: &sea_orm::DatabaseConnection, saga_id: Uuid) -> Vec<i64> {
+    store::signals(db, saga_id)
+        .await
+        .expect("signals")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_transition_whose_lease_is_lost_writes_nothing_and_leaves_the_rest_of_its_transaction_alone()
+ {
+    let database = TestDatabase::create("saga-store").await.expect("database");
+    let db = database.connect().await.expect("connect");
+    zentra_runtime::db::migrate(&db, store::migrations::MIGRATIONS)
+        .await
+        .expect("migrate");
+    let (kept, lost) = (new_saga(), new_saga());
+    for saga in [&kept, &lost] {
+        assert!(store::insert(&db, saga, "test").await.expect("insert"));
+        store::add_signal(&db, saga.id, &Signal::RetryNow)
+            .await
+            .expect("signal");
+    }
+    let claimed = store::claim_due(&db, "test", Duration::from_secs(30), 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2);
+    let mut sagas = claimed.into_iter().map(|(saga, has_signals)| {
+        assert!(has_signals);
+        saga
+    });
+    let (mut first, mut second) = (
+        sagas.next().expect("first claimed"),
+        sagas.next().expect("second claimed"),
+    );
+    if first.id != kept.id {
+        std::mem::swap(&mut first, &mut second);
+    }
+    let (first_signals, second_signals) = (
+        signal_ids(&db, first.id).await,
+        signal_ids(&db, second.id).await,
+    );
+    // A signal that arrives while the step runs is not one the transition applied.
+    store::add_signal(&db, first.id, &Signal::RetryNow)
+        .await
+        .expect("late signal");
+    // The second saga's lease went to another claimant meanwhile.
+    second.lease = Some("another:claim".to_owned());
+    first.state = SagaState::Compensating;
+
+    let tx = db.begin().await.expect("begin");
+    let lost_result = store::save(
+        &tx,
+        &second,
+        (second.lease.as_deref().unwrap_or_default(), "test"),
+        Lease::Release,
+        &second_signals,
+    )
+    .await
+    .expect("save of the lost saga");
+    let kept_result = store::save(
+        &tx,
+        &first,
+        (first.lease.as_deref().unwrap_or_default(), "test"),
+        Lease::Release,
+        &first_signals,
+    )
+    .await
+    .expect("save of the kept saga");
+    tx.commit().await.expect("commit");
+
+    assert_eq!(lost_result, None);
+    let saved = kept_result.expect("the kept saga's lease holds");
+    assert!(saved.has_signals, "the late signal still waits");
+    let stored = store::by_id(&db, first.id)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(stored.state, SagaState::Compensating);
+    assert_eq!(stored.version, 2);
+    let untouched = store::by_id(&db, second.id)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(untouched.version, 1);
+    assert_eq!(untouched.state, SagaState::Running);
+    let signals = |id: Uuid| format!("SELECT count(*) FROM saga_signals WHERE saga_id = '{id}'");
+    assert_eq!(
+        count(&db, &signals(first.id)).await,
+        1,
+        "only the late signal is left"
+    );
+    assert_eq!(
+        count(&db, &signals(second.id)).await,
+        1,
+        "the lost saga keeps its signal"
+    );
+    drop(db);
+    database.drop_database().await.expect("drop");
+}
