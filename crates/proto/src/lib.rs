@@ -26,3 +26,23 @@ pub trait IdempotentRequest: prost::Message + Clone {
 }
 
 include!(concat!(env!("OUT_DIR"), "/idempotent_requests.rs"));
+
+/// The event types another part of the platform reads, by full name: the saga orchestrator
+/// (the order's placement and cancellation, the shipment's outcome), notification (what it mails
+/// about) and outside subscribers of saga outcomes. Services always publish these; any other
+/// event is published only when the producing service's `outbox.publish` names it, so an event
+/// nobody reads costs neither an outbox row nor a broker record. A consumer that starts reading
+/// a new event type adds it here.
+pub const PLATFORM_EVENTS: &[&str] = &[
+    "zentra.order.v1.OrderPlaced",
+    "zentra.order.v1.OrderCancellationRequested",
+    "zentra.order.v1.OrderConfirmed",
+    "zentra.order.v1.OrderRejected",
+    "zentra.order.v1.OrderCancelled",
+    "zentra.payment.v1.PaymentDeclined",
+    "zentra.fulfillment.v1.ShipmentDispatched",
+    "zentra.fulfillment.v1.ShipmentFailed",
+    "zentra.saga.v1.SagaCompleted",
+    "zentra.saga.v1.SagaCompensated",
+    "zentra.saga.v1.SagaCompensationFailed",
+];

@@ -190,6 +190,11 @@ pub struct OutboxConfig {
     /// events published within this are published again; consumers skip what they saw.
     #[serde(with = "humantime_serde")]
     pub republish_window: Duration,
+    /// Events published besides those another service of the platform reads
+    /// ([`zentra_proto::PLATFORM_EVENTS`]), for subscribers outside it: event type names
+    /// (`zentra.inventory.v1.StockReserved`), whole topics (`inventory.events`), or `*` for
+    /// every event. The others are not written to the outbox at all.
+    pub publish: Vec<String>,
 }
 
 impl Default for OutboxConfig {
@@ -198,7 +203,27 @@ impl Default for OutboxConfig {
             poll_interval: Duration::from_millis(250),
             batch_size: 256,
             republish_window: Duration::from_secs(15 * 60),
+            publish: Vec::new(),
         }
+    }
+}
+
+impl OutboxConfig {
+    /// Every entry of `publish` names an event type, an event topic or `*`.
+    pub fn check(&self) -> Result<(), String> {
+        let known = crate::events::event_types();
+        for entry in &self.publish {
+            let topic = entry
+                .strip_suffix(".events")
+                .is_some_and(|service| !service.is_empty() && !service.contains('.'));
+            if entry != "*" && !topic && !known.iter().any(|name| name == entry) {
+                return Err(format!(
+                    "outbox.publish: {entry:?} is not an event type (for example \
+                     zentra.inventory.v1.StockReserved), an event topic (inventory.events) or *"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -408,6 +433,7 @@ where
     let invalid = |error: figment::Error| ConfigError::Invalid(one_line(&error));
     let common = figment.extract::<CommonConfig>().map_err(invalid)?;
     common.kafka.check().map_err(ConfigError::Invalid)?;
+    common.outbox.check().map_err(ConfigError::Invalid)?;
     let domain = figment.extract::<D>().map_err(invalid)?;
     Ok((ServiceConfig { common, domain }, ConfigSources(sources)))
 }

@@ -54,3 +54,143 @@ pub fn current_trace_context() -> TraceContext {
 pub fn payload<M: prost::Name + Default>(envelope: &EventEnvelope) -> Option<M> {
     envelope.payload.as_ref()?.to_msg::<M>().ok()
 }
+
+/// Every event type the contracts declare (the messages of each `events.proto`), by full name.
+pub fn event_types() -> Vec<String> {
+    use prost::Message as _;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(zentra_proto::FILE_DESCRIPTOR_SET) else {
+        return Vec::new();
+    };
+    set.file
+        .iter()
+        .filter(|file| file.name().ends_with("/events.proto"))
+        .flat_map(|file| {
+            file.message_type
+                .iter()
+                .map(move |message| format!("{}.{}", file.package(), message.name()))
+        })
+        .collect()
+}
+
+/// A service's event topic and which of its events are published: those another service reads
+/// ([`zentra_proto::PLATFORM_EVENTS`]) and those `outbox.publish` asks for.
+#[derive(Debug, Clone)]
+pub struct EventTopic {
+    base: String,
+    name: String,
+    publish: std::sync::Arc<[String]>,
+}
+
+impl EventTopic {
+    /// The topic `name` (full, with its prefix) of base name `base`, publishing besides the
+    /// platform's events what `publish` lists (see `OutboxConfig::publish`).
+    pub fn new(base: &str, name: String, publish: &[String]) -> Self {
+        Self {
+            base: base.to_owned(),
+            name,
+            publish: publish.into(),
+        }
+    }
+
+    /// The full topic name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether events of `event_type` are published.
+    pub fn publishes(&self, event_type: &str) -> bool {
+        zentra_proto::PLATFORM_EVENTS.contains(&event_type)
+            || self
+                .publish
+                .iter()
+                .any(|entry| entry == "*" || *entry == self.base || entry == event_type)
+    }
+
+    /// Writes `payload` to the outbox in the caller's transaction when its type is published;
+    /// whether it was.
+    pub async fn emit<C: sea_orm::ConnectionTrait, M: prost::Name>(
+        &self,
+        tx: &C,
+        payload: &M,
+        meta: EventMeta<'_>,
+    ) -> Result<bool, sea_orm::DbErr> {
+        if !self.publishes(&M::full_name()) {
+            return Ok(false);
+        }
+        crate::outbox::enqueue(tx, &self.name, &envelope(payload, meta)).await?;
+        let _ = EMITTED.try_with(|emitted| emitted.set(true));
+        Ok(true)
+    }
+}
+
+tokio::task_local! {
+    static EMITTED: std::cell::Cell<bool>;
+}
+
+/// Runs `work` and tells whether it wrote an event to the outbox through an [`EventTopic`], so
+/// the relay is woken after the commit only when there is something to publish.
+pub async fn tracked<F: std::future::Future>(work: F) -> (F::Output, bool) {
+    EMITTED
+        .scope(std::cell::Cell::new(false), async {
+            let output = work.await;
+            (output, EMITTED.with(std::cell::Cell::get))
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_platform_event_is_a_declared_event_type() {
+        let known = event_types();
+        assert!(
+            known
+                .iter()
+                .any(|name| name == "zentra.inventory.v1.StockReserved")
+        );
+        for name in zentra_proto::PLATFORM_EVENTS {
+            assert!(
+                known.iter().any(|known| known == name),
+                "{name} is not declared"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn tracked_work_tells_whether_it_wrote_an_event() {
+        let (value, emitted) = tracked(async { 7 }).await;
+        assert_eq!((value, emitted), (7, false));
+        let (_, emitted) = tracked(async {
+            let _ = EMITTED.try_with(|emitted| emitted.set(true));
+        })
+        .await;
+        assert!(emitted);
+    }
+
+    #[test]
+    fn a_topic_publishes_platform_events_and_what_it_is_asked_for() {
+        let none = EventTopic::new("inventory.events", "p.inventory.events".to_owned(), &[]);
+        assert!(!none.publishes("zentra.inventory.v1.StockReserved"));
+        let order = EventTopic::new("order.events", "p.order.events".to_owned(), &[]);
+        assert!(order.publishes("zentra.order.v1.OrderPlaced"));
+        for publish in ["*", "inventory.events", "zentra.inventory.v1.StockReserved"] {
+            let topic = EventTopic::new(
+                "inventory.events",
+                "p.inventory.events".to_owned(),
+                &[publish.to_owned()],
+            );
+            assert!(
+                topic.publishes("zentra.inventory.v1.StockReserved"),
+                "{publish}"
+            );
+        }
+        let other = EventTopic::new(
+            "inventory.events",
+            "p.inventory.events".to_owned(),
+            &["payment.events".to_owned()],
+        );
+        assert!(!other.publishes("zentra.inventory.v1.StockReserved"));
+    }
+}

@@ -117,6 +117,11 @@ impl Platform {
         kafka::topic_name(&self.config.kafka, base)
     }
 
+    /// A service's event topic of base name `base`, publishing what the config asks for.
+    pub fn event_topic(&self, base: &str) -> crate::events::EventTopic {
+        crate::events::EventTopic::new(base, self.topic(base), &self.config.outbox.publish)
+    }
+
     /// Runs background work that must stop when [`Platform::shutdown`] is cancelled; shutdown
     /// waits for it.
     pub fn spawn<F>(&self, task: F)

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use tonic::{Request, Response, Status};
 use zentra_proto::{common::v1::PageResponse, fulfillment::v1 as pb};
 use zentra_runtime::{
+    events::tracked,
     fresh_or_replay,
     paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
@@ -83,15 +84,18 @@ impl pb::fulfillment_service_server::FulfillmentService for FulfillmentApi {
             request,
             FulfillmentError
         );
-        let shipment = self
-            .shipments
-            .create(tx.transaction(), order_id, address, &lines)
-            .await?;
+        let (shipment, emitted) =
+            tracked(
+                self.shipments
+                    .create(tx.transaction(), order_id, address, &lines),
+            )
+            .await;
+        let shipment = shipment?;
         let response = pb::CreateShipmentResponse {
             shipment: Some(convert::shipment(&shipment)),
         };
         tx.commit(&response).await.map_err(FulfillmentError::from)?;
-        self.shipments.committed();
+        self.shipments.committed(emitted);
         tracing::info!(shipment_id = %shipment.row.id, order_id = %order_id, "shipment created");
         Ok(Response::new(response))
     }
@@ -114,15 +118,18 @@ impl pb::fulfillment_service_server::FulfillmentService for FulfillmentApi {
             request,
             FulfillmentError
         );
-        let shipment = self
-            .shipments
-            .cancel(tx.transaction(), id, request.reason.trim())
-            .await?;
+        let (shipment, emitted) = tracked(self.shipments.cancel(
+            tx.transaction(),
+            id,
+            request.reason.trim(),
+        ))
+        .await;
+        let shipment = shipment?;
         let response = pb::CancelShipmentResponse {
             shipment: Some(convert::shipment(&shipment)),
         };
         tx.commit(&response).await.map_err(FulfillmentError::from)?;
-        self.shipments.committed();
+        self.shipments.committed(emitted);
         tracing::info!(shipment_id = %id, "shipment cancelled");
         Ok(Response::new(response))
     }

@@ -56,7 +56,7 @@ impl FulfillmentService {
         let platform = Platform::start(INFO, &config, &sources, telemetry).await?;
         let shipments = shipments::Shipments::new(
             platform.db.clone(),
-            platform.topic(EVENTS_TOPIC),
+            platform.event_topic(EVENTS_TOPIC),
             platform.relay.waker(),
             settings,
         );

@@ -11,8 +11,8 @@ use uuid::Uuid;
 use zentra_proto::{common::v1::Address, fulfillment::v1 as pb};
 use zentra_runtime::{
     CancellationToken,
-    events::{EventMeta, envelope},
-    outbox::{self, OutboxWaker},
+    events::{EventMeta, EventTopic},
+    outbox::OutboxWaker,
 };
 
 use crate::{
@@ -32,7 +32,7 @@ pub const BATCH: u32 = 32;
 #[derive(Clone)]
 pub struct Shipments {
     db: DatabaseConnection,
-    events_topic: String,
+    events_topic: EventTopic,
     waker: OutboxWaker,
     settings: FulfillmentSettings,
     worker: Arc<Notify>,
@@ -42,7 +42,7 @@ impl Shipments {
     /// Operations over `db`.
     pub fn new(
         db: DatabaseConnection,
-        events_topic: String,
+        events_topic: EventTopic,
         waker: OutboxWaker,
         settings: FulfillmentSettings,
     ) -> Self {
@@ -60,9 +60,12 @@ impl Shipments {
         &self.db
     }
 
-    /// Tells the relay that events were committed, and the worker that a shipment may be due.
-    pub fn committed(&self) {
-        self.waker.wake();
+    /// After a commit: wakes the relay when `emitted` events, and the worker, as a shipment
+    /// may be due.
+    pub fn committed(&self, emitted: bool) {
+        if emitted {
+            self.waker.wake();
+        }
         self.worker.notify_one();
     }
 
@@ -137,11 +140,18 @@ impl Shipments {
             tx.rollback().await?;
             return Ok(0);
         }
-        for id in &due {
-            self.advance(&tx, *id).await?;
-        }
+        let (advanced, emitted) = zentra_runtime::events::tracked(async {
+            for id in &due {
+                self.advance(&tx, *id).await?;
+            }
+            Ok::<_, FulfillmentError>(())
+        })
+        .await;
+        advanced?;
         tx.commit().await?;
-        self.waker.wake();
+        if emitted {
+            self.waker.wake();
+        }
         Ok(due.len())
     }
 
@@ -225,7 +235,7 @@ impl Shipments {
             correlation_id: shipment.row.order_id.to_string(),
             causation_id: String::new(),
         };
-        outbox::enqueue(tx, &self.events_topic, &envelope(event, meta)).await?;
+        self.events_topic.emit(tx, event, meta).await?;
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 use tonic::{Request, Response, Status};
 use zentra_proto::{common::v1::PageResponse, inventory::v1 as pb};
 use zentra_runtime::{
+    events::tracked,
     paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
 };
@@ -146,12 +147,16 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             InventoryError
         );
         let hold = reserve.hold.unwrap_or(self.settings.default_hold);
-        let reservation = self.stock.reserve(tx.transaction(), &reserve, hold).await?;
+        let (reservation, emitted) =
+            tracked(self.stock.reserve(tx.transaction(), &reserve, hold)).await;
+        let reservation = reservation?;
         let response = pb::ReserveStockResponse {
             reservation: Some(convert::reservation(&reservation)),
         };
         tx.commit(&response).await.map_err(InventoryError::from)?;
-        self.stock.committed();
+        if emitted {
+            self.stock.committed();
+        }
         tracing::info!(reservation_id = %reservation.id, order_id = %reservation.order_id, "stock reserved");
         Ok(Response::new(response))
     }
@@ -199,12 +204,15 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             request,
             InventoryError
         );
-        let reservation = self.stock.confirm(tx.transaction(), id).await?;
+        let (reservation, emitted) = tracked(self.stock.confirm(tx.transaction(), id)).await;
+        let reservation = reservation?;
         let response = pb::ConfirmReservationResponse {
             reservation: Some(convert::reservation(&reservation)),
         };
         tx.commit(&response).await.map_err(InventoryError::from)?;
-        self.stock.committed();
+        if emitted {
+            self.stock.committed();
+        }
         tracing::info!(reservation_id = %id, "reservation confirmed");
         Ok(Response::new(response))
     }
@@ -228,12 +236,16 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             request,
             InventoryError
         );
-        let reservation = self.stock.release(tx.transaction(), id, reason).await?;
+        let (reservation, emitted) =
+            tracked(self.stock.release(tx.transaction(), id, reason)).await;
+        let reservation = reservation?;
         let response = pb::ReleaseReservationResponse {
             reservation: Some(convert::reservation(&reservation)),
         };
         tx.commit(&response).await.map_err(InventoryError::from)?;
-        self.stock.committed();
+        if emitted {
+            self.stock.committed();
+        }
         tracing::info!(reservation_id = %id, reason, "reservation released");
         Ok(Response::new(response))
     }

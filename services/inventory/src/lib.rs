@@ -54,7 +54,7 @@ impl Inventory {
         let platform = Platform::start(INFO, &config, &sources, telemetry).await?;
         let settings = config.domain.inventory.clone();
         let topics = stock::Topics {
-            events: platform.topic(EVENTS_TOPIC),
+            events: platform.event_topic(EVENTS_TOPIC),
         };
         let waker = settings.run_outbox_relay.then(|| platform.relay.waker());
         let stock = stock::Stock::new(platform.db.clone(), topics, waker);

@@ -6,8 +6,8 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait as _};
 use uuid::Uuid;
 use zentra_proto::inventory::v1 as pb;
 use zentra_runtime::{
-    events::{EventMeta, envelope},
-    outbox::{self, OutboxWaker},
+    events::{EventMeta, EventTopic},
+    outbox::OutboxWaker,
 };
 
 use crate::{
@@ -24,7 +24,7 @@ pub const SERVICE: &str = "inventory";
 #[derive(Debug, Clone)]
 pub struct Topics {
     /// Where every inventory event goes.
-    pub events: String,
+    pub events: EventTopic,
 }
 
 /// The operations, over one database.
@@ -102,7 +102,7 @@ impl Stock {
                 correlation_id: request.order_id.to_string(),
                 causation_id: String::new(),
             };
-            outbox::enqueue(tx, &self.topics.events, &envelope(&event, meta)).await?;
+            self.topics.events.emit(tx, &event, meta).await?;
         }
         Ok(reservation)
     }
@@ -187,9 +187,11 @@ impl Stock {
                 reservation_id: id.to_string(),
                 order_id: reservation.order_id.to_string(),
             };
-            self.emit(&tx, &event, &reservation).await?;
+            let emitted = self.emit(&tx, &event, &reservation).await?;
             tx.commit().await?;
-            self.committed();
+            if emitted {
+                self.committed();
+            }
             expired += 1;
             tracing::info!(reservation_id = %id, order_id = %reservation.order_id, "reservation expired");
         }
@@ -201,7 +203,7 @@ impl Stock {
         tx: &C,
         event: &M,
         reservation: &Reservation,
-    ) -> Result<(), InventoryError> {
+    ) -> Result<bool, InventoryError> {
         let meta = EventMeta {
             producer: SERVICE,
             aggregate_type: "reservation",
@@ -209,8 +211,7 @@ impl Stock {
             correlation_id: reservation.order_id.to_string(),
             causation_id: String::new(),
         };
-        outbox::enqueue(tx, &self.topics.events, &envelope(event, meta)).await?;
-        Ok(())
+        Ok(self.topics.events.emit(tx, event, meta).await?)
     }
 }
 

@@ -11,8 +11,8 @@ use tokio::sync::Notify;
 use zentra_proto::notification::v1 as pb;
 use zentra_runtime::{
     CancellationToken,
-    events::{EventMeta, envelope},
-    outbox::{self, OutboxWaker},
+    events::{EventMeta, EventTopic},
+    outbox::OutboxWaker,
 };
 
 use crate::{
@@ -26,7 +26,7 @@ pub struct Delivery {
     db: DatabaseConnection,
     settings: NotificationSettings,
     transport: AsyncSmtpTransport<Tokio1Executor>,
-    events_topic: String,
+    events_topic: EventTopic,
     waker: OutboxWaker,
 }
 
@@ -35,7 +35,7 @@ impl Delivery {
     pub fn new(
         db: DatabaseConnection,
         settings: NotificationSettings,
-        events_topic: String,
+        events_topic: EventTopic,
         waker: OutboxWaker,
     ) -> Self {
         let transport =
@@ -90,6 +90,7 @@ impl Delivery {
             correlation_id: notification.order_id.to_string(),
             causation_id: notification.trigger_event_id.to_string(),
         };
+        let mut emitted = false;
         match outcome {
             Ok(()) => {
                 store::record_attempt(&tx, &notification, None, "SENT", None).await?;
@@ -100,7 +101,7 @@ impl Delivery {
                     channel: pb::NotificationChannel::Email as i32,
                     attempt_count: attempt,
                 };
-                outbox::enqueue(&tx, &self.events_topic, &envelope(&event, meta)).await?;
+                emitted = self.events_topic.emit(&tx, &event, meta).await?;
                 tracing::info!(notification_id = %notification.id, attempt, "notification sent");
             }
             Err(error) if attempt as u32 >= self.settings.max_attempts => {
@@ -114,7 +115,7 @@ impl Delivery {
                     attempt_count: attempt,
                     last_error: error.clone(),
                 };
-                outbox::enqueue(&tx, &self.events_topic, &envelope(&event, meta)).await?;
+                emitted = self.events_topic.emit(&tx, &event, meta).await?;
                 tracing::warn!(notification_id = %notification.id, attempt, %error, "notification dead-lettered");
             }
             Err(error) => {
@@ -125,7 +126,9 @@ impl Delivery {
             }
         }
         tx.commit().await?;
-        self.waker.wake();
+        if emitted {
+            self.waker.wake();
+        }
         Ok(true)
     }
 

@@ -85,7 +85,7 @@ impl NotificationService {
         let delivery = delivery::Delivery::new(
             platform.db.clone(),
             settings,
-            platform.topic(EVENTS_TOPIC),
+            platform.event_topic(EVENTS_TOPIC),
             platform.relay.waker(),
         );
         for _ in 0..workers {

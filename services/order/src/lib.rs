@@ -48,7 +48,7 @@ impl OrderService {
         let platform = Platform::start(INFO, &config, &sources, telemetry).await?;
         let orders = orders::Orders::new(
             platform.db.clone(),
-            platform.topic(EVENTS_TOPIC),
+            platform.event_topic(EVENTS_TOPIC),
             platform.relay.waker(),
         );
         platform.spawn_relay();

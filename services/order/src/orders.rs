@@ -5,8 +5,8 @@ use sea_orm::{ConnectionTrait, DatabaseConnection};
 use uuid::Uuid;
 use zentra_proto::order::v1 as pb;
 use zentra_runtime::{
-    events::{EventMeta, envelope},
-    outbox::{self, OutboxWaker},
+    events::{EventMeta, EventTopic},
+    outbox::OutboxWaker,
 };
 
 use crate::{
@@ -23,13 +23,13 @@ pub const SERVICE: &str = "order";
 #[derive(Clone)]
 pub struct Orders {
     db: DatabaseConnection,
-    events_topic: String,
+    events_topic: EventTopic,
     waker: OutboxWaker,
 }
 
 impl Orders {
     /// Operations over `db`, emitting to `events_topic`.
-    pub fn new(db: DatabaseConnection, events_topic: String, waker: OutboxWaker) -> Self {
+    pub fn new(db: DatabaseConnection, events_topic: EventTopic, waker: OutboxWaker) -> Self {
         Self {
             db,
             events_topic,
@@ -131,7 +131,7 @@ impl Orders {
             correlation_id: order.id.to_string(),
             causation_id: String::new(),
         };
-        outbox::enqueue(tx, &self.events_topic, &envelope(event, meta)).await?;
+        self.events_topic.emit(tx, event, meta).await?;
         Ok(())
     }
 }

@@ -71,13 +71,17 @@ fn parse_id(field: &str, value: &str, key: &str, violations: &mut Violations) ->
 }
 
 macro_rules! respond {
-    ($self:ident, $tx:ident, $payment:expr, $response:ident) => {{
-        let payment = $payment;
+    ($self:ident, $tx:ident, $change:expr, $response:ident) => {{
+        // The change, still to be awaited: whether it wrote an event decides the relay's wake.
+        let (payment, emitted) = zentra_runtime::events::tracked($change).await;
+        let payment = payment?;
         let response = pb::$response {
             payment: Some(convert::payment(&payment)),
         };
         $tx.commit(&response).await.map_err(PaymentError::from)?;
-        $self.payments.committed();
+        if emitted {
+            $self.payments.committed();
+        }
         tracing::info!(payment_id = %payment.id, status = %payment.status, "payment changed");
         Ok(Response::new(response))
     }};
@@ -120,9 +124,7 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
         respond!(
             self,
             tx,
-            self.payments
-                .authorize(tx.transaction(), &authorize)
-                .await?,
+            self.payments.authorize(tx.transaction(), &authorize),
             AuthorizeResponse
         )
     }
@@ -148,16 +150,13 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
             return Err(violations.into_status());
         };
         let tx = fresh_or_replay!(self.payments.db(), "Capture", request, PaymentError);
-        let payment = self
-            .payments
-            .capture(
-                tx.transaction(),
-                id,
-                amount.flatten(),
-                &request.idempotency_key,
-            )
-            .await?;
-        respond!(self, tx, payment, CaptureResponse)
+        let change = self.payments.capture(
+            tx.transaction(),
+            id,
+            amount.flatten(),
+            &request.idempotency_key,
+        );
+        respond!(self, tx, change, CaptureResponse)
     }
 
     async fn void(
@@ -177,16 +176,13 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
             return Err(violations.into_status());
         };
         let tx = fresh_or_replay!(self.payments.db(), "Void", request, PaymentError);
-        let payment = self
-            .payments
-            .void(
-                tx.transaction(),
-                id,
-                request.reason.trim(),
-                &request.idempotency_key,
-            )
-            .await?;
-        respond!(self, tx, payment, VoidResponse)
+        let change = self.payments.void(
+            tx.transaction(),
+            id,
+            request.reason.trim(),
+            &request.idempotency_key,
+        );
+        respond!(self, tx, change, VoidResponse)
     }
 
     async fn refund(
@@ -207,17 +203,14 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
             return Err(violations.into_status());
         };
         let tx = fresh_or_replay!(self.payments.db(), "Refund", request, PaymentError);
-        let payment = self
-            .payments
-            .refund(
-                tx.transaction(),
-                id,
-                amount,
-                request.reason.trim(),
-                &request.idempotency_key,
-            )
-            .await?;
-        respond!(self, tx, payment, RefundResponse)
+        let change = self.payments.refund(
+            tx.transaction(),
+            id,
+            amount,
+            request.reason.trim(),
+            &request.idempotency_key,
+        );
+        respond!(self, tx, change, RefundResponse)
     }
 
     async fn get_payment(

@@ -59,7 +59,7 @@ impl PaymentService {
         let payments = payments::Payments::new(
             platform.db.clone(),
             processor,
-            platform.topic(EVENTS_TOPIC),
+            platform.event_topic(EVENTS_TOPIC),
             platform.relay.waker(),
             settings.authorization_validity,
         );

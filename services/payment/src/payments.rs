@@ -7,8 +7,8 @@ use sea_orm::{ConnectionTrait, DatabaseConnection};
 use uuid::Uuid;
 use zentra_proto::payment::v1 as pb;
 use zentra_runtime::{
-    events::{EventMeta, envelope},
-    outbox::{self, OutboxWaker},
+    events::{EventMeta, EventTopic},
+    outbox::OutboxWaker,
 };
 
 use crate::{
@@ -41,7 +41,7 @@ pub struct Authorize {
 pub struct Payments {
     db: DatabaseConnection,
     processor: Arc<dyn PaymentProcessor>,
-    events_topic: String,
+    events_topic: EventTopic,
     waker: OutboxWaker,
     authorization_validity: Duration,
 }
@@ -51,7 +51,7 @@ impl Payments {
     pub fn new(
         db: DatabaseConnection,
         processor: Arc<dyn PaymentProcessor>,
-        events_topic: String,
+        events_topic: EventTopic,
         waker: OutboxWaker,
         authorization_validity: Duration,
     ) -> Self {
@@ -295,7 +295,7 @@ impl Payments {
             correlation_id: payment.order_id.to_string(),
             causation_id: String::new(),
         };
-        outbox::enqueue(tx, &self.events_topic, &envelope(event, meta)).await?;
+        self.events_topic.emit(tx, event, meta).await?;
         Ok(())
     }
 }

@@ -219,3 +219,35 @@ async fn each_event_reaches_the_broker_once_with_its_trace_context() {
     assert_eq!(recorder.applied.lock().expect("lock").len(), 2);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_no_part_of_the_platform_reads_are_not_written_unless_asked_for() {
+    let app = TestApp::spawn_with(
+        "outboxoptin",
+        Options {
+            run_outbox_relay: false,
+            publish_events: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    app.create_product("SKU-QUIET", 5).await;
+    let reservation = app
+        .reserve("SKU-QUIET", 1, "quiet-reserve")
+        .await
+        .expect("reserved");
+    app.client
+        .clone()
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: reservation.reservation_id,
+            idempotency_key: "quiet-confirm".to_owned(),
+        })
+        .await
+        .expect("confirmed");
+    assert_eq!(
+        app.count("outbox").await,
+        0,
+        "StockReserved and ReservationConfirmed are read by no service of the platform"
+    );
+    app.stop().await;
+}

@@ -23,6 +23,9 @@ pub struct TestApp {
 pub struct Options {
     pub run_outbox_relay: bool,
     pub sweep: Duration,
+    /// Publish every inventory event (`outbox.publish`), as an outside subscriber would ask;
+    /// by default the platform reads none of them, so none is published.
+    pub publish_events: bool,
 }
 
 impl Default for Options {
@@ -30,6 +33,7 @@ impl Default for Options {
         Self {
             run_outbox_relay: true,
             sweep: Duration::from_millis(100),
+            publish_events: true,
         }
     }
 }
@@ -45,10 +49,11 @@ impl TestApp {
         let mut domain = InventoryConfig::default();
         domain.inventory.run_outbox_relay = options.run_outbox_relay;
         domain.inventory.expiry_sweep_interval = options.sweep;
-        let config = Config {
-            common: env.common_config(),
-            domain,
-        };
+        let mut common = env.common_config();
+        if options.publish_events {
+            common.outbox.publish = vec![EVENTS_TOPIC.to_owned()];
+        }
+        let config = Config { common, domain };
         let events_topic = format!("{}{EVENTS_TOPIC}", env.prefix);
         let service = Inventory::start(config, Default::default(), telemetry)
             .await
