@@ -97,6 +97,10 @@ impl CostProbe {
         let mut counters = Counters::default();
         for row in rows {
             let name: String = row.try_get_by_index(0)?;
+            if name == crate::pgbench::DATABASE {
+                // The commit bound's own database, not the stack's.
+                continue;
+            }
             let commits = row.try_get_by_index::<i64>(1)? as f64;
             counters.commits += commits;
             let service = name.strip_prefix(&self.db_prefix).unwrap_or(&name);

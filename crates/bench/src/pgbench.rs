@@ -6,7 +6,8 @@ use std::time::Duration;
 use sea_orm::{ConnectionTrait as _, Database};
 use tokio::process::Command;
 
-const DATABASE: &str = "zentra_bench_pgbench";
+/// The database pgbench runs in (left out of the stack's commit counts).
+pub const DATABASE: &str = "zentra_bench_pgbench";
 
 /// pgbench's TPS (simple-update, 8 clients, 2 threads) over `duration`.
 pub async fn commit_bound(pg_url: &str, duration: Duration) -> anyhow::Result<f64> {

@@ -544,6 +544,34 @@ mod tests {
     }
 
     #[test]
+    fn events_to_publish_are_types_topics_or_everything() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "ZENTRA_OUTBOX__PUBLISH",
+                r#"["inventory.events", "zentra.payment.v1.PaymentCaptured", "*"]"#,
+            );
+            let (config, _) = load::<NoSettings>(None).map_err(|error| error.to_string())?;
+            assert_eq!(config.common.outbox.publish.len(), 3);
+            jail.set_env(
+                "ZENTRA_OUTBOX__PUBLISH",
+                r#"["zentra.payment.v1.PaymentCapturd"]"#,
+            );
+            let error = load::<NoSettings>(None)
+                .err()
+                .ok_or("expected an error")?
+                .to_string();
+            assert!(
+                error.starts_with(
+                    "invalid config: outbox.publish: \"zentra.payment.v1.PaymentCapturd\""
+                ),
+                "{error}"
+            );
+            assert!(!error.contains('\n'));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_missing_config_file_is_reported() {
         let error = load::<NoSettings>(Some("/nonexistent/zentra.toml".into()))
             .err()
