@@ -55,6 +55,8 @@ pub struct RunResult {
     pub end_to_end: Histogram<u64>,
     /// Each step: first attempt's start to last attempt's end, in µs.
     pub steps: BTreeMap<String, Histogram<u64>>,
+    /// Where a saga's end-to-end time went, by segment (see [`Segments`]), in µs.
+    pub segments: BTreeMap<String, Histogram<u64>>,
 }
 
 impl RunResult {
@@ -81,6 +83,7 @@ struct Ledger {
     orders: HashMap<String, Tracked>,
     end_to_end: Option<Histogram<u64>>,
     steps: BTreeMap<String, Histogram<u64>>,
+    segments: BTreeMap<String, Histogram<u64>>,
     completed: u64,
     compensated: u64,
     failed: u64,
@@ -116,12 +119,111 @@ impl Ledger {
                 .or_insert_with(histogram)
                 .record(micros.max(1) as u64);
         }
+        // The intended send time on the wall clock, which the saga's timestamps use.
+        let intended_wall = std::time::SystemTime::now()
+            .checked_sub(Instant::now().saturating_duration_since(intended))
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let seen_wall = std::time::SystemTime::now()
+            .checked_sub(Instant::now().saturating_duration_since(at))
+            .unwrap_or(std::time::UNIX_EPOCH);
+        if let Some(segments) = Segments::of(ended, intended_wall, seen_wall) {
+            for (name, micros) in segments.named() {
+                let _ = self
+                    .segments
+                    .entry(name.to_owned())
+                    .or_insert_with(histogram)
+                    .record(micros.max(1));
+            }
+        }
         match saga::SagaState::try_from(ended.state) {
             Ok(saga::SagaState::Completed) => self.completed += 1,
             Ok(saga::SagaState::Compensated) => self.compensated += 1,
             _ => self.failed += 1,
         }
         self.last_end = Some(at);
+    }
+}
+
+/// Where one saga's end-to-end time went, in µs. The segments add up to the end-to-end time
+/// (up to clock rounding): the hop from the order to the saga, the engine's own time before and
+/// between calls, the calls themselves, the wait for the shipment (its creation to the next
+/// step: the worker, `ShipmentDispatched` over Kafka, the signal), and the last call to the end
+/// being seen on the watch stream.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Segments {
+    /// Intended send time to the saga's creation: PlaceOrder, the outbox relay, the broker, the
+    /// saga's intake.
+    pub to_saga: u64,
+    /// Creation to the first call's start: claim and the written-ahead intent.
+    pub to_first_call: u64,
+    /// Every step's first attempt start to last attempt end, summed.
+    pub calls: u64,
+    /// CREATE_SHIPMENT's end to the next step's start.
+    pub shipment: u64,
+    /// The other gaps between one step's end and the next one's start.
+    pub between_calls: u64,
+    /// The last step's end to the end being seen by the bench.
+    pub to_seen: u64,
+}
+
+fn micros_between(from: &prost_types::Timestamp, to: &prost_types::Timestamp) -> u64 {
+    let micros = (to.seconds - from.seconds) * 1_000_000 + i64::from(to.nanos - from.nanos) / 1000;
+    u64::try_from(micros).unwrap_or(0)
+}
+
+fn timestamp(at: std::time::SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(at)
+}
+
+impl Segments {
+    /// The segments of an ended saga placed at `intended` and seen ended at `seen`; `None` for
+    /// a saga without a timed step.
+    pub fn of(
+        saga: &saga::Saga,
+        intended: std::time::SystemTime,
+        seen: std::time::SystemTime,
+    ) -> Option<Self> {
+        let created = saga.create_time.as_ref()?;
+        let spans: Vec<(i32, &prost_types::Timestamp, &prost_types::Timestamp)> = saga
+            .steps
+            .iter()
+            .filter_map(|step| {
+                let start = step.attempts.first()?.start_time.as_ref()?;
+                let end = step.attempts.last()?.end_time.as_ref()?;
+                Some((step.step, start, end))
+            })
+            .collect();
+        let (first, last) = (spans.first()?, spans.last()?);
+        let mut segments = Self {
+            to_saga: micros_between(&timestamp(intended), created),
+            to_first_call: micros_between(created, first.1),
+            to_seen: micros_between(last.2, &timestamp(seen)),
+            ..Self::default()
+        };
+        for (index, (step, start, end)) in spans.iter().enumerate() {
+            segments.calls += micros_between(start, end);
+            if let Some((_, next_start, _)) = spans.get(index + 1) {
+                let gap = micros_between(end, next_start);
+                if *step == saga::SagaStepType::CreateShipment as i32 {
+                    segments.shipment += gap;
+                } else {
+                    segments.between_calls += gap;
+                }
+            }
+        }
+        Some(segments)
+    }
+
+    /// Each segment with its name, in the order they happen.
+    pub fn named(&self) -> [(&'static str, u64); 6] {
+        [
+            ("1 order to saga", self.to_saga),
+            ("2 saga to first call", self.to_first_call),
+            ("3 calls", self.calls),
+            ("4 between calls", self.between_calls),
+            ("5 shipment", self.shipment),
+            ("6 last call to seen", self.to_seen),
+        ]
     }
 }
 
@@ -417,12 +519,54 @@ pub async fn run(
         wall,
         end_to_end: ledger.end_to_end.clone().unwrap_or_else(histogram),
         steps: ledger.steps.clone(),
+        segments: ledger.segments.clone(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_add_up_to_the_end_to_end_time() {
+        let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = |ms: u64| Some(timestamp(t0 + Duration::from_millis(ms)));
+        let step = |step: saga::SagaStepType, start: u64, end: u64| saga::SagaStep {
+            step: step as i32,
+            attempts: vec![saga::StepAttempt {
+                start_time: at(start),
+                end_time: at(end),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let ended = saga::Saga {
+            create_time: at(10),
+            steps: vec![
+                step(saga::SagaStepType::ReserveStock, 20, 25),
+                step(saga::SagaStepType::AuthorizePayment, 26, 30),
+                step(saga::SagaStepType::CreateShipment, 31, 35),
+                step(saga::SagaStepType::CapturePayment, 100, 104),
+                step(saga::SagaStepType::ConfirmOrder, 105, 110),
+            ],
+            ..Default::default()
+        };
+        let segments =
+            Segments::of(&ended, t0, t0 + Duration::from_millis(115)).expect("timed steps");
+        assert_eq!(
+            segments,
+            Segments {
+                to_saga: 10_000,
+                to_first_call: 10_000,
+                calls: 22_000,
+                shipment: 65_000,
+                between_calls: 3_000,
+                to_seen: 5_000,
+            }
+        );
+        let total: u64 = segments.named().iter().map(|(_, micros)| micros).sum();
+        assert_eq!(total, 115_000);
+    }
 
     #[test]
     fn declines_are_spread_evenly_over_any_count() {

@@ -121,6 +121,8 @@ pub struct RunReport {
     pub end_to_end_ms: Percentiles,
     /// Each step's duration.
     pub steps_ms: BTreeMap<String, Percentiles>,
+    /// Where the end-to-end time went, by segment (`load::Segments`).
+    pub segments_ms: BTreeMap<String, Percentiles>,
     /// Cost per ended saga, when measured.
     pub cost_per_saga: Option<CostPerSaga>,
 }
@@ -150,6 +152,11 @@ impl RunReport {
                 .steps
                 .iter()
                 .map(|(step, histogram)| (step.clone(), Percentiles::of(histogram)))
+                .collect(),
+            segments_ms: run
+                .segments
+                .iter()
+                .map(|(segment, histogram)| (segment.clone(), Percentiles::of(histogram)))
                 .collect(),
             cost_per_saga: cost,
         }
@@ -185,6 +192,12 @@ impl RunReport {
             println!(
                 "  {step:<22} p50 {:>7.1} ms  p99 {:>7.1} ms  ({} samples)",
                 p.p50, p.p99, p.count
+            );
+        }
+        for (segment, p) in &self.segments_ms {
+            println!(
+                "  {segment:<22} p50 {:>7.1} ms  p99 {:>7.1} ms",
+                p.p50, p.p99
             );
         }
         if let Some(cost) = &self.cost_per_saga {
