@@ -3,9 +3,10 @@
 use zentra_runtime::db::SqlMigration;
 
 /// Every notification migration.
-pub const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
-    name: "m0001_notifications",
-    up: r#"
+pub const MIGRATIONS: &[SqlMigration] = &[
+    SqlMigration {
+        name: "m0001_notifications",
+        up: r#"
 -- Who placed which order, learnt from OrderPlaced, so payment and shipment events find the customer.
 CREATE TABLE order_customers (
     order_id     UUID PRIMARY KEY,
@@ -41,4 +42,13 @@ CREATE TABLE delivery_attempts (
     PRIMARY KEY (notification_id, attempt)
 );
 "#,
-}];
+    },
+    SqlMigration {
+        name: "m0002_pending_by_order",
+        up: r#"
+-- The delivery workers' "an earlier mail of this order is still pending" check, as an index probe
+-- instead of a scan of every due mail per lock (docs/BENCHMARKS.md, session 8).
+CREATE INDEX notifications_pending_by_order ON notifications (order_id, id) WHERE status = 'PENDING';
+"#,
+    },
+];
