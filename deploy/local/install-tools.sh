@@ -36,6 +36,7 @@ install_tansu() {
     cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES" \
     --root "$ZENTRA_CACHE" --quiet
   echo "$TANSU_VERSION+$TANSU_FEATURES" > "$ZENTRA_CACHE/tansu.version"
+  log "tansu $TANSU_VERSION built"
   rm -rf "$ZENTRA_CACHE/tansu-target"
 }
 

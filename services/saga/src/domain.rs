@@ -407,6 +407,39 @@ pub struct Saga {
 }
 
 impl Saga {
+    /// A new saga for the order `order_id`, RUNNING and due at `now`, with a customer's
+    /// cancellation reason if one arrived before it.
+    pub fn new(
+        order_id: Uuid,
+        order: OrderPlaced,
+        cancel_request: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            order_id,
+            order,
+            state: SagaState::Running,
+            cause: None,
+            failure_reason: String::new(),
+            reservation_id: None,
+            payment_id: None,
+            shipment_id: None,
+            captured: false,
+            shipment: ShipmentReport::None,
+            cancel_request,
+            shipment_check: None,
+            compensating_since: None,
+            steps: Vec::new(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            ended_at: None,
+            next_run_at: Some(now),
+            lease: None,
+        }
+    }
+
     /// The step record of `step`, if it started.
     pub fn step(&self, step: StepType) -> Option<&Step> {
         self.steps.iter().find(|candidate| candidate.step == step)

@@ -25,7 +25,7 @@ use zentra_proto::order::v1::OrderPlaced;
 use zentra_runtime::outbox::{self, OutboxWaker};
 
 use crate::{
-    domain::{Saga, SagaState, ShipmentReport},
+    domain::Saga,
     downstream::Downstreams,
     machine::{self, CallResult, Next, Outgoing, RetryPolicy},
     metric_names,
@@ -175,30 +175,7 @@ impl Engine {
     ) -> Result<Option<Saga>, DbErr> {
         let order_id = Uuid::parse_str(&order.order_id)
             .map_err(|_| DbErr::Custom(format!("order id {} is not a UUID", order.order_id)))?;
-        let now = Utc::now();
-        let saga = Saga {
-            id: Uuid::now_v7(),
-            order_id,
-            order,
-            state: SagaState::Running,
-            cause: None,
-            failure_reason: String::new(),
-            reservation_id: None,
-            payment_id: None,
-            shipment_id: None,
-            captured: false,
-            shipment: ShipmentReport::None,
-            cancel_request,
-            steps: Vec::new(),
-            version: 1,
-            created_at: now,
-            updated_at: now,
-            ended_at: None,
-            shipment_check: None,
-            compensating_since: None,
-            next_run_at: Some(now),
-            lease: None,
-        };
+        let saga = Saga::new(order_id, order, cancel_request, Utc::now());
         if !store::insert(tx, &saga, self.owner()).await? {
             return Ok(None);
         }

@@ -7,33 +7,10 @@ use uuid::Uuid;
 use zentra_proto::{order::v1::OrderPlaced, saga::v1::CommandOutcome};
 
 use super::*;
-use crate::domain::{SagaState, ShipmentReport};
+use crate::domain::SagaState;
 
 pub(super) fn saga() -> Saga {
-    let now = Utc::now();
-    Saga {
-        id: Uuid::now_v7(),
-        order_id: Uuid::now_v7(),
-        order: OrderPlaced::default(),
-        state: SagaState::Running,
-        cause: None,
-        failure_reason: String::new(),
-        reservation_id: None,
-        payment_id: None,
-        shipment_id: None,
-        captured: false,
-        shipment: ShipmentReport::None,
-        cancel_request: None,
-        steps: Vec::new(),
-        version: 1,
-        created_at: now,
-        updated_at: now,
-        ended_at: None,
-        shipment_check: None,
-        compensating_since: None,
-        next_run_at: Some(now),
-        lease: None,
-    }
+    Saga::new(Uuid::now_v7(), OrderPlaced::default(), None, Utc::now())
 }
 
 pub(super) fn policy() -> RetryPolicy {

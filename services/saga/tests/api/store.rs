@@ -8,7 +8,7 @@ use sea_orm::TransactionTrait as _;
 use uuid::Uuid;
 use zentra_proto::order::v1::OrderPlaced;
 use zentra_saga::{
-    domain::{Saga, SagaState, ShipmentReport},
+    domain::{Saga, SagaState},
     machine::Signal,
     store::{self, Lease},
 };
@@ -16,34 +16,12 @@ use zentra_test_support::{TestDatabase, count};
 
 fn new_saga() -> Saga {
     let order_id = Uuid::now_v7();
-    let now = Utc::now();
-    Saga {
-        id: Uuid::now_v7(),
-        order_id,
-        order: OrderPlaced {
-            order_id: order_id.to_string(),
-            customer_id: "store-test".to_owned(),
-            ..OrderPlaced::default()
-        },
-        state: SagaState::Running,
-        cause: None,
-        failure_reason: String::new(),
-        reservation_id: None,
-        payment_id: None,
-        shipment_id: None,
-        captured: false,
-        shipment: ShipmentReport::None,
-        cancel_request: None,
-        steps: Vec::new(),
-        version: 1,
-        created_at: now,
-        updated_at: now,
-        ended_at: None,
-        shipment_check: None,
-        compensating_since: None,
-        next_run_at: Some(now),
-        lease: None,
-    }
+    let order = OrderPlaced {
+        order_id: order_id.to_string(),
+        customer_id: "store-test".to_owned(),
+        ..OrderPlaced::default()
+    };
+    Saga::new(order_id, order, None, Utc::now())
 }
 
 async fn signal_ids(db: &sea_orm::DatabaseConnection, saga_id: Uuid) -> Vec<i64> {
