@@ -104,8 +104,7 @@ impl Ledger {
             let (Some(start), Some(end)) = (&first.start_time, &last.end_time) else {
                 continue;
             };
-            let micros = (end.seconds - start.seconds) * 1_000_000
-                + i64::from(end.nanos - start.nanos) / 1000;
+            let micros = micros_between(start, end);
             let name = saga::SagaStepType::try_from(step.step)
                 .map(|step| {
                     step.as_str_name()
@@ -117,7 +116,7 @@ impl Ledger {
                 .steps
                 .entry(name)
                 .or_insert_with(histogram)
-                .record(micros.max(1) as u64);
+                .record(micros.max(1));
         }
         // The intended send time on the wall clock, which the saga's timestamps use.
         let intended_wall = std::time::SystemTime::now()

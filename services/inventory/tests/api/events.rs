@@ -236,12 +236,7 @@ async fn events_no_part_of_the_platform_reads_are_not_written_unless_asked_for()
         .reserve("SKU-QUIET", 1, "quiet-reserve")
         .await
         .expect("reserved");
-    app.client
-        .clone()
-        .confirm_reservation(pb::ConfirmReservationRequest {
-            reservation_id: reservation.reservation_id,
-            idempotency_key: "quiet-confirm".to_owned(),
-        })
+    app.confirm(&reservation.reservation_id, "quiet-confirm")
         .await
         .expect("confirmed");
     assert_eq!(

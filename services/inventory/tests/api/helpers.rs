@@ -134,6 +134,26 @@ impl TestApp {
             })
     }
 
+    pub async fn confirm(
+        &self,
+        reservation_id: &str,
+        key: &str,
+    ) -> Result<pb::Reservation, tonic::Status> {
+        self.client
+            .clone()
+            .confirm_reservation(pb::ConfirmReservationRequest {
+                reservation_id: reservation_id.to_owned(),
+                idempotency_key: key.to_owned(),
+            })
+            .await
+            .map(|response| {
+                response
+                    .into_inner()
+                    .reservation
+                    .expect("reservation returned")
+            })
+    }
+
     /// Counts rows of a table in the service's database.
     pub async fn count(&self, table: &str) -> i64 {
         zentra_test_support::count(self.service.db(), &format!("SELECT count(*) FROM {table}"))

@@ -138,12 +138,7 @@ async fn an_expired_reservation_gives_its_stock_back() {
 
     // An expired reservation cannot be confirmed any more.
     let confirm = app
-        .client
-        .clone()
-        .confirm_reservation(pb::ConfirmReservationRequest {
-            reservation_id: reservation.reservation_id.clone(),
-            idempotency_key: "confirm-late".to_owned(),
-        })
+        .confirm(&reservation.reservation_id, "confirm-late")
         .await
         .expect_err("too late");
     assert_eq!(confirm.code(), Code::FailedPrecondition);
@@ -159,17 +154,9 @@ async fn confirmed_stock_is_sold_and_can_no_longer_be_released() {
         .await
         .expect("reserved");
     let confirmed = app
-        .client
-        .clone()
-        .confirm_reservation(pb::ConfirmReservationRequest {
-            reservation_id: reservation.reservation_id.clone(),
-            idempotency_key: "confirm-c".to_owned(),
-        })
+        .confirm(&reservation.reservation_id, "confirm-c")
         .await
-        .expect("confirmed")
-        .into_inner()
-        .reservation
-        .expect("reservation");
+        .expect("confirmed");
     assert_eq!(confirmed.status, ReservationStatus::Confirmed as i32);
     let product = app.product("SKU-CONF").await;
     assert_eq!(
@@ -303,12 +290,7 @@ async fn a_hold_past_its_expiry_cannot_be_confirmed_even_before_the_sweep() {
         .expect("reservation");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let status = app
-        .client
-        .clone()
-        .confirm_reservation(pb::ConfirmReservationRequest {
-            reservation_id: reservation.reservation_id,
-            idempotency_key: "confirm-late-hold".to_owned(),
-        })
+        .confirm(&reservation.reservation_id, "confirm-late-hold")
         .await
         .expect_err("hold ran out");
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -398,17 +380,9 @@ async fn a_pinned_reservation_outlives_its_hold_and_can_always_be_confirmed() {
 
     // Well past its hold, the pinned reservation is still pending and confirms.
     let confirmed = app
-        .client
-        .clone()
-        .confirm_reservation(pb::ConfirmReservationRequest {
-            reservation_id: pinned.reservation_id.clone(),
-            idempotency_key: "confirm-pinned".to_owned(),
-        })
+        .confirm(&pinned.reservation_id, "confirm-pinned")
         .await
-        .expect("a pinned reservation always confirms")
-        .into_inner()
-        .reservation
-        .expect("reservation");
+        .expect("a pinned reservation always confirms");
     assert_eq!(confirmed.status, ReservationStatus::Confirmed as i32);
     let product = app.product("SKU-PIN").await;
     assert_eq!(
