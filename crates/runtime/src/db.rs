@@ -127,6 +127,9 @@ CREATE UNIQUE INDEX dead_letters_identity ON dead_letters (consumer_group, sourc
     },
 ];
 
+/// A pooled connection idle for longer than this is tested before it is handed out.
+const IDLE_BEFORE_TEST: Duration = Duration::from_secs(10);
+
 /// Opens the pool.
 pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(config.url.expose().to_owned());
@@ -135,6 +138,9 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbEr
         .min_connections(config.min_connections)
         .acquire_timeout(config.acquire_timeout)
         .connect_timeout(Duration::from_secs(5))
+        // A connection is tested before use only when it sat idle: testing every checkout cost
+        // a round trip on every request's path (sqlx still tests each one as it returns).
+        .test_before_acquire_if_idle_for(IDLE_BEFORE_TEST)
         .sqlx_logging(false);
     Database::connect(options).await
 }
