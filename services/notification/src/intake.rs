@@ -115,9 +115,10 @@ impl EventHandler for Intake {
     }
 
     fn committed(&self, applied: Vec<bool>) {
-        if applied.contains(&true) {
-            // Every idle worker, and a permit for one that is between rounds.
-            self.delivery.notify_waiters();
+        // One worker per new mail: each wakes a different idle worker, or leaves the permit for
+        // one that is between rounds. Waking every worker for one mail sent the others to find
+        // nothing, a transaction each.
+        for _ in applied.iter().filter(|created| **created) {
             self.delivery.notify_one();
         }
     }
