@@ -1,7 +1,7 @@
 //! Shipment operations and the worker that moves shipments PENDING → PICKING → PACKED →
 //! DISPATCHED. Each step commits with its events, so a restart resumes from the database and no
 //! step (in particular, dispatch) happens twice; the due steps of up to [`BATCH`] shipments share
-//! one transaction.
+//! one transaction, and when steps take no time a shipment takes all of them in that one.
 
 use std::sync::Arc;
 
@@ -111,6 +111,10 @@ impl Shipments {
             vec![reason.into()],
         )
         .await?;
+        let cancelled = match cancelled {
+            Some(row) => Some(store::with_its_lines(tx, row).await?),
+            None => None,
+        };
         let Some(shipment) = cancelled else {
             let current = store::shipment(tx, id).await?;
             if current.row.status == "CANCELLED" {
@@ -131,8 +135,9 @@ impl Shipments {
         Ok(shipment)
     }
 
-    /// Advances each due shipment, up to `limit` of them, by one step in one transaction;
-    /// returns how many were due.
+    /// Advances each due shipment, up to `limit` of them, in one transaction: by one step, or
+    /// by every step that is due at once when steps take no time (`step_delay` zero). Returns
+    /// how many were due.
     pub async fn advance_due(&self, limit: u32) -> Result<usize, FulfillmentError> {
         let tx = self.db.begin().await?;
         let due = store::lock_due(&tx, limit).await?;
@@ -140,9 +145,17 @@ impl Shipments {
             tx.rollback().await?;
             return Ok(0);
         }
+        let count = due.len();
         let (advanced, emitted) = zentra_runtime::events::tracked(async {
-            for id in &due {
-                self.advance(&tx, *id).await?;
+            for mut shipment in due {
+                while let Some(next) = self.advance(&tx, &shipment).await? {
+                    let more = self.settings.step_delay.is_zero()
+                        && ["PICKING", "PACKED"].contains(&next.row.status.as_str());
+                    if !more {
+                        break;
+                    }
+                    shipment = next;
+                }
             }
             Ok::<_, FulfillmentError>(())
         })
@@ -152,17 +165,22 @@ impl Shipments {
         if emitted {
             self.waker.wake();
         }
-        Ok(due.len())
+        Ok(count)
     }
 
-    /// Moves one locked shipment one step on, with its events.
-    async fn advance<C: ConnectionTrait>(&self, tx: &C, id: Uuid) -> Result<(), FulfillmentError> {
-        let current = store::shipment(tx, id).await?;
+    /// Moves one locked shipment one step on, with its events; the shipment as it is now, or
+    /// `None` when it had no step to take.
+    async fn advance<C: ConnectionTrait>(
+        &self,
+        tx: &C,
+        current: &Shipment,
+    ) -> Result<Option<Shipment>, FulfillmentError> {
+        let id = current.row.id;
         let delay = self.settings.step_delay.as_millis() as i64;
         let next_step = "next_step_at = now() + $3 * interval '1 millisecond'";
         let (to, moved) = match current.row.status.as_str() {
             "PENDING" => ("PICKING", store::transition(tx, id, &["PENDING"], &format!("status = 'PICKING', picking_at = now(), {next_step}"), vec![delay.into()]).await?),
-            "PICKING" => match self.unshippable(&current) {
+            "PICKING" => match self.unshippable(current) {
                 Some(reason) => ("FAILED", store::transition(tx, id, &["PICKING"], "status = 'FAILED', failure_reason = $3, failed_at = now(), next_step_at = NULL", vec![reason.into()]).await?),
                 None => ("PACKED", store::transition(tx, id, &["PICKING"], &format!("status = 'PACKED', packed_at = now(), {next_step}"), vec![delay.into()]).await?),
             },
@@ -172,9 +190,11 @@ impl Shipments {
             }
             _ => ("", None),
         };
-        let Some(shipment) = moved else {
-            return Ok(());
+        let Some(row) = moved else {
+            return Ok(None);
         };
+        // The lines do not change with the status.
+        let shipment = Shipment::new(row, current.lines.clone())?;
         let changed = pb::ShipmentStatusChanged {
             shipment_id: id.to_string(),
             order_id: shipment.row.order_id.to_string(),
@@ -203,7 +223,7 @@ impl Shipments {
             _ => {}
         }
         tracing::info!(shipment_id = %id, from = %current.row.status, to, "shipment advanced");
-        Ok(())
+        Ok(Some(shipment))
     }
 
     fn unshippable(&self, shipment: &Shipment) -> Option<String> {
@@ -247,8 +267,9 @@ pub async fn run_worker(shipments: Shipments, shutdown: CancellationToken) {
     loop {
         loop {
             match shipments.advance_due(BATCH).await {
-                Ok(0) => break,
-                Ok(_) => continue,
+                // A full batch may have left due shipments behind.
+                Ok(due) if due == BATCH as usize => continue,
+                Ok(_) => break,
                 Err(error) => {
                     tracing::warn!(%error, "shipment step failed");
                     break;

@@ -83,34 +83,52 @@ pub async fn insert<C: ConnectionTrait>(
     lines: &[(String, i64)],
     delay: std::time::Duration,
 ) -> Result<Shipment, FulfillmentError> {
-    let inserted = db
-        .execute_raw(statement(
-            "INSERT INTO shipments (id, order_id, status, shipping_address, country_code, next_step_at) \
-             VALUES ($1, $2, 'PENDING', $3, $4, now() + $5 * interval '1 millisecond') \
-             ON CONFLICT (order_id) DO NOTHING",
-            [
-                id.into(),
-                order_id.into(),
-                address.encode_to_vec().into(),
-                address.country_code.clone().into(),
-                (delay.as_millis() as i64).into(),
-            ],
-        ))
-        .await?;
-    if inserted.rows_affected() == 0 {
-        return Err(FulfillmentError::AlreadyShipped {
-            order_id: order_id.to_string(),
-        });
-    }
     let skus: Vec<String> = lines.iter().map(|(sku, _)| sku.clone()).collect();
     let quantities: Vec<i64> = lines.iter().map(|(_, q)| *q).collect();
-    db.execute_raw(statement(
-        "INSERT INTO shipment_lines (shipment_id, sku, quantity) \
-         SELECT $1, sku, q FROM unnest($2::text[], $3::bigint[]) AS l (sku, q)",
-        [id.into(), skus.into(), quantities.into()],
+    // The row, its lines and the row as stored, in one statement; the lines go in only with a
+    // new row (a foreign key is checked at the statement's end).
+    let row = ShipmentRow::find_by_statement(statement(
+        &format!(
+            "WITH shipment AS ( \
+               INSERT INTO shipments (id, order_id, status, shipping_address, country_code, next_step_at) \
+               VALUES ($1, $2, 'PENDING', $3, $4, now() + $5 * interval '1 millisecond') \
+               ON CONFLICT (order_id) DO NOTHING RETURNING {COLUMNS}), \
+             lines AS (INSERT INTO shipment_lines (shipment_id, sku, quantity) \
+               SELECT shipment.id, l.sku, l.q FROM shipment, unnest($6::text[], $7::bigint[]) AS l (sku, q)) \
+             SELECT {COLUMNS} FROM shipment"
+        ),
+        [
+            id.into(),
+            order_id.into(),
+            address.encode_to_vec().into(),
+            address.country_code.clone().into(),
+            (delay.as_millis() as i64).into(),
+            skus.into(),
+            quantities.into(),
+        ],
     ))
-    .await?;
-    shipment(db, id).await
+    .one(db)
+    .await?
+    .ok_or_else(|| FulfillmentError::AlreadyShipped {
+        order_id: order_id.to_string(),
+    })?;
+    let mut lines = lines.to_vec();
+    // As every read returns them.
+    lines.sort();
+    Ok(Shipment::new(row, lines)?)
+}
+
+impl Shipment {
+    /// A row with its lines.
+    pub fn new(row: ShipmentRow, lines: Vec<(String, i64)>) -> Result<Self, DbErr> {
+        let address = Address::decode(row.shipping_address.as_slice())
+            .map_err(|error| DbErr::Custom(format!("stored address undecodable: {error}")))?;
+        Ok(Self {
+            row,
+            address,
+            lines,
+        })
+    }
 }
 
 /// One shipment.
@@ -132,48 +150,42 @@ pub async fn shipment<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<Shipment, 
         })
 }
 
-/// Moves a shipment from `from` with the given SET clause (parameters start at $3); `None` when
-/// it was no longer in `from`.
+/// Moves a shipment from `from` with the given SET clause (parameters start at $3); the row as
+/// it is now, or `None` when it was no longer in `from`. Its lines do not change.
 pub async fn transition<C: ConnectionTrait>(
     db: &C,
     id: Uuid,
     from: &[&str],
     set: &str,
     mut values: Vec<Value>,
-) -> Result<Option<Shipment>, FulfillmentError> {
+) -> Result<Option<ShipmentRow>, DbErr> {
     let from: Vec<String> = from.iter().map(|s| (*s).to_owned()).collect();
     let mut all: Vec<Value> = vec![id.into(), from.into()];
     all.append(&mut values);
-    let updated = db
-        .execute_raw(statement(
-            &format!(
-                "UPDATE shipments SET updated_at = now(), {set} WHERE id = $1 AND status = ANY($2)"
-            ),
-            all,
-        ))
-        .await?;
-    if updated.rows_affected() == 0 {
-        return Ok(None);
-    }
-    shipment(db, id).await.map(Some)
+    ShipmentRow::find_by_statement(statement(
+        &format!(
+            "UPDATE shipments SET updated_at = now(), {set} WHERE id = $1 AND status = ANY($2) \
+             RETURNING {COLUMNS}"
+        ),
+        all,
+    ))
+    .one(db)
+    .await
 }
 
-/// Locks the next shipment whose step is due; other workers skip it.
-pub async fn lock_due<C: ConnectionTrait>(db: &C, limit: u32) -> Result<Vec<Uuid>, DbErr> {
-    #[derive(FromQueryResult)]
-    struct Id {
-        id: Uuid,
-    }
-    Ok(Id::find_by_statement(statement(
-        "SELECT id FROM shipments WHERE status IN ('PENDING', 'PICKING', 'PACKED') \
-         AND next_step_at <= now() ORDER BY next_step_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+/// Locks the shipments whose step is due, `limit` at most, with their lines; other workers skip
+/// them.
+pub async fn lock_due<C: ConnectionTrait>(db: &C, limit: u32) -> Result<Vec<Shipment>, DbErr> {
+    let rows = ShipmentRow::find_by_statement(statement(
+        &format!(
+            "SELECT {COLUMNS} FROM shipments WHERE status IN ('PENDING', 'PICKING', 'PACKED') \
+             AND next_step_at <= now() ORDER BY next_step_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+        ),
         [i64::from(limit).into()],
     ))
     .all(db)
-    .await?
-    .into_iter()
-    .map(|row| row.id)
-    .collect())
+    .await?;
+    with_lines(db, rows).await
 }
 
 /// How long until the next shipment step is due; `None` when no shipment waits for one.
@@ -221,6 +233,18 @@ pub async fn list<C: ConnectionTrait>(
     with_lines(db, rows).await
 }
 
+/// A row read or written alone, with its lines.
+pub async fn with_its_lines<C: ConnectionTrait>(
+    db: &C,
+    row: ShipmentRow,
+) -> Result<Shipment, DbErr> {
+    let id = row.id;
+    with_lines(db, vec![row])
+        .await?
+        .pop()
+        .ok_or_else(|| DbErr::RecordNotFound(format!("shipment {id}")))
+}
+
 async fn with_lines<C: ConnectionTrait>(
     db: &C,
     rows: Vec<ShipmentRow>,
@@ -238,17 +262,12 @@ async fn with_lines<C: ConnectionTrait>(
     .await?;
     rows.into_iter()
         .map(|row| {
-            let address = Address::decode(row.shipping_address.as_slice())
-                .map_err(|error| DbErr::Custom(format!("stored address undecodable: {error}")))?;
-            Ok(Shipment {
-                lines: lines
-                    .iter()
-                    .filter(|line| line.shipment_id == row.id)
-                    .map(|line| (line.sku.clone(), line.quantity))
-                    .collect(),
-                address,
-                row,
-            })
+            let of_row = lines
+                .iter()
+                .filter(|line| line.shipment_id == row.id)
+                .map(|line| (line.sku.clone(), line.quantity))
+                .collect();
+            Shipment::new(row, of_row)
         })
         .collect()
 }

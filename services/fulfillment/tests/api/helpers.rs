@@ -13,14 +13,18 @@ use zentra_test_support::TestEnv;
 
 pub struct TestApp {
     pub env: TestEnv,
+    step_delay: Duration,
     pub service: RunningService,
     pub client: FulfillmentServiceClient<Channel>,
     pub events_topic: String,
 }
 
-async fn start(env: &TestEnv) -> (RunningService, FulfillmentServiceClient<Channel>) {
+async fn start(
+    env: &TestEnv,
+    step_delay: Duration,
+) -> (RunningService, FulfillmentServiceClient<Channel>) {
     let mut domain = FulfillmentConfig::default();
-    domain.fulfillment.step_delay = Duration::from_millis(300);
+    domain.fulfillment.step_delay = step_delay;
     domain.fulfillment.poll_interval = Duration::from_millis(50);
     let config = Config {
         common: env.common_config(),
@@ -38,12 +42,18 @@ async fn start(env: &TestEnv) -> (RunningService, FulfillmentServiceClient<Chann
 }
 
 impl TestApp {
+    /// A service whose shipment steps take 300 ms each.
     pub async fn spawn(label: &str) -> Self {
+        Self::spawn_with_step_delay(label, Duration::from_millis(300)).await
+    }
+
+    pub async fn spawn_with_step_delay(label: &str, step_delay: Duration) -> Self {
         let env = TestEnv::new(label).await.expect("test environment");
-        let (service, client) = start(&env).await;
+        let (service, client) = start(&env, step_delay).await;
         let events_topic = format!("{}{EVENTS_TOPIC}", env.prefix);
         Self {
             env,
+            step_delay,
             service,
             client,
             events_topic,
@@ -53,7 +63,7 @@ impl TestApp {
     /// Kills the service as a crash would and starts a new one on the same database.
     pub async fn crash_and_restart(self) -> Self {
         self.service.kill();
-        let (service, client) = start(&self.env).await;
+        let (service, client) = start(&self.env, self.step_delay).await;
         Self {
             service,
             client,

@@ -59,6 +59,30 @@ async fn a_shipment_interrupted_by_a_restart_still_dispatches_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_that_take_no_time_are_taken_in_one_transaction() {
+    let app = TestApp::spawn_with_step_delay("shipinstant", std::time::Duration::ZERO).await;
+    let shipment = create(&app, shipment_request("ship-now", "US", "MUG-1")).await;
+    let dispatched = app
+        .wait_for(&shipment.shipment_id, ShipmentStatus::Dispatched)
+        .await;
+    // now() is the transaction's start: equal times mean one transaction took every step.
+    assert!(dispatched.picking_start_time.is_some());
+    assert_eq!(dispatched.picking_start_time, dispatched.pack_time);
+    assert_eq!(dispatched.pack_time, dispatched.dispatch_time);
+    let stored = app
+        .count("SELECT count(*) FROM outbox WHERE event_type = 'zentra.fulfillment.v1.ShipmentDispatched'")
+        .await;
+    assert_eq!(stored, 1, "dispatched once");
+
+    let unshippable = create(&app, shipment_request("ship-nowhere", "AQ", "MUG-1")).await;
+    let failed = app
+        .wait_for(&unshippable.shipment_id, ShipmentStatus::Failed)
+        .await;
+    assert_eq!(failed.picking_start_time, failed.fail_time);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unshippable_destination_fails_the_shipment_with_an_event() {
     let app = TestApp::spawn("shipfail").await;
     let shipment = create(&app, shipment_request("ship-aq", "AQ", "MUG-1")).await;
