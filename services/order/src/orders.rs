@@ -55,8 +55,7 @@ impl Orders {
         idempotency_key: &str,
     ) -> Result<Order, OrderError> {
         let id = Uuid::now_v7();
-        store::insert(tx, id, order, idempotency_key).await?;
-        let stored = store::order(tx, id).await?;
+        let stored = store::insert(tx, id, order, idempotency_key).await?;
         let event = pb::OrderPlaced {
             order_id: id.to_string(),
             customer_id: stored.customer_id.clone(),

@@ -96,16 +96,32 @@ fn statement(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
 const COLUMNS: &str = "id, customer_id, status, currency, total_minor, shipping_address, \
     payment_method_token, rejection_reason, cancellation_reason, version, created_at, updated_at";
 
-/// Inserts a placed order, its lines and the first history entry.
+/// Inserts a placed order, its lines and the first history entry, in one statement; the order
+/// as stored.
 pub async fn insert<C: ConnectionTrait>(
     db: &C,
     id: Uuid,
     order: &PlaceOrder,
     idempotency_key: &str,
-) -> Result<(), DbErr> {
-    db.execute_raw(statement(
-        "INSERT INTO orders (id, customer_id, status, currency, total_minor, shipping_address, payment_method_token) \
-         VALUES ($1, $2, 'PENDING', $3, $4, $5, $6)",
+) -> Result<Order, OrderError> {
+    let skus: Vec<String> = order.lines.iter().map(|l| l.sku.to_string()).collect();
+    let quantities: Vec<i64> = order.lines.iter().map(|l| l.quantity).collect();
+    let prices: Vec<i64> = order.lines.iter().map(|l| l.unit_price).collect();
+    let totals: Vec<i64> = order.lines.iter().map(|l| l.total).collect();
+    let row = OrderRow::find_by_statement(statement(
+        &format!(
+            "WITH placed AS ( \
+               INSERT INTO orders (id, customer_id, status, currency, total_minor, shipping_address, payment_method_token) \
+               VALUES ($1, $2, 'PENDING', $3, $4, $5, $6) RETURNING {COLUMNS}), \
+             lines AS ( \
+               INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price_minor, line_total_minor) \
+               SELECT placed.id, n, sku, q, p, t FROM placed, \
+                 unnest($7::text[], $8::bigint[], $9::bigint[], $10::bigint[]) WITH ORDINALITY AS l (sku, q, p, t, n)), \
+             history AS ( \
+               INSERT INTO order_history (order_id, version, from_status, to_status, cause, reason, idempotency_key) \
+               SELECT placed.id, 1, '', 'PENDING', 'PLACED', '', $11 FROM placed) \
+             SELECT {COLUMNS} FROM placed"
+        ),
         [
             id.into(),
             order.customer_id.clone().into(),
@@ -113,59 +129,25 @@ pub async fn insert<C: ConnectionTrait>(
             order.total.into(),
             order.shipping_address.encode_to_vec().into(),
             order.payment_method_token.clone().into(),
-        ],
-    ))
-    .await?;
-    let skus: Vec<String> = order.lines.iter().map(|l| l.sku.to_string()).collect();
-    let quantities: Vec<i64> = order.lines.iter().map(|l| l.quantity).collect();
-    let prices: Vec<i64> = order.lines.iter().map(|l| l.unit_price).collect();
-    let totals: Vec<i64> = order.lines.iter().map(|l| l.total).collect();
-    db.execute_raw(statement(
-        "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price_minor, line_total_minor) \
-         SELECT $1, n, sku, q, p, t FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) \
-         WITH ORDINALITY AS l (sku, q, p, t, n)",
-        [id.into(), skus.into(), quantities.into(), prices.into(), totals.into()],
-    ))
-    .await?;
-    record_history(
-        db,
-        id,
-        1,
-        "",
-        OrderState::Pending,
-        "PLACED",
-        "",
-        idempotency_key,
-    )
-    .await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn record_history<C: ConnectionTrait>(
-    db: &C,
-    id: Uuid,
-    version: i64,
-    from: &str,
-    to: OrderState,
-    cause: &str,
-    reason: &str,
-    idempotency_key: &str,
-) -> Result<(), DbErr> {
-    db.execute_raw(statement(
-        "INSERT INTO order_history (order_id, version, from_status, to_status, cause, reason, idempotency_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        [
-            id.into(),
-            version.into(),
-            from.into(),
-            to.as_str().into(),
-            cause.into(),
-            reason.into(),
+            skus.clone().into(),
+            quantities.clone().into(),
+            prices.clone().into(),
+            totals.clone().into(),
             idempotency_key.into(),
         ],
     ))
-    .await?;
-    Ok(())
+    .one(db)
+    .await?
+    .ok_or_else(|| OrderError::NotFound {
+        order_id: id.to_string(),
+    })?;
+    let lines = skus
+        .into_iter()
+        .zip(quantities)
+        .zip(prices.into_iter().zip(totals))
+        .map(|((sku, quantity), (price, total))| (sku, quantity, price, total))
+        .collect();
+    Ok(assemble(row, lines)?)
 }
 
 /// A status change to apply.
@@ -209,41 +191,39 @@ pub async fn change_status<C: ConnectionTrait>(
         OrderState::Rejected => "rejection_reason",
         _ => "cancellation_reason",
     };
-    let updated = db
-        .execute_raw(statement(
-            &format!(
-                "UPDATE orders SET status = $3, {reason_column} = \
-                 CASE WHEN $4 = '' THEN {reason_column} ELSE $4 END, \
-                 version = version + 1, updated_at = now() WHERE id = $1 AND version = $2"
-            ),
-            [
-                id.into(),
-                current.version.into(),
-                change.to.as_str().into(),
-                change.reason.into(),
-            ],
-        ))
-        .await?;
-    if updated.rows_affected() != 1 {
+    // The change and its history entry in one statement; the lines do not change.
+    let updated = OrderRow::find_by_statement(statement(
+        &format!(
+            "WITH changed AS (UPDATE orders SET status = $3, {reason_column} = \
+               CASE WHEN $4 = '' THEN {reason_column} ELSE $4 END, \
+               version = version + 1, updated_at = now() WHERE id = $1 AND version = $2 \
+               RETURNING {COLUMNS}), \
+             history AS ( \
+               INSERT INTO order_history (order_id, version, from_status, to_status, cause, reason, idempotency_key) \
+               SELECT id, version, $5, $3, $6, $4, $7 FROM changed) \
+             SELECT {COLUMNS} FROM changed"
+        ),
+        [
+            id.into(),
+            current.version.into(),
+            change.to.as_str().into(),
+            change.reason.into(),
+            current.state.as_str().into(),
+            change.cause.into(),
+            change.idempotency_key.into(),
+        ],
+    ))
+    .one(db)
+    .await?;
+    let Some(row) = updated else {
         let actual = order(db, id).await?.version;
         return Err(OrderError::VersionConflict {
             order_id: id.to_string(),
             expected: current.version,
             actual,
         });
-    }
-    record_history(
-        db,
-        id,
-        current.version + 1,
-        current.state.as_str(),
-        change.to,
-        change.cause,
-        change.reason,
-        change.idempotency_key,
-    )
-    .await?;
-    order(db, id).await
+    };
+    Ok(assemble(row, current.lines)?)
 }
 
 /// One order.
@@ -334,35 +314,39 @@ async fn with_lines<C: ConnectionTrait>(db: &C, rows: Vec<OrderRow>) -> Result<V
     .await?;
     rows.into_iter()
         .map(|row| {
-            Ok(Order {
-                lines: lines
-                    .iter()
-                    .filter(|line| line.order_id == row.id)
-                    .map(|l| {
-                        (
-                            l.sku.clone(),
-                            l.quantity,
-                            l.unit_price_minor,
-                            l.line_total_minor,
-                        )
-                    })
-                    .collect(),
-                id: row.id,
-                state: OrderState::parse(&row.status)
-                    .ok_or_else(|| DbErr::Custom(format!("unknown order status {}", row.status)))?,
-                shipping_address: Address::decode(row.shipping_address.as_slice()).map_err(
-                    |error| DbErr::Custom(format!("stored address undecodable: {error}")),
-                )?,
-                customer_id: row.customer_id,
-                currency: row.currency,
-                total_minor: row.total_minor,
-                payment_method_token: row.payment_method_token,
-                rejection_reason: row.rejection_reason,
-                cancellation_reason: row.cancellation_reason,
-                version: row.version,
-                created_at: row.created_at,
-                updated_at: row.updated_at,
-            })
+            let of_row = lines
+                .iter()
+                .filter(|line| line.order_id == row.id)
+                .map(|l| {
+                    (
+                        l.sku.clone(),
+                        l.quantity,
+                        l.unit_price_minor,
+                        l.line_total_minor,
+                    )
+                })
+                .collect();
+            assemble(row, of_row)
         })
         .collect()
+}
+
+fn assemble(row: OrderRow, lines: Vec<(String, i64, i64, i64)>) -> Result<Order, DbErr> {
+    Ok(Order {
+        lines,
+        id: row.id,
+        state: OrderState::parse(&row.status)
+            .ok_or_else(|| DbErr::Custom(format!("unknown order status {}", row.status)))?,
+        shipping_address: Address::decode(row.shipping_address.as_slice())
+            .map_err(|error| DbErr::Custom(format!("stored address undecodable: {error}")))?,
+        customer_id: row.customer_id,
+        currency: row.currency,
+        total_minor: row.total_minor,
+        payment_method_token: row.payment_method_token,
+        rejection_reason: row.rejection_reason,
+        cancellation_reason: row.cancellation_reason,
+        version: row.version,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
 }
