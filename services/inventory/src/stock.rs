@@ -73,7 +73,7 @@ impl Stock {
                 low.push(taken);
             }
         }
-        store::insert_reservation(
+        let reservation = store::insert_reservation(
             tx,
             reservation_id,
             request.order_id,
@@ -81,7 +81,6 @@ impl Stock {
             expires_at,
         )
         .await?;
-        let reservation = store::reservation(tx, reservation_id, false).await?;
         let reserved = pb::StockReserved {
             reservation_id: reservation_id.to_string(),
             order_id: request.order_id.to_string(),
@@ -119,8 +118,10 @@ impl Stock {
         if !still_held(&reservation, "pinned")? || reservation.pinned_at.is_some() {
             return Ok(reservation);
         }
-        store::pin(tx, reservation_id).await?;
-        store::reservation(tx, reservation_id, false).await
+        match store::pin(tx, &reservation).await? {
+            Some(pinned) => Ok(pinned),
+            None => Ok(reservation),
+        }
     }
 
     /// Confirms a pending reservation (its stock is sold); confirming twice is a no-op.
@@ -133,13 +134,13 @@ impl Stock {
         if !still_held(&reservation, "confirmed")? {
             return Ok(reservation);
         }
-        store::settle(tx, &reservation, ReservationState::Confirmed, "").await?;
+        let confirmed = store::settle(tx, &reservation, ReservationState::Confirmed, "").await?;
         let event = pb::ReservationConfirmed {
             reservation_id: reservation_id.to_string(),
             order_id: reservation.order_id.to_string(),
         };
         self.emit(tx, &event, &reservation).await?;
-        store::reservation(tx, reservation_id, false).await
+        Ok(confirmed)
     }
 
     /// Releases a pending reservation (its stock returns); releasing a released or expired one
@@ -162,14 +163,14 @@ impl Stock {
                 });
             }
         }
-        store::settle(tx, &reservation, ReservationState::Released, reason).await?;
+        let released = store::settle(tx, &reservation, ReservationState::Released, reason).await?;
         let event = pb::ReservationReleased {
             reservation_id: reservation_id.to_string(),
             order_id: reservation.order_id.to_string(),
             reason: reason.to_owned(),
         };
         self.emit(tx, &event, &reservation).await?;
-        store::reservation(tx, reservation_id, false).await
+        Ok(released)
     }
 
     /// Returns the stock of up to `limit` expired pending reservations, one transaction each

@@ -252,28 +252,41 @@ pub async fn take_stock<C: ConnectionTrait>(
     }
 }
 
-/// Inserts a pending reservation and its lines.
+const RESERVATION_COLUMNS: &str =
+    "id, order_id, status, expires_at, pinned_at, release_reason, created_at, updated_at";
+
+/// Inserts a pending reservation and its lines (sorted by SKU) in one statement; the
+/// reservation as stored.
 pub async fn insert_reservation<C: ConnectionTrait>(
     db: &C,
     id: Uuid,
     order_id: Uuid,
     lines: &[(Sku, i64)],
     expires_at: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    db.execute_raw(statement(
-        "INSERT INTO reservations (id, order_id, status, expires_at) VALUES ($1, $2, 'PENDING', $3)",
-        [id.into(), order_id.into(), expires_at.into()],
-    ))
-    .await?;
+) -> Result<Reservation, DbErr> {
     let skus: Vec<String> = lines.iter().map(|(sku, _)| sku.to_string()).collect();
     let quantities: Vec<i64> = lines.iter().map(|(_, quantity)| *quantity).collect();
-    db.execute_raw(statement(
-        "INSERT INTO reservation_lines (reservation_id, sku, quantity) \
-         SELECT $1, sku, quantity FROM unnest($2::text[], $3::bigint[]) AS line (sku, quantity)",
-        [id.into(), skus.into(), quantities.into()],
+    let row = ReservationRow::find_by_statement(statement(
+        &format!(
+            "WITH held AS (INSERT INTO reservations (id, order_id, status, expires_at) \
+               VALUES ($1, $2, 'PENDING', $3) RETURNING {RESERVATION_COLUMNS}), \
+             lines AS (INSERT INTO reservation_lines (reservation_id, sku, quantity) \
+               SELECT held.id, sku, quantity FROM held, \
+                 unnest($4::text[], $5::bigint[]) AS line (sku, quantity)) \
+             SELECT {RESERVATION_COLUMNS} FROM held"
+        ),
+        [
+            id.into(),
+            order_id.into(),
+            expires_at.into(),
+            skus.clone().into(),
+            quantities.clone().into(),
+        ],
     ))
-    .await?;
-    Ok(())
+    .one(db)
+    .await?
+    .ok_or_else(|| DbErr::RecordNotFound(format!("reservation {id}")))?;
+    assemble(row, skus.into_iter().zip(quantities).collect())
 }
 
 /// One reservation; `lock` takes a row lock for a state change.
@@ -284,10 +297,7 @@ pub async fn reservation<C: ConnectionTrait>(
 ) -> Result<Reservation, InventoryError> {
     let lock = if lock { " FOR UPDATE" } else { "" };
     let row = ReservationRow::find_by_statement(statement(
-        &format!(
-            "SELECT id, order_id, status, expires_at, pinned_at, release_reason, created_at, updated_at \
-             FROM reservations WHERE id = $1{lock}"
-        ),
+        &format!("SELECT {RESERVATION_COLUMNS} FROM reservations WHERE id = $1{lock}"),
         [id.into()],
     ))
     .one(db)
@@ -344,33 +354,38 @@ async fn with_lines<C: ConnectionTrait>(
     .await?;
     rows.into_iter()
         .map(|row| {
-            Ok(Reservation {
-                lines: lines
-                    .iter()
-                    .filter(|line| line.reservation_id == row.id)
-                    .map(|line| (line.sku.clone(), line.quantity))
-                    .collect(),
-                id: row.id,
-                order_id: row.order_id,
-                state: ReservationState::parse(&row.status)?,
-                expires_at: row.expires_at,
-                pinned_at: row.pinned_at,
-                release_reason: row.release_reason,
-                created_at: row.created_at,
-                updated_at: row.updated_at,
-            })
+            let of_row = lines
+                .iter()
+                .filter(|line| line.reservation_id == row.id)
+                .map(|line| (line.sku.clone(), line.quantity))
+                .collect();
+            assemble(row, of_row)
         })
         .collect()
 }
 
+fn assemble(row: ReservationRow, lines: Vec<(String, i64)>) -> Result<Reservation, DbErr> {
+    Ok(Reservation {
+        lines,
+        id: row.id,
+        order_id: row.order_id,
+        state: ReservationState::parse(&row.status)?,
+        expires_at: row.expires_at,
+        pinned_at: row.pinned_at,
+        release_reason: row.release_reason,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
 /// Moves a pending reservation's stock: to `sold` when confirming, back to `available` when
-/// releasing or expiring; then records the new state.
+/// releasing or expiring, and records the new state; the reservation as it is now.
 pub async fn settle<C: ConnectionTrait>(
     db: &C,
     reservation: &Reservation,
     to: ReservationState,
     reason: &str,
-) -> Result<(), DbErr> {
+) -> Result<Reservation, DbErr> {
     let skus: Vec<String> = reservation
         .lines
         .iter()
@@ -378,7 +393,8 @@ pub async fn settle<C: ConnectionTrait>(
         .collect();
     let quantities: Vec<i64> = reservation.lines.iter().map(|(_, q)| *q).collect();
     // Lock the products in SKU order, the order reservations take them in, so a settle and a
-    // reservation touching the same products can never deadlock.
+    // reservation touching the same products can never deadlock. Its own statement: the order
+    // in which one statement's parts lock rows is not promised.
     db.execute_raw(statement(
         "SELECT 1 FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
         [skus.clone().into()],
@@ -389,31 +405,45 @@ pub async fn settle<C: ConnectionTrait>(
     } else {
         "reserved = p.reserved - l.quantity, available = p.available + l.quantity"
     };
-    db.execute_raw(statement(
+    let row = ReservationRow::find_by_statement(statement(
         &format!(
-            "UPDATE products AS p SET {stock_change}, updated_at = now() \
-             FROM unnest($1::text[], $2::bigint[]) AS l (sku, quantity) WHERE p.sku = l.sku"
+            "WITH stock AS (UPDATE products AS p SET {stock_change}, updated_at = now() \
+               FROM unnest($1::text[], $2::bigint[]) AS l (sku, quantity) WHERE p.sku = l.sku) \
+             UPDATE reservations SET status = $4, release_reason = $5, updated_at = now() \
+             WHERE id = $3 RETURNING {RESERVATION_COLUMNS}"
         ),
-        [skus.into(), quantities.into()],
+        [
+            skus.into(),
+            quantities.into(),
+            reservation.id.into(),
+            to.as_str().into(),
+            reason.into(),
+        ],
     ))
-    .await?;
-    db.execute_raw(statement(
-        "UPDATE reservations SET status = $2, release_reason = $3, updated_at = now() WHERE id = $1",
-        [reservation.id.into(), to.as_str().into(), reason.into()],
-    ))
-    .await?;
-    Ok(())
+    .one(db)
+    .await?
+    .ok_or_else(|| DbErr::RecordNotFound(format!("reservation {}", reservation.id)))?;
+    assemble(row, reservation.lines.clone())
 }
 
-/// Pins a pending reservation: from now on it never expires.
-pub async fn pin<C: ConnectionTrait>(db: &C, id: Uuid) -> Result<(), DbErr> {
-    db.execute_raw(statement(
-        "UPDATE reservations SET pinned_at = now(), updated_at = now() \
-         WHERE id = $1 AND status = 'PENDING' AND pinned_at IS NULL",
-        [id.into()],
+/// Pins a pending reservation: from now on it never expires. The reservation as it is now, or
+/// `None` when it was not pending and unpinned.
+pub async fn pin<C: ConnectionTrait>(
+    db: &C,
+    reservation: &Reservation,
+) -> Result<Option<Reservation>, DbErr> {
+    let row = ReservationRow::find_by_statement(statement(
+        &format!(
+            "UPDATE reservations SET pinned_at = now(), updated_at = now() \
+             WHERE id = $1 AND status = 'PENDING' AND pinned_at IS NULL \
+             RETURNING {RESERVATION_COLUMNS}"
+        ),
+        [reservation.id.into()],
     ))
+    .one(db)
     .await?;
-    Ok(())
+    row.map(|row| assemble(row, reservation.lines.clone()))
+        .transpose()
 }
 
 /// Locks up to `limit` unpinned pending reservations past their expiry; other sweepers skip them.

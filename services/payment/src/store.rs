@@ -107,10 +107,12 @@ pub async fn insert<C: ConnectionTrait>(
     db: &C,
     new: &NewPayment<'_>,
 ) -> Result<Payment, PaymentError> {
-    db.execute_raw(statement(
-        "INSERT INTO payments (id, order_id, status, currency, amount_minor, decline_reason, \
-         decline_message, processor_reference, authorization_expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    Payment::find_by_statement(statement(
+        &format!(
+            "INSERT INTO payments (id, order_id, status, currency, amount_minor, decline_reason, \
+             decline_message, processor_reference, authorization_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+        ),
         [
             new.id.into(),
             new.order_id.into(),
@@ -123,8 +125,11 @@ pub async fn insert<C: ConnectionTrait>(
             new.expires_at.into(),
         ],
     ))
-    .await?;
-    payment(db, new.id).await
+    .one(db)
+    .await?
+    .ok_or_else(|| PaymentError::NotFound {
+        payment_id: new.id.to_string(),
+    })
 }
 
 /// One payment.
