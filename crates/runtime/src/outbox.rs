@@ -62,6 +62,73 @@ pub async fn enqueue<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Outbox rows written by another statement of the caller's, as a part of it: one round trip
+/// for a state change and its events. [`Rows::insert`] is the SQL of a data-modifying `WITH`
+/// part; its seven arrays are [`Rows::values`].
+#[derive(Debug, Default, Clone)]
+pub struct Rows {
+    event_ids: Vec<Uuid>,
+    topics: Vec<String>,
+    keys: Vec<String>,
+    event_types: Vec<String>,
+    envelopes: Vec<Vec<u8>>,
+    traceparents: Vec<String>,
+    tracestates: Vec<String>,
+}
+
+impl Rows {
+    /// Adds an event for `topic`.
+    pub fn push(&mut self, topic: &str, envelope: &EventEnvelope) -> Result<(), DbErr> {
+        let event_id = Uuid::parse_str(&envelope.event_id)
+            .map_err(|_| DbErr::Custom(format!("event id {} is not a UUID", envelope.event_id)))?;
+        let trace = envelope.trace_context.clone().unwrap_or_default();
+        self.event_ids.push(event_id);
+        self.topics.push(topic.to_owned());
+        self.keys.push(envelope.aggregate_id.clone());
+        self.event_types.push(envelope.event_type.clone());
+        self.envelopes.push(envelope.encode_to_vec());
+        self.traceparents.push(trace.traceparent);
+        self.tracestates.push(trace.tracestate);
+        Ok(())
+    }
+
+    /// No rows.
+    pub fn is_empty(&self) -> bool {
+        self.event_ids.is_empty()
+    }
+
+    /// An `INSERT` of the rows whose arrays are the parameters `$first` to `$first + 6`, written
+    /// only `WHERE` `condition` holds (`true` for always).
+    pub fn insert(first: usize, condition: &str) -> String {
+        let p = |offset: usize| first + offset;
+        format!(
+            "INSERT INTO outbox (event_id, topic, record_key, event_type, envelope, traceparent, tracestate) \
+             SELECT * FROM unnest(${}::uuid[], ${}::text[], ${}::text[], ${}::text[], ${}::bytea[], \
+               ${}::text[], ${}::text[]) WHERE {condition}",
+            p(0),
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            p(6)
+        )
+    }
+
+    /// The parameters of [`Rows::insert`], in order.
+    pub fn values(self) -> [sea_orm::Value; 7] {
+        [
+            self.event_ids.into(),
+            self.topics.into(),
+            self.keys.into(),
+            self.event_types.into(),
+            self.envelopes.into(),
+            self.traceparents.into(),
+            self.tracestates.into(),
+        ]
+    }
+}
+
 /// What a relay round does after the broker acknowledged a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterPublish {

@@ -198,16 +198,16 @@ impl Engine {
         Ok(())
     }
 
-    async fn enqueue<C: sea_orm::ConnectionTrait>(
-        &self,
-        tx: &C,
-        outgoing: &[Outgoing],
-    ) -> Result<(), DbErr> {
+    /// The outbox rows of a transition's records.
+    fn records(&self, outgoing: &[Outgoing]) -> Result<outbox::Rows, DbErr> {
+        let mut rows = outbox::Rows::default();
         for record in outgoing {
-            let topic = format!("{}{}", self.topic_prefix, record.topic);
-            outbox::enqueue(tx, &topic, &record.envelope).await?;
+            rows.push(
+                &format!("{}{}", self.topic_prefix, record.topic),
+                &record.envelope,
+            )?;
         }
-        Ok(())
+        Ok(rows)
     }
 
     /// Claims and drives due sagas until `shutdown`; then lets running steps finish, gives the
@@ -576,30 +576,41 @@ impl Engine {
     }
 
     /// One transaction storing every transition of `batch` whose lease still holds, with its
-    /// records; `None` for a transition whose lease was lost (nothing of it is written).
+    /// records; `None` for a transition whose lease was lost (nothing of it is written). A
+    /// transition alone is one statement and needs no transaction of its own.
     async fn write(&self, batch: &[Transition]) -> Result<Vec<Option<store::Saved>>, DbErr> {
-        let tx = self.db.begin().await?;
-        let mut results = Vec::with_capacity(batch.len());
-        for transition in batch {
-            let saga = &transition.saga;
-            let token = saga.lease.as_deref().unwrap_or_default();
-            let saved = store::save(
-                &tx,
-                saga,
-                (token, self.owner()),
-                transition.lease,
-                &transition.applied,
-            )
-            .await?;
-            if saved.is_some() {
-                self.enqueue(&tx, &transition.out).await?;
+        let results = if let [transition] = batch {
+            vec![self.save(&self.db, transition).await?]
+        } else {
+            let tx = self.db.begin().await?;
+            let mut results = Vec::with_capacity(batch.len());
+            for transition in batch {
+                results.push(self.save(&tx, transition).await?);
             }
-            results.push(saved);
-        }
-        tx.commit().await?;
+            tx.commit().await?;
+            results
+        };
         metrics::counter!(metric_names::TRANSITION_COMMITS).increment(1);
         metrics::counter!(metric_names::TRANSITIONS_WRITTEN).increment(batch.len() as u64);
         Ok(results)
+    }
+
+    /// Stores one transition with its records, if its lease still holds.
+    async fn save<C: sea_orm::ConnectionTrait>(
+        &self,
+        db: &C,
+        transition: &Transition,
+    ) -> Result<Option<store::Saved>, DbErr> {
+        let saga = &transition.saga;
+        store::save(
+            db,
+            saga,
+            (saga.lease.as_deref().unwrap_or_default(), self.owner()),
+            transition.lease,
+            &transition.applied,
+            self.records(&transition.out)?,
+        )
+        .await
     }
 
     /// After a database failure: hand the saga back so it is retried, by any instance, later.

@@ -6,6 +6,7 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, Val
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use zentra_proto::order::v1::OrderPlaced;
+use zentra_runtime::outbox;
 
 use crate::{
     domain::{CompensationCause, Saga, SagaState, ShipmentCheck, ShipmentReport, Step, StepType},
@@ -326,18 +327,20 @@ pub enum Lease {
     Release,
 }
 
-/// Stores a transition made under the lease token `token` by the instance `writer`, deleting
-/// exactly the signals it applied (by id: a signal that committed meanwhile with a lower id is
-/// kept for the next transition).
+/// Stores a transition made under the lease token `token` by the instance `writer`, with its
+/// outbox `records`, deleting exactly the signals it applied (by id: a signal that committed
+/// meanwhile with a lower id is kept for the next transition). One statement: on its own it
+/// needs no transaction.
 /// `None` when the token no longer holds the lease: another claim took the saga over and this
-/// transition must be dropped. Then nothing was written, so the transaction can go on storing
-/// other sagas' transitions.
+/// transition must be dropped. Then nothing was written (no row, no signal deleted, no record),
+/// so a transaction can go on storing other sagas' transitions.
 pub async fn save<C: ConnectionTrait>(
     db: &C,
     saga: &Saga,
     (token, writer): (&str, &str),
     lease: Lease,
     applied_signals: &[i64],
+    records: outbox::Rows,
 ) -> Result<Option<Saved>, DbErr> {
     let (release, lease_ms) = match lease {
         Lease::Extend(duration) => (
@@ -346,47 +349,60 @@ pub async fn save<C: ConnectionTrait>(
         ),
         Lease::Release => (true, 0),
     };
+    let mut values: Vec<sea_orm::Value> = vec![
+        saga.id.into(),
+        token.into(),
+        saga.state.as_str().into(),
+        step_text(saga.current_step()).into(),
+        step_text(saga.failing_step()).into(),
+        saga.cause
+            .map(CompensationCause::as_str)
+            .unwrap_or_default()
+            .into(),
+        data_json(saga)?.into(),
+        saga.next_run_at.into(),
+        saga.ended_at.into(),
+        release.into(),
+        lease_ms.into(),
+        writer.into(),
+        applied_signals.to_vec().into(),
+    ];
+    // The signals and records are written only with the saga's row: a lost lease writes none.
+    let signals = if applied_signals.is_empty() {
+        String::new()
+    } else {
+        ", applied AS (DELETE FROM saga_signals \
+           WHERE saga_id = $1 AND id = ANY($13) AND EXISTS (SELECT 1 FROM saved))"
+            .to_owned()
+    };
+    let records = if records.is_empty() {
+        String::new()
+    } else {
+        values.extend(records.values());
+        format!(
+            ", records AS ({})",
+            outbox::Rows::insert(14, "EXISTS (SELECT 1 FROM saved)")
+        )
+    };
     let updated = db
         .query_one_raw(statement(
-            "UPDATE sagas SET state = $3, current_step = $4, failing_step = $5, \
-               compensation_cause = $6, data = $7::jsonb, version = version + 1, next_run_at = $8, \
-               ended_at = $9, updated_at = now(), written_by = $12, \
-               lease_owner = CASE WHEN $10 THEN NULL ELSE lease_owner END, \
-               lease_until = CASE WHEN $10 THEN NULL ELSE now() + $11 * interval '1 millisecond' END \
-             WHERE id = $1 AND lease_owner = $2 \
-             RETURNING updated_at, EXISTS (SELECT 1 FROM saga_signals g \
-               WHERE g.saga_id = $1 AND g.id <> ALL($13)) AS has_signals",
-            [
-                saga.id.into(),
-                token.into(),
-                saga.state.as_str().into(),
-                step_text(saga.current_step()).into(),
-                step_text(saga.failing_step()).into(),
-                saga.cause
-                    .map(CompensationCause::as_str)
-                    .unwrap_or_default()
-                    .into(),
-                data_json(saga)?.into(),
-                saga.next_run_at.into(),
-                saga.ended_at.into(),
-                release.into(),
-                lease_ms.into(),
-                writer.into(),
-                applied_signals.to_vec().into(),
-            ],
+            &format!(
+                "WITH saved AS (UPDATE sagas SET state = $3, current_step = $4, failing_step = $5, \
+                   compensation_cause = $6, data = $7::jsonb, version = version + 1, next_run_at = $8, \
+                   ended_at = $9, updated_at = now(), written_by = $12, \
+                   lease_owner = CASE WHEN $10 THEN NULL ELSE lease_owner END, \
+                   lease_until = CASE WHEN $10 THEN NULL ELSE now() + $11 * interval '1 millisecond' END \
+                 WHERE id = $1 AND lease_owner = $2 RETURNING updated_at){signals}{records} \
+                 SELECT updated_at, EXISTS (SELECT 1 FROM saga_signals g \
+                   WHERE g.saga_id = $1 AND g.id <> ALL($13)) AS has_signals FROM saved"
+            ),
+            values,
         ))
         .await?;
     let Some(row) = updated else {
         // Nothing written: the signals stay for the lease's holder.
         return Ok(None);
     };
-    if !applied_signals.is_empty() {
-        db.execute_raw(statement(
-            "DELETE FROM saga_signals WHERE saga_id = $1 AND id = ANY($2)",
-            [saga.id.into(), applied_signals.to_vec().into()],
-        ))
-        .await?;
-    }
     Ok(Some(Saved {
         updated_at: row.try_get("", "updated_at")?,
         has_signals: row.try_get("", "has_signals")?,

@@ -6,7 +6,8 @@ use std::time::Duration;
 use chrono::Utc;
 use sea_orm::TransactionTrait as _;
 use uuid::Uuid;
-use zentra_proto::order::v1::OrderPlaced;
+use zentra_proto::{events::v1::EventEnvelope, order::v1::OrderPlaced};
+use zentra_runtime::outbox;
 use zentra_saga::{
     domain::{Saga, SagaState},
     machine::Signal,
@@ -22,6 +23,22 @@ fn new_saga() -> Saga {
         ..OrderPlaced::default()
     };
     Saga::new(order_id, order, None, Utc::now())
+}
+
+/// One outcome record of `saga`, as the engine would write it with a transition.
+fn record(saga: &Saga) -> outbox::Rows {
+    let mut rows = outbox::Rows::default();
+    rows.push(
+        "saga.events",
+        &EventEnvelope {
+            event_id: Uuid::now_v7().to_string(),
+            event_type: "zentra.saga.v1.SagaCompleted".to_owned(),
+            aggregate_id: saga.id.to_string(),
+            ..EventEnvelope::default()
+        },
+    )
+    .expect("record");
+    rows
 }
 
 async fn signal_ids(db: &sea_orm::DatabaseConnection, saga_id: Uuid) -> Vec<i64> {
@@ -82,6 +99,7 @@ async fn a_transition_whose_lease_is_lost_writes_nothing_and_leaves_the_rest_of_
         (second.lease.as_deref().unwrap_or_default(), "test"),
         Lease::Release,
         &second_signals,
+        record(&second),
     )
     .await
     .expect("save of the lost saga");
@@ -91,6 +109,7 @@ async fn a_transition_whose_lease_is_lost_writes_nothing_and_leaves_the_rest_of_
         (first.lease.as_deref().unwrap_or_default(), "test"),
         Lease::Release,
         &first_signals,
+        record(&first),
     )
     .await
     .expect("save of the kept saga");
@@ -122,6 +141,80 @@ async fn a_transition_whose_lease_is_lost_writes_nothing_and_leaves_the_rest_of_
         1,
         "the lost saga keeps its signal"
     );
+    let records = |id: Uuid| format!("SELECT count(*) FROM outbox WHERE record_key = '{id}'");
+    assert_eq!(
+        count(&db, &records(first.id)).await,
+        1,
+        "the kept saga's record"
+    );
+    assert_eq!(
+        count(&db, &records(second.id)).await,
+        0,
+        "no record of the lost transition"
+    );
+    drop(db);
+    database.drop_database().await.expect("drop");
+}
+
+#[tokio::test]
+async fn a_transition_alone_is_written_without_a_transaction_and_only_under_its_lease() {
+    let database = TestDatabase::create("saga-store-alone")
+        .await
+        .expect("database");
+    let db = database.connect().await.expect("connect");
+    zentra_runtime::db::migrate(&db, store::migrations::MIGRATIONS)
+        .await
+        .expect("migrate");
+    let saga = new_saga();
+    assert!(store::insert(&db, &saga, "test").await.expect("insert"));
+    let (mut claimed, _) = store::claim_due(&db, "test", Duration::from_secs(30), 1)
+        .await
+        .expect("claim")
+        .pop()
+        .expect("claimed");
+    let token = claimed.lease.clone().expect("a lease token");
+    claimed.state = SagaState::Completed;
+
+    let stale = store::save(
+        &db,
+        &claimed,
+        ("an:expired-claim", "test"),
+        Lease::Release,
+        &[],
+        record(&claimed),
+    )
+    .await
+    .expect("save under a stale token");
+    assert_eq!(stale, None);
+    let records = format!(
+        "SELECT count(*) FROM outbox WHERE record_key = '{}'",
+        saga.id
+    );
+    assert_eq!(
+        count(&db, &records).await,
+        0,
+        "nothing written without the lease"
+    );
+
+    let saved = store::save(
+        &db,
+        &claimed,
+        (&token, "test"),
+        Lease::Release,
+        &[],
+        record(&claimed),
+    )
+    .await
+    .expect("save")
+    .expect("the lease holds");
+    assert!(!saved.has_signals);
+    let stored = store::by_id(&db, saga.id)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(stored.state, SagaState::Completed);
+    assert_eq!(stored.lease, None, "released");
+    assert_eq!(count(&db, &records).await, 1, "the record with the row");
     drop(db);
     database.drop_database().await.expect("drop");
 }
