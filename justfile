@@ -28,9 +28,9 @@ up *args:
     cargo build --profile ${ZENTRA_UP_PROFILE:-dev} --workspace --exclude zentra-control-center --bins
     ZENTRA_STACK_STATIC_DIR=${ZENTRA_STACK_STATIC_DIR:-$PWD/control-center/dist} cargo run -q --profile ${ZENTRA_UP_PROFILE:-dev} -p zentra-stack -- "$@"
 
-# The stack as `just bench` measures it: release builds, shipments dispatched without simulated delays
+# The stack as `just bench` measures it: release builds, shipments dispatched without simulated delays, mail taken and not printed
 up-bench *args:
-    ZENTRA_UP_PROFILE=release ZENTRA_FULFILLMENT__STEP_DELAY=0s just up "$@"
+    ZENTRA_UP_PROFILE=release ZENTRA_FULFILLMENT__STEP_DELAY=0s ZENTRA_STACK_MAIL_LOG=0 just up "$@"
 
 # Measure a running stack (`just up-bench` in another terminal): throughput, latency, cost per saga, commit bound, memory; `--sweep` finds the peak rate
 bench *args:

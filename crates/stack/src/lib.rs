@@ -195,7 +195,13 @@ fn launch(settings: &Settings, component: Component) -> anyhow::Result<Launch> {
             Ok(Launch {
                 name,
                 program,
-                args: vec!["-n".to_owned(), "-l".to_owned(), listen],
+                args: if settings.mail_log {
+                    vec!["-n".to_owned(), "-l".to_owned(), listen]
+                } else {
+                    ["-n", "-c", "aiosmtpd.handlers.Sink", "-l", &listen]
+                        .map(str::to_owned)
+                        .to_vec()
+                },
                 env: Vec::new(),
             })
         }

@@ -88,6 +88,9 @@ pub struct Settings {
     /// Consumers that caught up stop fetching until a hint (`ZENTRA_STACK_WAKE_HINTS=0` turns
     /// that off, to measure the difference).
     pub wake_hints: bool,
+    /// The mail sink prints every mail it takes into the log (`ZENTRA_STACK_MAIL_LOG=0` makes it
+    /// discard them: `just up-bench`, where printing cost more CPU than sending).
+    pub mail_log: bool,
     /// The control center's built files.
     pub static_dir: Option<PathBuf>,
 }
@@ -95,7 +98,8 @@ pub struct Settings {
 const USAGE: &str = "usage: zentra-stack [--only svc,svc] [--bin-dir DIR] [--state-dir DIR] \
 (ports and URLs: ZENTRA_STACK_GATEWAY_PORT, ZENTRA_STACK_BASE_PORT, ZENTRA_STACK_KAFKA_PORT, \
 ZENTRA_STACK_KAFKA=host:port, ZENTRA_STACK_SMTP_PORT, ZENTRA_STACK_PG_URL, ZENTRA_STACK_DB_PREFIX, \
-ZENTRA_STACK_TOPIC_PREFIX, ZENTRA_STACK_REDIS_URL, ZENTRA_STACK_STATIC_DIR, ZENTRA_STACK_WAKE_HINTS=0|1; \
+ZENTRA_STACK_TOPIC_PREFIX, ZENTRA_STACK_REDIS_URL, ZENTRA_STACK_STATIC_DIR, ZENTRA_STACK_WAKE_HINTS=0|1, \
+ZENTRA_STACK_MAIL_LOG=0|1; \
 ZENTRA_STACK_SAGA_INSTANCES=2 adds a second orchestrator on base + 7)";
 
 impl Settings {
@@ -146,6 +150,11 @@ impl Settings {
                 None | Some("1") => true,
                 Some("0") => false,
                 Some(other) => return Err(format!("ZENTRA_STACK_WAKE_HINTS={other}: 0 or 1")),
+            },
+            mail_log: match var("ZENTRA_STACK_MAIL_LOG").as_deref() {
+                None | Some("1") => true,
+                Some("0") => false,
+                Some(other) => return Err(format!("ZENTRA_STACK_MAIL_LOG={other}: 0 or 1")),
             },
         };
         if settings.base_port > u16::MAX - 7 {
