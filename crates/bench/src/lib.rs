@@ -129,13 +129,19 @@ async fn measured_run(
     tokio::time::sleep(STATS_FLUSH).await;
     let before = probe.read().await?;
     let cpu_before = probe.cpu_ms();
+    let harness_before = cost::harness_cpu_ms();
     let run = load::run(clients, settings, mode, count, duration).await?;
     let cpu = cost::difference(probe.cpu_ms(), &cpu_before);
+    let harness = cost::difference(cost::harness_cpu_ms(), &harness_before);
     println!("waiting {STATS_FLUSH:?} for PostgreSQL's statistics");
     tokio::time::sleep(STATS_FLUSH).await;
     let spent = probe.read().await?.since(&before);
     let ended = run.completed + run.compensated + run.failed;
-    let report = RunReport::of(label, &run, Some(CostPerSaga::of(spent, cpu, ended)));
+    let report = RunReport::of(
+        label,
+        &run,
+        Some(CostPerSaga::of(spent, cpu, harness, ended)),
+    );
     report.print();
     Ok(report)
 }
@@ -186,50 +192,42 @@ async fn caught_up(databases: &audit::Databases) -> anyhow::Result<()> {
     }
 }
 
-/// Raises the rate until p99 passes the bound or a backlog builds, then measures latency at
-/// 25, 50, 75 and 100 % of the highest sustainable rate.
+/// Raises the rate by half a step at a time until p99 passes the bound or a backlog builds,
+/// narrows the gap between the last sustainable rate and the first that was not with
+/// [`REFINEMENTS`] steps between them, then measures latency at 25, 50, 75 and 100 % of the
+/// highest sustainable rate.
 async fn sweep(
     clients: &Clients,
     settings: &Settings,
     probe: &CostProbe,
     report: &mut Report,
 ) -> anyhow::Result<Option<RunReport>> {
-    let seconds = settings.step.as_secs_f64();
+    let databases = audit::Databases::connect(&settings.pg_url, &settings.db_prefix).await?;
     let mut rate = 10.0_f64;
     let mut peak = None;
+    let mut failed = None;
     while rate <= 5000.0 {
-        let run = load::run(
-            clients,
-            settings,
-            Mode::Rate(rate),
-            (rate * seconds).ceil() as u64,
-            settings.step,
-        )
-        .await?;
-        let p99 = run.end_to_end.value_at_quantile(0.99) as f64 / 1000.0;
-        let sustainable = p99 <= settings.p99_bound.as_secs_f64() * 1000.0
-            && run.outstanding == 0
-            && run.throughput() >= 0.9 * rate.min(run.sent as f64 / seconds);
-        println!(
-            "sweep {rate:>7.1}/s  p99 {p99:>9.1} ms  {:>7.1} sagas/s  {}",
-            run.throughput(),
-            if sustainable {
-                "sustainable"
-            } else {
-                "not sustainable"
-            }
-        );
-        report.sweep.push(SweepStep {
-            rate,
-            p99_ms: p99,
-            sagas_per_second: run.throughput(),
-            sustainable,
-        });
-        if !sustainable {
+        if sweep_step(clients, settings, rate, report).await? {
+            peak = Some(rate);
+            rate *= 1.5;
+        } else {
+            failed = Some(rate);
             break;
         }
-        peak = Some(rate);
-        rate *= 1.5;
+    }
+    // A step of 1.5× leaves the peak known to a third of itself; each bisection halves that.
+    if let (Some(mut low), Some(mut high)) = (peak, failed) {
+        for _ in 0..REFINEMENTS {
+            // An overloaded step leaves a backlog behind that would be charged to the next.
+            caught_up(&databases).await?;
+            let rate = (low * high).sqrt();
+            if sweep_step(clients, settings, rate, report).await? {
+                low = rate;
+                peak = Some(rate);
+            } else {
+                high = rate;
+            }
+        }
     }
     report.peak_rate = peak;
     let Some(peak) = peak else {
@@ -239,7 +237,7 @@ async fn sweep(
         );
         return Ok(None);
     };
-    let databases = audit::Databases::connect(&settings.pg_url, &settings.db_prefix).await?;
+    let seconds = settings.step.as_secs_f64();
     let mut at_peak = None;
     for percent in [25.0, 50.0, 75.0, 100.0] {
         // The step before (the sweep's overload above all) may have left sagas running and
@@ -261,6 +259,48 @@ async fn sweep(
         at_peak = Some(run);
     }
     Ok(at_peak)
+}
+
+/// Bisections between the last sustainable step of the sweep and the first that was not.
+const REFINEMENTS: usize = 2;
+
+/// One step of the sweep at `rate`: whether p99 stayed under the bound, nothing was left
+/// outstanding and at least 90 % of the offered rate completed.
+async fn sweep_step(
+    clients: &Clients,
+    settings: &Settings,
+    rate: f64,
+    report: &mut Report,
+) -> anyhow::Result<bool> {
+    let seconds = settings.step.as_secs_f64();
+    let run = load::run(
+        clients,
+        settings,
+        Mode::Rate(rate),
+        (rate * seconds).ceil() as u64,
+        settings.step,
+    )
+    .await?;
+    let p99 = run.end_to_end.value_at_quantile(0.99) as f64 / 1000.0;
+    let sustainable = p99 <= settings.p99_bound.as_secs_f64() * 1000.0
+        && run.outstanding == 0
+        && run.throughput() >= 0.9 * rate.min(run.sent as f64 / seconds);
+    println!(
+        "sweep {rate:>7.1}/s  p99 {p99:>9.1} ms  {:>7.1} sagas/s  {}",
+        run.throughput(),
+        if sustainable {
+            "sustainable"
+        } else {
+            "not sustainable"
+        }
+    );
+    report.sweep.push(SweepStep {
+        rate,
+        p99_ms: p99,
+        sagas_per_second: run.throughput(),
+        sustainable,
+    });
+    Ok(sustainable)
 }
 
 fn print_summary(report: &Report) {

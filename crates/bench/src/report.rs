@@ -52,11 +52,19 @@ pub struct CostPerSaga {
     /// CPU milliseconds by process: each service, all of PostgreSQL, the broker; measured over
     /// the load alone.
     pub cpu_ms: BTreeMap<String, f64>,
+    /// CPU milliseconds of the harness around the platform (mail sink, supervisor, this
+    /// bench), not counted in `cpu_ms`.
+    pub harness_cpu_ms: BTreeMap<String, f64>,
 }
 
 impl CostPerSaga {
-    /// Spread `spent` and `cpu_ms` over `sagas`.
-    pub fn of(spent: Counters, cpu_ms: BTreeMap<String, f64>, sagas: u64) -> Self {
+    /// Spread `spent`, `cpu_ms` and `harness_cpu_ms` over `sagas`.
+    pub fn of(
+        spent: Counters,
+        cpu_ms: BTreeMap<String, f64>,
+        harness_cpu_ms: BTreeMap<String, f64>,
+        sagas: u64,
+    ) -> Self {
         let sagas = sagas.max(1) as f64;
         let per_saga = |map: BTreeMap<String, f64>| {
             map.into_iter()
@@ -70,6 +78,7 @@ impl CostPerSaga {
             grpc_calls: spent.grpc_calls / sagas,
             commits_by_database: per_saga(spent.commits_by_database),
             cpu_ms: per_saga(cpu_ms),
+            harness_cpu_ms: per_saga(harness_cpu_ms),
         }
     }
 
@@ -211,6 +220,11 @@ impl RunReport {
                 "  CPU ms       {:.1} in all: {}",
                 cost.cpu_ms_total(),
                 breakdown(&cost.cpu_ms)
+            );
+            println!(
+                "  harness      {:.1} CPU ms, not counted above: {}",
+                cost.harness_cpu_ms.values().sum::<f64>(),
+                breakdown(&cost.harness_cpu_ms)
             );
         }
     }
