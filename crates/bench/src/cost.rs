@@ -194,23 +194,29 @@ pub fn cpu_ms(services: &BTreeMap<&'static str, u32>) -> BTreeMap<String, f64> {
             used.insert((*name).to_owned(), ms);
         }
     }
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.parse().ok())
-            else {
-                continue;
-            };
-            if let Some((command, ms)) = process_cpu(pid)
-                && matches!(command.as_str(), "postgres" | "tansu")
-            {
-                *used.entry(command).or_default() += ms;
-            }
+    add_by_command(&mut used, &["postgres", "tansu"]);
+    used
+}
+
+/// Adds the CPU time of every process whose command is one of `commands`, by command.
+fn add_by_command(used: &mut BTreeMap<String, f64>, commands: &[&str]) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse().ok())
+        else {
+            continue;
+        };
+        if let Some((command, ms)) = process_cpu(pid)
+            && commands.contains(&command.as_str())
+        {
+            *used.entry(command).or_default() += ms;
         }
     }
-    used
 }
 
 /// The processes that stand around the platform on this machine without being part of it: the
@@ -221,22 +227,7 @@ pub const HARNESS: [&str; 3] = ["aiosmtpd", "zentra-stack", "zentra-bench"];
 /// two cores what they use is not there for the platform.
 pub fn harness_cpu_ms() -> BTreeMap<String, f64> {
     let mut used: BTreeMap<String, f64> = BTreeMap::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.parse().ok())
-            else {
-                continue;
-            };
-            if let Some((command, ms)) = process_cpu(pid)
-                && HARNESS.contains(&command.as_str())
-            {
-                *used.entry(command).or_default() += ms;
-            }
-        }
-    }
+    add_by_command(&mut used, &HARNESS);
     used
 }
 

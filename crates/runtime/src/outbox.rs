@@ -40,23 +40,13 @@ pub async fn enqueue<C: ConnectionTrait>(
     topic: &str,
     envelope: &EventEnvelope,
 ) -> Result<(), DbErr> {
-    let event_id = Uuid::parse_str(&envelope.event_id)
-        .map_err(|_| DbErr::Custom(format!("event id {} is not a UUID", envelope.event_id)))?;
-    let trace = envelope.trace_context.clone().unwrap_or_default();
+    let mut rows = Rows::default();
+    rows.push(topic, envelope)?;
     connection
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "INSERT INTO outbox (event_id, topic, record_key, event_type, envelope, traceparent, tracestate) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            [
-                event_id.into(),
-                topic.into(),
-                envelope.aggregate_id.clone().into(),
-                envelope.event_type.clone().into(),
-                envelope.encode_to_vec().into(),
-                trace.traceparent.into(),
-                trace.tracestate.into(),
-            ],
+            Rows::insert(1, "true"),
+            rows.values(),
         ))
         .await?;
     Ok(())
@@ -100,18 +90,15 @@ impl Rows {
     /// An `INSERT` of the rows whose arrays are the parameters `$first` to `$first + 6`, written
     /// only `WHERE` `condition` holds (`true` for always).
     pub fn insert(first: usize, condition: &str) -> String {
-        let p = |offset: usize| first + offset;
+        let arrays: Vec<String> = ["uuid", "text", "text", "text", "bytea", "text", "text"]
+            .iter()
+            .enumerate()
+            .map(|(offset, kind)| format!("${}::{kind}[]", first + offset))
+            .collect();
         format!(
             "INSERT INTO outbox (event_id, topic, record_key, event_type, envelope, traceparent, tracestate) \
-             SELECT * FROM unnest(${}::uuid[], ${}::text[], ${}::text[], ${}::text[], ${}::bytea[], \
-               ${}::text[], ${}::text[]) WHERE {condition}",
-            p(0),
-            p(1),
-            p(2),
-            p(3),
-            p(4),
-            p(5),
-            p(6)
+             SELECT * FROM unnest({}) WHERE {condition}",
+            arrays.join(", ")
         )
     }
 
