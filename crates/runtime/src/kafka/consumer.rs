@@ -93,6 +93,15 @@ pub trait EventHandler: Send + Sync + 'static {
     fn committed(&self, applied: Vec<Self::Applied>) {
         let _ = applied;
     }
+
+    /// Whether this handler does nothing at all with `event` (an event type it does not read).
+    /// Such events take no transaction of their own: their offsets are stored with the next
+    /// transaction of their partition, or once the consumer has caught up. A crash before that
+    /// hands them over again, which changes nothing since they are ignored.
+    fn ignores(&self, event: &ReceivedEvent) -> bool {
+        let _ = event;
+        false
+    }
 }
 
 /// How a consumer behaves.
@@ -193,6 +202,9 @@ struct Slot {
     epoch: i64,
     /// The next offset to process; `None` until something was.
     next: Option<i64>,
+    /// `next` is past the stored offset: only ignored messages were read since (see
+    /// [`EventHandler::ignores`]).
+    unstored: bool,
 }
 
 type Assignment = BTreeMap<(String, i32), Slot>;
@@ -253,6 +265,9 @@ impl Fetching {
         }
     }
 }
+
+/// How long offsets moved only by ignored messages may wait to be stored.
+const STORE_PASSED_WITHIN: Duration = Duration::from_secs(1);
 
 /// The shortest periodic look: time for the assignment and one fetch round trip.
 const LOOK_AT_LEAST: Duration = Duration::from_millis(30);
@@ -357,6 +372,8 @@ impl EventConsumer {
             )
         });
         let mut fetching = Fetching::new(Instant::now());
+        // Since when offsets moved only by ignored messages wait to be stored.
+        let mut passed_since: Option<Instant> = None;
         loop {
             if self.shared.changed.swap(false, Ordering::SeqCst) {
                 self.reassign(&mut assigned).await;
@@ -374,11 +391,20 @@ impl EventConsumer {
                     fetching = Fetching::new(Instant::now());
                     continue;
                 }
+                () = tokio::time::sleep_until(
+                    passed_since.map_or(deadline, |since| since + STORE_PASSED_WITHIN).into()
+                ), if passed_since.is_some() => {
+                    self.store_passed(&mut assigned).await;
+                    passed_since = None;
+                    continue;
+                }
                 () = tokio::time::sleep_until(deadline.into()), if hints.is_some() => {
                     if fetching.paused {
                         self.resume(&assigned);
                         fetching = Fetching::look(Instant::now());
                     } else {
+                        self.store_passed(&mut assigned).await;
+                        passed_since = None;
                         self.pause();
                         fetching.paused = true;
                         fetching.since = Instant::now();
@@ -410,7 +436,13 @@ impl EventConsumer {
             }
             fetching.since = Instant::now();
             fetching.looking = false;
+            if !assigned.values().any(|slot| slot.unstored) {
+                passed_since = None;
+            } else if passed_since.is_none() {
+                passed_since = Some(Instant::now());
+            }
         }
+        self.store_passed(&mut assigned).await;
         keeper_stop.cancel();
         keeper.finish().await;
         if let Err(error) = self.leases.leave().await {
@@ -455,6 +487,7 @@ impl EventConsumer {
                 _ => Slot {
                     epoch: lease.epoch,
                     next: lease.next_offset,
+                    unstored: false,
                 },
             };
             next.insert(key, slot);
@@ -566,6 +599,17 @@ impl EventConsumer {
         if ready.is_empty() {
             return true;
         }
+        // Messages the handler ignores take no transaction of their own.
+        let ignored: Vec<bool> = ready
+            .iter()
+            .map(|message| decode(message).is_some_and(|event| handler.ignores(&event)))
+            .collect();
+        if ignored.iter().all(|ignored| *ignored) {
+            for message in &ready {
+                self.pass_over(assigned, message);
+            }
+            return true;
+        }
         // A single message goes straight to the one-by-one path, which counts its attempts.
         let decoded: Option<Vec<ReceivedEvent>> = if ready.len() > 1 {
             ready.iter().map(decode).collect()
@@ -597,7 +641,11 @@ impl EventConsumer {
                 }
             }
         }
-        for message in &ready {
+        for (message, ignored) in ready.iter().zip(ignored) {
+            if ignored {
+                self.pass_over(assigned, message);
+                continue;
+            }
             let key = (message.topic().to_owned(), message.partition());
             let Some(slot) = assigned.get(&key).copied() else {
                 continue;
@@ -632,12 +680,62 @@ impl EventConsumer {
         self.shared.changed.store(true, Ordering::SeqCst);
     }
 
+    /// Notes a message whose offset advance committed: the stored offset is `offset + 1`.
     fn note_processed(&self, assigned: &mut Assignment, topic: &str, partition: i32, offset: i64) {
         if let Some(slot) = assigned.get_mut(&(topic.to_owned(), partition)) {
             slot.next = Some(offset + 1);
+            slot.unstored = false;
         }
         self.lag
             .progressed(self.leases.group(), topic, partition, offset + 1);
+    }
+
+    /// Moves past a message the handler ignores, without a transaction: its offset is stored
+    /// later ([`EventConsumer::store_passed`], or the partition's next transaction).
+    fn pass_over(&self, assigned: &mut Assignment, message: &OwnedMessage) {
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        if let Some(slot) = assigned.get_mut(&(topic.to_owned(), partition)) {
+            slot.next = Some(offset + 1);
+            slot.unstored = true;
+        }
+        self.lag
+            .progressed(self.leases.group(), topic, partition, offset + 1);
+        metrics::counter!(names::CONSUMER_MESSAGES, "topic" => topic.to_owned(), "outcome" => "ignored")
+            .increment(1);
+    }
+
+    /// Stores the offsets that only ignored messages moved. Each partition's advance stands on
+    /// its own, so no transaction is needed; one whose lease moved is left to its new owner.
+    async fn store_passed(&self, assigned: &mut Assignment) {
+        let advances: Vec<(String, i32, i64, i64)> = assigned
+            .iter()
+            .filter(|(_, slot)| slot.unstored)
+            .filter_map(|((topic, partition), slot)| {
+                slot.next
+                    .map(|next| (topic.clone(), *partition, slot.epoch, next))
+            })
+            .collect();
+        if advances.is_empty() {
+            return;
+        }
+        match leases::advance(
+            &self.db,
+            self.leases.group(),
+            self.leases.member(),
+            &advances,
+        )
+        .await
+        {
+            Ok(true) => {
+                for slot in assigned.values_mut() {
+                    slot.unstored = false;
+                }
+            }
+            Ok(false) => self.fenced(),
+            Err(error) => {
+                tracing::warn!(%error, group = self.leases.group(), "storing the offsets of ignored messages failed; will retry");
+            }
+        }
     }
 
     /// Applies every event in one transaction with the offsets, each partition's advance fenced
@@ -652,11 +750,13 @@ impl EventConsumer {
         let mut applied = Vec::with_capacity(events.len());
         let mut advances: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
         for event in events {
-            match handler.handle(event, &tx).await {
-                Ok(done) => applied.push(done),
-                Err(error) => {
-                    let _ = tx.rollback().await;
-                    return Err(error);
+            if !handler.ignores(event) {
+                match handler.handle(event, &tx).await {
+                    Ok(done) => applied.push(done),
+                    Err(error) => {
+                        let _ = tx.rollback().await;
+                        return Err(error);
+                    }
                 }
             }
             let epoch = epoch_of(&event.topic, event.partition);
