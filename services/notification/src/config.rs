@@ -38,8 +38,8 @@ pub struct NotificationSettings {
     /// Longest delay between attempts.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
-    /// Mails sent at once, each by a worker holding its notification's row lock and a
-    /// database connection while the SMTP server answers (at most 8: the pool has 16).
+    /// Delivery workers, each holding a database connection and the row locks of up to 8 mails
+    /// (`delivery::BATCH`) while the SMTP server answers them (at most 8: the pool has 16).
     pub concurrency: usize,
     /// How often the delivery worker looks for due notifications (retries, and other replicas'
     /// work); a notification created here wakes it at once.

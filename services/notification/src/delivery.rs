@@ -8,17 +8,20 @@ use lettre::{
 };
 use sea_orm::{DatabaseConnection, TransactionTrait as _};
 use tokio::sync::Notify;
-use zentra_proto::notification::v1 as pb;
+use zentra_proto::{events::v1::EventEnvelope, notification::v1 as pb};
 use zentra_runtime::{
     CancellationToken,
-    events::{EventMeta, EventTopic},
-    outbox::OutboxWaker,
+    events::{EventMeta, EventTopic, envelope},
+    outbox::{self, OutboxWaker},
 };
 
 use crate::{
     config::NotificationSettings,
     store::{self, Notification},
 };
+
+/// Notifications a worker locks and sends at once, at most.
+pub const BATCH: usize = 8;
 
 /// The delivery worker.
 #[derive(Clone)]
@@ -75,13 +78,43 @@ impl Delivery {
             .map_err(|e| e.to_string())
     }
 
-    /// Delivers one due notification; returns false when none was due.
-    pub async fn deliver_one(&self) -> Result<bool, sea_orm::DbErr> {
+    /// Delivers the notifications due now, up to [`BATCH`], in one transaction: locks them in one
+    /// statement, sends them concurrently and records every attempt and event in one statement.
+    /// Returns whether more may be due: the batch was full, or a mail it sent was holding back a
+    /// later one of its order.
+    pub async fn deliver_due(&self) -> Result<bool, sea_orm::DbErr> {
         let tx = self.db.begin().await?;
-        let Some(notification) = store::lock_due(&tx).await? else {
+        let due = store::lock_due(&tx, BATCH).await?;
+        if due.is_empty() {
+            tx.commit().await?;
             return Ok(false);
-        };
-        let outcome = self.send(&notification).await;
+        }
+        let outcomes = futures::future::join_all(due.iter().map(|n| self.send(n))).await;
+        let mut attempted = Vec::with_capacity(due.len());
+        let mut events = outbox::Rows::default();
+        for (notification, outcome) in due.iter().zip(outcomes) {
+            let (record, event) = self.judge(notification, outcome);
+            if let Some(event) = event {
+                events.push(self.events_topic.name(), &event)?;
+            }
+            attempted.push(record);
+        }
+        let emitted = !events.is_empty();
+        let unblocked = store::record_attempts(&tx, &attempted, events).await?;
+        tx.commit().await?;
+        if emitted {
+            self.waker.wake();
+        }
+        Ok(unblocked || due.len() == BATCH)
+    }
+
+    /// What an attempt's outcome makes of its notification, and the event it emits, if it is
+    /// published.
+    fn judge(
+        &self,
+        notification: &Notification,
+        outcome: Result<(), String>,
+    ) -> (store::Attempted, Option<EventEnvelope>) {
         let attempt = notification.attempts + 1;
         let meta = EventMeta {
             producer: crate::SERVICE,
@@ -90,24 +123,30 @@ impl Delivery {
             correlation_id: notification.order_id.to_string(),
             causation_id: notification.trigger_event_id.to_string(),
         };
-        let mut emitted = false;
+        let record = |status: &'static str, error: Option<String>, retry_in: Option<Duration>| {
+            store::Attempted {
+                id: notification.id,
+                attempt,
+                status,
+                error,
+                retry_in,
+            }
+        };
         match outcome {
             Ok(()) => {
-                store::record_attempt(&tx, &notification, None, "SENT", None).await?;
-                let event = pb::NotificationSent {
+                tracing::info!(notification_id = %notification.id, attempt, "notification sent");
+                let sent = pb::NotificationSent {
                     notification_id: notification.id.to_string(),
                     customer_id: notification.customer_id.clone(),
                     order_id: notification.order_id.to_string(),
                     channel: pb::NotificationChannel::Email as i32,
                     attempt_count: attempt,
                 };
-                emitted = self.events_topic.emit(&tx, &event, meta).await?;
-                tracing::info!(notification_id = %notification.id, attempt, "notification sent");
+                (record("SENT", None, None), self.event(&sent, meta))
             }
             Err(error) if attempt as u32 >= self.settings.max_attempts => {
-                store::record_attempt(&tx, &notification, Some(&error), "DEAD_LETTERED", None)
-                    .await?;
-                let event = pb::NotificationFailed {
+                tracing::warn!(notification_id = %notification.id, attempt, %error, "notification dead-lettered");
+                let failed = pb::NotificationFailed {
                     notification_id: notification.id.to_string(),
                     customer_id: notification.customer_id.clone(),
                     order_id: notification.order_id.to_string(),
@@ -115,21 +154,24 @@ impl Delivery {
                     attempt_count: attempt,
                     last_error: error.clone(),
                 };
-                emitted = self.events_topic.emit(&tx, &event, meta).await?;
-                tracing::warn!(notification_id = %notification.id, attempt, %error, "notification dead-lettered");
+                (
+                    record("DEAD_LETTERED", Some(error), None),
+                    self.event(&failed, meta),
+                )
             }
             Err(error) => {
                 let retry_in = self.backoff(attempt as u32);
-                store::record_attempt(&tx, &notification, Some(&error), "RETRYING", Some(retry_in))
-                    .await?;
                 tracing::info!(notification_id = %notification.id, attempt, %error, retry_in = ?retry_in, "notification delivery failed; will retry");
+                (record("RETRYING", Some(error), Some(retry_in)), None)
             }
         }
-        tx.commit().await?;
-        if emitted {
-            self.waker.wake();
-        }
-        Ok(true)
+    }
+
+    /// The envelope of `payload` when this service publishes its type.
+    fn event<M: prost::Name>(&self, payload: &M, meta: EventMeta<'_>) -> Option<EventEnvelope> {
+        self.events_topic
+            .publishes(&M::full_name())
+            .then(|| envelope(payload, meta))
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -147,7 +189,7 @@ pub async fn run(delivery: Delivery, wake: Arc<Notify>, shutdown: CancellationTo
     let interval = delivery.settings.poll_interval;
     loop {
         loop {
-            match delivery.deliver_one().await {
+            match delivery.deliver_due().await {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(error) => {

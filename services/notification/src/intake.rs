@@ -36,15 +36,6 @@ impl Intake {
             delivery,
         }
     }
-
-    /// A customer's address: the id itself when it is one, else `<id>@<domain>`.
-    fn recipient(&self, customer_id: &str) -> String {
-        if customer_id.contains('@') {
-            customer_id.to_owned()
-        } else {
-            format!("{customer_id}@{}", self.customer_email_domain)
-        }
-    }
 }
 
 impl EventHandler for Intake {
@@ -67,51 +58,52 @@ impl EventHandler for Intake {
             // Nothing to remember or send: no transaction, no inbox entry.
             return Ok(false);
         }
-        if !inbox::claim(tx, CONSUMER, &envelope.event_id, &event.topic)
-            .await
-            .map_err(transient)?
-        {
+        let entry = inbox::Entry::new(CONSUMER, &envelope.event_id, &event.topic)
+            .map_err(|error| HandlerError::Permanent(error.to_string()))?;
+        let remember = placed.and_then(|placed| {
+            Uuid::parse_str(&placed.order_id)
+                .ok()
+                .map(|order_id| (order_id, placed.customer_id))
+        });
+        let mail = match rendered {
+            Some(rendered) => Some(store::NewNotification {
+                event_id,
+                event_type: envelope.event_type.clone(),
+                customer_id: rendered.customer_id,
+                order_id: Uuid::parse_str(&rendered.order_id).map_err(|_| {
+                    HandlerError::Permanent(format!("order id {} is not a UUID", rendered.order_id))
+                })?,
+                subject: rendered.subject,
+                body: format!(
+                    "{}\n\n-- \nZentra (event {})\n",
+                    rendered.body, envelope.event_id
+                ),
+            }),
+            None => None,
+        };
+        let order_id = mail.as_ref().map(|mail| mail.order_id);
+        let taken = store::take_in(
+            tx,
+            &entry,
+            store::Intake { remember, mail },
+            &self.customer_email_domain,
+        )
+        .await
+        .map_err(transient)?;
+        if !entry.claimed(taken.first) {
             return Ok(false);
         }
-        let mut created = false;
-        if let Some(placed) = placed
-            && let Ok(order_id) = Uuid::parse_str(&placed.order_id)
+        if let Some(order_id) = order_id
+            && !taken.created
         {
-            store::remember_customer(tx, order_id, &placed.customer_id)
-                .await
-                .map_err(transient)?;
+            tracing::info!(%order_id, event_type = %envelope.event_type, "no customer known for order; not notified");
         }
-        if let Some(rendered) = rendered {
-            let order_id = Uuid::parse_str(&rendered.order_id).map_err(|_| {
-                HandlerError::Permanent(format!("order id {} is not a UUID", rendered.order_id))
-            })?;
-            let customer_id = match rendered.customer_id {
-                Some(customer_id) => Some(customer_id),
-                None => store::customer_of(tx, order_id).await.map_err(transient)?,
-            };
-            match customer_id {
-                Some(customer_id) => {
-                    let new = store::NewNotification {
-                        event_id,
-                        event_type: envelope.event_type.clone(),
-                        recipient: self.recipient(&customer_id),
-                        customer_id,
-                        order_id,
-                        subject: rendered.subject,
-                        body: format!(
-                            "{}\n\n-- \nZentra (event {})\n",
-                            rendered.body, envelope.event_id
-                        ),
-                    };
-                    store::insert(tx, &new).await.map_err(transient)?;
-                    created = true;
-                }
-                None => {
-                    tracing::info!(%order_id, event_type = %envelope.event_type, "no customer known for order; not notified")
-                }
-            }
-        }
-        Ok(created)
+        Ok(taken.created)
+    }
+
+    fn ignores(&self, event: &ReceivedEvent) -> bool {
+        payload::<order::OrderPlaced>(&event.envelope).is_none()
+            && render(&event.envelope).is_none()
     }
 
     fn committed(&self, applied: Vec<bool>) {

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, Value};
 use uuid::Uuid;
+use zentra_runtime::{inbox, outbox};
 
 use crate::error::NotificationError;
 
@@ -63,33 +64,13 @@ pub(crate) fn statement(sql: &str, values: impl IntoIterator<Item = Value>) -> S
 const COLUMNS: &str = "id, trigger_event_id, trigger_event_type, customer_id, order_id, recipient, \
     subject, body, status, attempts, next_attempt_at, sent_at, created_at, updated_at";
 
-/// Remembers which customer placed an order.
-pub async fn remember_customer<C: ConnectionTrait>(
-    db: &C,
-    order_id: Uuid,
-    customer_id: &str,
-) -> Result<(), DbErr> {
-    db.execute_raw(statement(
-        "INSERT INTO order_customers (order_id, customer_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        [order_id.into(), customer_id.into()],
-    ))
-    .await?;
-    Ok(())
-}
-
-/// The customer who placed an order, if known.
-pub async fn customer_of<C: ConnectionTrait>(
-    db: &C,
-    order_id: Uuid,
-) -> Result<Option<String>, DbErr> {
-    let row = db
-        .query_one_raw(statement(
-            "SELECT customer_id FROM order_customers WHERE order_id = $1",
-            [order_id.into()],
-        ))
-        .await?;
-    row.map(|row| row.try_get::<String>("", "customer_id"))
-        .transpose()
+/// What an event asks of the notification service, written by [`take_in`] in one statement.
+#[derive(Debug, Clone, Default)]
+pub struct Intake {
+    /// Remember that this order was placed by this customer (from `OrderPlaced`).
+    pub remember: Option<(Uuid, String)>,
+    /// A mail to create, due now.
+    pub mail: Option<NewNotification>,
 }
 
 /// A notification to store, due now.
@@ -99,90 +80,176 @@ pub struct NewNotification {
     pub event_id: Uuid,
     /// Its type.
     pub event_type: String,
-    /// Customer.
-    pub customer_id: String,
+    /// The customer when the event names one; else the one remembered for the order.
+    pub customer_id: Option<String>,
     /// Order.
     pub order_id: Uuid,
-    /// Address.
-    pub recipient: String,
     /// Subject.
     pub subject: String,
     /// Body.
     pub body: String,
 }
 
-/// Stores a notification due for delivery now; one per triggering event.
-pub async fn insert<C: ConnectionTrait>(db: &C, new: &NewNotification) -> Result<(), DbErr> {
-    db.execute_raw(statement(
-        "INSERT INTO notifications (id, trigger_event_id, trigger_event_type, customer_id, order_id, \
-         recipient, subject, body, status, next_attempt_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'PENDING', now()) ON CONFLICT (trigger_event_id) DO NOTHING",
-        [
-            Uuid::now_v7().into(),
-            new.event_id.into(),
-            new.event_type.clone().into(),
-            new.customer_id.clone().into(),
-            new.order_id.into(),
-            new.recipient.clone().into(),
-            new.subject.clone().into(),
-            new.body.clone().into(),
-        ],
-    ))
-    .await?;
-    Ok(())
+/// What [`take_in`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakenIn {
+    /// The event was new to the inbox (else nothing was written).
+    pub first: bool,
+    /// A mail was created.
+    pub created: bool,
 }
 
-/// Locks the next notification due for delivery; other workers skip it. A notification waits
-/// while an earlier one of its order is still on its first attempt (perhaps being sent by
-/// another worker), so a customer never gets "confirmed" before "received".
-pub async fn lock_due<C: ConnectionTrait>(db: &C) -> Result<Option<Notification>, DbErr> {
+/// Claims the event in the inbox and, on its first delivery, remembers the customer and creates
+/// the mail: one statement. A mail whose customer is unknown is not created. Customers without
+/// an e-mail id are addressed at `customer_email_domain`.
+pub async fn take_in<C: ConnectionTrait>(
+    db: &C,
+    entry: &inbox::Entry,
+    intake: Intake,
+    customer_email_domain: &str,
+) -> Result<TakenIn, DbErr> {
+    let (remember_order, remember_customer) = intake.remember.unzip();
+    let mail = intake.mail;
+    let mut values: Vec<Value> = entry.values().into();
+    values.extend([
+        remember_order.into(),
+        remember_customer.into(),
+        Uuid::now_v7().into(),
+        mail.as_ref().map(|m| m.event_id).into(),
+        mail.as_ref().map(|m| m.event_type.clone()).into(),
+        mail.as_ref().map(|m| m.order_id).into(),
+        mail.as_ref().and_then(|m| m.customer_id.clone()).into(),
+        customer_email_domain.into(),
+        mail.as_ref().map(|m| m.subject.clone()).into(),
+        mail.map(|m| m.body).into(),
+    ]);
+    let row = db
+        .query_one_raw(statement(
+            &format!(
+                "WITH claim AS ({}), \
+                 remembered AS (INSERT INTO order_customers (order_id, customer_id) \
+                     SELECT $4, $5 WHERE $4::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM claim) \
+                     ON CONFLICT DO NOTHING), \
+                 customer AS (SELECT coalesce($10::text, \
+                     (SELECT customer_id FROM order_customers WHERE order_id = $9)) AS id \
+                     WHERE $9::uuid IS NOT NULL), \
+                 created AS (INSERT INTO notifications (id, trigger_event_id, trigger_event_type, \
+                     customer_id, order_id, recipient, subject, body, status, next_attempt_at) \
+                     SELECT $6, $7, $8, c.id, $9, \
+                         CASE WHEN strpos(c.id, '@') > 0 THEN c.id ELSE c.id || '@' || $11::text END, \
+                         $12, $13, 'PENDING', now() \
+                     FROM customer c WHERE c.id IS NOT NULL AND EXISTS (SELECT 1 FROM claim) \
+                     ON CONFLICT (trigger_event_id) DO NOTHING RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM claim) AS first, EXISTS (SELECT 1 FROM created) AS created",
+                inbox::Entry::claim_part(1)
+            ),
+            values,
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("intake statement returned no row".to_owned()))?;
+    Ok(TakenIn {
+        first: row.try_get("", "first")?,
+        created: row.try_get("", "created")?,
+    })
+}
+
+/// Locks up to `limit` notifications due for delivery, oldest due first; other workers skip
+/// them. A notification waits while an earlier one of its order is still on its first attempt
+/// (perhaps being sent by another worker), so a customer never gets "confirmed" before
+/// "received".
+pub async fn lock_due<C: ConnectionTrait>(
+    db: &C,
+    limit: usize,
+) -> Result<Vec<Notification>, DbErr> {
     Notification::find_by_statement(statement(
         &format!(
             "SELECT {COLUMNS} FROM notifications n WHERE status IN ('PENDING', 'RETRYING') \
              AND next_attempt_at <= now() \
              AND NOT EXISTS (SELECT 1 FROM notifications earlier WHERE earlier.order_id = n.order_id \
                  AND earlier.id < n.id AND earlier.status = 'PENDING') \
-             ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED"
         ),
-        [],
+        [(limit as i64).into()],
     ))
-    .one(db)
+    .all(db)
     .await
 }
 
-/// Records an attempt and the notification's new state.
-pub async fn record_attempt<C: ConnectionTrait>(
+/// The outcome of one delivery attempt.
+#[derive(Debug, Clone)]
+pub struct Attempted {
+    /// The notification.
+    pub id: Uuid,
+    /// Its attempt number, 1-based.
+    pub attempt: i32,
+    /// Its new state: SENT, RETRYING or DEAD_LETTERED.
+    pub status: &'static str,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// When a retry is due.
+    pub retry_in: Option<std::time::Duration>,
+}
+
+/// Records attempts and their notifications' new states, with the events they emit: one
+/// statement for a whole round. Returns whether a later notification of one of their orders is
+/// pending: it was waiting for these and is due now.
+pub async fn record_attempts<C: ConnectionTrait>(
     db: &C,
-    notification: &Notification,
-    error: Option<&str>,
-    status: &str,
-    retry_in: Option<std::time::Duration>,
-) -> Result<(), DbErr> {
-    let attempt = notification.attempts + 1;
-    db.execute_raw(statement(
-        "INSERT INTO delivery_attempts (notification_id, attempt, outcome, error) VALUES ($1, $2, $3, $4)",
-        [
-            notification.id.into(),
-            attempt.into(),
-            if error.is_none() { "DELIVERED" } else { "TRANSIENT_FAILURE" }.into(),
-            error.unwrap_or_default().into(),
-        ],
+    attempted: &[Attempted],
+    events: outbox::Rows,
+) -> Result<bool, DbErr> {
+    if attempted.is_empty() {
+        return Ok(false);
+    }
+    let ids: Vec<Uuid> = attempted.iter().map(|a| a.id).collect();
+    let attempts: Vec<i32> = attempted.iter().map(|a| a.attempt).collect();
+    let statuses: Vec<String> = attempted.iter().map(|a| a.status.to_owned()).collect();
+    let errors: Vec<String> = attempted
+        .iter()
+        .map(|a| a.error.clone().unwrap_or_default())
+        .collect();
+    // -1: no retry.
+    let retries: Vec<i64> = attempted
+        .iter()
+        .map(|a| a.retry_in.map_or(-1, |d| d.as_millis() as i64))
+        .collect();
+    let records = if events.is_empty() {
+        String::new()
+    } else {
+        format!(", records AS ({})", outbox::Rows::insert(6, "true"))
+    };
+    let mut values: Vec<Value> = vec![
+        ids.into(),
+        attempts.into(),
+        statuses.into(),
+        errors.into(),
+        retries.into(),
+    ];
+    if !events.is_empty() {
+        values.extend(events.values());
+    }
+    let rows = db
+        .query_all_raw(statement(
+        &format!(
+            "WITH attempted AS (SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], \
+                 $5::bigint[]) AS a (id, attempt, status, error, retry_ms)), \
+             logged AS (INSERT INTO delivery_attempts (notification_id, attempt, outcome, error) \
+                 SELECT id, attempt, CASE WHEN status = 'SENT' THEN 'DELIVERED' ELSE 'TRANSIENT_FAILURE' END, \
+                     error FROM attempted){records} \
+             UPDATE notifications n SET attempts = a.attempt, status = a.status, updated_at = now(), \
+                 sent_at = CASE WHEN a.status = 'SENT' THEN now() ELSE n.sent_at END, \
+                 next_attempt_at = CASE WHEN a.retry_ms < 0 THEN NULL \
+                     ELSE now() + a.retry_ms * interval '1 millisecond' END \
+             FROM attempted a WHERE n.id = a.id \
+             RETURNING a.attempt = 1 AND EXISTS (SELECT 1 FROM notifications later WHERE later.order_id = n.order_id \
+                 AND later.id > n.id AND later.status = 'PENDING') AS later_pending"
+        ),
+        values,
     ))
     .await?;
-    db.execute_raw(statement(
-        "UPDATE notifications SET attempts = $2, status = $3, updated_at = now(), \
-         sent_at = CASE WHEN $3 = 'SENT' THEN now() ELSE sent_at END, \
-         next_attempt_at = CASE WHEN $4::bigint IS NULL THEN NULL ELSE now() + $4 * interval '1 millisecond' END \
-         WHERE id = $1",
-        [
-            notification.id.into(),
-            attempt.into(),
-            status.into(),
-            retry_in.map(|d| d.as_millis() as i64).into(),
-        ],
-    ))
-    .await?;
-    Ok(())
+    rows.iter().try_fold(false, |any, row| {
+        Ok(any || row.try_get::<bool>("", "later_pending")?)
+    })
 }
 
 /// One notification.

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use zentra_proto::{
     common::v1::Money,
+    fulfillment::v1 as fulfillment,
     notification::v1::{DeliveryOutcome, NotificationStatus},
     order::v1 as order,
 };
@@ -233,4 +234,64 @@ async fn several_workers_send_each_orders_mails_in_the_order_they_were_created()
             "order {order_id}: \"confirmed\" went out before \"received\""
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipment_is_mailed_to_the_customer_who_placed_its_order_and_an_unknown_order_to_nobody()
+{
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn("mailknown", smtp.port, 3).await;
+    let customer = format!("customer-{}", uuid::Uuid::now_v7().simple());
+    let order_id = uuid::Uuid::now_v7().to_string();
+    let stranger = uuid::Uuid::now_v7().to_string();
+    let placed = order::OrderPlaced {
+        order_id: order_id.clone(),
+        customer_id: customer.clone(),
+        ..Default::default()
+    };
+    app.publish("order.events", &order_event(&placed, &order_id))
+        .await;
+    let shipped = |order_id: &str| {
+        envelope(
+            &fulfillment::ShipmentDispatched {
+                shipment_id: uuid::Uuid::now_v7().to_string(),
+                order_id: order_id.to_owned(),
+                carrier: "Zentra Post".to_owned(),
+                tracking_number: "ZP-1".to_owned(),
+            },
+            EventMeta {
+                producer: "fulfillment",
+                aggregate_type: "shipment",
+                aggregate_id: order_id.to_owned(),
+                correlation_id: order_id.to_owned(),
+                causation_id: String::new(),
+            },
+        )
+    };
+    // The unknown order's shipment first: the known order's mails prove it was read.
+    app.publish("fulfillment.events", &shipped(&stranger)).await;
+    app.publish("fulfillment.events", &shipped(&order_id)).await;
+
+    let sent = all_sent(&app, &customer, 2, Duration::from_secs(20))
+        .await
+        .expect("the received and the shipped mail sent");
+    let recipient = format!("{customer}@customers.zentra.test");
+    assert!(sent.iter().all(|n| n.recipient == recipient), "{sent:?}");
+    assert!(
+        sent.iter()
+            .any(|n| n.trigger_event_type == "zentra.fulfillment.v1.ShipmentDispatched")
+    );
+    let mut all = app
+        .client
+        .clone()
+        .list_notifications(zentra_proto::notification::v1::ListNotificationsRequest {
+            order_id: stranger.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("listed")
+        .into_inner()
+        .notifications;
+    all.retain(|n| n.order_id == stranger);
+    assert!(all.is_empty(), "a mail for an order nobody placed: {all:?}");
 }
