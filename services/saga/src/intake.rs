@@ -17,7 +17,12 @@ use zentra_runtime::{
     kafka::{EventHandler, HandlerError, ReceivedEvent},
 };
 
-use crate::{domain::Saga, engine::Engine, machine::Signal, store};
+use crate::{
+    domain::Saga,
+    engine::Engine,
+    machine::Signal,
+    store::{self, SignalTarget as Target},
+};
 
 /// Base names of the topics the saga consumes.
 pub const CONSUMED_TOPICS: &[&str] = &["order.events", "fulfillment.events", "saga.command-acks"];
@@ -68,18 +73,10 @@ impl Intake {
         target: Target,
         signal: Signal,
     ) -> Result<Applied, HandlerError> {
-        if !inbox::claim(tx, CONSUMER, &event.envelope.event_id, &event.topic).await? {
+        let entry = inbox::Entry::new(CONSUMER, &event.envelope.event_id, &event.topic)
+            .map_err(|error| HandlerError::Permanent(error.to_string()))?;
+        let Some(found) = store::add_signal_once(tx, &entry, target, &signal).await? else {
             return Ok(Applied::Nothing);
-        }
-        let found = match target {
-            Target::Order(order_id) => store::add_signal_by_order(tx, order_id, &signal).await?,
-            Target::Saga(saga_id) => match store::by_id(tx, saga_id).await? {
-                Some(_) => {
-                    store::add_signal(tx, saga_id, &signal).await?;
-                    true
-                }
-                None => false,
-            },
         };
         if !found {
             // The saga may not exist yet (its OrderPlaced was lost and reconciliation has not
@@ -95,12 +92,6 @@ impl Intake {
         }
         Ok(Applied::Signalled)
     }
-}
-
-#[derive(Clone, Copy)]
-enum Target {
-    Order(Uuid),
-    Saga(Uuid),
 }
 
 fn decode<M: prost::Name + Default>(event: &ReceivedEvent) -> Result<M, HandlerError> {
@@ -172,6 +163,19 @@ impl EventHandler for Intake {
         }
         // Other events of these topics do not concern the saga.
         Ok(Applied::Nothing)
+    }
+
+    fn ignores(&self, event: &ReceivedEvent) -> bool {
+        let event_type = event.envelope.event_type.as_str();
+        ![
+            OrderPlaced::full_name(),
+            OrderCancellationRequested::full_name(),
+            ShipmentDispatched::full_name(),
+            ShipmentFailed::full_name(),
+            CommandAcknowledged::full_name(),
+        ]
+        .iter()
+        .any(|read| read == event_type)
     }
 
     fn committed(&self, applied: Vec<Applied>) {

@@ -6,7 +6,7 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, Val
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use zentra_proto::order::v1::OrderPlaced;
-use zentra_runtime::outbox;
+use zentra_runtime::{inbox, outbox};
 
 use crate::{
     domain::{CompensationCause, Saga, SagaState, ShipmentCheck, ShipmentReport, Step, StepType},
@@ -316,6 +316,50 @@ pub async fn add_signal_by_order<C: ConnectionTrait>(
         ))
         .await?;
     Ok(result.rows_affected() == 1)
+}
+
+/// Which saga a signal is for.
+#[derive(Debug, Clone, Copy)]
+pub enum SignalTarget {
+    /// The saga of this order.
+    Order(Uuid),
+    /// This saga.
+    Saga(Uuid),
+}
+
+/// Claims the event that carries `signal` in the inbox and, on its first delivery, adds the
+/// signal for its saga: one statement. `None`: a redelivery, nothing written. `Some(false)`: no
+/// such saga; the inbox entry was written and the caller must roll back.
+pub async fn add_signal_once<C: ConnectionTrait>(
+    db: &C,
+    entry: &inbox::Entry,
+    target: SignalTarget,
+    signal: &Signal,
+) -> Result<Option<bool>, DbErr> {
+    let json = serde_json::to_string(signal).map_err(|error| DbErr::Custom(error.to_string()))?;
+    let (column, id) = match target {
+        SignalTarget::Order(order_id) => ("order_id", order_id),
+        SignalTarget::Saga(saga_id) => ("id", saga_id),
+    };
+    let mut values: Vec<sea_orm::Value> = entry.values().into();
+    values.extend([id.into(), json.into()]);
+    let row = db
+        .query_one_raw(statement(
+            &format!(
+                "WITH claim AS ({}), \
+                 added AS (INSERT INTO saga_signals (saga_id, signal) \
+                     SELECT id, $5::jsonb FROM sagas WHERE {column} = $4 \
+                     AND EXISTS (SELECT 1 FROM claim) RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM claim) AS first, EXISTS (SELECT 1 FROM added) AS found",
+                inbox::Entry::claim_part(1)
+            ),
+            values,
+        ))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("signal statement returned no row".to_owned()))?;
+    let first: bool = row.try_get("", "first")?;
+    let found: bool = row.try_get("", "found")?;
+    Ok(entry.claimed(first).then_some(found))
 }
 
 /// How a transition leaves the lease.
