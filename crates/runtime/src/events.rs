@@ -114,10 +114,26 @@ impl EventTopic {
         payload: &M,
         meta: EventMeta<'_>,
     ) -> Result<bool, sea_orm::DbErr> {
+        let mut rows = crate::outbox::Rows::default();
+        if !self.push(&mut rows, payload, meta)? {
+            return Ok(false);
+        }
+        crate::outbox::write(tx, rows).await?;
+        Ok(true)
+    }
+
+    /// Adds `payload` to `rows` when its type is published, for a statement of the caller's to
+    /// write; whether it was.
+    pub fn push<M: prost::Name>(
+        &self,
+        rows: &mut crate::outbox::Rows,
+        payload: &M,
+        meta: EventMeta<'_>,
+    ) -> Result<bool, sea_orm::DbErr> {
         if !self.publishes(&M::full_name()) {
             return Ok(false);
         }
-        crate::outbox::enqueue(tx, &self.name, &envelope(payload, meta)).await?;
+        rows.push(&self.name, &envelope(payload, meta))?;
         let _ = EMITTED.try_with(|emitted| emitted.set(true));
         Ok(true)
     }

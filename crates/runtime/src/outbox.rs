@@ -42,6 +42,11 @@ pub async fn enqueue<C: ConnectionTrait>(
 ) -> Result<(), DbErr> {
     let mut rows = Rows::default();
     rows.push(topic, envelope)?;
+    write(connection, rows).await
+}
+
+/// Writes `rows` to the outbox inside the caller's transaction.
+pub async fn write<C: ConnectionTrait>(connection: &C, rows: Rows) -> Result<(), DbErr> {
     connection
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,

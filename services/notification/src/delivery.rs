@@ -8,10 +8,10 @@ use lettre::{
 };
 use sea_orm::{DatabaseConnection, TransactionTrait as _};
 use tokio::sync::Notify;
-use zentra_proto::{events::v1::EventEnvelope, notification::v1 as pb};
+use zentra_proto::notification::v1 as pb;
 use zentra_runtime::{
     CancellationToken,
-    events::{EventMeta, EventTopic, envelope},
+    events::{EventMeta, EventTopic},
     outbox::{self, OutboxWaker},
 };
 
@@ -93,11 +93,7 @@ impl Delivery {
         let mut attempted = Vec::with_capacity(due.len());
         let mut events = outbox::Rows::default();
         for (notification, outcome) in due.iter().zip(outcomes) {
-            let (record, event) = self.judge(notification, outcome);
-            if let Some(event) = event {
-                events.push(self.events_topic.name(), &event)?;
-            }
-            attempted.push(record);
+            attempted.push(self.judge(notification, outcome, &mut events)?);
         }
         let emitted = !events.is_empty();
         let unblocked = store::record_attempts(&tx, &attempted, events).await?;
@@ -108,13 +104,14 @@ impl Delivery {
         Ok(unblocked || due.len() == BATCH)
     }
 
-    /// What an attempt's outcome makes of its notification, and the event it emits, if it is
-    /// published.
+    /// What an attempt's outcome makes of its notification; the event it emits goes into
+    /// `events` when it is published.
     fn judge(
         &self,
         notification: &Notification,
         outcome: Result<(), String>,
-    ) -> (store::Attempted, Option<EventEnvelope>) {
+        events: &mut outbox::Rows,
+    ) -> Result<store::Attempted, sea_orm::DbErr> {
         let attempt = notification.attempts + 1;
         let meta = EventMeta {
             producer: crate::SERVICE,
@@ -142,7 +139,8 @@ impl Delivery {
                     channel: pb::NotificationChannel::Email as i32,
                     attempt_count: attempt,
                 };
-                (record("SENT", None, None), self.event(&sent, meta))
+                self.events_topic.push(events, &sent, meta)?;
+                Ok(record("SENT", None, None))
             }
             Err(error) if attempt as u32 >= self.settings.max_attempts => {
                 tracing::warn!(notification_id = %notification.id, attempt, %error, "notification dead-lettered");
@@ -154,24 +152,15 @@ impl Delivery {
                     attempt_count: attempt,
                     last_error: error.clone(),
                 };
-                (
-                    record("DEAD_LETTERED", Some(error), None),
-                    self.event(&failed, meta),
-                )
+                self.events_topic.push(events, &failed, meta)?;
+                Ok(record("DEAD_LETTERED", Some(error), None))
             }
             Err(error) => {
                 let retry_in = self.backoff(attempt as u32);
                 tracing::info!(notification_id = %notification.id, attempt, %error, retry_in = ?retry_in, "notification delivery failed; will retry");
-                (record("RETRYING", Some(error), Some(retry_in)), None)
+                Ok(record("RETRYING", Some(error), Some(retry_in)))
             }
         }
-    }
-
-    /// The envelope of `payload` when this service publishes its type.
-    fn event<M: prost::Name>(&self, payload: &M, meta: EventMeta<'_>) -> Option<EventEnvelope> {
-        self.events_topic
-            .publishes(&M::full_name())
-            .then(|| envelope(payload, meta))
     }
 
     fn backoff(&self, attempt: u32) -> Duration {

@@ -14,7 +14,10 @@ use zentra_runtime::{
     kafka::{EventHandler, HandlerError, ReceivedEvent},
 };
 
-use crate::{render::render, store};
+use crate::{
+    render::{RENDERED, render},
+    store,
+};
 
 /// Inbox consumer name.
 pub const CONSUMER: &str = "notification-intake";
@@ -102,8 +105,8 @@ impl EventHandler for Intake {
     }
 
     fn ignores(&self, event: &ReceivedEvent) -> bool {
-        payload::<order::OrderPlaced>(&event.envelope).is_none()
-            && render(&event.envelope).is_none()
+        // OrderPlaced, the one event remembered, is also rendered.
+        !RENDERED.contains(&event.envelope.event_type.as_str())
     }
 
     fn committed(&self, applied: Vec<bool>) {

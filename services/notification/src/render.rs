@@ -31,6 +31,16 @@ fn amount(money: Option<&Money>) -> String {
     }
 }
 
+/// The event types customers are told about: those [`render`] renders.
+pub const RENDERED: &[&str] = &[
+    "zentra.order.v1.OrderPlaced",
+    "zentra.order.v1.OrderConfirmed",
+    "zentra.order.v1.OrderRejected",
+    "zentra.order.v1.OrderCancelled",
+    "zentra.payment.v1.PaymentDeclined",
+    "zentra.fulfillment.v1.ShipmentDispatched",
+];
+
 /// Renders the message for an event; `None` for event types customers are not told about.
 pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
     let short = |id: &str| id.chars().take(8).collect::<String>();
@@ -115,4 +125,39 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
         _ => return None,
     };
     Some(rendered)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Name as _;
+    use zentra_proto::events::v1::EventEnvelope;
+
+    use super::*;
+
+    /// An envelope carrying an empty payload of `event_type`.
+    fn empty(event_type: &str) -> EventEnvelope {
+        let placed_url = order::OrderPlaced::type_url();
+        let prefix = placed_url
+            .strip_suffix(&order::OrderPlaced::full_name())
+            .expect("a type URL ends with the type's name");
+        EventEnvelope {
+            event_type: event_type.to_owned(),
+            payload: Some(prost_types::Any {
+                type_url: format!("{prefix}{event_type}"),
+                value: Vec::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exactly_the_listed_event_types_are_rendered() {
+        for event_type in zentra_runtime::events::event_types() {
+            assert_eq!(
+                render(&empty(&event_type)).is_some(),
+                RENDERED.contains(&event_type.as_str()),
+                "{event_type}"
+            );
+        }
+    }
 }

@@ -599,10 +599,11 @@ impl EventConsumer {
         if ready.is_empty() {
             return true;
         }
+        let decoded: Vec<Option<ReceivedEvent>> = ready.iter().map(decode).collect();
         // Messages the handler ignores take no transaction of their own.
-        let ignored: Vec<bool> = ready
+        let ignored: Vec<bool> = decoded
             .iter()
-            .map(|message| decode(message).is_some_and(|event| handler.ignores(&event)))
+            .map(|event| event.as_ref().is_some_and(|event| handler.ignores(event)))
             .collect();
         if ignored.iter().all(|ignored| *ignored) {
             for message in &ready {
@@ -611,18 +612,21 @@ impl EventConsumer {
             return true;
         }
         // A single message goes straight to the one-by-one path, which counts its attempts.
-        let decoded: Option<Vec<ReceivedEvent>> = if ready.len() > 1 {
-            ready.iter().map(decode).collect()
+        let batch: Option<Vec<ReceivedEvent>> = if ready.len() > 1 {
+            decoded.into_iter().collect()
         } else {
             None
         };
-        if let Some(events) = decoded {
+        if let Some(events) = batch {
             let epoch_of = |topic: &str, partition: i32| {
                 assigned
                     .get(&(topic.to_owned(), partition))
                     .map_or(-1, |slot| slot.epoch)
             };
-            match self.apply_together(&events, epoch_of, handler).await {
+            match self
+                .apply_together(&events, &ignored, epoch_of, handler)
+                .await
+            {
                 Ok(Some(applied)) => {
                     handler.committed(applied);
                     for event in &events {
@@ -739,18 +743,20 @@ impl EventConsumer {
     }
 
     /// Applies every event in one transaction with the offsets, each partition's advance fenced
-    /// by the epoch `epoch_of` gives. `Ok(None)`: fenced.
+    /// by the epoch `epoch_of` gives; events `ignored` marks only move the offsets. `Ok(None)`:
+    /// fenced.
     async fn apply_together<H: EventHandler>(
         &self,
         events: &[ReceivedEvent],
+        ignored: &[bool],
         epoch_of: impl Fn(&str, i32) -> i64,
         handler: &H,
     ) -> Result<Option<Vec<H::Applied>>, HandlerError> {
         let tx = self.db.begin().await?;
         let mut applied = Vec::with_capacity(events.len());
         let mut advances: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
-        for event in events {
-            if !handler.ignores(event) {
+        for (event, ignored) in events.iter().zip(ignored) {
+            if !ignored {
                 match handler.handle(event, &tx).await {
                     Ok(done) => applied.push(done),
                     Err(error) => {
@@ -810,7 +816,12 @@ impl EventConsumer {
                 return Handled::Fenced;
             }
             let error = match self
-                .apply_together(std::slice::from_ref(&event), |_, _| epoch, handler)
+                .apply_together(
+                    std::slice::from_ref(&event),
+                    &[false],
+                    |_, _| epoch,
+                    handler,
+                )
                 .await
             {
                 Ok(Some(applied)) => {
