@@ -92,13 +92,11 @@ impl Scenario {
                 postal_code: "12345".to_owned(),
                 country_code: country.to_owned(),
             }),
+            // Priced by the order service from the catalogue.
             lines: vec![order::OrderLine {
                 sku: SKU.to_owned(),
                 quantity,
-                unit_price: Some(Money {
-                    currency_code: "USD".to_owned(),
-                    amount_minor: 1299,
-                }),
+                unit_price: None,
                 line_total: None,
             }],
             currency_code: "USD".to_owned(),

@@ -295,7 +295,7 @@ async fn load(
             lines: vec![order::OrderLine {
                 sku: sku.to_owned(),
                 quantity: 1,
-                unit_price: Some(usd(1299)),
+                unit_price: None,
                 line_total: None,
             }],
             currency_code: "USD".to_owned(),

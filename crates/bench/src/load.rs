@@ -313,13 +313,11 @@ fn order_request(index: u64, declined_percent: u32) -> order::PlaceOrderRequest 
             postal_code: "12345".to_owned(),
             country_code: "US".to_owned(),
         }),
+        // Priced by the order service from the catalogue.
         lines: vec![order::OrderLine {
             sku: SKU.to_owned(),
             quantity: 1,
-            unit_price: Some(Money {
-                currency_code: "USD".to_owned(),
-                amount_minor: 1299,
-            }),
+            unit_price: None,
             line_total: None,
         }],
         currency_code: "USD".to_owned(),

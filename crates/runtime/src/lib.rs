@@ -5,6 +5,7 @@
 
 pub mod bin_support;
 pub mod circuit_breaker;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod db;

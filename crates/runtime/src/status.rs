@@ -1,7 +1,9 @@
 //! Turning validation failures into precise gRPC statuses.
 
+use std::collections::HashMap;
+
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
+use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, StatusExt as _};
 
 /// Field violations collected while validating a request; empty means valid.
 #[derive(Debug, Default, Clone)]
@@ -52,6 +54,71 @@ impl Violations {
             message,
             ErrorDetails::with_bad_request(self.0),
         )
+    }
+}
+
+/// Preconditions a well-formed request failed (the state of the system, not the request's form,
+/// is in the way); empty means none.
+#[derive(Debug, Default, Clone)]
+pub struct Preconditions {
+    violations: Vec<PreconditionViolation>,
+    info: HashMap<String, String>,
+}
+
+impl Preconditions {
+    /// None yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a failed precondition of `kind` (for example `PRICE_CHANGED`) on `subject` (the
+    /// request field it concerns).
+    pub fn add(
+        &mut self,
+        kind: impl Into<String>,
+        subject: impl Into<String>,
+        description: impl Into<String>,
+    ) {
+        self.violations
+            .push(PreconditionViolation::new(kind, subject, description));
+    }
+
+    /// Adds a machine-readable fact to the status's `ErrorInfo` metadata.
+    pub fn note(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.info.insert(key.into(), value.into());
+    }
+
+    /// True when nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// The violations recorded so far: (type, subject, description).
+    pub fn violations(&self) -> impl Iterator<Item = (&str, &str, &str)> {
+        self.violations.iter().map(|violation| {
+            (
+                violation.r#type.as_str(),
+                violation.subject.as_str(),
+                violation.description.as_str(),
+            )
+        })
+    }
+
+    /// FAILED_PRECONDITION whose message lists the violations, with a `PreconditionFailure`
+    /// detail and, when facts were noted, an `ErrorInfo` with `reason` in `domain` (the API
+    /// package, such as `zentra.order.v1`).
+    pub fn into_status(self, reason: &str, domain: &str) -> Status {
+        let message = self
+            .violations
+            .iter()
+            .map(|violation| format!("{}: {}", violation.subject, violation.description))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut details = ErrorDetails::with_precondition_failure(self.violations);
+        if !self.info.is_empty() {
+            details.set_error_info(reason, domain, self.info);
+        }
+        Status::with_error_details(Code::FailedPrecondition, message, details)
     }
 }
 
@@ -119,6 +186,29 @@ pub fn database_error(error: &sea_orm::DbErr) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preconditions_become_failed_precondition_with_their_violations_and_facts() {
+        let mut failed = Preconditions::new();
+        failed.add("PRICE_CHANGED", "lines[1].unit_price", "now 1299 USD");
+        failed.note("LAMP-1", "1299 USD");
+        let status = failed.into_status("PRICE_CHANGED", "zentra.order.v1");
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(status.message(), "lines[1].unit_price: now 1299 USD");
+        let details = status.get_error_details();
+        let violations = &details
+            .precondition_failure()
+            .expect("precondition failure")
+            .violations;
+        assert_eq!(violations[0].r#type, "PRICE_CHANGED");
+        assert_eq!(violations[0].subject, "lines[1].unit_price");
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.reason, "PRICE_CHANGED");
+        assert_eq!(
+            info.metadata.get("LAMP-1").map(String::as_str),
+            Some("1299 USD")
+        );
+    }
 
     #[test]
     fn violations_become_invalid_argument_with_bad_request_details() {

@@ -1,8 +1,8 @@
-//! Validators for values several services accept: SKUs, currencies, postal addresses.
+//! Validators for values several services accept: SKUs, currencies, prices, postal addresses.
 
 use std::fmt;
 
-use zentra_proto::common::v1::Address;
+use zentra_proto::common::v1::{Address, Money};
 
 use crate::status::{Violations, check_text};
 
@@ -58,6 +58,60 @@ pub fn check_currency(field: &str, code: &str, violations: &mut Violations) -> b
             "must be a supported ISO 4217 code such as USD or EUR",
         );
         false
+    }
+}
+
+/// Highest unit price, in minor units (ten billion major units): bounds keep a line's total
+/// (at most a million units) and an order's (at most a hundred lines) far from overflow.
+pub const MAX_UNIT_PRICE: i64 = 1_000_000_000_000;
+
+/// A validated unit price: a supported currency and `0..=MAX_UNIT_PRICE` minor units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Price {
+    /// Minor units.
+    pub amount_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+impl Price {
+    /// Validates `money` under `field` (for example `unit_price`); a missing one is recorded as
+    /// required.
+    pub fn parse(field: &str, money: Option<&Money>, violations: &mut Violations) -> Option<Self> {
+        let Some(money) = money else {
+            violations.add(field, "is required");
+            return None;
+        };
+        let amount_ok = (0..=MAX_UNIT_PRICE).contains(&money.amount_minor);
+        if !amount_ok {
+            violations.add(
+                format!("{field}.amount_minor"),
+                format!("must be 0..={MAX_UNIT_PRICE}"),
+            );
+        }
+        let currency_ok = check_currency(
+            &format!("{field}.currency_code"),
+            &money.currency_code,
+            violations,
+        );
+        (currency_ok && amount_ok).then(|| Self {
+            amount_minor: money.amount_minor,
+            currency: money.currency_code.clone(),
+        })
+    }
+
+    /// The API message.
+    pub fn to_proto(&self) -> Money {
+        Money {
+            currency_code: self.currency.clone(),
+            amount_minor: self.amount_minor,
+        }
+    }
+}
+
+impl fmt::Display for Price {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.amount_minor, self.currency)
     }
 }
 

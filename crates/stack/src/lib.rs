@@ -225,6 +225,12 @@ fn launch(settings: &Settings, component: Component) -> anyhow::Result<Launch> {
                 format!("{}/{}{service}", settings.pg_url, settings.db_prefix),
             ));
             match service {
+                "order" => {
+                    env.push((
+                        "ZENTRA_ORDER__CATALOGUE_URL".to_owned(),
+                        settings.url("inventory"),
+                    ));
+                }
                 "notification" => {
                     env.push((
                         "ZENTRA_NOTIFICATION__SMTP_PORT".to_owned(),

@@ -106,6 +106,7 @@ const OPERATOR: &[&str] = &[
     "zentra.saga.v1.DeadLetterService/ReplayDeadLetter",
     "zentra.saga.v1.DeadLetterService/DismissDeadLetter",
     "zentra.inventory.v1.InventoryService/CreateProduct",
+    "zentra.inventory.v1.InventoryService/SetProductPrice",
     "zentra.inventory.v1.InventoryService/AdjustStock",
 ];
 
@@ -226,7 +227,7 @@ fn access_of(path: &str, method: &str) -> Access {
         Access::Role(Role::Admin)
     } else if OPERATOR.contains(&path) {
         Access::Role(Role::Operator)
-    } else if ["Get", "List", "Watch"]
+    } else if ["Get", "BatchGet", "List", "Watch"]
         .iter()
         .any(|read| method.starts_with(read))
     {

@@ -8,10 +8,9 @@ use zentra_proto::inventory::v1 as pb;
 use zentra_runtime::{
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
     time::from_proto_duration,
-    validate::check_currency,
 };
 
-pub use zentra_runtime::validate::Sku;
+pub use zentra_runtime::validate::{Price, Sku};
 
 /// Most units one line may ask for; keeps sums far from overflow.
 pub const MAX_QUANTITY: i64 = 1_000_000;
@@ -113,10 +112,8 @@ pub struct CreateProduct {
     pub initial_stock: i64,
     /// Low-stock threshold.
     pub low_stock_threshold: i64,
-    /// Price in minor units.
-    pub price_minor: i64,
-    /// ISO 4217 currency.
-    pub currency: String,
+    /// Unit price.
+    pub price: Price,
     /// Idempotency key.
     pub idempotency_key: String,
 }
@@ -135,35 +132,68 @@ impl CreateProduct {
         if !(0..=1_000_000_000).contains(&request.low_stock_threshold) {
             violations.add("low_stock_threshold", "must be between 0 and 1000000000");
         }
-        let (price_minor, currency) = match &request.unit_price {
-            None => {
-                violations.add("unit_price", "is required");
-                (0, String::new())
-            }
-            Some(price) => {
-                if price.amount_minor < 0 {
-                    violations.add("unit_price.amount_minor", "must not be negative");
-                }
-                check_currency(
-                    "unit_price.currency_code",
-                    &price.currency_code,
-                    &mut violations,
-                );
-                (price.amount_minor, price.currency_code.clone())
-            }
-        };
-        match (violations.is_empty(), sku) {
-            (true, Some(sku)) => Ok(Self {
+        let price = Price::parse("unit_price", request.unit_price.as_ref(), &mut violations);
+        match (violations.is_empty(), sku, price) {
+            (true, Some(sku), Some(price)) => Ok(Self {
                 sku,
                 name: name.to_owned(),
                 initial_stock: request.initial_stock,
                 low_stock_threshold: request.low_stock_threshold,
-                price_minor,
-                currency,
+                price,
                 idempotency_key: request.idempotency_key.clone(),
             }),
             _ => Err(violations),
         }
+    }
+}
+
+/// A validated price change.
+#[derive(Debug, Clone)]
+pub struct SetProductPrice {
+    /// The product.
+    pub sku: Sku,
+    /// Its new price.
+    pub price: Price,
+}
+
+impl SetProductPrice {
+    /// Validates a `SetProductPriceRequest`.
+    pub fn parse(request: &pb::SetProductPriceRequest) -> Result<Self, Violations> {
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        let sku = Sku::parse("sku", &request.sku, &mut violations);
+        let price = Price::parse("unit_price", request.unit_price.as_ref(), &mut violations);
+        match (violations.is_empty(), sku, price) {
+            (true, Some(sku), Some(price)) => Ok(Self { sku, price }),
+            _ => Err(violations),
+        }
+    }
+}
+
+/// Validates the SKUs of a `BatchGetProductsRequest`: 1..=MAX_LINES, each once.
+pub fn parse_batch_skus(skus: &[String]) -> Result<Vec<Sku>, Violations> {
+    let mut violations = Violations::new();
+    if skus.is_empty() {
+        violations.add("skus", "must hold at least one SKU");
+    } else if skus.len() > MAX_LINES {
+        violations.add("skus", format!("must hold at most {MAX_LINES} SKUs"));
+    }
+    let mut seen = BTreeSet::new();
+    let mut parsed = Vec::with_capacity(skus.len());
+    for (index, sku) in skus.iter().take(MAX_LINES).enumerate() {
+        let field = format!("skus[{index}]");
+        if let Some(sku) = Sku::parse(&field, sku, &mut violations) {
+            if seen.insert(sku.clone()) {
+                parsed.push(sku);
+            } else {
+                violations.add(field, "appears more than once");
+            }
+        }
+    }
+    if violations.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(violations)
     }
 }
 

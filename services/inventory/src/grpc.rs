@@ -12,7 +12,7 @@ use zentra_runtime::{
 use crate::{
     config::InventorySettings,
     convert,
-    domain::{CreateProduct, ReserveStock, Sku},
+    domain::{CreateProduct, ReserveStock, SetProductPrice, Sku, parse_batch_skus},
     error::InventoryError,
     stock::Stock,
     store::{self, ReservationState},
@@ -100,6 +100,50 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             products: rows.into_iter().map(convert::product).collect(),
             page: Some(PageResponse { next_page_token }),
         }))
+    }
+
+    async fn batch_get_products(
+        &self,
+        request: Request<pb::BatchGetProductsRequest>,
+    ) -> Result<Response<pb::BatchGetProductsResponse>, Status> {
+        let skus = parse_batch_skus(&request.get_ref().skus).map_err(InventoryError::from)?;
+        let rows = store::products(self.stock.db(), &skus)
+            .await
+            .map_err(InventoryError::from)?;
+        let mut found: std::collections::HashMap<String, store::ProductRow> =
+            rows.into_iter().map(|row| (row.sku.clone(), row)).collect();
+        let mut response = pb::BatchGetProductsResponse::default();
+        for sku in skus {
+            match found.remove(sku.as_str()) {
+                Some(row) => response.products.push(convert::product(row)),
+                None => response.missing_skus.push(sku.to_string()),
+            }
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn set_product_price(
+        &self,
+        request: Request<pb::SetProductPriceRequest>,
+    ) -> Result<Response<pb::SetProductPriceResponse>, Status> {
+        let request = request.into_inner();
+        let change = SetProductPrice::parse(&request).map_err(InventoryError::from)?;
+        let tx = zentra_runtime::fresh_or_replay!(
+            self.stock.db(),
+            "SetProductPrice",
+            request,
+            InventoryError
+        );
+        let (row, emitted) = tracked(self.stock.set_price(tx.transaction(), &change)).await;
+        let response = pb::SetProductPriceResponse {
+            product: Some(convert::product(row?)),
+        };
+        tx.commit(&response).await.map_err(InventoryError::from)?;
+        if emitted {
+            self.stock.committed();
+        }
+        tracing::info!(sku = %change.sku, price = %change.price, "product price set");
+        Ok(Response::new(response))
     }
 
     async fn adjust_stock(

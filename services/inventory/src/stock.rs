@@ -4,7 +4,7 @@
 use chrono::Utc;
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait as _};
 use uuid::Uuid;
-use zentra_proto::inventory::v1 as pb;
+use zentra_proto::{common::v1::Money, inventory::v1 as pb};
 use zentra_runtime::{
     events::{EventMeta, EventTopic},
     outbox::OutboxWaker,
@@ -12,9 +12,9 @@ use zentra_runtime::{
 
 use crate::{
     convert,
-    domain::ReserveStock,
+    domain::{ReserveStock, SetProductPrice},
     error::InventoryError,
-    store::{self, Reservation, ReservationState},
+    store::{self, ProductRow, Reservation, ReservationState},
 };
 
 /// Name of the service, as producer of its events.
@@ -122,6 +122,32 @@ impl Stock {
             Some(pinned) => Ok(pinned),
             None => Ok(reservation),
         }
+    }
+
+    /// Sets a product's price inside `tx`; emits ProductPriceChanged.
+    pub async fn set_price<C: ConnectionTrait>(
+        &self,
+        tx: &C,
+        change: &SetProductPrice,
+    ) -> Result<ProductRow, InventoryError> {
+        let repriced = store::set_price(tx, &change.sku, &change.price).await?;
+        let event = pb::ProductPriceChanged {
+            sku: change.sku.to_string(),
+            previous_price: Some(Money {
+                currency_code: repriced.previous_currency.clone(),
+                amount_minor: repriced.previous_minor,
+            }),
+            unit_price: Some(change.price.to_proto()),
+        };
+        let meta = EventMeta {
+            producer: SERVICE,
+            aggregate_type: "product",
+            aggregate_id: change.sku.to_string(),
+            correlation_id: change.sku.to_string(),
+            causation_id: String::new(),
+        };
+        self.topics.events.emit(tx, &event, meta).await?;
+        Ok(repriced.product)
     }
 
     /// Confirms a pending reservation (its stock is sold); confirming twice is a no-op.

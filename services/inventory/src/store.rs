@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, Value};
 use uuid::Uuid;
 
-use crate::{domain::Sku, error::InventoryError};
+use crate::{
+    domain::{Price, Sku},
+    error::InventoryError,
+};
 
 pub mod migrations;
 
@@ -133,8 +136,8 @@ pub async fn insert_product<C: ConnectionTrait>(
             product.name.clone().into(),
             product.initial_stock.into(),
             product.low_stock_threshold.into(),
-            product.price_minor.into(),
-            product.currency.clone().into(),
+            product.price.amount_minor.into(),
+            product.price.currency.clone().into(),
         ],
     ))
     .one(db)
@@ -154,6 +157,70 @@ pub async fn product<C: ConnectionTrait>(db: &C, sku: &str) -> Result<ProductRow
     .await?
     .ok_or_else(|| InventoryError::ProductNotFound {
         sku: sku.to_owned(),
+    })
+}
+
+/// The products among `skus` that exist, in no particular order.
+pub async fn products<C: ConnectionTrait>(db: &C, skus: &[Sku]) -> Result<Vec<ProductRow>, DbErr> {
+    let skus: Vec<String> = skus.iter().map(|sku| sku.as_str().to_owned()).collect();
+    ProductRow::find_by_statement(statement(
+        &format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE sku = ANY($1)"),
+        [skus.into()],
+    ))
+    .all(db)
+    .await
+}
+
+/// A product's price before and after a change.
+#[derive(Debug, Clone)]
+pub struct Repriced {
+    /// The product, with its new price.
+    pub product: ProductRow,
+    /// Its price before, in minor units.
+    pub previous_minor: i64,
+    /// The currency of that price.
+    pub previous_currency: String,
+}
+
+/// Sets a product's price and returns it with the price it had.
+pub async fn set_price<C: ConnectionTrait>(
+    db: &C,
+    sku: &Sku,
+    price: &Price,
+) -> Result<Repriced, InventoryError> {
+    #[derive(FromQueryResult)]
+    struct Previous {
+        previous_minor: i64,
+        previous_currency: String,
+    }
+    // The CTE locks the row before reading it, so the price it returns is the one replaced.
+    let sql = format!(
+        "WITH old AS (SELECT sku, price_minor AS previous_minor, currency AS previous_currency                       FROM products WHERE sku = $1 FOR UPDATE)          UPDATE products p SET price_minor = $2, currency = $3, updated_at = now()          FROM old WHERE p.sku = old.sku          RETURNING {}, old.previous_minor, old.previous_currency",
+        PRODUCT_COLUMNS
+            .split(", ")
+            .map(|column| format!("p.{column}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let row = db
+        .query_one_raw(statement(
+            &sql,
+            [
+                sku.as_str().into(),
+                price.amount_minor.into(),
+                price.currency.clone().into(),
+            ],
+        ))
+        .await?
+        .ok_or_else(|| InventoryError::ProductNotFound {
+            sku: sku.to_string(),
+        })?;
+    let product = ProductRow::from_query_result(&row, "")?;
+    let previous = Previous::from_query_result(&row, "")?;
+    Ok(Repriced {
+        product,
+        previous_minor: previous.previous_minor,
+        previous_currency: previous.previous_currency,
     })
 }
 

@@ -2,7 +2,12 @@
 
 use sea_orm::DbErr;
 use tonic::Status;
-use zentra_runtime::{idempotency::IdempotencyError, status::Violations};
+
+use crate::domain::pricing;
+use zentra_runtime::{
+    idempotency::IdempotencyError,
+    status::{Preconditions, Violations},
+};
 
 /// Everything an order operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +41,21 @@ pub enum OrderError {
         /// The version found.
         actual: i64,
     },
+    /// A line cannot be priced as asked: unknown product, another currency, or a changed price.
+    #[error("the order cannot be priced as asked")]
+    NotPriceable(Preconditions),
+    /// The catalogue could not be asked for prices; the placement may be retried.
+    #[error("the catalogue could not be asked for prices: {reason}")]
+    CatalogueUnavailable {
+        /// What went wrong.
+        reason: String,
+    },
+    /// The catalogue refused this service's own price request (a bug here, not the caller's).
+    #[error("the catalogue refused a price request: {reason}")]
+    CatalogueRefused {
+        /// Its answer.
+        reason: String,
+    },
     /// The idempotency key was used for another request.
     #[error(transparent)]
     KeyReused(IdempotencyError),
@@ -68,6 +88,17 @@ impl From<OrderError> for Status {
                 Status::failed_precondition(error.to_string())
             }
             error @ OrderError::VersionConflict { .. } => Status::aborted(error.to_string()),
+            OrderError::NotPriceable(failed) => {
+                failed.into_status(pricing::PRICE_CHANGED, "zentra.order.v1")
+            }
+            error @ OrderError::CatalogueUnavailable { .. } => {
+                tracing::warn!(%error, "placement refused");
+                Status::unavailable(format!("{error}; retry with the same idempotency key"))
+            }
+            error @ OrderError::CatalogueRefused { .. } => {
+                tracing::error!(%error, "placement failed");
+                Status::internal("internal error")
+            }
             error @ OrderError::KeyReused(_) => Status::already_exists(error.to_string()),
             OrderError::Database(error) => zentra_runtime::status::database_error(&error),
         }

@@ -12,8 +12,9 @@ use zentra_runtime::{
 };
 
 use crate::{
+    catalogue::Catalogue,
     convert,
-    domain::{OrderState, PlaceOrder, check_customer_id},
+    domain::{OrderRequest, OrderState, check_customer_id},
     error::OrderError,
     orders::Orders,
     store::{self, Change, Filter},
@@ -22,12 +23,13 @@ use crate::{
 /// Implements `zentra.order.v1.OrderService`.
 pub struct OrderApi {
     orders: Orders,
+    catalogue: Catalogue,
 }
 
 impl OrderApi {
-    /// The API over `orders`.
-    pub fn new(orders: Orders) -> Self {
-        Self { orders }
+    /// The API over `orders`, pricing placements from `catalogue`.
+    pub fn new(orders: Orders, catalogue: Catalogue) -> Self {
+        Self { orders, catalogue }
     }
 
     /// Validates a status-change request's common fields.
@@ -82,8 +84,12 @@ impl pb::order_service_server::OrderService for OrderApi {
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
         let request = request.into_inner();
-        let order = PlaceOrder::parse(&request).map_err(OrderError::from)?;
+        let asked = OrderRequest::parse(&request).map_err(OrderError::from)?;
+        // The key is claimed first: a retry of a placed order replays it even if prices changed
+        // since, and concurrent retries wait on the key instead of pricing twice.
         let tx = fresh_or_replay!(self.orders.db(), "PlaceOrder", request, OrderError);
+        let prices = self.catalogue.prices(asked.skus()).await?;
+        let order = asked.price(&prices).map_err(OrderError::NotPriceable)?;
         let stored = self
             .orders
             .place(tx.transaction(), &order, &request.idempotency_key)

@@ -1,16 +1,19 @@
-//! Zentra's order service: places orders idempotently, prices them in integer minor units, and
-//! records every status change the saga or the customer drives, with optimistic concurrency.
+//! Zentra's order service: places orders idempotently, prices them from the catalogue in integer
+//! minor units, and records every status change the saga or the customer drives, with optimistic
+//! concurrency.
 
 use std::net::SocketAddr;
 
 use zentra_proto::order::v1::order_service_server::OrderServiceServer;
 use zentra_runtime::{
-    config::{ConfigSources, NoSettings, ServiceConfig},
+    config::ConfigSources,
     platform::{Platform, RunningService, ServiceInfo},
     server::BoundServer,
     telemetry::Telemetry,
 };
 
+pub mod catalogue;
+pub mod config;
 pub mod convert;
 pub mod domain;
 pub mod error;
@@ -18,8 +21,7 @@ pub mod grpc;
 pub mod orders;
 pub mod store;
 
-/// The order service's configuration (it has no settings of its own yet).
-pub type Config = ServiceConfig<NoSettings>;
+pub use config::Config;
 
 /// Base name of the topic the order service publishes to.
 pub const EVENTS_TOPIC: &str = "order.events";
@@ -51,10 +53,13 @@ impl OrderService {
             platform.event_topic(EVENTS_TOPIC),
             platform.relay.waker(),
         );
+        let catalogue = catalogue::Catalogue::new(&config.domain.order)?;
         platform.spawn_relay();
         let server = platform
             .server()
-            .add_service(OrderServiceServer::new(grpc::OrderApi::new(orders)))
+            .add_service(OrderServiceServer::new(grpc::OrderApi::new(
+                orders, catalogue,
+            )))
             .bind()
             .await?;
         Ok(Self { platform, server })

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use tonic::{Code, Request, Status, metadata::MetadataValue, transport::Channel};
+use tonic::{Code, Request, Status, transport::Channel};
 use uuid::Uuid;
 use zentra_proto::{
     fulfillment::v1::{self as fulfillment, fulfillment_service_client::FulfillmentServiceClient},
@@ -13,7 +13,7 @@ use zentra_proto::{
 };
 use zentra_runtime::{
     circuit_breaker::{BreakerSettings, CircuitBreaker},
-    events::current_trace_context,
+    client::{self, lazy_channel as channel},
 };
 
 use crate::{
@@ -32,16 +32,6 @@ pub struct Downstreams {
     breakers: HashMap<Downstream, CircuitBreaker>,
     deadline: Duration,
     hold: Duration,
-}
-
-fn channel(url: &str) -> anyhow::Result<Channel> {
-    // Lazy: the saga starts while a service is down and connects once it is up; the channel
-    // reconnects by itself and multiplexes every call over one HTTP/2 connection.
-    Ok(Channel::from_shared(url.to_owned())
-        .map_err(|error| anyhow::anyhow!("invalid endpoint {url}: {error}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy())
 }
 
 impl Downstreams {
@@ -84,15 +74,7 @@ impl Downstreams {
 
     /// A request carrying the deadline (as `grpc-timeout`) and the current trace context.
     pub fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        request.set_timeout(self.deadline);
-        let trace = current_trace_context();
-        if let Ok(value) = MetadataValue::try_from(trace.traceparent.as_str())
-            && !trace.traceparent.is_empty()
-        {
-            request.metadata_mut().insert("traceparent", value);
-        }
-        request
+        client::request(message, self.deadline)
     }
 
     /// Makes the call of `step` for `saga` through the step's breaker.

@@ -32,7 +32,7 @@ async fn buf_curl_over_grpc_web_places_an_order_through_the_gateway_and_reads_it
 
     let placed = run_tool(&mut buf_web(
         Some(&operator),
-        r#"{"customer_id":"cust-web","shipping_address":{"recipient":"Ada","lines":["1 Main St"],"city":"Springfield","postal_code":"12345","country_code":"US"},"lines":[{"sku":"MUG-1","quantity":1,"unit_price":{"currency_code":"USD","amount_minor":500}}],"currency_code":"USD","payment_method_token":"tok_approve","idempotency_key":"web-1"}"#,
+        r#"{"customer_id":"cust-web","shipping_address":{"recipient":"Ada","lines":["1 Main St"],"city":"Springfield","postal_code":"12345","country_code":"US"},"lines":[{"sku":"SEED-MUG","quantity":1,"unit_price":{"currency_code":"USD","amount_minor":1299}}],"currency_code":"USD","payment_method_token":"tok_approve","idempotency_key":"web-1"}"#,
         &format!("{url}/zentra.order.v1.OrderService/PlaceOrder"),
     ));
     let placed: serde_json::Value = serde_json::from_str(&placed).expect("json");
@@ -185,3 +185,4 @@ async fn a_method_no_contract_declares_is_unimplemented() {
     );
     platform.stop().await;
 }
+

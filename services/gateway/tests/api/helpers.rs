@@ -11,7 +11,7 @@ use zentra_gateway::{
 };
 use zentra_proto::{
     common::v1::{Address, Money},
-    inventory::v1 as inventory,
+    inventory::v1::{self as inventory, inventory_service_client::InventoryServiceClient},
     order::v1 as order,
 };
 use zentra_runtime::{
@@ -79,17 +79,6 @@ impl Platform {
     pub async fn start(label: &str) -> Self {
         let env = TestEnv::new(label).await.expect("test environment");
         let telemetry = zentra_test_support::telemetry;
-        let order = zentra_order::OrderService::start(
-            zentra_order::Config {
-                common: env.common_config(),
-                domain: Default::default(),
-            },
-            Default::default(),
-            telemetry(),
-        )
-        .await
-        .expect("order starts")
-        .spawn();
         let inventory_database = TestDatabase::create(&format!("{label}-inv"))
             .await
             .expect("database");
@@ -105,6 +94,26 @@ impl Platform {
         )
         .await
         .expect("inventory starts")
+        .spawn();
+        // The product `order_request` orders, created behind the gateway's back.
+        InventoryServiceClient::connect(format!("http://{}", inventory.local_addr()))
+            .await
+            .expect("inventory client")
+            .create_product(product_request(CATALOGUE_SKU, "seed-product"))
+            .await
+            .expect("catalogue product created");
+        let mut order_domain = zentra_order::config::OrderConfig::default();
+        order_domain.order.catalogue_url = format!("http://{}", inventory.local_addr());
+        let order = zentra_order::OrderService::start(
+            zentra_order::Config {
+                common: env.common_config(),
+                domain: order_domain,
+            },
+            Default::default(),
+            telemetry(),
+        )
+        .await
+        .expect("order starts")
         .spawn();
         let suffix = unique_suffix();
         Self {
@@ -259,7 +268,10 @@ pub fn for_service<T>(mut request: Request<T>, service: &str) -> Request<T> {
     request
 }
 
-/// A valid order for customer `customer`.
+/// The product every platform's catalogue starts with, at 12.99 USD.
+pub const CATALOGUE_SKU: &str = "SEED-MUG";
+
+/// A valid order for customer `customer`: two of [`CATALOGUE_SKU`] at its price.
 pub fn order_request(customer: &str, key: &str) -> order::PlaceOrderRequest {
     order::PlaceOrderRequest {
         customer_id: customer.to_owned(),
@@ -272,7 +284,7 @@ pub fn order_request(customer: &str, key: &str) -> order::PlaceOrderRequest {
             country_code: "US".to_owned(),
         }),
         lines: vec![order::OrderLine {
-            sku: "MUG-1".to_owned(),
+            sku: CATALOGUE_SKU.to_owned(),
             quantity: 2,
             unit_price: Some(Money {
                 currency_code: "USD".to_owned(),

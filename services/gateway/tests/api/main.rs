@@ -4,4 +4,5 @@ mod access;
 mod faults;
 mod grpc_web;
 mod helpers;
+mod pricing;
 mod rate_limit;

@@ -242,3 +242,126 @@ async fn bad_product_and_stock_requests_are_refused() {
     assert_eq!(app.product("SKU-P").await.available, 1);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prices_are_set_idempotently_and_read_in_batches() {
+    let app = TestApp::spawn("prices").await;
+    app.create_product("LAMP-1", 5).await;
+    app.create_product("LAMP-2", 5).await;
+    let change = pb::SetProductPriceRequest {
+        sku: "LAMP-1".to_owned(),
+        unit_price: Some(zentra_proto::common::v1::Money {
+            currency_code: "EUR".to_owned(),
+            amount_minor: 2500,
+        }),
+        idempotency_key: "reprice-1".to_owned(),
+    };
+    let set = app
+        .client
+        .clone()
+        .set_product_price(change.clone())
+        .await
+        .expect("price set")
+        .into_inner()
+        .product
+        .expect("product");
+    assert_eq!(set.unit_price, change.unit_price);
+    let again = app
+        .client
+        .clone()
+        .set_product_price(change.clone())
+        .await
+        .expect("replayed")
+        .into_inner()
+        .product
+        .expect("product");
+    assert_eq!(again, set, "a retry replays");
+
+    let batch = app
+        .client
+        .clone()
+        .batch_get_products(pb::BatchGetProductsRequest {
+            skus: vec!["LAMP-2".to_owned(), "NOPE".to_owned(), "LAMP-1".to_owned()],
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    let skus: Vec<_> = batch.products.iter().map(|p| p.sku.as_str()).collect();
+    assert_eq!(skus, ["LAMP-2", "LAMP-1"], "in request order");
+    assert_eq!(batch.missing_skus, ["NOPE"]);
+    assert_eq!(batch.products[1].unit_price, change.unit_price);
+
+    let missing = app
+        .client
+        .clone()
+        .set_product_price(pb::SetProductPriceRequest {
+            sku: "NOPE".to_owned(),
+            idempotency_key: "reprice-2".to_owned(),
+            ..change.clone()
+        })
+        .await
+        .expect_err("unknown product");
+    assert_eq!(missing.code(), Code::NotFound);
+    for (case, request, field) in [
+        (
+            "no price",
+            pb::SetProductPriceRequest {
+                unit_price: None,
+                idempotency_key: "bad-1".to_owned(),
+                ..change.clone()
+            },
+            "unit_price",
+        ),
+        (
+            "negative price",
+            pb::SetProductPriceRequest {
+                unit_price: Some(zentra_proto::common::v1::Money {
+                    currency_code: "EUR".to_owned(),
+                    amount_minor: -1,
+                }),
+                idempotency_key: "bad-2".to_owned(),
+                ..change.clone()
+            },
+            "unit_price.amount_minor",
+        ),
+        (
+            "unknown currency",
+            pb::SetProductPriceRequest {
+                unit_price: Some(zentra_proto::common::v1::Money {
+                    currency_code: "XXX".to_owned(),
+                    amount_minor: 1,
+                }),
+                idempotency_key: "bad-3".to_owned(),
+                ..change.clone()
+            },
+            "unit_price.currency_code",
+        ),
+    ] {
+        let refused = app
+            .client
+            .clone()
+            .set_product_price(request)
+            .await
+            .expect_err(case);
+        assert_eq!(refused.code(), Code::InvalidArgument, "{case}");
+        assert!(
+            violated_fields(&refused).iter().any(|f| f == field),
+            "{case}"
+        );
+    }
+    let too_many = app
+        .client
+        .clone()
+        .batch_get_products(pb::BatchGetProductsRequest {
+            skus: (0..101).map(|i| format!("S-{i}")).collect(),
+        })
+        .await
+        .expect_err("too many");
+    assert_eq!(too_many.code(), Code::InvalidArgument);
+    assert_eq!(
+        app.product("LAMP-1").await.unit_price,
+        change.unit_price,
+        "only the first change took effect"
+    );
+    app.stop().await;
+}

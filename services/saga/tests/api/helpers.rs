@@ -115,10 +115,12 @@ impl Stack {
         if let Some(prefix) = &lost_prefix {
             common_config.kafka.topic_prefix = prefix.clone();
         }
+        let mut order_domain = zentra_order::config::OrderConfig::default();
+        order_domain.order.catalogue_url = url(&inventory);
         let orders = zentra_order::OrderService::start(
             zentra_order::Config {
                 common: common_config,
-                domain: Default::default(),
+                domain: order_domain,
             },
             Default::default(),
             telemetry(),
@@ -355,6 +357,19 @@ impl Stack {
             .expect("product created");
     }
 
+    /// Sets a product's price in the catalogue.
+    pub async fn set_price(&self, sku: &str, amount_minor: i64) {
+        self.inventory
+            .clone()
+            .set_product_price(inventory::SetProductPriceRequest {
+                sku: sku.to_owned(),
+                unit_price: Some(usd(amount_minor)),
+                idempotency_key: format!("price-{sku}-{amount_minor}"),
+            })
+            .await
+            .expect("price set");
+    }
+
     pub async fn product(&self, sku: &str) -> inventory::Product {
         self.inventory
             .clone()
@@ -388,10 +403,11 @@ impl Stack {
                     postal_code: "22201".to_owned(),
                     country_code: country.to_owned(),
                 }),
+                // No price: the order service prices it from the catalogue.
                 lines: vec![order::OrderLine {
                     sku: sku.to_owned(),
                     quantity,
-                    unit_price: Some(usd(1250)),
+                    unit_price: None,
                     line_total: None,
                 }],
                 currency_code: "USD".to_owned(),

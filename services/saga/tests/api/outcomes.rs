@@ -43,6 +43,8 @@ fn assert_clean_timeline(saga: &pb::Saga) {
 async fn the_happy_path_reserves_charges_ships_and_confirms_with_a_timeline() {
     let stack = Stack::start("saga-happy", StackOptions::default()).await;
     stack.create_product("LAMP-1", 10).await;
+    // Created at 12.50 USD, repriced before the order: the new price is what is charged.
+    stack.set_price("LAMP-1", 1999).await;
 
     let order_id = stack.place_order("LAMP-1", 2, "tok_approve", "US").await;
     let saga = stack.finished_saga(&order_id, WITHIN).await;
@@ -71,6 +73,14 @@ async fn the_happy_path_reserves_charges_ships_and_confirms_with_a_timeline() {
     let payments = stack.payments_of(&order_id).await;
     assert_eq!(payments.len(), 1, "one authorization");
     assert_eq!(payments[0].status, PaymentStatus::Captured as i32);
+    assert_eq!(
+        payments[0]
+            .captured_amount
+            .as_ref()
+            .map(|money| money.amount_minor),
+        Some(2 * 1999),
+        "the catalogue's current price is charged"
+    );
     assert_eq!(
         stack.ledger_of(&order_id).await,
         [
