@@ -18,9 +18,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::{config::GrpcConfig, ops::OpsContext};
 
 mod inject_faults;
+mod malformed;
 mod observe;
 
 pub use inject_faults::InjectFaultsLayer;
+pub use malformed::MalformedLayer;
 pub use observe::ObserveLayer;
 
 /// Wraps the service's own routes in a router that sees every request first (the gateway's
@@ -197,7 +199,10 @@ impl BoundServer {
                 ops.rpc_stats.clone(),
                 domain_services.iter().chain(&also_recorded).cloned(),
             ))
-            // 2. Faults: only domain RPCs, so ops, health and reflection always answer.
+            // 2. Requests tonic could not read are INVALID_ARGUMENT, not INTERNAL; inside
+            //    observation, so metrics count them as the caller's errors.
+            .layer(MalformedLayer)
+            // 3. Faults: only domain RPCs, so ops, health and reflection always answer.
             .layer(InjectFaultsLayer::new(
                 ops.faults.clone(),
                 domain_services.clone(),

@@ -7,6 +7,7 @@
 //! `ZENTRA_TEST_REDIS` (default `redis://127.0.0.1:6379`),
 //! `TEST_LOG` (a log filter; logs are off without it).
 
+pub mod hostile;
 pub mod smtp;
 
 use std::{path::PathBuf, time::Duration};

@@ -74,6 +74,14 @@ impl Forwarder {
                     self.max_request_bytes
                 )));
             }
+            // grpc-web that does not decode (tonic-web reports it as a status): the caller's
+            // mistake, like every request that cannot be read.
+            Err(error) if error.downcast_ref::<Status>().is_some() => {
+                return Err(Status::invalid_argument(format!(
+                    "malformed request: the grpc-web body cannot be read ({error})"
+                )));
+            }
+            // The caller went away mid-request.
             Err(error) => {
                 return Err(Status::cancelled(format!(
                     "reading the request failed: {error}"

@@ -186,3 +186,57 @@ async fn a_method_no_contract_declares_is_unimplemented() {
     platform.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_cannot_be_read_are_invalid_argument_through_the_gateway() {
+    use zentra_test_support::hostile::{
+        WebEncoding, assert_invalid_argument, hostile_bodies, raw_grpc, raw_grpc_web, raw_http1,
+    };
+    let mut platform = Platform::start("gw-hostile").await;
+    let (address, _) = platform.gateway(&GatewayOptions::default()).await;
+    let operator = platform.keys.operator.clone();
+    let admin = platform.keys.admin.clone();
+    let stored = || async {
+        let mut rows = Vec::new();
+        for table in ["orders", "outbox", "idempotency_keys"] {
+            let sql = format!("SELECT count(*) FROM {table}");
+            rows.push(zentra_test_support::count(platform.order_db(), &sql).await);
+        }
+        rows
+    };
+    let before = stored().await;
+    // Forwarded to a service, and served by the gateway itself.
+    let paths = [
+        (
+            "/zentra.order.v1.OrderService/PlaceOrder",
+            operator.as_str(),
+        ),
+        ("/zentra.ops.v1.OpsService/SetLogLevel", admin.as_str()),
+    ];
+    for (path, key) in paths {
+        let headers = [("x-api-key", key)];
+        for (case, body) in hostile_bodies() {
+            let status = raw_grpc(address, path, &headers, body.clone())
+                .await
+                .unwrap_or_else(|error| panic!("{case} over gRPC to {path}: {error}"));
+            assert_invalid_argument(&format!("{case} over gRPC to {path}"), &status);
+            for encoding in [WebEncoding::Binary, WebEncoding::Text] {
+                let status = raw_grpc_web(address, path, &headers, encoding, body.clone())
+                    .await
+                    .unwrap_or_else(|error| panic!("{case} over {encoding:?} to {path}: {error}"));
+                assert_invalid_argument(&format!("{case} over {encoding:?} to {path}"), &status);
+            }
+        }
+        let status = raw_http1(
+            address,
+            path,
+            "application/grpc-web-text",
+            &headers,
+            b"!!not base64!!".to_vec(),
+        )
+        .await
+        .expect("answered");
+        assert_invalid_argument(&format!("invalid base64 to {path}"), &status);
+    }
+    assert_eq!(stored().await, before, "nothing stored");
+    platform.stop().await;
+}

@@ -244,6 +244,70 @@ async fn bad_product_and_stock_requests_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_cannot_be_read_are_invalid_argument_on_grpc_grpc_web_and_text() {
+    use zentra_test_support::hostile::{
+        WebEncoding, assert_invalid_argument, hostile_bodies, raw_grpc, raw_grpc_web, raw_http1,
+    };
+    let app = TestApp::spawn("hostileframes").await;
+    app.create_product("SKU-OK", 5).await;
+    let tables = [
+        "products",
+        "stock_adjustments",
+        "outbox",
+        "idempotency_keys",
+    ];
+    let mut before = Vec::new();
+    for table in tables {
+        before.push(app.count(table).await);
+    }
+    let address = app.service.local_addr();
+    // A mutating RPC: whatever it could not read, it must not have stored.
+    let path = "/zentra.inventory.v1.InventoryService/AdjustStock";
+    for (case, body) in hostile_bodies() {
+        let status = raw_grpc(address, path, &[], body.clone())
+            .await
+            .unwrap_or_else(|error| panic!("{case} over gRPC: {error}"));
+        assert_invalid_argument(&format!("{case} over gRPC"), &status);
+        for encoding in [WebEncoding::Binary, WebEncoding::Text] {
+            let status = raw_grpc_web(address, path, &[], encoding, body.clone())
+                .await
+                .unwrap_or_else(|error| panic!("{case} over {encoding:?}: {error}"));
+            assert_invalid_argument(&format!("{case} over grpc-web {encoding:?}"), &status);
+        }
+    }
+    let status = raw_http1(
+        address,
+        path,
+        "application/grpc-web-text",
+        &[],
+        b"!!not base64!!".to_vec(),
+    )
+    .await
+    .expect("answered");
+    assert_invalid_argument("invalid base64", &status);
+
+    for (table, count) in tables.iter().zip(before) {
+        assert_eq!(app.count(table).await, count, "{table} unchanged");
+    }
+
+    // A well-formed request on the same path still works: the guard only reads statuses.
+    let adjusted = app
+        .client
+        .clone()
+        .adjust_stock(pb::AdjustStockRequest {
+            sku: "SKU-OK".to_owned(),
+            delta: 1,
+            reason: "restock".to_owned(),
+            idempotency_key: "adjust-after".to_owned(),
+        })
+        .await
+        .expect("a readable request is served")
+        .into_inner();
+    assert_eq!(adjusted.product.expect("product").available, 6);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prices_are_set_idempotently_and_read_in_batches() {
     let app = TestApp::spawn("prices").await;
     app.create_product("LAMP-1", 5).await;
