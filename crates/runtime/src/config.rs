@@ -57,6 +57,9 @@ pub struct GrpcConfig {
     pub cors_allowed_origins: Vec<String>,
     /// Largest accepted request message.
     pub max_request_bytes: usize,
+    /// Calls and streams open at once on one HTTP/2 connection (`SETTINGS_MAX_CONCURRENT_STREAMS`);
+    /// a client needing more opens another connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for GrpcConfig {
@@ -66,6 +69,7 @@ impl Default for GrpcConfig {
             request_timeout: Duration::from_secs(30),
             cors_allowed_origins: vec!["*".to_owned()],
             max_request_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 256,
         }
     }
 }

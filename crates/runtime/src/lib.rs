@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod dead_letters;
+pub mod deadline;
 pub mod events;
 pub mod faults;
 pub mod idempotency;

@@ -52,6 +52,9 @@ pub struct Platform {
     pub ops: OpsContext,
     /// Cancelled at shutdown; background tasks stop on it.
     pub shutdown: CancellationToken,
+    /// Cancelled when the server stops taking calls, before it waits for open ones: long
+    /// streams (Watch) end on it, so the server can drain.
+    pub draining: CancellationToken,
     /// Background tasks, awaited at shutdown so none is cut mid-transaction or mid-commit.
     tasks: TaskTracker,
 }
@@ -108,6 +111,7 @@ impl Platform {
             relay,
             ops,
             shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
     }
@@ -224,12 +228,12 @@ impl Platform {
 
     /// A server builder for this service, already serving its dead-letter API.
     pub fn server(&self) -> GrpcServerBuilder {
-        GrpcServerBuilder::new(self.config.grpc.clone(), self.ops.clone()).add_service(
-            DeadLetterServiceServer::new(DeadLetterApi::new(
+        GrpcServerBuilder::new(self.config.grpc.clone(), self.ops.clone())
+            .draining(self.draining.clone())
+            .add_service(DeadLetterServiceServer::new(DeadLetterApi::new(
                 self.db.clone(),
                 self.producer.clone(),
-            )),
-        )
+            )))
     }
 }
 

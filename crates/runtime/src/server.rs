@@ -6,6 +6,7 @@ use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use http::{HeaderName, HeaderValue, Method};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
     service::{Routes, RoutesBuilder},
@@ -38,6 +39,8 @@ pub struct GrpcServerBuilder {
     front: Option<FrontFn>,
     /// Services whose RPCs count in the metrics snapshot besides the domain's.
     also_recorded: Vec<String>,
+    /// Cancelled when the server stops taking calls.
+    draining: CancellationToken,
 }
 
 impl GrpcServerBuilder {
@@ -50,7 +53,15 @@ impl GrpcServerBuilder {
             domain_services: Vec::new(),
             front: None,
             also_recorded: Vec::new(),
+            draining: CancellationToken::new(),
         }
+    }
+
+    /// Cancels `token` when the server stops taking calls, before it waits for the open ones,
+    /// so that streams watching it can end.
+    pub fn draining(mut self, token: CancellationToken) -> Self {
+        self.draining = token;
+        self
     }
 
     /// Counts the RPCs of `services` in the metrics snapshot too (the gateway counts the ops
@@ -135,6 +146,7 @@ impl BoundServer {
             domain_services,
             front,
             also_recorded,
+            draining,
         } = builder;
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -220,11 +232,13 @@ impl BoundServer {
         let result = Server::builder()
             // grpc-web arrives over HTTP/1.1.
             .accept_http1(true)
+            .max_concurrent_streams(Some(config.max_concurrent_streams))
             .timeout(config.request_timeout)
             .layer(stack)
             .add_routes(Routes::from(router))
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
+                draining.cancel();
                 tracing::info!(service = ops.service, "shutting down: draining open calls");
             })
             .await;

@@ -87,6 +87,10 @@ pub struct Limits {
     /// Deadline of a server stream (Watch) whose caller sets none; the caller reconnects after.
     #[serde(with = "humantime_serde")]
     pub stream_deadline: Duration,
+    /// Server streams one caller may hold open at once.
+    pub max_streams_per_caller: usize,
+    /// Server streams open through this gateway at once.
+    pub max_streams: usize,
 }
 
 impl Default for Limits {
@@ -96,6 +100,8 @@ impl Default for Limits {
             default_deadline: Duration::from_secs(10),
             max_deadline: Duration::from_secs(60),
             stream_deadline: Duration::from_secs(30 * 60),
+            max_streams_per_caller: 16,
+            max_streams: 4096,
         }
     }
 }

@@ -15,15 +15,16 @@ use tonic::{Code, Status, body::Body};
 use tonic_types::{ErrorDetails, StatusExt as _};
 use tower::{Layer as _, Service, ServiceExt as _};
 use tower_http::services::{ServeDir, ServeFile};
+use zentra_runtime::deadline;
 
 use crate::{
     auth::{Authenticator, Caller},
     config::Limits,
-    deadline,
     forward::Forwarder,
     metric_names,
     rate_limit::{Decision, RateLimiter},
     routes::{Access, Route, RouteTable, Target, Upstream},
+    streams::{Held, StreamSlots},
 };
 
 /// Header naming the service a shared RPC (ops, dead letters, health) is for.
@@ -45,6 +46,10 @@ pub struct Gatekeeper {
     pub forwarder: Forwarder,
     /// Size and deadline limits.
     pub limits: Limits,
+    /// Open streams, per caller and in all.
+    pub streams: Arc<StreamSlots>,
+    /// Cancelled when the gateway stops taking calls; open streams end on it.
+    pub draining: zentra_runtime::CancellationToken,
 }
 
 /// The front service (the router's fallback: it sees every request).
@@ -177,6 +182,15 @@ impl Gate {
 
         let caller = admit(gatekeeper, &path, &route, request.headers()).await?;
         let upstream = target(&route, request.headers())?;
+        // A stream keeps its slot until its response body is dropped.
+        let slot = route
+            .server_streaming
+            .then(|| {
+                gatekeeper
+                    .streams
+                    .take(caller.as_ref().map(|caller| caller.id.as_str()))
+            })
+            .transpose()?;
 
         let headers = request.headers_mut();
         // Credentials stop here: services trust the gateway, not the caller's secret.
@@ -215,12 +229,12 @@ impl Gate {
             headers.insert("grpc-timeout", value);
         }
 
-        match upstream {
+        let response = match upstream {
             Some(upstream) => {
                 gatekeeper
                     .forwarder
                     .forward(upstream, request, deadline)
-                    .await
+                    .await?
             }
             None => {
                 // Translated from grpc-web it may still say HTTP/1.1; the gateway's own services
@@ -231,9 +245,15 @@ impl Gate {
                     .oneshot(request.map(axum::body::Body::new))
                     .await
                     .unwrap_or_else(|never| match never {});
-                Ok(response.map(Body::new))
+                response.map(Body::new)
             }
-        }
+        };
+        Ok(match slot {
+            Some(slot) => {
+                response.map(|body| Body::new(Held::new(body, slot, gatekeeper.draining.clone())))
+            }
+            None => response,
+        })
     }
 }
 

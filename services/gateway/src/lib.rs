@@ -14,13 +14,13 @@ use zentra_runtime::{
 
 pub mod auth;
 pub mod config;
-pub mod deadline;
 pub mod forward;
 pub mod front;
 pub mod metric_names;
 pub mod rate_limit;
 pub mod routes;
 pub mod session;
+pub mod streams;
 
 pub use config::Config;
 
@@ -72,16 +72,23 @@ impl Gateway {
             &sources,
             probes,
         );
+        let draining = zentra_runtime::CancellationToken::new();
         let gatekeeper = Arc::new(Gatekeeper {
             table,
             auth,
             limiter,
             forwarder,
             limits: settings.limits.clone(),
+            streams: streams::StreamSlots::new(
+                settings.limits.max_streams_per_caller,
+                settings.limits.max_streams,
+            ),
+            draining: draining.clone(),
         });
         let static_dir = settings.static_dir.clone();
         let cors = cors_layer(&config.common.grpc.cors_allowed_origins);
         let server = GrpcServerBuilder::new(config.common.grpc.clone(), ops)
+            .draining(draining)
             .also_record(["zentra.ops.v1.OpsService".to_owned()])
             .add_service(GatewayServiceServer::new(SessionApi::new(
                 settings.links.clone(),

@@ -81,6 +81,29 @@ pub struct SagaSettings {
     /// A PENDING order older than this without a saga gets one started by reconciliation.
     #[serde(with = "humantime_serde")]
     pub reconcile_after: Duration,
+    /// The Watch streams.
+    pub watch: WatchSettings,
+}
+
+/// Limits of the Watch streams, which all share one change feed per process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchSettings {
+    /// Streams open at once in this process; one more is RESOURCE_EXHAUSTED with RetryInfo.
+    pub max_streams: usize,
+    /// A stream ends (OK) after this long, or at the caller's deadline if that is sooner; the
+    /// client opens a new one.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        Self {
+            max_streams: 2000,
+            max_lifetime: Duration::from_secs(30 * 60),
+        }
+    }
 }
 
 impl Default for SagaSettings {
@@ -98,6 +121,7 @@ impl Default for SagaSettings {
             commit_batch: 64,
             reconcile_interval: Duration::from_secs(30),
             reconcile_after: Duration::from_secs(60),
+            watch: WatchSettings::default(),
         }
     }
 }

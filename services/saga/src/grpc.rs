@@ -13,7 +13,7 @@ use zentra_proto::{
     saga::v1::{self as pb, saga_service_server::SagaService},
 };
 use zentra_runtime::{
-    fresh_or_replay,
+    deadline, fresh_or_replay,
     paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
     time::timestamp_to_chrono,
@@ -34,12 +34,13 @@ const APPLY_WAIT: Duration = Duration::from_secs(3);
 /// Implements `zentra.saga.v1.SagaService`.
 pub struct SagaApi {
     engine: Arc<Engine>,
+    feed: watch::ChangeFeed,
 }
 
 impl SagaApi {
-    /// The API over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// The API over `engine`; Watch streams hear `feed`.
+    pub fn new(engine: Arc<Engine>, feed: watch::ChangeFeed) -> Self {
+        Self { engine, feed }
     }
 
     async fn load(&self, id: Uuid) -> Result<Saga, SagaError> {
@@ -228,9 +229,10 @@ impl SagaService for SagaApi {
         let Some(id) = parse_uuid("saga_id", &request.get_ref().saga_id, &mut violations) else {
             return Err(violations.into_status());
         };
+        let deadline = deadline::of_request(request.metadata());
         // NOT_FOUND up front rather than an empty stream.
         self.load(id).await?;
-        Ok(Response::new(watch::one(self.engine.clone(), id)))
+        Ok(Response::new(watch::one(&self.feed, id, deadline)?))
     }
 
     type WatchSagasStream = WatchStream<pb::WatchSagasResponse>;
@@ -239,6 +241,7 @@ impl SagaService for SagaApi {
         &self,
         request: Request<pb::WatchSagasRequest>,
     ) -> Result<Response<Self::WatchSagasStream>, Status> {
+        let deadline = deadline::of_request(request.metadata());
         let request = request.into_inner();
         let mut states = Vec::with_capacity(request.states.len());
         let mut violations = Violations::new();
@@ -253,10 +256,11 @@ impl SagaService for SagaApi {
         }
         violations.into_result()?;
         Ok(Response::new(watch::all(
-            self.engine.clone(),
+            &self.feed,
             states,
             request.include_active_snapshot,
-        )))
+            deadline,
+        )?))
     }
 
     async fn retry_saga(

@@ -133,7 +133,10 @@ impl SagaOrchestrator {
         ));
         let server = platform
             .server()
-            .add_service(SagaServiceServer::new(grpc::SagaApi::new(engine.clone())))
+            .add_service(SagaServiceServer::new(grpc::SagaApi::new(
+                engine.clone(),
+                watch::ChangeFeed::new(engine.clone(), &settings.watch, platform.draining.clone()),
+            )))
             .add_service(CircuitBreakerServiceServer::new(breakers::BreakerApi::new(
                 engine,
                 settings.circuit_breaker.clone(),

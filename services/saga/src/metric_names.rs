@@ -18,10 +18,20 @@ pub const CANCELLATIONS_RECONCILED: &str = "zentra_saga_cancellations_reconciled
 pub const TRANSITION_COMMITS: &str = "zentra_saga_transition_commits_total";
 /// Transitions stored (counter).
 pub const TRANSITIONS_WRITTEN: &str = "zentra_saga_transitions_written_total";
+/// Saga database reads made for Watch streams, by `by`: `feed` (the one change feed of the
+/// process) or `stream` (a stream's first read, snapshot or catch-up) (counter).
+pub const WATCH_READS: &str = "zentra_saga_watch_reads_total";
+/// Watch streams open in this process (gauge).
+pub const WATCH_STREAMS: &str = "zentra_saga_watch_streams";
 
 /// Describes every metric for the Prometheus exposition.
 pub fn describe() {
     metrics::describe_counter!(SAGAS_STARTED, "sagas started");
+    metrics::describe_counter!(
+        WATCH_READS,
+        "saga database reads made for watch streams, by the shared feed or by a stream"
+    );
+    metrics::describe_gauge!(WATCH_STREAMS, "watch streams open in this process");
     metrics::describe_counter!(SAGAS_ENDED, "sagas that reached a terminal state, by state");
     metrics::describe_counter!(
         STEP_CALLS,

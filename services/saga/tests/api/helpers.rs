@@ -34,6 +34,8 @@ pub struct StackOptions {
     pub lose_order_events: bool,
     /// The saga's first retry delay.
     pub initial_backoff: Duration,
+    /// Watch streams the orchestrator serves at once.
+    pub watch_max_streams: usize,
 }
 
 impl Default for StackOptions {
@@ -44,6 +46,7 @@ impl Default for StackOptions {
             in_process_saga: true,
             lose_order_events: false,
             initial_backoff: Duration::from_millis(100),
+            watch_max_streams: 2000,
         }
     }
 }
@@ -197,6 +200,7 @@ impl Stack {
         settings.retry.step_timeout = Duration::from_secs(20);
         settings.retry.ack_timeout = Duration::from_secs(3);
         settings.retry.shipment_timeout = options.shipment_timeout;
+        settings.watch.max_streams = options.watch_max_streams;
         let saga_config = zentra_saga::Config {
             common: common_config,
             domain: saga_domain,
@@ -244,6 +248,11 @@ impl Stack {
             notifications: notification_client,
             sagas: saga_client,
         }
+    }
+
+    /// The orchestrator's address.
+    pub fn saga_addr(&self) -> std::net::SocketAddr {
+        self.saga_config.common.grpc.listen_addr
     }
 
     /// Stops everything and drops every database and topic.

@@ -5,3 +5,4 @@ mod operator;
 mod outcomes;
 mod resilience;
 mod store;
+mod watch;

@@ -1,6 +1,6 @@
 //! The `grpc-timeout` header: how long the caller will wait. The gateway passes it on (cut to its
 //! maximum) so every service down the line works to the caller's deadline, and sets one when the
-//! caller did not.
+//! caller did not; a stream ends at it.
 
 use std::time::Duration;
 
@@ -21,6 +21,14 @@ pub fn parse(value: &str) -> Option<Duration> {
         'n' => Duration::from_nanos(amount),
         _ => return None,
     })
+}
+
+/// The caller's deadline in `metadata`, if it set a readable one.
+pub fn of_request(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    metadata
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse)
 }
 
 /// Formats a deadline as a `grpc-timeout` value, in milliseconds while they fit in 8 digits.
