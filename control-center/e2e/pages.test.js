@@ -45,12 +45,12 @@ test('a viewer sees every page with live data and no enabled actions', async () 
   await page.waitForSelector('tr[data-service="order"][data-dependency="postgres"] td.ok', { timeout: 30_000 });
   await page.waitForSelector('tr[data-service="gateway"][data-dependency="redis"] td.ok');
   await page.waitForSelector('tr.lag-row', { timeout: 30_000 });
-  // The broker's topics, including ones nobody consumes, with the records the smoke order produced.
-  await page.waitForSelector('tr.topic-row[data-topic$="notification.events"]', { timeout: 30_000 });
-  await page.waitForSelector('tr.topic-row[data-topic$="inventory.commands.dlq"]');
-  await waitForText(page, 'tr.topic-row[data-topic$="order.events"] td.records', (text) => Number(text) > 0);
-  assert.match(await page.locator('.topics-summary').innerText(), /topics under ".*" of \d+ on the broker/);
-  await shoot(page, 'infrastructure');
+  // Describing the broker is for operators.
+  assert.match(await page.locator('.topics-summary').innerText(), /need the operator role/);
+
+  // So is the audit trail.
+  await visit(page, 'audit', '.audit');
+  assert.match(await page.locator('.audit').innerText(), /needs the operator role/);
   assert.deepEqual(page.errors, []);
   await page.close();
 });
@@ -69,5 +69,24 @@ test('an admin sees the configuration and can set a log level', async () => {
   await card.locator('[role="status"]').waitFor();
   assert.match(await card.locator('[role="status"]').innerText(), /log filter now info,zentra_runtime::server=debug/);
   await shoot(page, 'services');
+
+  await visit(page, 'infrastructure', '.infrastructure');
+  // The broker's topics, including ones nobody consumes, with the records the smoke order produced.
+  await page.waitForSelector('tr.topic-row[data-topic$="notification.events"]', { timeout: 30_000 });
+  await page.waitForSelector('tr.topic-row[data-topic$="inventory.commands.dlq"]');
+  await waitForText(page, 'tr.topic-row[data-topic$="order.events"] td.records', (text) => Number(text) > 0);
+  assert.match(await page.locator('.topics-summary').innerText(), /topics under ".*" of \d+ on the broker/);
+  await shoot(page, 'infrastructure');
+
+  // The log level just set is in the payment service's audit trail, with who set it.
+  await visit(page, 'audit', '.audit');
+  const record = page.locator('tr.audit-record', { hasText: 'SetLogLevel' }).filter({ hasText: 'payment' }).first();
+  await record.waitFor({ timeout: 30_000 });
+  const text = await record.innerText();
+  assert.match(text, /log-filter/);
+  assert.match(text, /key:dev-admin/);
+  assert.match(text, /succeeded/);
+  await shoot(page, 'audit');
+  assert.deepEqual(page.errors, []);
   await page.close();
 });

@@ -3,6 +3,7 @@
 use leptos::{prelude::*, task::spawn_local};
 
 use crate::{
+    audit::Audit,
     chaos::Chaos,
     dead_letters::DeadLetters,
     infrastructure::Infrastructure,
@@ -32,9 +33,11 @@ pub enum Route {
     Services,
     /// Broker, databases, Redis.
     Infrastructure,
+    /// Who did what.
+    Audit,
 }
 
-const NAV: [(&str, &str); 7] = [
+const NAV: [(&str, &str); 8] = [
     ("overview", "Overview"),
     ("sagas", "Sagas"),
     ("simulator", "Simulator"),
@@ -42,6 +45,7 @@ const NAV: [(&str, &str); 7] = [
     ("chaos", "Chaos"),
     ("services", "Services"),
     ("infrastructure", "Infrastructure"),
+    ("audit", "Audit"),
 ];
 
 impl Route {
@@ -56,6 +60,7 @@ impl Route {
                 "chaos" => Route::Chaos,
                 "services" => Route::Services,
                 "infrastructure" => Route::Infrastructure,
+                "audit" => Route::Audit,
                 _ => Route::Overview,
             },
         }
@@ -70,6 +75,7 @@ impl Route {
             Route::Chaos => "chaos",
             Route::Services => "services",
             Route::Infrastructure => "infrastructure",
+            Route::Audit => "audit",
         }
     }
 }
@@ -157,6 +163,7 @@ pub fn App() -> impl IntoView {
                     Route::Chaos => view! { <Chaos /> }.into_any(),
                     Route::Services => view! { <Services /> }.into_any(),
                     Route::Infrastructure => view! { <Infrastructure /> }.into_any(),
+                    Route::Audit => view! { <Audit /> }.into_any(),
                 }
             }}
         </main>

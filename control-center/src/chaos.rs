@@ -93,6 +93,7 @@ pub fn Chaos() -> impl IntoView {
                     .reset_circuit_breaker(api.call(saga::ResetCircuitBreakerRequest {
                         downstream: downstream.clone(),
                         idempotency_key: new_key("reset"),
+                        reason: "reset from the control center".to_owned(),
                     }))
                     .await
                     .map(|_| format!("breaker of {downstream} reset"))
@@ -201,6 +202,7 @@ fn FaultCard(
                         ops::InjectFaultRequest {
                             fault: Some(fault),
                             idempotency_key: new_key("fault"),
+                            reason: "injected from the control center".to_owned(),
                         },
                         service,
                     ))
@@ -223,6 +225,7 @@ fn FaultCard(
                     ops::ClearFaultsRequest {
                         kind: 0,
                         idempotency_key: new_key("clear"),
+                        reason: "cleared from the control center".to_owned(),
                     },
                     service,
                 ))

@@ -89,6 +89,7 @@ pub fn DeadLetters() -> impl IntoView {
                         pb::ReplayDeadLetterRequest {
                             dead_letter_id: record.dead_letter_id.clone(),
                             idempotency_key: new_key("replay"),
+                            reason: "replayed from the control center".to_owned(),
                         },
                         &target,
                     ))

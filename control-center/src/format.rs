@@ -75,6 +75,23 @@ pub fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
     )
 }
 
+/// "2026-12-06 14:03:52" in the browser's time zone; "—" when unset.
+pub fn date_time(timestamp: Option<&prost_types::Timestamp>) -> String {
+    let Some(timestamp) = timestamp else {
+        return "—".to_owned();
+    };
+    let date = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(millis(timestamp)));
+    format!(
+        "{}-{:02}-{:02} {:02}:{:02}:{:02}",
+        date.get_full_year(),
+        date.get_month() + 1,
+        date.get_date(),
+        date.get_hours(),
+        date.get_minutes(),
+        date.get_seconds()
+    )
+}
+
 /// How long from `start` to `end` ("running" without an end).
 pub fn between(
     start: Option<&prost_types::Timestamp>,

@@ -9,7 +9,7 @@ use zentra_proto::ops::v1 as ops;
 use crate::{
     api::{SERVICES, describe},
     format,
-    session::use_session,
+    session::{Role, use_session},
     widgets::{page_alive, shown},
 };
 
@@ -55,15 +55,19 @@ async fn broker_topics(api: &crate::api::Api) -> Result<TopicsView, String> {
 pub fn Infrastructure() -> impl IntoView {
     let session = use_session();
     let links = session.links.clone();
+    // Describing the broker costs a round of broker requests: operators only.
+    let operator = session.can(Role::Operator);
     let api = session.api();
     let views = RwSignal::new(Vec::<ServiceView>::new());
     let topics = RwSignal::new(None::<Result<TopicsView, String>>);
     let alive = page_alive();
     spawn_local(async move {
         while shown(&alive) {
-            let listed = broker_topics(&api).await;
-            if topics.try_set(Some(listed)).is_some() {
-                break;
+            if operator {
+                let listed = broker_topics(&api).await;
+                if topics.try_set(Some(listed)).is_some() {
+                    break;
+                }
             }
             let fetched = futures::future::join_all(SERVICES.iter().map(|service| {
                 let api = api.clone();
@@ -125,6 +129,7 @@ pub fn Infrastructure() -> impl IntoView {
             </div>
             <h2>"Broker: topics"</h2>
             {move || match topics.get() {
+                None if !operator => view! { <p class="hint topics-summary">"The broker's topics need the operator role."</p> }.into_any(),
                 None => view! { <p class="hint">"loading…"</p> }.into_any(),
                 Some(Err(error)) => view! { <p class="error" role="alert">{error}</p> }.into_any(),
                 Some(Ok(TopicsView { service, listing })) => view! {

@@ -2,6 +2,7 @@
 
 mod api;
 mod app;
+mod audit;
 mod chaos;
 mod chart;
 mod dead_letters;

@@ -239,6 +239,7 @@ pub fn SagaDetail(saga_id: String) -> impl IntoView {
                     .retry_saga(api.call(pb::RetrySagaRequest {
                         saga_id,
                         idempotency_key: new_key("retry"),
+                        reason: "retried from the control center".to_owned(),
                     }))
                     .await
                     .map(|_| "retry started".to_owned()),

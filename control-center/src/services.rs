@@ -70,6 +70,7 @@ fn ServiceCard(service: &'static str, api: Api, admin: bool) -> impl IntoView {
                     ops::SetLogLevelRequest {
                         filter: wanted,
                         idempotency_key: new_key("log"),
+                        reason: "set from the control center".to_owned(),
                     },
                     service,
                 ))

@@ -125,6 +125,10 @@ CREATE UNIQUE INDEX dead_letters_identity ON dead_letters (consumer_group, sourc
     WHERE status = 'PENDING';
 "#,
     },
+    SqlMigration {
+        name: "m0000d_runtime_audit_records",
+        up: crate::audit::MIGRATION,
+    },
 ];
 
 /// A pooled connection idle for longer than this is tested before it is handed out.

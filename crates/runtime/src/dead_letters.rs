@@ -20,6 +20,7 @@ use uuid::Uuid;
 use zentra_proto::saga::v1::{self as pb, dead_letter_service_server::DeadLetterService};
 
 use crate::{
+    audit::{Action, Actor, AuditTrail, check_reason},
     config::KafkaConfig,
     fresh_or_replay,
     idempotency::IdempotencyError,
@@ -289,12 +290,17 @@ impl From<DeadLetterError> for Status {
 pub struct DeadLetterApi {
     db: DatabaseConnection,
     producer: EventProducer,
+    audit: AuditTrail,
 }
 
 impl DeadLetterApi {
-    /// The API over `db`, replaying with `producer`.
-    pub fn new(db: DatabaseConnection, producer: EventProducer) -> Self {
-        Self { db, producer }
+    /// The API over `db`, replaying with `producer`, recording replays and dismissals in `audit`.
+    pub fn new(db: DatabaseConnection, producer: EventProducer, audit: AuditTrail) -> Self {
+        Self {
+            db,
+            producer,
+            audit,
+        }
     }
 
     async fn row<C: sea_orm::ConnectionTrait>(
@@ -428,8 +434,40 @@ impl DeadLetterService for DeadLetterApi {
         &self,
         request: Request<pb::ReplayDeadLetterRequest>,
     ) -> Result<Response<pb::ReplayDeadLetterResponse>, Status> {
+        let actor = Actor::of(&request);
         let request = request.into_inner();
+        let action = Action::new(
+            "zentra.saga.v1.DeadLetterService/ReplayDeadLetter",
+            format!("dead-letters/{}", request.dead_letter_id),
+            &request.reason,
+        );
+        self.audit.run(&actor, action, self.replay(request)).await
+    }
+
+    async fn dismiss_dead_letter(
+        &self,
+        request: Request<pb::DismissDeadLetterRequest>,
+    ) -> Result<Response<pb::DismissDeadLetterResponse>, Status> {
+        let actor = Actor::of(&request);
+        let request = request.into_inner();
+        let action = Action::new(
+            "zentra.saga.v1.DeadLetterService/DismissDeadLetter",
+            format!("dead-letters/{}", request.dead_letter_id),
+            &request.reason,
+        );
+        self.audit.run(&actor, action, self.dismiss(request)).await
+    }
+}
+
+impl DeadLetterApi {
+    async fn replay(
+        &self,
+        request: pb::ReplayDeadLetterRequest,
+    ) -> Result<Response<pb::ReplayDeadLetterResponse>, Status> {
         let id = Self::parse_mutation(&request.dead_letter_id, &request.idempotency_key, None)?;
+        let mut violations = Violations::new();
+        check_reason(&request.reason, &mut violations);
+        violations.into_result()?;
         let tx = fresh_or_replay!(&self.db, "ReplayDeadLetter", request, DeadLetterError);
         let row = Self::row(tx.transaction(), id, true).await?;
         pending(&row)?;
@@ -470,11 +508,10 @@ impl DeadLetterService for DeadLetterApi {
         Ok(Response::new(response))
     }
 
-    async fn dismiss_dead_letter(
+    async fn dismiss(
         &self,
-        request: Request<pb::DismissDeadLetterRequest>,
+        request: pb::DismissDeadLetterRequest,
     ) -> Result<Response<pb::DismissDeadLetterResponse>, Status> {
-        let request = request.into_inner();
         let id = Self::parse_mutation(
             &request.dead_letter_id,
             &request.idempotency_key,

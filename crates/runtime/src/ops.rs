@@ -15,12 +15,13 @@ use zentra_proto::ops::v1::{
     GetBuildInfoRequest, GetBuildInfoResponse, GetEffectiveConfigRequest,
     GetEffectiveConfigResponse, GetHealthSummaryRequest, GetHealthSummaryResponse,
     GetLogLevelRequest, GetLogLevelResponse, GetMetricsSnapshotRequest, GetMetricsSnapshotResponse,
-    HealthStatus, InjectFaultRequest, InjectFaultResponse, ListBrokerTopicsRequest,
-    ListBrokerTopicsResponse, ListFaultsRequest, ListFaultsResponse, SetLogLevelRequest,
-    SetLogLevelResponse, ops_service_server::OpsService,
+    HealthStatus, InjectFaultRequest, InjectFaultResponse, ListAuditRecordsRequest,
+    ListAuditRecordsResponse, ListBrokerTopicsRequest, ListBrokerTopicsResponse, ListFaultsRequest,
+    ListFaultsResponse, SetLogLevelRequest, SetLogLevelResponse, ops_service_server::OpsService,
 };
 
 use crate::{
+    audit::{Action, Actor, AuditTrail, check_reason},
     config::ConfigSources,
     faults::{ActiveFault, FaultSpec, Faults},
     kafka::{BrokerTopics, ConsumerLag, EventProducer},
@@ -74,7 +75,14 @@ pub struct OpsContext {
     pub consumer_lag: ConsumerLag,
     /// The service's broker connection and topic prefix, for `ListBrokerTopics`.
     pub broker: Option<(EventProducer, Arc<str>)>,
+    /// Where operator and admin actions are recorded; none in a process without a database
+    /// (the gateway), whose actions are only logged.
+    pub audit: Option<AuditTrail>,
+    /// Recent answers of `ListBrokerTopics` by prefix; the lock makes describing single-flight.
+    broker_topics: Arc<tokio::sync::Mutex<BrokerTopicsCache>>,
 }
+
+type BrokerTopicsCache = std::collections::HashMap<String, (Instant, ListBrokerTopicsResponse)>;
 
 impl OpsContext {
     /// The context of a service starting now, with no faults and empty statistics.
@@ -98,7 +106,16 @@ impl OpsContext {
             rpc_stats: RpcStats::default(),
             consumer_lag: ConsumerLag::default(),
             broker: None,
+            audit: None,
+            broker_topics: Arc::default(),
         }
+    }
+
+    /// Records admin actions (log level, faults, kill) in `audit`.
+    #[must_use]
+    pub fn with_audit(mut self, audit: AuditTrail) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// Lets `ListBrokerTopics` describe the broker through `producer`, by default under the
@@ -141,11 +158,118 @@ impl OpsApi {
     pub fn new(context: OpsContext) -> Self {
         Self { context }
     }
+
+    /// Runs an admin action through the audit trail, when the process has one.
+    async fn audited<T>(
+        &self,
+        actor: &Actor,
+        action: Action,
+        work: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        match &self.context.audit {
+            Some(audit) => audit.run(actor, action, work).await,
+            None => {
+                let result = work.await;
+                tracing::info!(
+                    rpc = action.rpc,
+                    target = %action.target,
+                    caller = %actor.caller,
+                    role = %actor.role,
+                    ok = result.is_ok(),
+                    "admin action (this process keeps no audit trail)"
+                );
+                result
+            }
+        }
+    }
+
+    async fn change_log_filter(
+        &self,
+        request: SetLogLevelRequest,
+    ) -> Result<SetLogLevelResponse, Status> {
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        check_reason(&request.reason, &mut violations);
+        violations.into_result()?;
+        let previous = self
+            .context
+            .telemetry
+            .log_filter()
+            .set(&request.filter)
+            .map_err(|error| crate::status::invalid_field("filter", &error.reason))?;
+        tracing::info!(filter = %request.filter, previous = %previous, "log filter changed");
+        Ok(SetLogLevelResponse {
+            previous_filter: previous,
+            filter: request.filter,
+        })
+    }
+
+    async fn inject(&self, request: InjectFaultRequest) -> Result<InjectFaultResponse, Status> {
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        check_reason(&request.reason, &mut violations);
+        let fault = request.fault.unwrap_or_default();
+        let spec = fault_from_proto(&fault, &mut violations);
+        let duration = match fault.duration {
+            Some(duration) => from_proto_duration(&duration, "fault.duration", &mut violations),
+            None => None,
+        };
+        if duration.is_some_and(|duration| duration > MAX_FAULT_DURATION) {
+            violations.add("fault.duration", "must be at most 24h");
+        }
+        violations.into_result()?;
+        let Some(spec) = spec else {
+            return Err(crate::status::invalid_field("fault.kind", "is required"));
+        };
+        let kill = spec == FaultSpec::Kill;
+        let active = self.context.faults.inject(spec, duration);
+        tracing::warn!(kind = active.spec.kind(), "fault injected");
+        if kill {
+            // Answer (and finish the audit record) first, then die the way a crash does: no
+            // graceful shutdown, no flush.
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                std::process::exit(137);
+            });
+        }
+        Ok(InjectFaultResponse {
+            fault: Some(fault_to_proto(&active)),
+        })
+    }
+
+    async fn clear(&self, request: ClearFaultsRequest) -> Result<ClearFaultsResponse, Status> {
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        check_reason(&request.reason, &mut violations);
+        violations.into_result()?;
+        let kind = match FaultKind::try_from(request.kind) {
+            Ok(FaultKind::Unspecified) => None,
+            Ok(FaultKind::Latency) => Some("latency"),
+            Ok(FaultKind::ErrorRate) => Some("error_rate"),
+            Ok(FaultKind::TpsLimit) => Some("tps_limit"),
+            Ok(FaultKind::Kill) => Some("kill"),
+            Err(_) => return Err(crate::status::invalid_field("kind", "unknown fault kind")),
+        };
+        let cleared = self.context.faults.clear(kind);
+        tracing::info!(kind = kind.unwrap_or("all"), cleared, "faults cleared");
+        Ok(ClearFaultsResponse {
+            cleared: i32::try_from(cleared).unwrap_or(i32::MAX),
+        })
+    }
+}
+
+/// "KILL" for `FAULT_KIND_KILL`.
+fn kind_name(kind: FaultKind) -> &'static str {
+    kind.as_str_name().trim_start_matches("FAULT_KIND_")
 }
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time allowed for the metadata and watermark requests of one `ListBrokerTopics`.
 const DESCRIBE_BUDGET: Duration = Duration::from_secs(5);
+/// How long one description of the broker's topics answers `ListBrokerTopics`.
+const BROKER_TOPICS_TTL: Duration = Duration::from_secs(5);
+/// Prefixes whose description is kept at once; callers choose prefixes, so the cache is bounded.
+const MAX_CACHED_PREFIXES: usize = 16;
 /// Kafka's own limit on a topic name's length.
 const MAX_TOPIC_NAME: usize = 249;
 
@@ -243,21 +367,16 @@ impl OpsService for OpsApi {
         &self,
         request: Request<SetLogLevelRequest>,
     ) -> Result<Response<SetLogLevelResponse>, Status> {
+        let actor = Actor::of(&request);
         let request = request.into_inner();
-        let mut violations = Violations::new();
-        check_idempotency_key(&request.idempotency_key, &mut violations);
-        violations.into_result()?;
-        let previous = self
-            .context
-            .telemetry
-            .log_filter()
-            .set(&request.filter)
-            .map_err(|error| crate::status::invalid_field("filter", &error.reason))?;
-        tracing::info!(filter = %request.filter, previous = %previous, "log filter changed");
-        Ok(Response::new(SetLogLevelResponse {
-            previous_filter: previous,
-            filter: request.filter,
-        }))
+        let action = Action::new(
+            "zentra.ops.v1.OpsService/SetLogLevel",
+            "log-filter",
+            &request.reason,
+        );
+        self.audited(&actor, action, self.change_log_filter(request))
+            .await
+            .map(Response::new)
     }
 
     async fn list_faults(
@@ -278,58 +397,56 @@ impl OpsService for OpsApi {
         &self,
         request: Request<InjectFaultRequest>,
     ) -> Result<Response<InjectFaultResponse>, Status> {
+        let actor = Actor::of(&request);
         let request = request.into_inner();
-        let mut violations = Violations::new();
-        check_idempotency_key(&request.idempotency_key, &mut violations);
-        let fault = request.fault.unwrap_or_default();
-        let spec = fault_from_proto(&fault, &mut violations);
-        let duration = match fault.duration {
-            Some(duration) => from_proto_duration(&duration, "fault.duration", &mut violations),
-            None => None,
-        };
-        if duration.is_some_and(|duration| duration > MAX_FAULT_DURATION) {
-            violations.add("fault.duration", "must be at most 24h");
-        }
-        violations.into_result()?;
-        let Some(spec) = spec else {
-            return Err(crate::status::invalid_field("fault.kind", "is required"));
-        };
-        let kill = spec == FaultSpec::Kill;
-        let active = self.context.faults.inject(spec, duration);
-        tracing::warn!(kind = active.spec.kind(), "fault injected");
-        if kill {
-            // Answer first, then die the way a crash does: no graceful shutdown, no flush.
-            tokio::spawn(async {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                std::process::exit(137);
-            });
-        }
-        Ok(Response::new(InjectFaultResponse {
-            fault: Some(fault_to_proto(&active)),
-        }))
+        let kind = request
+            .fault
+            .as_ref()
+            .and_then(|fault| FaultKind::try_from(fault.kind).ok())
+            .map_or("UNKNOWN", |kind| kind_name(kind));
+        let action = Action::new(
+            "zentra.ops.v1.OpsService/InjectFault",
+            format!("faults/{kind}"),
+            &request.reason,
+        );
+        self.audited(&actor, action, self.inject(request))
+            .await
+            .map(Response::new)
     }
 
     async fn clear_faults(
         &self,
         request: Request<ClearFaultsRequest>,
     ) -> Result<Response<ClearFaultsResponse>, Status> {
+        let actor = Actor::of(&request);
         let request = request.into_inner();
-        let mut violations = Violations::new();
-        check_idempotency_key(&request.idempotency_key, &mut violations);
-        violations.into_result()?;
-        let kind = match FaultKind::try_from(request.kind) {
-            Ok(FaultKind::Unspecified) => None,
-            Ok(FaultKind::Latency) => Some("latency"),
-            Ok(FaultKind::ErrorRate) => Some("error_rate"),
-            Ok(FaultKind::TpsLimit) => Some("tps_limit"),
-            Ok(FaultKind::Kill) => Some("kill"),
-            Err(_) => return Err(crate::status::invalid_field("kind", "unknown fault kind")),
+        let target = match FaultKind::try_from(request.kind) {
+            Ok(FaultKind::Unspecified) => "faults".to_owned(),
+            Ok(kind) => format!("faults/{}", kind_name(kind)),
+            Err(_) => "faults/UNKNOWN".to_owned(),
         };
-        let cleared = self.context.faults.clear(kind);
-        tracing::info!(kind = kind.unwrap_or("all"), cleared, "faults cleared");
-        Ok(Response::new(ClearFaultsResponse {
-            cleared: i32::try_from(cleared).unwrap_or(i32::MAX),
-        }))
+        let action = Action::new(
+            "zentra.ops.v1.OpsService/ClearFaults",
+            target,
+            &request.reason,
+        );
+        self.audited(&actor, action, self.clear(request))
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_audit_records(
+        &self,
+        request: Request<ListAuditRecordsRequest>,
+    ) -> Result<Response<ListAuditRecordsResponse>, Status> {
+        let Some(audit) = &self.context.audit else {
+            return Err(Status::failed_precondition(format!(
+                "{} keeps no audit trail (it has no database); its admin actions are logged. \
+                 Ask a service by name",
+                self.context.service
+            )));
+        };
+        audit.list(request.get_ref()).await.map(Response::new)
     }
 
     async fn get_metrics_snapshot(
@@ -365,11 +482,22 @@ impl OpsService for OpsApi {
                 "must not contain control characters",
             ));
         }
+        // One description at a time per process, and one per prefix every few seconds: however
+        // many screens ask, the broker answers a bounded number of requests.
+        let mut cache = self.context.broker_topics.lock().await;
+        cache.retain(|_, (at, _)| at.elapsed() < BROKER_TOPICS_TTL);
+        if let Some((_, answer)) = cache.get(&prefix) {
+            return Ok(Response::new(answer.clone()));
+        }
         let described = producer
             .describe_topics(prefix.clone(), DESCRIBE_BUDGET)
             .await
             .map_err(|error| Status::unavailable(format!("the broker did not answer: {error}")))?;
-        Ok(Response::new(broker_topics_to_proto(described, prefix)))
+        let answer = broker_topics_to_proto(described, prefix.clone());
+        if cache.len() < MAX_CACHED_PREFIXES {
+            cache.insert(prefix, (Instant::now(), answer.clone()));
+        }
+        Ok(Response::new(answer))
     }
 }
 

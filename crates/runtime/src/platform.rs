@@ -12,6 +12,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use zentra_proto::saga::v1::dead_letter_service_server::DeadLetterServiceServer;
 
 use crate::{
+    audit::AuditTrail,
     commands::{self, CommandConsumer, CommandHandler},
     config::{CommonConfig, ConfigSources, ServiceConfig, to_toml},
     db::{self, PostgresProbe, SqlMigration},
@@ -50,6 +51,8 @@ pub struct Platform {
     pub relay: OutboxRelay,
     /// What the ops service reports.
     pub ops: OpsContext,
+    /// Where operator and admin actions are recorded.
+    pub audit: AuditTrail,
     /// Cancelled at shutdown; background tasks stop on it.
     pub shutdown: CancellationToken,
     /// Cancelled when the server stops taking calls, before it waits for open ones: long
@@ -99,6 +102,8 @@ impl Platform {
             probes,
         )
         .with_broker(producer.clone(), &common.kafka.topic_prefix);
+        let audit = AuditTrail::new(db.clone(), info.name);
+        let ops = ops.with_audit(audit.clone());
         tracing::info!(
             service = info.name,
             "platform ready: database migrated, topics present"
@@ -110,6 +115,7 @@ impl Platform {
             producer,
             relay,
             ops,
+            audit,
             shutdown: CancellationToken::new(),
             draining: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -233,6 +239,7 @@ impl Platform {
             .add_service(DeadLetterServiceServer::new(DeadLetterApi::new(
                 self.db.clone(),
                 self.producer.clone(),
+                self.audit.clone(),
             )))
     }
 }

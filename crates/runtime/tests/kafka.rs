@@ -671,7 +671,11 @@ async fn a_message_that_keeps_failing_is_dead_lettered_then_replayed_or_dismisse
     let consumer = EventConsumer::new(&config, settings, db.clone()).expect("consumer");
     let running = tokio::spawn(consumer.run(handler.clone(), stop.clone()));
 
-    let api = DeadLetterApi::new(db.clone(), producer.clone());
+    let api = DeadLetterApi::new(
+        db.clone(),
+        producer.clone(),
+        zentra_runtime::audit::AuditTrail::new(db.clone(), "test"),
+    );
     let list = |status: pb::DeadLetterStatus| {
         let request = pb::ListDeadLettersRequest {
             source_topic: topic.clone(),
@@ -724,6 +728,7 @@ async fn a_message_that_keeps_failing_is_dead_lettered_then_replayed_or_dismisse
     let replay = |key: &str| pb::ReplayDeadLetterRequest {
         dead_letter_id: bad_1.dead_letter_id.clone(),
         idempotency_key: key.to_owned(),
+        reason: String::new(),
     };
     let replayed = api
         .replay_dead_letter(tonic::Request::new(replay("replay-1")))

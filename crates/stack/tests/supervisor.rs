@@ -1,6 +1,7 @@
-//! The stack binary itself, with one real service under it: a kill fault takes the service down
-//! and the supervisor brings it back healthy; a log level set through ops changes the log at
-//! once; SIGTERM stops everything cleanly.
+//! The stack binary itself, with one real service and the gateway under it: a kill fault sent
+//! through the gateway takes the service down, the supervisor brings it back healthy, and the
+//! service's audit trail names the admin who killed it; a log level set through ops changes the
+//! log at once; SIGTERM stops everything cleanly.
 
 use std::{
     path::PathBuf,
@@ -13,6 +14,7 @@ use tokio::{
     io::{AsyncBufReadExt as _, BufReader},
     process::Command,
 };
+use tonic::metadata::MetadataValue;
 use zentra_proto::ops::v1::{self as ops, ops_service_client::OpsServiceClient};
 use zentra_test_support::{
     TestDatabase, delete_topics, eventually, kafka_bootstrap, unique_suffix,
@@ -82,7 +84,7 @@ impl Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_service_comes_back_and_log_levels_change_without_a_restart() {
+async fn a_killed_service_comes_back_its_audit_trail_names_the_killer_and_log_levels_change_live() {
     let bin_dir = binaries();
     let suffix = unique_suffix();
     let db_prefix = format!("zt_stack_{suffix}_");
@@ -93,11 +95,13 @@ async fn a_killed_service_comes_back_and_log_levels_change_without_a_restart() {
     let state_dir = std::env::temp_dir().join(format!("zentra-stack-{suffix}"));
     let base_port = free_base_port();
     let port = base_port + 1;
+    let gateway_port = free_base_port() + 1;
 
     let mut stack = Command::new(bin_dir.join("zentra-stack"))
-        .args(["--only", "inventory", "--state-dir"])
+        .args(["--only", "inventory,gateway", "--state-dir"])
         .arg(&state_dir)
         .env("ZENTRA_STACK_BASE_PORT", base_port.to_string())
+        .env("ZENTRA_STACK_GATEWAY_PORT", gateway_port.to_string())
         .env("ZENTRA_STACK_KAFKA", kafka_bootstrap())
         .env("ZENTRA_STACK_DB_PREFIX", &db_prefix)
         .env("ZENTRA_STACK_TOPIC_PREFIX", &topic_prefix)
@@ -153,6 +157,7 @@ async fn a_killed_service_comes_back_and_log_levels_change_without_a_restart() {
         .set_log_level(ops::SetLogLevelRequest {
             filter: "info,zentra_runtime::server=debug".to_owned(),
             idempotency_key: "log-1".to_owned(),
+            reason: String::new(),
         })
         .await
         .expect("log level set");
@@ -169,15 +174,35 @@ async fn a_killed_service_comes_back_and_log_levels_change_without_a_restart() {
         .await;
     assert!(!output.contains(|line| line.contains("restarted")));
 
-    // Kill: the service dies as a crash would, and the supervisor starts it again.
-    client
-        .inject_fault(ops::InjectFaultRequest {
-            fault: Some(ops::Fault {
-                kind: ops::FaultKind::Kill as i32,
-                ..Default::default()
-            }),
-            idempotency_key: "kill-1".to_owned(),
-        })
+    // Kill, by an admin through the gateway: the service dies as a crash would, and the
+    // supervisor starts it again.
+    let admin_key = std::fs::read_to_string(state_dir.join(zentra_stack::keys::KEYS_FILE))
+        .expect("dev keys")
+        .lines()
+        .find_map(|line| line.strip_prefix("ZENTRA_ADMIN_KEY=").map(str::to_owned))
+        .expect("admin key");
+    fn as_admin<T>(key: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let metadata = request.metadata_mut();
+        metadata.insert("x-api-key", MetadataValue::try_from(key).expect("ascii"));
+        metadata.insert("x-zentra-service", MetadataValue::from_static("inventory"));
+        request
+    }
+    let mut gateway = OpsServiceClient::connect(format!("http://127.0.0.1:{gateway_port}"))
+        .await
+        .expect("connect to the gateway");
+    gateway
+        .inject_fault(as_admin(
+            &admin_key,
+            ops::InjectFaultRequest {
+                fault: Some(ops::Fault {
+                    kind: ops::FaultKind::Kill as i32,
+                    ..Default::default()
+                }),
+                idempotency_key: "kill-1".to_owned(),
+                reason: "rehearsing a crash".to_owned(),
+            },
+        ))
         .await
         .expect("kill accepted");
     output
@@ -206,6 +231,43 @@ async fn a_killed_service_comes_back_and_log_levels_change_without_a_restart() {
         .into_inner()
         .faults;
     assert!(faults.is_empty());
+    // The new process reads the kill from the trail the old one wrote before it died.
+    let records = gateway
+        .list_audit_records(as_admin(
+            &admin_key,
+            ops::ListAuditRecordsRequest {
+                action: "zentra.ops.v1.OpsService/InjectFault".to_owned(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("audit records")
+        .into_inner()
+        .audit_records;
+    let [kill] = records.as_slice() else {
+        panic!("one kill recorded: {records:?}");
+    };
+    assert_eq!(kill.service, "inventory");
+    assert_eq!(kill.target, "faults/KILL");
+    assert_eq!(kill.caller, "key:dev-admin");
+    assert_eq!(kill.role, "admin");
+    assert_eq!(kill.reason, "rehearsing a crash");
+    assert_eq!(kill.outcome, ops::AuditOutcome::Succeeded as i32);
+    assert_eq!(kill.status_code, "OK");
+    assert!(kill.request_time.is_some() && kill.finish_time.is_some());
+    // The log level change came straight to the service port: recorded, with no caller.
+    let direct = client
+        .list_audit_records(ops::ListAuditRecordsRequest {
+            action: "zentra.ops.v1.OpsService/SetLogLevel".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("audit records")
+        .into_inner()
+        .audit_records;
+    assert_eq!(direct.len(), 1, "{direct:?}");
+    assert_eq!(direct[0].caller, "anonymous");
+    assert!(direct[0].peer.starts_with("127.0.0.1:"), "{direct:?}");
 
     // SIGTERM: everything stops, and the stack says so.
     let pid = stack.id().expect("pid").to_string();

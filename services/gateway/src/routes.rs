@@ -110,6 +110,12 @@ const OPERATOR: &[&str] = &[
     "zentra.inventory.v1.InventoryService/AdjustStock",
 ];
 
+/// Reads for operators: who did what, and what costs the broker a round of requests.
+const OPERATOR_READS: &[&str] = &[
+    "zentra.ops.v1.OpsService/ListAuditRecords",
+    "zentra.ops.v1.OpsService/ListBrokerTopics",
+];
+
 /// Admin actions: they change how a service behaves, or show its configuration.
 const ADMIN: &[&str] = &[
     "zentra.ops.v1.OpsService/SetLogLevel",
@@ -225,7 +231,7 @@ fn target_of(service: &str) -> Option<Target> {
 fn access_of(path: &str, method: &str) -> Access {
     if ADMIN.contains(&path) {
         Access::Role(Role::Admin)
-    } else if OPERATOR.contains(&path) {
+    } else if OPERATOR.contains(&path) || OPERATOR_READS.contains(&path) {
         Access::Role(Role::Operator)
     } else if ["Get", "BatchGet", "List", "Watch"]
         .iter()

@@ -8,6 +8,7 @@ use zentra_proto::{
     saga::v1::{self as pb, circuit_breaker_service_server::CircuitBreakerService},
 };
 use zentra_runtime::{
+    audit::{Action, Actor, AuditTrail, check_reason},
     circuit_breaker::BreakerSettings,
     paging::Page,
     status::{Violations, check_idempotency_key},
@@ -19,12 +20,17 @@ use crate::{convert, domain::Downstream, engine::Engine};
 pub struct BreakerApi {
     engine: Arc<Engine>,
     settings: BreakerSettings,
+    audit: AuditTrail,
 }
 
 impl BreakerApi {
-    /// The API over the engine's breakers.
-    pub fn new(engine: Arc<Engine>, settings: BreakerSettings) -> Self {
-        Self { engine, settings }
+    /// The API over the engine's breakers; resets are recorded in `audit`.
+    pub fn new(engine: Arc<Engine>, settings: BreakerSettings, audit: AuditTrail) -> Self {
+        Self {
+            engine,
+            settings,
+            audit,
+        }
     }
 }
 
@@ -66,9 +72,25 @@ impl CircuitBreakerService for BreakerApi {
         &self,
         request: Request<pb::ResetCircuitBreakerRequest>,
     ) -> Result<Response<pb::ResetCircuitBreakerResponse>, Status> {
+        let actor = Actor::of(&request);
         let request = request.into_inner();
+        let action = Action::new(
+            "zentra.saga.v1.CircuitBreakerService/ResetCircuitBreaker",
+            format!("circuit-breakers/{}", request.downstream),
+            &request.reason,
+        );
+        self.audit.run(&actor, action, self.reset(request)).await
+    }
+}
+
+impl BreakerApi {
+    async fn reset(
+        &self,
+        request: pb::ResetCircuitBreakerRequest,
+    ) -> Result<Response<pb::ResetCircuitBreakerResponse>, Status> {
         let mut violations = Violations::new();
         check_idempotency_key(&request.idempotency_key, &mut violations);
+        check_reason(&request.reason, &mut violations);
         violations.into_result()?;
         let Some(downstream) = Downstream::ALL
             .into_iter()

@@ -13,6 +13,7 @@ use zentra_proto::{
     saga::v1::{self as pb, saga_service_server::SagaService},
 };
 use zentra_runtime::{
+    audit::{Action, Actor, AuditTrail, check_reason},
     deadline, fresh_or_replay,
     paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
@@ -35,12 +36,18 @@ const APPLY_WAIT: Duration = Duration::from_secs(3);
 pub struct SagaApi {
     engine: Arc<Engine>,
     feed: watch::ChangeFeed,
+    audit: AuditTrail,
 }
 
 impl SagaApi {
-    /// The API over `engine`; Watch streams hear `feed`.
-    pub fn new(engine: Arc<Engine>, feed: watch::ChangeFeed) -> Self {
-        Self { engine, feed }
+    /// The API over `engine`; Watch streams hear `feed`; retry, cancel and resume are recorded in
+    /// `audit`.
+    pub fn new(engine: Arc<Engine>, feed: watch::ChangeFeed, audit: AuditTrail) -> Self {
+        Self {
+            engine,
+            feed,
+            audit,
+        }
     }
 
     async fn load(&self, id: Uuid) -> Result<Saga, SagaError> {
@@ -267,9 +274,54 @@ impl SagaService for SagaApi {
         &self,
         request: Request<pb::RetrySagaRequest>,
     ) -> Result<Response<pb::RetrySagaResponse>, Status> {
+        let actor = Actor::of(&request);
         let request = request.into_inner();
+        let action = Action::new(
+            "zentra.saga.v1.SagaService/RetrySaga",
+            format!("sagas/{}", request.saga_id),
+            &request.reason,
+        );
+        self.audit.run(&actor, action, self.retry(request)).await
+    }
+
+    async fn cancel_saga(
+        &self,
+        request: Request<pb::CancelSagaRequest>,
+    ) -> Result<Response<pb::CancelSagaResponse>, Status> {
+        let actor = Actor::of(&request);
+        let request = request.into_inner();
+        let action = Action::new(
+            "zentra.saga.v1.SagaService/CancelSaga",
+            format!("sagas/{}", request.saga_id),
+            &request.reason,
+        );
+        self.audit.run(&actor, action, self.cancel(request)).await
+    }
+
+    async fn resume_saga(
+        &self,
+        request: Request<pb::ResumeSagaRequest>,
+    ) -> Result<Response<pb::ResumeSagaResponse>, Status> {
+        let actor = Actor::of(&request);
+        let request = request.into_inner();
+        let action = Action::new(
+            "zentra.saga.v1.SagaService/ResumeSaga",
+            format!("sagas/{}", request.saga_id),
+            &request.reason,
+        );
+        self.audit.run(&actor, action, self.resume(request)).await
+    }
+}
+
+/// The operator actions, run inside the audit trail.
+impl SagaApi {
+    async fn retry(
+        &self,
+        request: pb::RetrySagaRequest,
+    ) -> Result<Response<pb::RetrySagaResponse>, Status> {
         let mut violations = Violations::new();
         check_idempotency_key(&request.idempotency_key, &mut violations);
+        check_reason(&request.reason, &mut violations);
         let id = parse_uuid("saga_id", &request.saga_id, &mut violations);
         let (Some(id), true) = (id, violations.is_empty()) else {
             return Err(violations.into_status());
@@ -297,11 +349,10 @@ impl SagaService for SagaApi {
         }))
     }
 
-    async fn cancel_saga(
+    async fn cancel(
         &self,
-        request: Request<pb::CancelSagaRequest>,
+        request: pb::CancelSagaRequest,
     ) -> Result<Response<pb::CancelSagaResponse>, Status> {
-        let request = request.into_inner();
         let mut violations = Violations::new();
         check_idempotency_key(&request.idempotency_key, &mut violations);
         let id = parse_uuid("saga_id", &request.saga_id, &mut violations);
@@ -333,11 +384,10 @@ impl SagaService for SagaApi {
         }))
     }
 
-    async fn resume_saga(
+    async fn resume(
         &self,
-        request: Request<pb::ResumeSagaRequest>,
+        request: pb::ResumeSagaRequest,
     ) -> Result<Response<pb::ResumeSagaResponse>, Status> {
-        let request = request.into_inner();
         let mut violations = Violations::new();
         check_idempotency_key(&request.idempotency_key, &mut violations);
         let id = parse_uuid("saga_id", &request.saga_id, &mut violations);

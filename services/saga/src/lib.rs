@@ -136,10 +136,12 @@ impl SagaOrchestrator {
             .add_service(SagaServiceServer::new(grpc::SagaApi::new(
                 engine.clone(),
                 watch::ChangeFeed::new(engine.clone(), &settings.watch, platform.draining.clone()),
+                platform.audit.clone(),
             )))
             .add_service(CircuitBreakerServiceServer::new(breakers::BreakerApi::new(
                 engine,
                 settings.circuit_breaker.clone(),
+                platform.audit.clone(),
             )))
             .bind()
             .await?;

@@ -111,6 +111,7 @@ async fn roles_decide_what_a_caller_may_do() {
             ..Default::default()
         }),
         idempotency_key: "fault-1".to_owned(),
+        reason: String::new(),
     };
     let denied = ops
         .inject_fault(for_service(with_key(fault(), &keys.operator), "inventory"))
@@ -164,6 +165,7 @@ async fn roles_decide_what_a_caller_may_do() {
             ops::ClearFaultsRequest {
                 kind: 0,
                 idempotency_key: "clear-1".to_owned(),
+                reason: String::new(),
             },
             &keys.admin,
         ),
@@ -350,6 +352,7 @@ async fn a_call_without_a_deadline_gets_the_gateways_default() {
                     ..Default::default()
                 }),
                 idempotency_key: "slow-1".to_owned(),
+                reason: String::new(),
             },
             &platform.keys.admin,
         ),

@@ -31,6 +31,7 @@ impl Faults {
                     ops::InjectFaultRequest {
                         fault: Some(fault),
                         idempotency_key: format!("fault-{}", self.next_key),
+                        reason: String::new(),
                     },
                     &self.admin,
                 ),
@@ -51,6 +52,7 @@ impl Faults {
                     ops::ClearFaultsRequest {
                         kind: 0,
                         idempotency_key: format!("clear-{}", self.next_key),
+                        reason: String::new(),
                     },
                     &self.admin,
                 ),

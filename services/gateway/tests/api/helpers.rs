@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
+use sea_orm::ConnectionTrait as _;
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 use zentra_gateway::{
     Gateway,
@@ -16,6 +17,8 @@ use zentra_proto::{
 };
 use zentra_runtime::{
     config::{Secret, SecretUrl},
+    dead_letters::{DeadLetterSink, FailedRecord},
+    kafka::EventProducer,
     platform::RunningService,
     server::RunningServer,
 };
@@ -55,6 +58,7 @@ impl Default for GatewayOptions {
 }
 
 /// One API key per role, fresh per test.
+#[derive(Clone)]
 pub struct Keys {
     pub viewer: String,
     pub operator: String,
@@ -202,6 +206,43 @@ impl Platform {
         (address, channel)
     }
 
+    /// Parks a record of inventory's command topic as its consumer would after giving up on it,
+    /// and returns the dead letter's id.
+    pub async fn park_dead_letter(&self, payload: &[u8]) -> String {
+        let kafka = self.env.common_config().kafka;
+        let producer = EventProducer::new(&kafka, "test").expect("producer");
+        let topic = format!("{}inventory.commands", self.env.prefix);
+        DeadLetterSink::new(self.inventory.db().clone(), producer, kafka)
+            .park(
+                &format!("{}inventory", self.env.prefix),
+                &FailedRecord {
+                    topic: topic.clone(),
+                    partition: 0,
+                    offset: 7,
+                    key: b"order-1".to_vec(),
+                    headers: Vec::new(),
+                    payload: payload.to_vec(),
+                    event: None,
+                    first_failure: std::time::SystemTime::now(),
+                },
+                "cannot decode the command",
+                5,
+            )
+            .await
+            .expect("parked");
+        let row = self
+            .inventory
+            .db()
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT id::text AS id FROM dead_letters ORDER BY id DESC LIMIT 1",
+            ))
+            .await
+            .expect("query")
+            .expect("a dead letter");
+        row.try_get::<String>("", "id").expect("id")
+    }
+
     /// Address of the inventory service itself (to check what reached it).
     pub fn inventory_addr(&self) -> SocketAddr {
         self.inventory.local_addr()
@@ -218,6 +259,7 @@ impl Platform {
             .topics
             .iter()
             .chain(zentra_inventory::INFO.topics)
+            .chain(&["inventory.commands.dlq"])
             .map(|base| format!("{}{base}", self.env.prefix))
             .collect();
         self.inventory_database

@@ -237,6 +237,7 @@ async fn ops_changes_log_level_injects_faults_and_metrics_count_rpcs() {
         .set_log_level(ops::SetLogLevelRequest {
             filter: "warn,zentra_inventory=debug".to_owned(),
             idempotency_key: "log-1".to_owned(),
+            reason: String::new(),
         })
         .await
         .expect("log level set")
@@ -251,6 +252,7 @@ async fn ops_changes_log_level_injects_faults_and_metrics_count_rpcs() {
     ops.set_log_level(ops::SetLogLevelRequest {
         filter: changed.previous_filter,
         idempotency_key: "log-2".to_owned(),
+        reason: String::new(),
     })
     .await
     .expect("restored");
@@ -258,6 +260,7 @@ async fn ops_changes_log_level_injects_faults_and_metrics_count_rpcs() {
         .set_log_level(ops::SetLogLevelRequest {
             filter: "[[[".to_owned(),
             idempotency_key: "log-3".to_owned(),
+            reason: String::new(),
         })
         .await
         .expect_err("bad filter");
@@ -276,6 +279,7 @@ async fn ops_changes_log_level_injects_faults_and_metrics_count_rpcs() {
                 ..Default::default()
             }),
             idempotency_key: "fault-forever".to_owned(),
+            reason: String::new(),
         })
         .await
         .expect_err("too long");
@@ -289,6 +293,7 @@ async fn ops_changes_log_level_injects_faults_and_metrics_count_rpcs() {
             ..Default::default()
         }),
         idempotency_key: "fault-1".to_owned(),
+        reason: String::new(),
     })
     .await
     .expect("fault injected");
@@ -318,6 +323,7 @@ async fn ops_changes_log_level_injects_faults_and_metrics_count_rpcs() {
     ops.clear_faults(ops::ClearFaultsRequest {
         kind: 0,
         idempotency_key: "clear-1".to_owned(),
+        reason: String::new(),
     })
     .await
     .expect("cleared");

@@ -115,6 +115,7 @@ async fn an_operator_cancels_a_saga_while_watch_streams_each_transition_to_the_e
         .retry_saga(pb::RetrySagaRequest {
             saga_id: saga.saga_id.clone(),
             idempotency_key: "retry-1".to_owned(),
+            reason: String::new(),
         })
         .await
         .expect_err("nothing scheduled");

@@ -502,6 +502,7 @@ async fn a_poison_event_is_dead_lettered_without_blocking_and_a_replay_after_the
             .replay_dead_letter(pb::ReplayDeadLetterRequest {
                 dead_letter_id: parked.dead_letter_id.clone(),
                 idempotency_key: "replay-1".to_owned(),
+                reason: "the consumer is fixed".to_owned(),
             })
             .await
             .expect("replayed");
