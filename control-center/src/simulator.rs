@@ -26,6 +26,9 @@ use crate::{
     widgets::{page_alive, shown},
 };
 
+/// The fastest load the simulator sends: the gateway's default PlaceOrder limit per caller.
+const MAX_RATE: u32 = 50;
+
 /// A product with stock enough for any simulation.
 const SKU: &str = "SIM-MUG";
 const STOCK: i64 = 1_000_000;
@@ -313,7 +316,7 @@ fn LoadTester(api: Api, operator: bool) -> impl IntoView {
         move |_| {
             let (total, per_second, declined) = (
                 count.get_untracked().clamp(1, 1000),
-                rate.get_untracked().clamp(1, 100),
+                rate.get_untracked().clamp(1, MAX_RATE),
                 declined_percent.get_untracked().min(100),
             );
             stop.store(false, Ordering::Relaxed);
@@ -412,7 +415,7 @@ fn LoadTester(api: Api, operator: bool) -> impl IntoView {
         <p class="hint">"At most 1000 orders at up to 100 per second; stops by itself. Latency runs from each order's intended send time to its saga's end."</p>
         <div class="filters">
             <label>"Orders"<input name="count" type="number" min="1" max="1000" prop:value=move || count.get().to_string() on:input=number(count) /></label>
-            <label>"Per second"<input name="rate" type="number" min="1" max="100" prop:value=move || rate.get().to_string() on:input=number(rate) /></label>
+            <label>"Per second"<input name="rate" type="number" min="1" max=MAX_RATE prop:value=move || rate.get().to_string() on:input=number(rate) /></label>
             <label>"Declined %"<input name="declined" type="number" min="0" max="100" prop:value=move || declined_percent.get().to_string() on:input=number(declined_percent) /></label>
             <button name="run-load" disabled=move || !operator || stats.with(|stats| stats.running) on:click=run>"Run"</button>
             <button name="stop-load" class="quiet" disabled=move || !stats.with(|stats| stats.running) on:click=stop_now>"Stop"</button>

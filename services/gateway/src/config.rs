@@ -172,10 +172,21 @@ pub struct RateLimitSettings {
     pub key_prefix: String,
     /// The limit of each caller on each route without its own.
     pub default: Limit,
-    /// Limits of single routes (`zentra.order.v1.OrderService/PlaceOrder`), per caller.
+    /// Limits of single routes (`zentra.order.v1.OrderService/PlaceOrder`), per caller. Setting
+    /// this table replaces the default one, which limits PlaceOrder below the platform's
+    /// measured peak (docs/BENCHMARKS.md).
     pub routes: BTreeMap<String, Limit>,
-    /// What happens when Redis does not answer in time.
+    /// Each caller's budget across every route together, so more routes do not mean more calls.
+    pub per_caller: Limit,
+    /// Each client address's budget, spent by every call that needs credentials, whether they
+    /// are right or wrong: guessing keys costs the guesser. (Behind a proxy every caller shares
+    /// the proxy's address; raise it there.)
+    pub per_address: Limit,
+    /// What happens to reads when Redis does not answer in time.
     pub when_unavailable: UnavailablePolicy,
+    /// What happens to operator and admin actions (PlaceOrder, CancelOrder, saga and dead-letter
+    /// actions, faults) when Redis does not answer in time.
+    pub when_unavailable_for_actions: UnavailablePolicy,
     /// How long a limit check may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -191,8 +202,25 @@ impl Default for RateLimitSettings {
                 per_second: 200.0,
                 burst: 400,
             },
-            routes: BTreeMap::new(),
+            // The measured peak is 75.9 orders/s for the whole platform (docs/BENCHMARKS.md): one
+            // caller alone cannot push it past that.
+            routes: BTreeMap::from([(
+                "zentra.order.v1.OrderService/PlaceOrder".to_owned(),
+                Limit {
+                    per_second: 50.0,
+                    burst: 100,
+                },
+            )]),
+            per_caller: Limit {
+                per_second: 400.0,
+                burst: 800,
+            },
+            per_address: Limit {
+                per_second: 500.0,
+                burst: 1000,
+            },
             when_unavailable: UnavailablePolicy::FailOpen,
+            when_unavailable_for_actions: UnavailablePolicy::FailClosed,
             timeout: Duration::from_millis(100),
         }
     }
@@ -221,7 +249,13 @@ pub enum UnavailablePolicy {
 /// Checks that cannot be expressed in types; the message names the key.
 pub fn validate(settings: &GatewaySettings) -> Result<(), String> {
     let rate = &settings.rate_limit;
-    for (route, limit) in std::iter::once(("default", &rate.default)).chain(
+    for (route, limit) in [
+        ("default", &rate.default),
+        ("per_caller", &rate.per_caller),
+        ("per_address", &rate.per_address),
+    ]
+    .into_iter()
+    .chain(
         rate.routes
             .iter()
             .map(|(route, limit)| (route.as_str(), limit)),

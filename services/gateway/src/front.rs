@@ -22,7 +22,7 @@ use crate::{
     config::Limits,
     forward::Forwarder,
     metric_names,
-    rate_limit::{Decision, RateLimiter},
+    rate_limit::{Budget, Call, Decision, RateLimiter},
     routes::{Access, Route, RouteTable, Target, Upstream},
     streams::{Held, StreamSlots},
 };
@@ -180,7 +180,12 @@ impl Gate {
                 )
             })?;
 
-        let caller = admit(gatekeeper, &path, &route, request.headers()).await?;
+        let address = request
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|info| info.remote_addr())
+            .map(|addr| addr.ip());
+        let caller = admit(gatekeeper, &path, &route, request.headers(), address).await?;
         let upstream = target(&route, request.headers())?;
         // A stream keeps its slot until its response body is dropped.
         let slot = route
@@ -263,6 +268,7 @@ async fn admit(
     path: &str,
     route: &Route,
     headers: &HeaderMap,
+    address: Option<std::net::IpAddr>,
 ) -> Result<Option<Caller>, Status> {
     let required = match route.access {
         Access::Open => return Ok(None),
@@ -275,9 +281,22 @@ async fn admit(
         }
         Access::Role(role) => role,
     };
-    let caller = gatekeeper.auth.authenticate(headers).map_err(|error| {
+    // Checking credentials is local and cheap; the one limiter round trip comes after, and a
+    // caller whose credentials are wrong still spends its address's budget.
+    let authenticated = gatekeeper.auth.authenticate(headers);
+    let call = Call {
+        address,
+        caller: authenticated.as_ref().ok().map(|caller| caller.id.as_str()),
+        route: path,
+        action: route.action,
+    };
+    let decision = gatekeeper.limiter.check(call).await;
+    let caller = authenticated.map_err(|error| {
         metrics::counter!(metric_names::AUTH_FAILURES, "reason" => error.label()).increment(1);
-        Status::unauthenticated(error.to_string())
+        match &decision {
+            Decision::Limited { .. } => limited(&decision, path),
+            _ => Status::unauthenticated(error.to_string()),
+        }
     })?;
     if caller.role < required {
         metrics::counter!(metric_names::PERMISSION_DENIED, "route" => path.to_owned()).increment(1);
@@ -287,31 +306,45 @@ async fn admit(
             caller.role
         )));
     }
-    match gatekeeper.limiter.check(&caller.id, path).await {
+    match decision {
         Decision::Allowed => Ok(Some(caller)),
-        Decision::Limited { retry_after } => {
-            let limit = gatekeeper.limiter.limit_of(path);
-            let mut status = Status::with_error_details(
-                Code::ResourceExhausted,
-                format!(
-                    "rate limit of {} calls/s (burst {}) on {path} reached; retry in {} ms",
-                    limit.per_second,
-                    limit.burst,
-                    retry_after.as_millis()
-                ),
-                ErrorDetails::with_retry_info(Some(retry_after)),
-            );
-            if let Ok(value) =
-                tonic::metadata::MetadataValue::try_from(retry_after.as_millis().to_string())
-            {
-                status.metadata_mut().insert("retry-after-ms", value);
-            }
-            Err(status)
-        }
+        Decision::Limited { .. } => Err(limited(&decision, path)),
         Decision::Refused => Err(Status::unavailable(
             "the rate limiter is unavailable and this gateway fails closed; retry shortly",
         )),
     }
+}
+
+/// RESOURCE_EXHAUSTED naming the spent budget, with `RetryInfo` and `retry-after-ms`.
+fn limited(decision: &Decision, path: &str) -> Status {
+    let Decision::Limited {
+        retry_after,
+        budget,
+        limit,
+    } = decision
+    else {
+        return Status::resource_exhausted("rate limited");
+    };
+    let whose = match budget {
+        Budget::Address => "for this client address".to_owned(),
+        Budget::Caller => "for this caller across every route".to_owned(),
+        Budget::Route => format!("on {path}"),
+    };
+    let mut status = Status::with_error_details(
+        Code::ResourceExhausted,
+        format!(
+            "rate limit of {} calls/s (burst {}) {whose} reached; retry in {} ms",
+            limit.per_second,
+            limit.burst,
+            retry_after.as_millis()
+        ),
+        ErrorDetails::with_retry_info(Some(*retry_after)),
+    );
+    if let Ok(value) = tonic::metadata::MetadataValue::try_from(retry_after.as_millis().to_string())
+    {
+        status.metadata_mut().insert("retry-after-ms", value);
+    }
+    status
 }
 
 /// The service the call goes to; `None` when the gateway answers it.

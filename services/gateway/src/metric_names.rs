@@ -4,7 +4,7 @@
 pub const AUTH_FAILURES: &str = "zentra_gateway_auth_failures_total";
 /// Calls refused for an insufficient role.
 pub const PERMISSION_DENIED: &str = "zentra_gateway_permission_denied_total";
-/// Calls refused by the rate limiter, by route.
+/// Calls refused by the rate limiter, by route and by the budget that was spent.
 pub const RATE_LIMITED: &str = "zentra_gateway_rate_limited_total";
 /// Limit checks that found Redis unreachable, by policy applied.
 pub const RATE_LIMIT_UNAVAILABLE: &str = "zentra_gateway_rate_limit_unavailable_total";
@@ -20,7 +20,7 @@ pub fn describe() {
     );
     metrics::describe_counter!(
         RATE_LIMITED,
-        "calls refused as RESOURCE_EXHAUSTED by the rate limiter, by route"
+        "calls refused as RESOURCE_EXHAUSTED by the rate limiter, by route and budget (address, caller, route)"
     );
     metrics::describe_counter!(
         RATE_LIMIT_UNAVAILABLE,

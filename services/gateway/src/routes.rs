@@ -92,6 +92,9 @@ pub struct Route {
     pub access: Access,
     /// A server stream (Watch): a longer default deadline.
     pub server_streaming: bool,
+    /// An operator or admin action (it changes something): rate limits fail closed for it by
+    /// default when Redis is away.
+    pub action: bool,
 }
 
 /// Operator actions: they change orders, sagas, dead letters or the catalogue.
@@ -148,6 +151,9 @@ impl RouteTable {
                         target,
                         access: access_of(&path, method.name()),
                         server_streaming: method.server_streaming(),
+                        action: (OPERATOR.contains(&path.as_str())
+                            || ADMIN.contains(&path.as_str()))
+                            && !is_read(method.name()),
                     };
                     routes.insert(path, route);
                 }
@@ -162,6 +168,7 @@ impl RouteTable {
                     },
                     access: Access::Open,
                     server_streaming: path.ends_with("Watch"),
+                    action: false,
                 },
             );
         }
@@ -175,6 +182,7 @@ impl RouteTable {
                     target: Target::Gateway,
                     access: Access::Open,
                     server_streaming: true,
+                    action: false,
                 },
             );
         }
@@ -228,15 +236,19 @@ fn target_of(service: &str) -> Option<Target> {
     Some(Target::Service(upstream))
 }
 
+/// A method that only reads, by its name.
+fn is_read(method: &str) -> bool {
+    ["Get", "BatchGet", "List", "Watch"]
+        .iter()
+        .any(|read| method.starts_with(read))
+}
+
 fn access_of(path: &str, method: &str) -> Access {
     if ADMIN.contains(&path) {
         Access::Role(Role::Admin)
     } else if OPERATOR.contains(&path) || OPERATOR_READS.contains(&path) {
         Access::Role(Role::Operator)
-    } else if ["Get", "BatchGet", "List", "Watch"]
-        .iter()
-        .any(|read| method.starts_with(read))
-    {
+    } else if is_read(method) {
         Access::Role(Role::Viewer)
     } else {
         Access::Internal

@@ -31,8 +31,14 @@ pub struct GatewayOptions {
     pub limit: Limit,
     /// Where the limiter's Redis is.
     pub redis_url: String,
-    /// What happens when it is unreachable.
+    /// What happens to reads when it is unreachable.
     pub when_unavailable: UnavailablePolicy,
+    /// What happens to operator and admin actions when it is unreachable.
+    pub when_unavailable_for_actions: UnavailablePolicy,
+    /// Every caller's budget across routes.
+    pub per_caller: Limit,
+    /// Every client address's budget.
+    pub per_address: Limit,
     /// Largest request accepted.
     pub max_request_bytes: usize,
     /// Deadline of calls that set none.
@@ -50,6 +56,15 @@ impl Default for GatewayOptions {
             },
             redis_url: redis_url(),
             when_unavailable: UnavailablePolicy::FailClosed,
+            when_unavailable_for_actions: UnavailablePolicy::FailClosed,
+            per_caller: Limit {
+                per_second: 10_000.0,
+                burst: 10_000,
+            },
+            per_address: Limit {
+                per_second: 10_000.0,
+                burst: 10_000,
+            },
             max_request_bytes: 64 * 1024,
             default_deadline: Duration::from_secs(10),
             static_dir: None,
@@ -180,6 +195,9 @@ impl Platform {
         rate.default = options.limit;
         rate.routes = BTreeMap::new();
         rate.when_unavailable = options.when_unavailable;
+        rate.when_unavailable_for_actions = options.when_unavailable_for_actions;
+        rate.per_caller = options.per_caller;
+        rate.per_address = options.per_address;
         rate.timeout = Duration::from_millis(500);
         let mut common = self.env.common_config();
         common.grpc.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -1,14 +1,27 @@
 //! Rate limits held in Redis: two gateways share one budget; over it is RESOURCE_EXHAUSTED with
-//! retry information; an unreachable Redis follows the configured policy instead of hanging.
+//! retry information; wrong credentials spend their address's budget; a caller's budget spans
+//! every route; an unreachable Redis follows the configured policy instead of hanging, failing
+//! closed for actions by default.
 
 use std::time::{Duration, Instant};
 
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt as _;
 use zentra_gateway::config::{Limit, UnavailablePolicy};
-use zentra_proto::order::v1::{self as order, order_service_client::OrderServiceClient};
+use zentra_proto::{
+    inventory::v1::{self as inventory, inventory_service_client::InventoryServiceClient},
+    order::v1::{self as order, order_service_client::OrderServiceClient},
+};
 
-use crate::helpers::{GatewayOptions, Platform, with_key};
+use crate::helpers::{GatewayOptions, Platform, order_request, with_key};
+
+/// The status is RESOURCE_EXHAUSTED with a retry delay, and says which budget is spent.
+fn assert_limited(status: &tonic::Status, whose: &str) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains(whose), "{status:?}");
+    let retry = status.get_error_details().retry_info().cloned();
+    assert!(retry.is_some_and(|info| info.retry_delay.is_some()));
+}
 
 /// Calls ListOrders as fast as one connection allows until `until`; (allowed, limited).
 async fn hammer(channel: Channel, key: String, until: Instant) -> (u32, u32) {
@@ -109,13 +122,26 @@ async fn an_unreachable_redis_fails_open_or_closed_as_configured() {
         ..closed
     };
     let (address, open_channel) = platform.gateway(&open).await;
-    OrderServiceClient::new(open_channel)
+    let mut orders = OrderServiceClient::new(open_channel);
+    orders
         .list_orders(with_key(
             order::ListOrdersRequest::default(),
             &platform.keys.viewer,
         ))
         .await
-        .expect("fails open");
+        .expect("reads fail open");
+    // Actions fail closed unless configured otherwise: nobody places orders unlimited.
+    let refused = orders
+        .place_order(with_key(
+            order_request("cust-redis-down", "redis-down-1"),
+            &platform.keys.operator,
+        ))
+        .await
+        .expect_err("actions fail closed");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let stored =
+        zentra_test_support::count(platform.order_db(), "SELECT count(*) FROM orders").await;
+    assert_eq!(stored, 0);
     let (_, metrics) = zentra_test_support::http_get(address, "/metrics").await;
     assert!(
         metrics.lines().any(
@@ -124,5 +150,86 @@ async fn an_unreachable_redis_fails_open_or_closed_as_configured() {
         ),
         "{metrics}"
     );
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_spend_their_address_budget_and_then_even_a_good_key_waits() {
+    let mut platform = Platform::start("gw-rate-addr").await;
+    let options = GatewayOptions {
+        per_address: Limit {
+            per_second: 0.5,
+            burst: 5,
+        },
+        ..GatewayOptions::default()
+    };
+    let (_, channel) = platform.gateway(&options).await;
+    let mut orders = OrderServiceClient::new(channel);
+    let mut answers = Vec::new();
+    for guess in 0..8 {
+        let status = orders
+            .list_orders(with_key(
+                order::ListOrdersRequest::default(),
+                &format!("zk_guess_{guess}"),
+            ))
+            .await
+            .expect_err("a guessed key is refused");
+        answers.push(status);
+    }
+    let codes: Vec<Code> = answers.iter().map(tonic::Status::code).collect();
+    assert_eq!(codes[..5], [Code::Unauthenticated; 5], "{answers:?}");
+    for status in &answers[5..] {
+        assert_limited(status, "for this client address");
+    }
+    // The address is out of budget for everyone behind it until it refills.
+    let waiting = orders
+        .list_orders(with_key(
+            order::ListOrdersRequest::default(),
+            &platform.keys.viewer,
+        ))
+        .await
+        .expect_err("the address must wait");
+    assert_limited(&waiting, "for this client address");
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_budget_spans_every_route() {
+    let mut platform = Platform::start("gw-rate-caller").await;
+    let options = GatewayOptions {
+        per_caller: Limit {
+            per_second: 0.5,
+            burst: 4,
+        },
+        ..GatewayOptions::default()
+    };
+    let (_, channel) = platform.gateway(&options).await;
+    let key = platform.keys.viewer.clone();
+    let mut orders = OrderServiceClient::new(channel.clone());
+    let mut products = InventoryServiceClient::new(channel);
+    // Two routes, each far below its own limit: together they spend one budget.
+    for _ in 0..2 {
+        orders
+            .list_orders(with_key(order::ListOrdersRequest::default(), &key))
+            .await
+            .expect("within the budget");
+        products
+            .list_products(with_key(inventory::ListProductsRequest::default(), &key))
+            .await
+            .expect("within the budget");
+    }
+    let over = products
+        .list_products(with_key(inventory::ListProductsRequest::default(), &key))
+        .await
+        .expect_err("the fifth call of the caller is over");
+    assert_limited(&over, "for this caller across every route");
+    // Another caller has its own budget.
+    orders
+        .list_orders(with_key(
+            order::ListOrdersRequest::default(),
+            &platform.keys.operator,
+        ))
+        .await
+        .expect("another caller");
     platform.stop().await;
 }
