@@ -24,7 +24,9 @@ test('a viewer sees every page with live data and no enabled actions', async () 
   await page.selectOption('select[name="service"]', 'inventory');
   await page.waitForSelector('tr.dead-letter', { timeout: 30_000 });
   await page.locator('tr.dead-letter').first().click();
-  await page.waitForSelector('.inspect pre.payload');
+  // A viewer sees what failed and why, not the record's contents.
+  await page.waitForSelector('.inspect .redacted');
+  assert.equal(await page.locator('.inspect pre.payload').count(), 0);
   assert.equal(await page.locator('button[name="replay"]').isDisabled(), true);
 
   await visit(page, 'chaos', '.chaos');

@@ -188,8 +188,14 @@ pub fn DeadLetters() -> impl IntoView {
                             <dt>"Attempts"</dt><dd>{record.attempt_count}</dd>
                             <dt>"First failure"</dt><dd>{format::time(record.first_failure_time.as_ref())}</dd>
                         </dl>
-                        <h4>"Headers"</h4><ul class="headers">{headers}</ul>
-                        <h4>"Payload"</h4><pre class="payload">{envelope}</pre>
+                        {if record.redacted {
+                            view! { <p class="hint redacted">"Headers and payload may carry customer data: they need the operator role."</p> }.into_any()
+                        } else {
+                            view! {
+                                <h4>"Headers"</h4><ul class="headers">{headers}</ul>
+                                <h4>"Payload"</h4><pre class="payload">{envelope}</pre>
+                            }.into_any()
+                        }}
                         <div class="actions">
                             <button name="replay" disabled=!operator || !pending on:click=move |_| act_replay(true)>"Replay"</button>
                             <button name="dismiss" class="quiet" disabled=!operator || !pending on:click=move |_| act_dismiss(false)>"Dismiss"</button>

@@ -229,7 +229,18 @@ fn to_proto(row: &Row) -> pb::DeadLetter {
         replay_time: row.replayed_at.map(chrono_to_timestamp),
         dismiss_time: row.dismissed_at.map(chrono_to_timestamp),
         dismiss_reason: row.dismiss_reason.clone(),
+        redacted: false,
     }
+}
+
+/// A dead letter as `metadata`'s caller may see it: a viewer gets no headers and no payload.
+fn shown_to(metadata: &tonic::metadata::MetadataMap, mut letter: pb::DeadLetter) -> pb::DeadLetter {
+    if crate::redact::for_viewer(metadata) {
+        letter.headers.clear();
+        letter.payload.clear();
+        letter.redacted = true;
+    }
+    letter
 }
 
 /// Failures of the dead-letter API.
@@ -350,6 +361,7 @@ impl DeadLetterService for DeadLetterApi {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let metadata = request.metadata().clone();
         let request = request.into_inner();
         let mut violations = Violations::new();
         let page = Page::parse(request.page.as_ref(), &mut violations);
@@ -407,7 +419,10 @@ impl DeadLetterService for DeadLetterApi {
         .map_err(DeadLetterError::from)?;
         let next_page_token = page.finish(&mut rows, |row| row.id.to_string());
         Ok(Response::new(pb::ListDeadLettersResponse {
-            dead_letters: rows.iter().map(to_proto).collect(),
+            dead_letters: rows
+                .iter()
+                .map(|row| shown_to(&metadata, to_proto(row)))
+                .collect(),
             page: Some(zentra_proto::common::v1::PageResponse { next_page_token }),
         }))
     }
@@ -426,7 +441,7 @@ impl DeadLetterService for DeadLetterApi {
         };
         let row = Self::row(&self.db, id, false).await?;
         Ok(Response::new(pb::GetDeadLetterResponse {
-            dead_letter: Some(to_proto(&row)),
+            dead_letter: Some(shown_to(request.metadata(), to_proto(&row))),
         }))
     }
 

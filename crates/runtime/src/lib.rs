@@ -21,6 +21,7 @@ pub mod ops;
 pub mod outbox;
 pub mod paging;
 pub mod platform;
+pub mod redact;
 pub mod rpc_stats;
 pub mod server;
 pub mod status;

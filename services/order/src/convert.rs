@@ -52,6 +52,16 @@ pub fn order(order: &Order) -> pb::Order {
     }
 }
 
+/// An order as a caller of `viewer` role or above sees it: a viewer gets the payment token
+/// masked.
+pub fn order_for(stored: &Order, viewer: bool) -> pb::Order {
+    let mut shown = order(stored);
+    if viewer {
+        shown.payment_method_token = zentra_runtime::redact::mask(&shown.payment_method_token);
+    }
+    shown
+}
+
 /// A history entry as the API shows it.
 pub fn change(row: &HistoryRow) -> pb::OrderStatusChange {
     let status = |text: &str| {

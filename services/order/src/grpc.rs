@@ -7,6 +7,7 @@ use zentra_runtime::{
     fresh_or_replay,
     idempotency::IdempotentRequest,
     paging::Page,
+    redact,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
     time::timestamp_to_chrono,
 };
@@ -112,9 +113,10 @@ impl pb::order_service_server::OrderService for OrderApi {
         let Some(id) = id else {
             return Err(violations.into_status());
         };
+        let viewer = redact::for_viewer(request.metadata());
         let order = store::order(self.orders.db(), id).await?;
         Ok(Response::new(pb::GetOrderResponse {
-            order: Some(convert::order(&order)),
+            order: Some(convert::order_for(&order, viewer)),
         }))
     }
 
@@ -122,6 +124,7 @@ impl pb::order_service_server::OrderService for OrderApi {
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let viewer = redact::for_viewer(request.metadata());
         let request = request.into_inner();
         let mut violations = Violations::new();
         let page = Page::parse(request.page.as_ref(), &mut violations);
@@ -151,7 +154,10 @@ impl pb::order_service_server::OrderService for OrderApi {
             .map_err(OrderError::from)?;
         let next_page_token = page.finish(&mut orders, |o| o.id.to_string());
         Ok(Response::new(pb::ListOrdersResponse {
-            orders: orders.iter().map(convert::order).collect(),
+            orders: orders
+                .iter()
+                .map(|order| convert::order_for(order, viewer))
+                .collect(),
             page: Some(PageResponse { next_page_token }),
         }))
     }

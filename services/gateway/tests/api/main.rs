@@ -5,5 +5,6 @@ mod audit;
 mod faults;
 mod grpc_web;
 mod helpers;
+mod minimisation;
 mod pricing;
 mod rate_limit;
