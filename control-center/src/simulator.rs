@@ -87,6 +87,7 @@ impl Scenario {
         };
         order::PlaceOrderRequest {
             customer_id: format!("sim-{}", self.id()),
+            customer_email: format!("sim-{}@customers.zentra.test", self.id()),
             shipping_address: Some(Address {
                 recipient: "Simulated Customer".to_owned(),
                 lines: vec!["1 Simulation Way".to_owned()],

@@ -73,7 +73,7 @@ call "$ZENTRA_OPERATOR_KEY" zentra.inventory.v1.InventoryService/CreateProduct \
   '{"sku":"SMOKE-1","name":"Smoke mug","initial_stock":5,"unit_price":{"currency_code":"USD","amount_minor":1299},"idempotency_key":"smoke-product"}' >/dev/null \
   || fail "CreateProduct through the gateway"
 order_id=$(call "$ZENTRA_OPERATOR_KEY" zentra.order.v1.OrderService/PlaceOrder \
-  '{"customer_id":"smoke-customer","shipping_address":{"recipient":"Ada","lines":["1 Main St"],"city":"Springfield","postal_code":"12345","country_code":"US"},"lines":[{"sku":"SMOKE-1","quantity":2,"unit_price":{"currency_code":"USD","amount_minor":1299}}],"currency_code":"USD","payment_method_token":"tok_approve","idempotency_key":"smoke-order"}' \
+  '{"customer_id":"smoke-customer","customer_email":"smoke@customers.zentra.test","shipping_address":{"recipient":"Ada","lines":["1 Main St"],"city":"Springfield","postal_code":"12345","country_code":"US"},"lines":[{"sku":"SMOKE-1","quantity":2,"unit_price":{"currency_code":"USD","amount_minor":1299}}],"currency_code":"USD","payment_method_token":"tok_approve","idempotency_key":"smoke-order"}' \
   | json 'd["order"]["orderId"]') || fail "PlaceOrder through the gateway"
 say "order $order_id placed; waiting for its saga"
 

@@ -284,6 +284,7 @@ async fn load(
         };
         let request = order::PlaceOrderRequest {
             customer_id: format!("chaos-{}", index % 50),
+            customer_email: format!("chaos-{}@customers.zentra.test", index % 50),
             shipping_address: Some(Address {
                 recipient: "Chaos Customer".to_owned(),
                 lines: vec!["1 Fault Street".to_owned()],

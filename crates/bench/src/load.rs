@@ -305,6 +305,7 @@ fn order_request(index: u64, declined_percent: u32) -> order::PlaceOrderRequest 
     let declined = (index + 1) * percent / 100 > index * percent / 100;
     order::PlaceOrderRequest {
         customer_id: format!("bench-{}", index % 1000),
+        customer_email: format!("bench-{}@customers.zentra.test", index % 1000),
         shipping_address: Some(Address {
             recipient: "Bench Customer".to_owned(),
             lines: vec!["1 Load Street".to_owned()],

@@ -24,6 +24,18 @@ pub fn mask(secret: &str) -> String {
     format!("••••{tail}")
 }
 
+/// An e-mail address shown by its first character and its domain ("a•••@example.com").
+pub fn mask_email(address: &str) -> String {
+    match address.split_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.chars().take(1).collect();
+            format!("{first}•••@{domain}")
+        }
+        None if address.is_empty() => String::new(),
+        None => "•••".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tonic::metadata::MetadataValue;
@@ -45,5 +57,7 @@ mod tests {
         assert_eq!(mask("tok_visa_4242"), "••••4242");
         assert_eq!(mask("tok_ok"), "••••");
         assert_eq!(mask(""), "••••");
+        assert_eq!(mask_email("ada@example.com"), "a•••@example.com");
+        assert_eq!(mask_email(""), "");
     }
 }

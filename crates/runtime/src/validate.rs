@@ -61,6 +61,43 @@ pub fn check_currency(field: &str, code: &str, violations: &mut Violations) -> b
     }
 }
 
+/// Longest e-mail address accepted (RFC 5321's path limit less its brackets).
+pub const MAX_EMAIL: usize = 254;
+
+/// Checks an e-mail address as a mail system will be handed it: at most 254 ASCII characters, a
+/// local part of 1..=64 characters without spaces, quotes or brackets, one "@", and a domain of
+/// two or more labels of letters, digits and inner hyphens. Quoted local parts and address
+/// literals are refused: nobody needs them for order mail, and they are where parsers disagree.
+pub fn check_email(field: &str, value: &str, violations: &mut Violations) {
+    let local_ok = |local: &str| {
+        (1..=64).contains(&local.len())
+            && local
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&byte))
+            && !local.starts_with('.')
+            && !local.ends_with('.')
+            && !local.contains("..")
+    };
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    let valid = value.len() <= MAX_EMAIL
+        && value.split_once('@').is_some_and(|(local, domain)| {
+            local_ok(local) && domain.split('.').count() >= 2 && domain.split('.').all(label_ok)
+        });
+    if !valid {
+        violations.add(
+            field,
+            "must be an e-mail address like ada@example.com (at most 254 characters)",
+        );
+    }
+}
+
 /// Highest unit price, in minor units (ten billion major units): bounds keep a line's total
 /// (at most a million units) and an order's (at most a hundred lines) far from overflow.
 pub const MAX_UNIT_PRICE: i64 = 1_000_000_000_000;
@@ -149,5 +186,44 @@ pub fn check_address(field: &str, address: Option<&Address>, violations: &mut Vi
             format!("{field}.country_code"),
             "must be an ISO 3166-1 alpha-2 code such as DE",
         );
+    }
+}
+
+#[cfg(test)]
+mod email_tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_addresses_are_e_mail_addresses() {
+        for good in [
+            "ada@example.com",
+            "a.b+orders@mail.example.co.uk",
+            "x@a-b.io",
+        ] {
+            let mut violations = Violations::new();
+            check_email("customer_email", good, &mut violations);
+            assert!(violations.is_empty(), "{good}");
+        }
+        let long = format!("{}@example.com", "a".repeat(65));
+        for bad in [
+            "",
+            "customer-7",
+            "@example.com",
+            "ada@",
+            "ada@localhost",
+            "ada@@example.com",
+            "a da@example.com",
+            "\"ada\"@example.com",
+            "ada@[127.0.0.1]",
+            "ada@-x.com",
+            "ada@example.com\r\nBcc: all@example.com",
+            ".ada@example.com",
+            "ädä@example.com",
+            long.as_str(),
+        ] {
+            let mut violations = Violations::new();
+            check_email("customer_email", bad, &mut violations);
+            assert!(!violations.is_empty(), "{bad:?} accepted");
+        }
     }
 }

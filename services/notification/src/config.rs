@@ -28,8 +28,6 @@ pub struct NotificationSettings {
     pub smtp_timeout: Duration,
     /// Sender address.
     pub from: String,
-    /// Customers whose id is not an address get `<customer id>@<this domain>`.
-    pub customer_email_domain: String,
     /// Delivery attempts before a notification is dead-lettered.
     pub max_attempts: u32,
     /// Delay before the second attempt; doubles each time.
@@ -54,7 +52,6 @@ impl Default for NotificationSettings {
             smtp_port: 2525,
             smtp_timeout: Duration::from_secs(10),
             from: "Zentra <orders@zentra.test>".to_owned(),
-            customer_email_domain: "customers.zentra.test".to_owned(),
             max_attempts: 5,
             initial_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(300),

@@ -12,6 +12,8 @@ use zentra_runtime::{
     events::payload,
     inbox,
     kafka::{EventHandler, HandlerError, ReceivedEvent},
+    status::Violations,
+    validate::check_email,
 };
 
 use crate::{
@@ -25,19 +27,14 @@ pub const CONSUMER: &str = "notification-intake";
 /// The event handler.
 #[derive(Clone)]
 pub struct Intake {
-    customer_email_domain: String,
     /// Wakes the delivery worker once new notifications committed.
     delivery: Arc<Notify>,
 }
 
 impl Intake {
-    /// Intake addressing customers without an e-mail id at `customer_email_domain`, waking
-    /// `delivery` when it created notifications.
-    pub fn new(customer_email_domain: String, delivery: Arc<Notify>) -> Self {
-        Self {
-            customer_email_domain,
-            delivery,
-        }
+    /// Intake waking `delivery` when it created notifications.
+    pub fn new(delivery: Arc<Notify>) -> Self {
+        Self { delivery }
     }
 }
 
@@ -63,10 +60,19 @@ impl EventHandler for Intake {
         }
         let entry = inbox::Entry::new(CONSUMER, &envelope.event_id, &event.topic)
             .map_err(|error| HandlerError::Permanent(error.to_string()))?;
+        // The order service validated the address at placement; a record from elsewhere that
+        // carries no valid one mails nobody.
         let remember = placed.and_then(|placed| {
+            let mut violations = Violations::new();
+            check_email("customer_email", &placed.customer_email, &mut violations);
+            let email = if violations.is_empty() {
+                placed.customer_email
+            } else {
+                String::new()
+            };
             Uuid::parse_str(&placed.order_id)
                 .ok()
-                .map(|order_id| (order_id, placed.customer_id))
+                .map(|order_id| (order_id, placed.customer_id, email))
         });
         let mail = match rendered {
             Some(rendered) => Some(store::NewNotification {
@@ -85,21 +91,16 @@ impl EventHandler for Intake {
             None => None,
         };
         let order_id = mail.as_ref().map(|mail| mail.order_id);
-        let taken = store::take_in(
-            tx,
-            &entry,
-            store::Intake { remember, mail },
-            &self.customer_email_domain,
-        )
-        .await
-        .map_err(transient)?;
+        let taken = store::take_in(tx, &entry, store::Intake { remember, mail })
+            .await
+            .map_err(transient)?;
         if !entry.claimed(taken.first) {
             return Ok(false);
         }
         if let Some(order_id) = order_id
             && !taken.created
         {
-            tracing::info!(%order_id, event_type = %envelope.event_type, "no customer known for order; not notified");
+            tracing::info!(%order_id, event_type = %envelope.event_type, "no e-mail address known for order; not notified");
         }
         Ok(taken.created)
     }

@@ -67,10 +67,7 @@ impl NotificationService {
         let platform = Platform::start(INFO, &config, &sources, telemetry).await?;
         platform.spawn_relay();
         let delivery_wake = Arc::new(tokio::sync::Notify::new());
-        let intake = intake::Intake::new(
-            settings.customer_email_domain.clone(),
-            Arc::clone(&delivery_wake),
-        );
+        let intake = intake::Intake::new(Arc::clone(&delivery_wake));
         platform.spawn_consumer(
             "notification",
             CONSUMED_TOPICS

@@ -67,8 +67,9 @@ const COLUMNS: &str = "id, trigger_event_id, trigger_event_type, customer_id, or
 /// What an event asks of the notification service, written by [`take_in`] in one statement.
 #[derive(Debug, Clone, Default)]
 pub struct Intake {
-    /// Remember that this order was placed by this customer (from `OrderPlaced`).
-    pub remember: Option<(Uuid, String)>,
+    /// Remember that this order was placed by this customer, mailed at this address (empty:
+    /// none), from `OrderPlaced`.
+    pub remember: Option<(Uuid, String, String)>,
     /// A mail to create, due now.
     pub mail: Option<NewNotification>,
 }
@@ -100,15 +101,17 @@ pub struct TakenIn {
 }
 
 /// Claims the event in the inbox and, on its first delivery, remembers the customer and creates
-/// the mail: one statement. A mail whose customer is unknown is not created. Customers without
-/// an e-mail id are addressed at `customer_email_domain`.
+/// the mail: one statement. A mail goes only to the e-mail address the order was placed with;
+/// one whose order has none (or is unknown) is not created. A customer id is never an address.
 pub async fn take_in<C: ConnectionTrait>(
     db: &C,
     entry: &inbox::Entry,
     intake: Intake,
-    customer_email_domain: &str,
 ) -> Result<TakenIn, DbErr> {
-    let (remember_order, remember_customer) = intake.remember.unzip();
+    let (remember_order, remember_customer, remember_email) = match intake.remember {
+        Some((order, customer, email)) => (Some(order), Some(customer), Some(email)),
+        None => (None, None, None),
+    };
     let mail = intake.mail;
     let mut values: Vec<Value> = entry.values().into();
     values.extend([
@@ -119,7 +122,7 @@ pub async fn take_in<C: ConnectionTrait>(
         mail.as_ref().map(|m| m.event_type.clone()).into(),
         mail.as_ref().map(|m| m.order_id).into(),
         mail.as_ref().and_then(|m| m.customer_id.clone()).into(),
-        customer_email_domain.into(),
+        remember_email.into(),
         mail.as_ref().map(|m| m.subject.clone()).into(),
         mail.map(|m| m.body).into(),
     ]);
@@ -127,18 +130,18 @@ pub async fn take_in<C: ConnectionTrait>(
         .query_one_raw(statement(
             &format!(
                 "WITH claim AS ({}), \
-                 remembered AS (INSERT INTO order_customers (order_id, customer_id) \
-                     SELECT $4, $5 WHERE $4::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM claim) \
+                 remembered AS (INSERT INTO order_customers (order_id, customer_id, email) \
+                     SELECT $4, $5, $11 WHERE $4::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM claim) \
                      ON CONFLICT DO NOTHING), \
                  customer AS (SELECT coalesce($10::text, \
-                     (SELECT customer_id FROM order_customers WHERE order_id = $9)) AS id \
+                     (SELECT customer_id FROM order_customers WHERE order_id = $9)) AS id, \
+                     coalesce($11::text, (SELECT email FROM order_customers WHERE order_id = $9)) AS email \
                      WHERE $9::uuid IS NOT NULL), \
                  created AS (INSERT INTO notifications (id, trigger_event_id, trigger_event_type, \
                      customer_id, order_id, recipient, subject, body, status, next_attempt_at) \
-                     SELECT $6, $7, $8, c.id, $9, \
-                         CASE WHEN strpos(c.id, '@') > 0 THEN c.id ELSE c.id || '@' || $11::text END, \
-                         $12, $13, 'PENDING', now() \
-                     FROM customer c WHERE c.id IS NOT NULL AND EXISTS (SELECT 1 FROM claim) \
+                     SELECT $6, $7, $8, c.id, $9, c.email, $12, $13, 'PENDING', now() \
+                     FROM customer c WHERE c.id IS NOT NULL AND c.email <> '' \
+                         AND EXISTS (SELECT 1 FROM claim) \
                      ON CONFLICT (trigger_event_id) DO NOTHING RETURNING 1) \
                  SELECT EXISTS (SELECT 1 FROM claim) AS first, EXISTS (SELECT 1 FROM created) AS created",
                 inbox::Entry::claim_part(1)

@@ -49,15 +49,17 @@ pub fn order(order: &Order) -> pb::Order {
         update_time: Some(chrono_to_timestamp(order.updated_at)),
         rejection_reason: order.rejection_reason.clone(),
         cancellation_reason: order.cancellation_reason.clone(),
+        customer_email: order.customer_email.clone(),
     }
 }
 
-/// An order as a caller of `viewer` role or above sees it: a viewer gets the payment token
-/// masked.
+/// An order as a caller of `viewer` role or above sees it: a viewer gets the payment token and
+/// the e-mail address masked.
 pub fn order_for(stored: &Order, viewer: bool) -> pb::Order {
     let mut shown = order(stored);
     if viewer {
         shown.payment_method_token = zentra_runtime::redact::mask(&shown.payment_method_token);
+        shown.customer_email = zentra_runtime::redact::mask_email(&shown.customer_email);
     }
     shown
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use zentra_proto::{common::v1::Address, order::v1 as pb};
 use zentra_runtime::{
     status::{Preconditions, Violations, check_idempotency_key, check_text},
-    validate::{Price, Sku, check_address, check_currency},
+    validate::{Price, Sku, check_address, check_currency, check_email},
 };
 
 /// Most lines one order may hold.
@@ -120,6 +120,8 @@ pub struct PlaceOrder {
     pub total: i64,
     /// Opaque payment method token.
     pub payment_method_token: String,
+    /// Where the customer's mail goes; empty when none was given.
+    pub customer_email: String,
 }
 
 /// Checks a customer id: 1..=64 printable ASCII characters.
@@ -153,6 +155,8 @@ pub struct OrderRequest {
     pub currency: String,
     /// Opaque payment method token.
     pub payment_method_token: String,
+    /// Where the customer's mail goes; empty when none was given.
+    pub customer_email: String,
 }
 
 /// Violation types of a refused pricing; clients match on them.
@@ -183,6 +187,9 @@ impl OrderRequest {
             128,
             &mut violations,
         );
+        if !request.customer_email.is_empty() {
+            check_email("customer_email", &request.customer_email, &mut violations);
+        }
         if request.lines.is_empty() {
             violations.add("lines", "must hold at least one line");
         } else if request.lines.len() > MAX_LINES {
@@ -233,6 +240,7 @@ impl OrderRequest {
             lines,
             currency: request.currency_code.clone(),
             payment_method_token: request.payment_method_token.clone(),
+            customer_email: request.customer_email.clone(),
         })
     }
 
@@ -312,6 +320,7 @@ impl OrderRequest {
             currency: self.currency,
             total,
             payment_method_token: self.payment_method_token,
+            customer_email: self.customer_email,
         })
     }
 }
@@ -338,6 +347,7 @@ mod tests {
                 .collect(),
             currency: "USD".to_owned(),
             payment_method_token: "tok".to_owned(),
+            customer_email: String::new(),
         }
     }
 

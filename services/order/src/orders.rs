@@ -63,6 +63,7 @@ impl Orders {
             total: convert::total(&stored),
             payment_method_token: stored.payment_method_token.clone(),
             shipping_address: Some(stored.shipping_address.clone()),
+            customer_email: stored.customer_email.clone(),
         };
         self.emit(tx, &event, &stored).await?;
         Ok(stored)

@@ -31,6 +31,8 @@ pub struct Order {
     pub shipping_address: Address,
     /// Payment method token.
     pub payment_method_token: String,
+    /// Where the customer's mail goes; empty when none was given.
+    pub customer_email: String,
     /// Why rejected.
     pub rejection_reason: String,
     /// Why cancelled.
@@ -54,6 +56,7 @@ struct OrderRow {
     total_minor: i64,
     shipping_address: Vec<u8>,
     payment_method_token: String,
+    customer_email: String,
     rejection_reason: String,
     cancellation_reason: String,
     version: i64,
@@ -94,7 +97,8 @@ fn statement(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
 }
 
 const COLUMNS: &str = "id, customer_id, status, currency, total_minor, shipping_address, \
-    payment_method_token, rejection_reason, cancellation_reason, version, created_at, updated_at";
+    payment_method_token, customer_email, rejection_reason, cancellation_reason, version, created_at, \
+    updated_at";
 
 /// Inserts a placed order, its lines and the first history entry, in one statement; the order
 /// as stored.
@@ -111,8 +115,8 @@ pub async fn insert<C: ConnectionTrait>(
     let row = OrderRow::find_by_statement(statement(
         &format!(
             "WITH placed AS ( \
-               INSERT INTO orders (id, customer_id, status, currency, total_minor, shipping_address, payment_method_token) \
-               VALUES ($1, $2, 'PENDING', $3, $4, $5, $6) RETURNING {COLUMNS}), \
+               INSERT INTO orders (id, customer_id, status, currency, total_minor, shipping_address, payment_method_token, customer_email) \
+               VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, $12) RETURNING {COLUMNS}), \
              lines AS ( \
                INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price_minor, line_total_minor) \
                SELECT placed.id, n, sku, q, p, t FROM placed, \
@@ -134,6 +138,7 @@ pub async fn insert<C: ConnectionTrait>(
             prices.clone().into(),
             totals.clone().into(),
             idempotency_key.into(),
+            order.customer_email.clone().into(),
         ],
     ))
     .one(db)
@@ -343,6 +348,7 @@ fn assemble(row: OrderRow, lines: Vec<(String, i64, i64, i64)>) -> Result<Order,
         currency: row.currency,
         total_minor: row.total_minor,
         payment_method_token: row.payment_method_token,
+        customer_email: row.customer_email,
         rejection_reason: row.rejection_reason,
         cancellation_reason: row.cancellation_reason,
         version: row.version,

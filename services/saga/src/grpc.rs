@@ -107,6 +107,7 @@ pub fn placed(order: Order) -> OrderPlaced {
         total: order.total,
         payment_method_token: order.payment_method_token,
         shipping_address: order.shipping_address,
+        customer_email: order.customer_email,
     }
 }
 

@@ -335,6 +335,7 @@ pub const CATALOGUE_SKU: &str = "SEED-MUG";
 pub fn order_request(customer: &str, key: &str) -> order::PlaceOrderRequest {
     order::PlaceOrderRequest {
         customer_id: customer.to_owned(),
+        customer_email: "ada@example.com".to_owned(),
         shipping_address: Some(Address {
             recipient: "Ada".to_owned(),
             lines: vec!["1 Main St".to_owned()],

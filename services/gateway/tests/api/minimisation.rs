@@ -1,5 +1,5 @@
-//! What a viewer may not see through the gateway: payment tokens come masked and dead letters
-//! without their headers and payload; an operator sees both whole.
+//! What a viewer may not see through the gateway: payment tokens and e-mail addresses come
+//! masked and dead letters without their headers and payload; an operator sees them whole.
 
 use zentra_proto::{
     order::v1::{self as order, order_service_client::OrderServiceClient},
@@ -35,11 +35,12 @@ async fn a_viewer_sees_payment_tokens_masked_and_no_dead_letter_payloads() {
     let seen = orders
         .get_order(get(&keys.viewer))
         .await
-        .expect("viewer reads");
-    assert_eq!(
-        seen.into_inner().order.expect("order").payment_method_token,
-        "••••4242"
-    );
+        .expect("viewer reads")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(seen.payment_method_token, "••••4242");
+    assert_eq!(seen.customer_email, "a•••@example.com");
     let listed = orders
         .list_orders(with_key(order::ListOrdersRequest::default(), &keys.viewer))
         .await
@@ -51,15 +52,12 @@ async fn a_viewer_sees_payment_tokens_masked_and_no_dead_letter_payloads() {
     let whole = orders
         .get_order(get(&keys.operator))
         .await
-        .expect("operator reads");
-    assert_eq!(
-        whole
-            .into_inner()
-            .order
-            .expect("order")
-            .payment_method_token,
-        "tok_visa_4242"
-    );
+        .expect("operator reads")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(whole.payment_method_token, "tok_visa_4242");
+    assert_eq!(whole.customer_email, "ada@example.com");
 
     let payload = b"{\"customer\":\"ada@example.com\"}";
     let parked = platform.park_dead_letter(payload).await;

@@ -51,4 +51,12 @@ CREATE TABLE delivery_attempts (
 CREATE INDEX notifications_pending_by_order ON notifications (order_id, id) WHERE status = 'PENDING';
 "#,
     },
+    SqlMigration {
+        name: "m0003_order_email",
+        up: r#"
+-- Mail goes only to the address the order was placed with (validated by the order service);
+-- orders remembered before have none, and are not mailed.
+ALTER TABLE order_customers ADD COLUMN email TEXT NOT NULL DEFAULT '';
+"#,
+    },
 ];

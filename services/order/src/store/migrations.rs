@@ -3,9 +3,10 @@
 use zentra_runtime::db::SqlMigration;
 
 /// Every order migration.
-pub const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
-    name: "m0001_orders",
-    up: r#"
+pub const MIGRATIONS: &[SqlMigration] = &[
+    SqlMigration {
+        name: "m0001_orders",
+        up: r#"
 CREATE TABLE orders (
     id                    UUID PRIMARY KEY,
     customer_id           TEXT        NOT NULL,
@@ -46,4 +47,10 @@ CREATE TABLE order_history (
     PRIMARY KEY (order_id, version)
 );
 "#,
-}];
+    },
+    SqlMigration {
+        name: "m0002_order_customer_email",
+        // Where the customer's mail goes: given at placement, validated, empty when none was given.
+        up: "ALTER TABLE orders ADD COLUMN customer_email TEXT NOT NULL DEFAULT ''",
+    },
+];

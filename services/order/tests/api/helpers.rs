@@ -180,5 +180,6 @@ pub fn order_request(key: &str) -> pb::PlaceOrderRequest {
         currency_code: "USD".to_owned(),
         payment_method_token: "tok_approve".to_owned(),
         idempotency_key: key.to_owned(),
+        customer_email: "ada@example.com".to_owned(),
     }
 }

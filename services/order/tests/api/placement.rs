@@ -258,6 +258,22 @@ async fn hostile_orders_are_refused_with_details_and_store_nothing() {
             },
             "lines",
         ),
+        (
+            "a customer id for an e-mail address",
+            pb::PlaceOrderRequest {
+                customer_email: "customer-42".to_owned(),
+                ..order_request("h8")
+            },
+            "customer_email",
+        ),
+        (
+            "a mail header smuggled into the address",
+            pb::PlaceOrderRequest {
+                customer_email: "ada@example.com\r\nBcc: all@example.com".to_owned(),
+                ..order_request("h9")
+            },
+            "customer_email",
+        ),
     ];
     let line = |sku: &str, quantity: i64, unit_price| pb::OrderLine {
         sku: sku.to_owned(),

@@ -404,6 +404,7 @@ impl Stack {
             .clone()
             .place_order(order::PlaceOrderRequest {
                 customer_id: "customer-7".to_owned(),
+                customer_email: "ada@example.com".to_owned(),
                 shipping_address: Some(Address {
                     recipient: "Grace Hopper".to_owned(),
                     lines: vec!["1 Harbor Way".to_owned()],
