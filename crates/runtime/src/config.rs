@@ -53,13 +53,27 @@ pub struct GrpcConfig {
     /// Upper bound on any request's handling time.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Origins allowed to call over grpc-web; `["*"]` allows any.
+    /// Origins whose pages may call over grpc-web (CORS); `["*"]` allows any. Empty by default:
+    /// browsers reach the platform through the gateway, which serves the control center from
+    /// its own origin, so nothing needs cross-origin calls unless a deployment says so.
     pub cors_allowed_origins: Vec<String>,
     /// Largest accepted request message.
     pub max_request_bytes: usize,
     /// Calls and streams open at once on one HTTP/2 connection (`SETTINGS_MAX_CONCURRENT_STREAMS`);
     /// a client needing more opens another connection.
     pub max_concurrent_streams: u32,
+    /// Serve TLS (rustls, HTTP/2 by ALPN) with this certificate; plaintext when unset.
+    pub tls: Option<TlsConfig>,
+}
+
+/// A server's TLS identity, as PEM files.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert_path: std::path::PathBuf,
+    /// Its private key.
+    pub key_path: std::path::PathBuf,
 }
 
 impl Default for GrpcConfig {
@@ -67,9 +81,10 @@ impl Default for GrpcConfig {
         Self {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             request_timeout: Duration::from_secs(30),
-            cors_allowed_origins: vec!["*".to_owned()],
+            cors_allowed_origins: Vec::new(),
             max_request_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 256,
+            tls: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
     service::{Routes, RoutesBuilder},
-    transport::{Server, server::TcpIncoming},
+    transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::Layer as _;
@@ -107,6 +107,12 @@ impl GrpcServerBuilder {
 
     /// Binds the listener (port 0 picks a free port) and returns the server ready to run.
     pub async fn bind(self) -> anyhow::Result<BoundServer> {
+        // A certificate that cannot serve stops the start, not the first handshake.
+        if let Some(tls) = &self.config.tls {
+            Server::builder()
+                .tls_config(server_tls(tls)?)
+                .context("invalid grpc.tls certificate or key")?;
+        }
         let listener = TcpListener::bind(self.config.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", self.config.listen_addr))?;
@@ -181,18 +187,17 @@ impl BoundServer {
             ));
 
         let telemetry = ops.telemetry.clone();
-        let router = routes
-            .routes()
-            .into_axum_router()
-            // Browsers call grpc-web cross-origin (the control center's dev server, other tools).
-            .layer(cors_layer(&config.cors_allowed_origins))
-            .route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let telemetry = telemetry.clone();
-                    async move { telemetry.render_metrics() }
-                }),
-            );
+        let router = with_cors(
+            routes.routes().into_axum_router(),
+            &config.cors_allowed_origins,
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let telemetry = telemetry.clone();
+                async move { telemetry.render_metrics() }
+            }),
+        );
         let router = match front {
             Some(front) => front(router),
             None => router,
@@ -229,7 +234,13 @@ impl BoundServer {
         tracing::info!(service = ops.service, address = %local_addr, "serving gRPC and grpc-web");
 
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let result = Server::builder()
+        let mut server = Server::builder();
+        if let Some(tls) = &config.tls {
+            server = server
+                .tls_config(server_tls(tls)?)
+                .context("invalid grpc.tls certificate or key")?;
+        }
+        let result = server
             // grpc-web arrives over HTTP/1.1.
             .accept_http1(true)
             .max_concurrent_streams(Some(config.max_concurrent_streams))
@@ -346,6 +357,29 @@ fn method_paths(services: &[String]) -> Vec<String> {
         }
     }
     paths
+}
+
+/// The rustls configuration of `tls`: its certificate chain and key, HTTP/2 by ALPN.
+fn server_tls(tls: &crate::config::TlsConfig) -> anyhow::Result<ServerTlsConfig> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path)
+            .with_context(|| format!("cannot read grpc.tls.{what} {}", path.display()))
+    };
+    let identity = Identity::from_pem(
+        read(&tls.cert_path, "cert_path")?,
+        read(&tls.key_path, "key_path")?,
+    );
+    Ok(ServerTlsConfig::new().identity(identity))
+}
+
+/// `router` answering browsers of `allowed_origins` cross-origin; no CORS at all (no headers, no
+/// preflight answers) when there are none, the default.
+pub fn with_cors(router: axum::Router, allowed_origins: &[String]) -> axum::Router {
+    if allowed_origins.is_empty() {
+        router
+    } else {
+        router.layer(cors_layer(allowed_origins))
+    }
 }
 
 /// CORS for grpc-web callers in browsers: the headers they send and the status headers they

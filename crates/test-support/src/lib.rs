@@ -9,6 +9,7 @@
 
 pub mod hostile;
 pub mod smtp;
+pub mod tls;
 
 use std::{path::PathBuf, time::Duration};
 

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, sync::Arc};
 use zentra_runtime::{
     config::{ConfigSources, to_toml},
     ops::{DependencyProbe, OpsContext},
-    server::{BoundServer, GrpcServerBuilder, RunningServer, cors_layer},
+    server::{BoundServer, GrpcServerBuilder, RunningServer},
     telemetry::Telemetry,
 };
 
@@ -52,6 +52,16 @@ impl Gateway {
     ) -> anyhow::Result<Self> {
         let settings = &config.domain.gateway;
         config::validate(settings).map_err(anyhow::Error::msg)?;
+        let grpc = &config.common.grpc;
+        // Keys and tokens cross this port: in the clear only where nobody else can listen.
+        if grpc.tls.is_none() && !grpc.listen_addr.ip().is_loopback() {
+            anyhow::bail!(
+                "invalid config: the gateway listens on {} without TLS; set grpc.tls.cert_path and \
+                 grpc.tls.key_path, or listen on a loopback address behind a TLS-terminating proxy \
+                 on the same host (docs/GATEWAY.md, \"TLS\")",
+                grpc.listen_addr
+            );
+        }
         metric_names::describe();
         let auth = Authenticator::new(&settings.auth)
             .map_err(|error| anyhow::anyhow!("invalid config: gateway.auth: {error}"))?;
@@ -86,7 +96,7 @@ impl Gateway {
             draining: draining.clone(),
         });
         let static_dir = settings.static_dir.clone();
-        let cors = cors_layer(&config.common.grpc.cors_allowed_origins);
+        let origins = config.common.grpc.cors_allowed_origins.clone();
         let server = GrpcServerBuilder::new(config.common.grpc.clone(), ops)
             .draining(draining)
             .also_record(["zentra.ops.v1.OpsService".to_owned()])
@@ -96,7 +106,10 @@ impl Gateway {
             .front(routed, move |local| {
                 let front = Front::new(gatekeeper, local, static_dir.as_deref());
                 // CORS outside the front: a browser's preflight carries no credentials.
-                axum::Router::new().fallback_service(front).layer(cors)
+                zentra_runtime::server::with_cors(
+                    axum::Router::new().fallback_service(front),
+                    &origins,
+                )
             })
             .bind()
             .await?;

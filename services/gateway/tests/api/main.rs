@@ -8,3 +8,4 @@ mod helpers;
 mod minimisation;
 mod pricing;
 mod rate_limit;
+mod tls;
