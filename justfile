@@ -66,13 +66,14 @@ run service port: infra
     ZENTRA_GRPC__LISTEN_ADDR=${ZENTRA_GRPC__LISTEN_ADDR:-127.0.0.1:{{port}}} \
     cargo run -p zentra-{{service}}
 
-# Formatting, clippy (warnings are errors) and buf lint
+# Formatting, clippy (warnings are errors), buf lint and cargo deny (licences, bans, sources, advisories)
 lint:
-    deploy/local/install-tools.sh wasm_target
+    deploy/local/install-tools.sh wasm_target deny
     cargo fmt --all -- --check
     cargo clippy --workspace --exclude zentra-control-center --all-targets -- -D warnings
     cargo clippy -p zentra-control-center --target wasm32-unknown-unknown -- -D warnings
     cd proto && buf lint
+    deploy/local/deny.sh
 
 # Format Rust and proto sources
 fmt:

