@@ -25,8 +25,75 @@ pub struct CommonConfig {
     pub kafka: KafkaConfig,
     /// The transactional outbox relay.
     pub outbox: OutboxConfig,
+    /// How long published outbox rows, inbox entries and idempotency keys are kept.
+    pub retention: RetentionConfig,
     /// Logs, traces and metrics.
     pub telemetry: TelemetryConfig,
+}
+
+/// How long the runtime's bookkeeping rows are kept before a background task deletes them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Off: nothing is ever deleted.
+    pub enabled: bool,
+    /// How often the task looks for rows past their horizon.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Rows deleted per statement, so a backlog never takes one long lock.
+    pub batch_size: u32,
+    /// Published outbox rows, counted from publication: at least the outbox's republish window,
+    /// or an event could not be published again after a broker lost its log.
+    #[serde(with = "humantime_serde")]
+    pub outbox: Duration,
+    /// Inbox entries, counted from processing: at least the republish window, so an event
+    /// published again is still recognised.
+    #[serde(with = "humantime_serde")]
+    pub inbox: Duration,
+    /// Idempotency keys, counted from first use: a retry with the same key within this replays
+    /// the first answer; after it, the key is new again. The saga refuses to resume or retry a
+    /// step it first called longer ago than its own `saga.step_key_horizon`, which must stay
+    /// below this.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_keys: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(10 * 60),
+            batch_size: 5000,
+            outbox: Duration::from_secs(7 * 24 * 3600),
+            inbox: Duration::from_secs(7 * 24 * 3600),
+            idempotency_keys: Duration::from_secs(35 * 24 * 3600),
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// Horizons that would undo a guarantee are refused.
+    pub fn check(&self, outbox: &OutboxConfig) -> Result<(), String> {
+        if self.outbox < outbox.republish_window || self.inbox < outbox.republish_window {
+            return Err(format!(
+                "retention.outbox and retention.inbox must be at least outbox.republish_window ({})",
+                humantime_serde::re::humantime::format_duration(outbox.republish_window)
+            ));
+        }
+        if self.idempotency_keys < Duration::from_secs(24 * 3600) {
+            return Err(
+                "retention.idempotency_keys must be at least 24h: clients retry for \
+                        longer than that"
+                    .to_owned(),
+            );
+        }
+        if self.batch_size == 0 || self.interval.is_zero() {
+            return Err(
+                "retention.batch_size and retention.interval must be above zero".to_owned(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// A service's whole configuration: the shared part plus the service's own section.
@@ -453,6 +520,10 @@ where
     let common = figment.extract::<CommonConfig>().map_err(invalid)?;
     common.kafka.check().map_err(ConfigError::Invalid)?;
     common.outbox.check().map_err(ConfigError::Invalid)?;
+    common
+        .retention
+        .check(&common.outbox)
+        .map_err(ConfigError::Invalid)?;
     let domain = figment.extract::<D>().map_err(invalid)?;
     Ok((ServiceConfig { common, domain }, ConfigSources(sources)))
 }

@@ -129,6 +129,10 @@ CREATE UNIQUE INDEX dead_letters_identity ON dead_letters (consumer_group, sourc
         name: "m0000d_runtime_audit_records",
         up: crate::audit::MIGRATION,
     },
+    SqlMigration {
+        name: "m0000e_runtime_retention_indexes",
+        up: crate::retention::MIGRATION,
+    },
 ];
 
 /// A pooled connection idle for longer than this is tested before it is handed out.

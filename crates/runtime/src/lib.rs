@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod paging;
 pub mod platform;
 pub mod redact;
+pub mod retention;
 pub mod rpc_stats;
 pub mod server;
 pub mod status;

@@ -141,9 +141,15 @@ impl Platform {
         self.tasks.spawn(task);
     }
 
-    /// Starts the outbox relay on a task; it stops at shutdown.
+    /// Starts the outbox relay, and the retention task that prunes what the relay and the
+    /// consumers leave behind, on tasks; they stop at shutdown.
     pub fn spawn_relay(&self) {
         self.spawn(self.relay.clone().run(self.shutdown.clone()));
+        self.spawn(crate::retention::run(
+            self.db.clone(),
+            self.config.retention.clone(),
+            self.shutdown.clone(),
+        ));
     }
 
     /// Serves `server` until `signal`, then stops background work and waits for it.

@@ -83,6 +83,12 @@ pub struct SagaSettings {
     pub reconcile_after: Duration,
     /// The Watch streams.
     pub watch: WatchSettings,
+    /// An operator may resume or retry a step only within this of its first call: the
+    /// participants remember a step's idempotency key for `retention.idempotency_keys` (which
+    /// must be longer), and a call with a forgotten key would act twice. Older steps are
+    /// checked by hand and skipped (`ResumeSaga` with `skip_failed_step`).
+    #[serde(with = "humantime_serde")]
+    pub step_key_horizon: Duration,
 }
 
 /// Limits of the Watch streams, which all share one change feed per process.
@@ -122,6 +128,7 @@ impl Default for SagaSettings {
             reconcile_interval: Duration::from_secs(30),
             reconcile_after: Duration::from_secs(60),
             watch: WatchSettings::default(),
+            step_key_horizon: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

@@ -37,6 +37,7 @@ pub struct SagaApi {
     engine: Arc<Engine>,
     feed: watch::ChangeFeed,
     audit: AuditTrail,
+    step_key_horizon: Duration,
 }
 
 impl SagaApi {
@@ -47,7 +48,31 @@ impl SagaApi {
             engine,
             feed,
             audit,
+            step_key_horizon: Duration::from_secs(30 * 24 * 3600),
         }
+    }
+
+    /// Refuses to resume or retry a step first called longer ago than `horizon`.
+    #[must_use]
+    pub fn with_step_key_horizon(mut self, horizon: Duration) -> Self {
+        self.step_key_horizon = horizon;
+        self
+    }
+
+    /// Refused when the saga's current step was first called so long ago that its participant
+    /// may have forgotten the step's idempotency key: calling it again could act twice.
+    fn check_key_remembered(&self, saga: &Saga) -> Result<(), SagaError> {
+        let first = saga.steps.last().and_then(|step| step.first_start());
+        if !key_may_be_forgotten(first, chrono::Utc::now(), self.step_key_horizon) {
+            return Ok(());
+        }
+        Err(SagaError::Refused(format!(
+            "saga {}: its step was first called at {}, longer ago than the {} its participants \
+             remember keys for; check the step by hand, then resume with skip_failed_step",
+            saga.id,
+            first.map(|time| time.to_rfc3339()).unwrap_or_default(),
+            humantime_serde::re::humantime::format_duration(self.step_key_horizon)
+        )))
     }
 
     async fn load(&self, id: Uuid) -> Result<Saga, SagaError> {
@@ -96,6 +121,16 @@ impl SagaApi {
             }
         }
     }
+}
+
+/// Whether a step first called at `first` is older than `horizon` at `now`.
+fn key_may_be_forgotten(
+    first: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+    horizon: Duration,
+) -> bool {
+    let horizon = chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX);
+    first.is_some_and(|first| now - first > horizon)
 }
 
 /// What a saga needs of an order, from the order itself (StartSaga and reconciliation).
@@ -407,6 +442,9 @@ impl SagaApi {
             ))
             .into());
         }
+        if !request.skip_failed_step {
+            self.check_key_remembered(&saga)?;
+        }
         let response = pb::ResumeSagaResponse {
             saga: Some(convert::saga(&saga)),
         };
@@ -419,5 +457,20 @@ impl SagaApi {
         Ok(Response::new(pb::ResumeSagaResponse {
             saga: Some(convert::saga(&saga)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_first_called_beyond_the_horizon_may_have_a_forgotten_key() {
+        let now = chrono::Utc::now();
+        let day = Duration::from_secs(24 * 3600);
+        let days_ago = |days: i64| Some(now - chrono::Duration::days(days));
+        assert!(!key_may_be_forgotten(days_ago(29), now, 30 * day));
+        assert!(key_may_be_forgotten(days_ago(31), now, 30 * day));
+        assert!(!key_may_be_forgotten(None, now, 30 * day));
     }
 }

@@ -69,6 +69,13 @@ impl SagaOrchestrator {
     ) -> anyhow::Result<Self> {
         metric_names::describe();
         let settings = config.domain.saga.clone();
+        if settings.step_key_horizon >= config.common.retention.idempotency_keys {
+            anyhow::bail!(
+                "invalid config: saga.step_key_horizon must be shorter than \
+                 retention.idempotency_keys, or a resumed step could reach a participant that \
+                 forgot its key"
+            );
+        }
         // A fixed instance id names this instance in the partition leases too, so a restart
         // takes its partitions back at once.
         if config.common.kafka.member_id.is_empty() {
@@ -133,11 +140,18 @@ impl SagaOrchestrator {
         ));
         let server = platform
             .server()
-            .add_service(SagaServiceServer::new(grpc::SagaApi::new(
-                engine.clone(),
-                watch::ChangeFeed::new(engine.clone(), &settings.watch, platform.draining.clone()),
-                platform.audit.clone(),
-            )))
+            .add_service(SagaServiceServer::new(
+                grpc::SagaApi::new(
+                    engine.clone(),
+                    watch::ChangeFeed::new(
+                        engine.clone(),
+                        &settings.watch,
+                        platform.draining.clone(),
+                    ),
+                    platform.audit.clone(),
+                )
+                .with_step_key_horizon(settings.step_key_horizon),
+            ))
             .add_service(CircuitBreakerServiceServer::new(breakers::BreakerApi::new(
                 engine,
                 settings.circuit_breaker.clone(),
