@@ -2,7 +2,6 @@
 //! dead-letter replay and dismissal, saga retry, cancel, resume and skip, breaker resets), newest
 //! first, with who did it, why and what came of it. Operators and admins only.
 
-use gloo_timers::future::TimeoutFuture;
 use leptos::{prelude::*, task::spawn_local};
 use zentra_proto::ops::v1 as ops;
 
@@ -10,7 +9,7 @@ use crate::{
     api::{Api, SERVICES, describe},
     format,
     session::{Role, use_session},
-    widgets::{listing, page_alive, shown},
+    widgets::{listing, page_alive, shown, wait_or_refresh},
 };
 
 /// Records fetched per service each round.
@@ -96,13 +95,8 @@ pub fn Audit() -> impl IntoView {
             if records.try_set(Some(result)).is_some() {
                 break;
             }
-            let seen = refresh.get_untracked();
-            for _ in 0..20 {
-                TimeoutFuture::new(250).await;
-                if refresh.try_get_untracked() != Some(seen) {
-                    break;
-                }
-            }
+            // Every five seconds, or at once after a change of filter.
+            wait_or_refresh(refresh, 20).await;
         }
     });
     let bump = move || refresh.update(|count| *count += 1);

@@ -1,7 +1,6 @@
 //! Dead letters of every consuming service: list and filter, inspect a record (its envelope
 //! decoded, headers, error, attempts), replay it to its topic or dismiss it.
 
-use gloo_timers::future::TimeoutFuture;
 use leptos::{prelude::*, task::spawn_local};
 use prost::Message as _;
 use zentra_proto::{events::v1::EventEnvelope, saga::v1 as pb};
@@ -10,7 +9,7 @@ use crate::{
     api::{CONSUMING_SERVICES, confirm, describe, new_key},
     format,
     session::{Role, use_session},
-    widgets::{listing, outcome_view, page_alive, shown},
+    widgets::{listing, outcome_view, page_alive, shown, wait_or_refresh},
 };
 
 fn status_name(status: i32) -> &'static str {
@@ -55,15 +54,8 @@ pub fn DeadLetters() -> impl IntoView {
                 if records.try_set(Some(result)).is_some() {
                     break;
                 }
-                let seen = refresh.get_untracked();
                 // Every three seconds, or at once after a change of filter or an action.
-                for _ in 0..12 {
-                    TimeoutFuture::new(250).await;
-                    // Left the page meanwhile: the signal is gone, so is the loop.
-                    if refresh.try_get_untracked() != Some(seen) {
-                        break;
-                    }
-                }
+                wait_or_refresh(refresh, 12).await;
             }
         });
     }

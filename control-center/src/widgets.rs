@@ -21,6 +21,18 @@ pub fn shown(alive: &AtomicBool) -> bool {
     alive.load(Ordering::Relaxed)
 }
 
+/// Waits `ticks` quarter seconds, or less once `refresh` changes (a new filter, an action) or the
+/// page is gone with its signal.
+pub async fn wait_or_refresh(refresh: RwSignal<u32>, ticks: u32) {
+    let seen = refresh.get_untracked();
+    for _ in 0..ticks {
+        gloo_timers::future::TimeoutFuture::new(250).await;
+        if refresh.try_get_untracked() != Some(seen) {
+            return;
+        }
+    }
+}
+
 /// The last action's result: a status line or an alert.
 pub fn outcome_view(outcome: RwSignal<Option<Result<String, String>>>) -> impl IntoView {
     move || {

@@ -27,6 +27,8 @@ pub struct CommonConfig {
     pub outbox: OutboxConfig,
     /// How long published outbox rows, inbox entries and idempotency keys are kept.
     pub retention: RetentionConfig,
+    /// TLS of this process's calls to other services; plaintext when unset.
+    pub client_tls: Option<ClientTlsConfig>,
     /// Logs, traces and metrics.
     pub telemetry: TelemetryConfig,
 }
@@ -133,11 +135,28 @@ pub struct GrpcConfig {
     pub tls: Option<TlsConfig>,
 }
 
-/// A server's TLS identity, as PEM files.
+/// A server's TLS identity, as PEM files, and whom it lets in.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// The certificate chain, leaf first.
+    pub cert_path: std::path::PathBuf,
+    /// Its private key.
+    pub key_path: std::path::PathBuf,
+    /// Mutual TLS: only clients with a certificate this CA signed get a connection at all, on
+    /// every RPC (health, reflection and ops included). Unset: any client may connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_path: Option<std::path::PathBuf>,
+}
+
+/// How this process proves itself to the platform's other services, and whom it trusts, for
+/// `https://` peers (PEM files).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// The CA whose signature a peer's certificate must carry.
+    pub ca_path: std::path::PathBuf,
+    /// This process's certificate, presented to peers that ask (mutual TLS).
     pub cert_path: std::path::PathBuf,
     /// Its private key.
     pub key_path: std::path::PathBuf,

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
     service::{Routes, RoutesBuilder},
-    transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
+    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::Layer as _;
@@ -359,7 +359,8 @@ fn method_paths(services: &[String]) -> Vec<String> {
     paths
 }
 
-/// The rustls configuration of `tls`: its certificate chain and key, HTTP/2 by ALPN.
+/// The rustls configuration of `tls`: its certificate chain and key, HTTP/2 by ALPN, and the CA
+/// clients must present a certificate of, if any.
 fn server_tls(tls: &crate::config::TlsConfig) -> anyhow::Result<ServerTlsConfig> {
     let read = |path: &std::path::Path, what: &str| {
         std::fs::read(path)
@@ -369,7 +370,12 @@ fn server_tls(tls: &crate::config::TlsConfig) -> anyhow::Result<ServerTlsConfig>
         read(&tls.cert_path, "cert_path")?,
         read(&tls.key_path, "key_path")?,
     );
-    Ok(ServerTlsConfig::new().identity(identity))
+    let config = ServerTlsConfig::new().identity(identity);
+    Ok(match &tls.client_ca_path {
+        // Client certificates required: a connection without one never reaches a handler.
+        Some(ca) => config.client_ca_root(Certificate::from_pem(read(ca, "client_ca_path")?)),
+        None => config,
+    })
 }
 
 /// `router` answering browsers of `allowed_origins` cross-origin; no CORS at all (no headers, no

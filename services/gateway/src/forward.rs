@@ -21,7 +21,11 @@ pub struct Forwarder {
 impl Forwarder {
     /// Prepares a lazily connected channel per service; a service that is down is UNAVAILABLE
     /// per call, not a start-up failure.
-    pub fn new(upstreams: &Upstreams, max_request_bytes: usize) -> anyhow::Result<Self> {
+    pub fn new(
+        upstreams: &Upstreams,
+        tls: Option<&zentra_runtime::config::ClientTlsConfig>,
+        max_request_bytes: usize,
+    ) -> anyhow::Result<Self> {
         let mut channels = HashMap::new();
         for upstream in Upstream::ALL {
             let url = match upstream {
@@ -32,10 +36,10 @@ impl Forwarder {
                 Upstream::Notification => &upstreams.notification,
                 Upstream::Saga => &upstreams.saga,
             };
-            let channel = Channel::from_shared(url.clone())
+            let channel = zentra_runtime::client::endpoint(url, tls)
                 .map_err(|error| {
                     anyhow::anyhow!(
-                        "invalid config: gateway.upstreams.{}: {error}",
+                        "invalid config: gateway.upstreams.{}: {error:#}",
                         upstream.name()
                     )
                 })?

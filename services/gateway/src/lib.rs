@@ -66,7 +66,11 @@ impl Gateway {
         let auth = Authenticator::new(&settings.auth)
             .map_err(|error| anyhow::anyhow!("invalid config: gateway.auth: {error}"))?;
         let limiter = RateLimiter::new(settings.rate_limit.clone())?;
-        let forwarder = Forwarder::new(&settings.upstreams, settings.limits.max_request_bytes)?;
+        let forwarder = Forwarder::new(
+            &settings.upstreams,
+            config.common.client_tls.as_ref(),
+            settings.limits.max_request_bytes,
+        )?;
         let table = RouteTable::from_contracts();
         let routed = table.routed_services();
 

@@ -22,10 +22,17 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
-    /// A catalogue at `settings.catalogue_url`, connected on first use.
-    pub fn new(settings: &OrderSettings) -> anyhow::Result<Self> {
+    /// A catalogue at `settings.catalogue_url` (over `tls` if it is `https://`), connected on
+    /// first use.
+    pub fn new(
+        settings: &OrderSettings,
+        tls: Option<&zentra_runtime::config::ClientTlsConfig>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
-            client: InventoryServiceClient::new(client::lazy_channel(&settings.catalogue_url)?),
+            client: InventoryServiceClient::new(client::lazy_channel(
+                &settings.catalogue_url,
+                tls,
+            )?),
             timeout: settings.catalogue_timeout,
         })
     }

@@ -53,7 +53,8 @@ impl OrderService {
             platform.event_topic(EVENTS_TOPIC),
             platform.relay.waker(),
         );
-        let catalogue = catalogue::Catalogue::new(&config.domain.order)?;
+        let catalogue =
+            catalogue::Catalogue::new(&config.domain.order, config.common.client_tls.as_ref())?;
         platform.spawn_relay();
         let server = platform
             .server()

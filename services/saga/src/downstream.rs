@@ -13,7 +13,8 @@ use zentra_proto::{
 };
 use zentra_runtime::{
     circuit_breaker::{BreakerSettings, CircuitBreaker},
-    client::{self, lazy_channel as channel},
+    client::{self, lazy_channel},
+    config::ClientTlsConfig,
 };
 
 use crate::{
@@ -35,13 +36,16 @@ pub struct Downstreams {
 }
 
 impl Downstreams {
-    /// Clients for `endpoints`, with calls bounded by `deadline` and stock held for `hold`.
+    /// Clients for `endpoints` (over `tls` for `https://` ones), with calls bounded by
+    /// `deadline` and stock held for `hold`.
     pub fn new(
         endpoints: &Endpoints,
+        tls: Option<&ClientTlsConfig>,
         breaker: &BreakerSettings,
         deadline: Duration,
         hold: Duration,
     ) -> anyhow::Result<Self> {
+        let channel = |url: &str| lazy_channel(url, tls);
         let breakers = Downstream::ALL
             .into_iter()
             .map(|downstream| {

@@ -98,6 +98,7 @@ impl SagaOrchestrator {
         platform.spawn_relay();
         let downstreams = downstream::Downstreams::new(
             &settings.endpoints,
+            config.common.client_tls.as_ref(),
             &settings.circuit_breaker,
             settings.call_timeout,
             settings.reservation_hold,

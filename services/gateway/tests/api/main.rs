@@ -6,6 +6,7 @@ mod faults;
 mod grpc_web;
 mod helpers;
 mod minimisation;
+mod mtls;
 mod pricing;
 mod rate_limit;
 mod tls;

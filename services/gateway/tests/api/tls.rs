@@ -20,6 +20,7 @@ async fn the_gateway_serves_tls_with_http2_and_refuses_plaintext_beyond_loopback
     config.common.grpc.tls = Some(TlsConfig {
         cert_path: issued.cert_path.clone(),
         key_path: issued.key_path.clone(),
+        client_ca_path: None,
     });
     let gateway = Gateway::start(
         config.clone(),
@@ -94,6 +95,7 @@ async fn the_gateway_serves_tls_with_http2_and_refuses_plaintext_beyond_loopback
     mismatched.common.grpc.tls = Some(TlsConfig {
         cert_path: issued.cert_path,
         key_path: ca.issue("other").expect("certificate").cert_path,
+        client_ca_path: None,
     });
     assert!(
         Gateway::start(
