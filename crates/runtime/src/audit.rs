@@ -46,6 +46,8 @@ pub struct Actor {
     pub role: String,
     /// The address the call came from; empty when unknown.
     pub peer: String,
+    /// The gateway's signature of caller and role (`x-zentra-assertion`); empty when none.
+    pub assertion: String,
 }
 
 impl Actor {
@@ -69,6 +71,36 @@ impl Actor {
             caller: text(CALLER_METADATA).unwrap_or_else(|| "anonymous".to_owned()),
             role: text(ROLE_METADATA).unwrap_or_default(),
             peer: peer.unwrap_or_default(),
+            assertion: metadata
+                .get(crate::assertion::ASSERTION_METADATA)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+}
+
+/// The role an action needs, as the gateway names roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Needs {
+    /// Steering orders, sagas, dead letters and breakers.
+    Operator,
+    /// Changing how a service behaves: faults, kill, log levels.
+    Admin,
+}
+
+impl Needs {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+
+    fn met_by(self, role: &str) -> bool {
+        match self {
+            Self::Operator => role == "operator" || role == "admin",
+            Self::Admin => role == "admin",
         }
     }
 }
@@ -78,6 +110,8 @@ impl Actor {
 pub struct Action {
     /// The RPC, as `package.Service/Method`.
     pub rpc: &'static str,
+    /// The role it needs.
+    pub needs: Needs,
     /// What it acts on, as a resource name ("sagas/<id>").
     pub target: String,
     /// Why, as the caller gave it.
@@ -87,9 +121,10 @@ pub struct Action {
 impl Action {
     /// An action on `target`, with the caller's `reason` (kept printable and at most 500
     /// characters: the record must be writable even when the request is refused as invalid).
-    pub fn new(rpc: &'static str, target: impl AsRef<str>, reason: &str) -> Self {
+    pub fn new(rpc: &'static str, needs: Needs, target: impl AsRef<str>, reason: &str) -> Self {
         Self {
             rpc,
+            needs,
             target: clean(target.as_ref(), MAX_TARGET_CHARS),
             reason: clean(reason, MAX_REASON_CHARS),
         }
@@ -123,12 +158,55 @@ pub fn check_reason(reason: &str, violations: &mut Violations) {
 pub struct AuditTrail {
     db: DatabaseConnection,
     service: &'static str,
+    /// The key the gateway signs callers with; when set, an action needs a valid signature of
+    /// a caller in its role.
+    assertion_key: Option<crate::config::Secret>,
 }
 
 impl AuditTrail {
     /// The trail of `service`, in its database.
     pub fn new(db: DatabaseConnection, service: &'static str) -> Self {
-        Self { db, service }
+        Self {
+            db,
+            service,
+            assertion_key: None,
+        }
+    }
+
+    /// Believes callers and roles only when the gateway signed them with `key`.
+    #[must_use]
+    pub fn with_assertion_key(mut self, key: Option<crate::config::Secret>) -> Self {
+        self.assertion_key = key;
+        self
+    }
+
+    /// Refused unless the gateway vouched for a caller in the role `action` needs (only when
+    /// this service holds the gateway's key); the actor as recorded.
+    fn admit(&self, actor: &Actor, action: &Action) -> (Actor, Result<(), Status>) {
+        let Some(key) = &self.assertion_key else {
+            return (actor.clone(), Ok(()));
+        };
+        let signed = crate::assertion::verify_parts(
+            key,
+            &actor.caller,
+            &actor.role,
+            &actor.assertion,
+            action.rpc,
+            std::time::SystemTime::now(),
+        );
+        if signed && action.needs.met_by(&actor.role) {
+            return (actor.clone(), Ok(()));
+        }
+        let mut recorded = actor.clone();
+        if !signed {
+            recorded.caller = clean(&format!("unverified:{}", actor.caller), MAX_CALLER_CHARS);
+        }
+        let refusal = Status::permission_denied(format!(
+            "{} needs the {} role, asserted by the gateway; call it through the gateway",
+            action.rpc,
+            action.needs.name()
+        ));
+        (recorded, Err(refusal))
     }
 
     /// Records `action` by `actor`, runs `work`, and records its outcome. The action is refused
@@ -139,13 +217,18 @@ impl AuditTrail {
         action: Action,
         work: impl Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
+        let (actor, admitted) = self.admit(actor, &action);
+        let actor = &actor;
         let id = self.begin(actor, &action).await.map_err(|error| {
             tracing::warn!(%error, rpc = action.rpc, "audit record not written: action refused");
             Status::unavailable(
                 "the audit trail cannot be written, so the action was not taken; retry later",
             )
         })?;
-        let result = work.await;
+        let result = match admitted {
+            Ok(()) => work.await,
+            Err(refusal) => Err(refusal),
+        };
         let (outcome, code, message) = match &result {
             Ok(_) => (AuditOutcome::Succeeded, tonic::Code::Ok, ""),
             Err(status) => (AuditOutcome::Failed, status.code(), status.message()),
@@ -386,7 +469,12 @@ mod tests {
 
     #[test]
     fn hostile_targets_and_reasons_are_kept_printable_and_short() {
-        let action = Action::new("x/Y", format!("sagas/{}\0", "a".repeat(1000)), "why\u{7}\n");
+        let action = Action::new(
+            "x/Y",
+            Needs::Operator,
+            format!("sagas/{}\0", "a".repeat(1000)),
+            "why\u{7}\n",
+        );
         assert_eq!(action.target.chars().count(), MAX_TARGET_CHARS);
         assert!(!action.target.contains('\0'));
         assert_eq!(action.reason, "why");

@@ -29,6 +29,10 @@ pub struct CommonConfig {
     pub retention: RetentionConfig,
     /// TLS of this process's calls to other services; plaintext when unset.
     pub client_tls: Option<ClientTlsConfig>,
+    /// The key the gateway signs its callers' identity and role with (`x-zentra-assertion`),
+    /// shared with every service. When set, a service takes operator and admin actions only
+    /// from a caller the gateway vouched for in the role they need; a peer cannot forge one.
+    pub caller_assertion_key: Option<Secret>,
     /// Logs, traces and metrics.
     pub telemetry: TelemetryConfig,
 }

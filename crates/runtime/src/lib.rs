@@ -3,6 +3,7 @@
 //! shutdown), the ops service, PostgreSQL with migrations, Kafka, the outbox and the inbox.
 //! A service adds only its domain.
 
+pub mod assertion;
 pub mod audit;
 pub mod bin_support;
 pub mod circuit_breaker;

@@ -102,7 +102,8 @@ impl Platform {
             probes,
         )
         .with_broker(producer.clone(), &common.kafka.topic_prefix);
-        let audit = AuditTrail::new(db.clone(), info.name);
+        let audit = AuditTrail::new(db.clone(), info.name)
+            .with_assertion_key(common.caller_assertion_key.clone());
         let ops = ops.with_audit(audit.clone());
         tracing::info!(
             service = info.name,

@@ -100,3 +100,32 @@ impl DevKeys {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
     }
 }
+
+/// Where the key the gateway signs callers with is kept.
+pub const ASSERTION_KEY_FILE: &str = "caller-assertion.key";
+
+/// The key the gateway signs its callers' identity and role with, shared with every service:
+/// read from `state_dir`, or created there (mode 0600) on the first run.
+pub fn assertion_key(state_dir: &Path) -> anyhow::Result<String> {
+    let path = state_dir.join(ASSERTION_KEY_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && text.trim().len() >= 32
+    {
+        return Ok(text.trim().to_owned());
+    }
+    let key = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    writeln!(file, "{key}")?;
+    Ok(key)
+}

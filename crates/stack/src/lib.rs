@@ -45,15 +45,15 @@ pub async fn run(
     }
     let components = settings.components();
     check_ports(&settings, &components)?;
-    let launches = components
-        .iter()
-        .map(|component| launch(&settings, *component))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-
     std::fs::create_dir_all(&settings.state_dir)
         .with_context(|| format!("cannot create {}", settings.state_dir.display()))?;
     let keys = DevKeys::load_or_create(&settings.state_dir)?;
     keys.write_gateway_config(&settings.state_dir)?;
+    let assertion_key = keys::assertion_key(&settings.state_dir)?;
+    let launches = components
+        .iter()
+        .map(|component| launch(&settings, *component, &assertion_key))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let log_path = settings.state_dir.join("stack.log");
     let log_file = std::fs::OpenOptions::new()
         .create(true)
@@ -161,7 +161,11 @@ fn find(dir: &Path, name: &str) -> Option<PathBuf> {
 }
 
 /// How to start `component`.
-fn launch(settings: &Settings, component: Component) -> anyhow::Result<Launch> {
+fn launch(
+    settings: &Settings,
+    component: Component,
+    assertion_key: &str,
+) -> anyhow::Result<Launch> {
     let name = component.name();
     let port = settings.port(component);
     let listen = format!("127.0.0.1:{port}");
@@ -213,7 +217,7 @@ fn launch(settings: &Settings, component: Component) -> anyhow::Result<Launch> {
                 "{} is not built: run `cargo build --workspace --bins` (or `just up`, which does)",
                 program.display()
             );
-            let mut env = common_env(settings, &listen);
+            let mut env = common_env(settings, &listen, assertion_key);
             // A fixed member id, as a production deployment gives each replica: a restarted
             // process takes its partition leases back at once.
             env.push((
@@ -268,7 +272,7 @@ fn launch(settings: &Settings, component: Component) -> anyhow::Result<Launch> {
                 "{} is not built: run `cargo build --workspace --bins` (or `just up`, which does)",
                 program.display()
             );
-            let mut env = common_env(settings, &listen);
+            let mut env = common_env(settings, &listen, assertion_key);
             for (service, _) in settings::SERVICES
                 .iter()
                 .filter_map(|service| match service {
@@ -315,9 +319,14 @@ fn launch(settings: &Settings, component: Component) -> anyhow::Result<Launch> {
     }
 }
 
-fn common_env(settings: &Settings, listen: &str) -> Vec<(String, String)> {
+fn common_env(settings: &Settings, listen: &str, assertion_key: &str) -> Vec<(String, String)> {
     vec![
         ("ZENTRA_GRPC__LISTEN_ADDR".to_owned(), listen.to_owned()),
+        // The gateway signs its callers with it; the services act for no one unsigned.
+        (
+            "ZENTRA_CALLER_ASSERTION_KEY".to_owned(),
+            assertion_key.to_owned(),
+        ),
         (
             "ZENTRA_KAFKA__BOOTSTRAP_SERVERS".to_owned(),
             settings.bootstrap_servers(),

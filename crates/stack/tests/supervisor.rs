@@ -152,13 +152,41 @@ async fn a_killed_service_comes_back_its_audit_trail_names_the_killer_and_log_le
     tokio::time::sleep(Duration::from_millis(300)).await;
     let finished = |line: &str| line.contains("inventory |") && line.contains("rpc finished");
     assert_eq!(output.count(finished), 0, "{}", output.dump());
-    // ...after the change it is, by the same process.
-    client
+    let admin_key = std::fs::read_to_string(state_dir.join(zentra_stack::keys::KEYS_FILE))
+        .expect("dev keys")
+        .lines()
+        .find_map(|line| line.strip_prefix("ZENTRA_ADMIN_KEY=").map(str::to_owned))
+        .expect("admin key");
+    fn as_admin<T>(key: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let metadata = request.metadata_mut();
+        metadata.insert("x-api-key", MetadataValue::try_from(key).expect("ascii"));
+        metadata.insert("x-zentra-service", MetadataValue::from_static("inventory"));
+        request
+    }
+    let mut gateway = OpsServiceClient::connect(format!("http://127.0.0.1:{gateway_port}"))
+        .await
+        .expect("connect to the gateway");
+    // Straight to the service's port nobody may change it: only the gateway vouches for admins.
+    let refused = client
         .set_log_level(ops::SetLogLevelRequest {
-            filter: "info,zentra_runtime::server=debug".to_owned(),
-            idempotency_key: "log-1".to_owned(),
+            filter: "trace".to_owned(),
+            idempotency_key: "log-direct".to_owned(),
             reason: String::new(),
         })
+        .await
+        .expect_err("an unsigned admin action is refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    // ...after a change through the gateway it is, by the same process.
+    gateway
+        .set_log_level(as_admin(
+            &admin_key,
+            ops::SetLogLevelRequest {
+                filter: "info,zentra_runtime::server=debug".to_owned(),
+                idempotency_key: "log-1".to_owned(),
+                reason: "watching calls".to_owned(),
+            },
+        ))
         .await
         .expect("log level set");
     client
@@ -176,21 +204,6 @@ async fn a_killed_service_comes_back_its_audit_trail_names_the_killer_and_log_le
 
     // Kill, by an admin through the gateway: the service dies as a crash would, and the
     // supervisor starts it again.
-    let admin_key = std::fs::read_to_string(state_dir.join(zentra_stack::keys::KEYS_FILE))
-        .expect("dev keys")
-        .lines()
-        .find_map(|line| line.strip_prefix("ZENTRA_ADMIN_KEY=").map(str::to_owned))
-        .expect("admin key");
-    fn as_admin<T>(key: &str, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        let metadata = request.metadata_mut();
-        metadata.insert("x-api-key", MetadataValue::try_from(key).expect("ascii"));
-        metadata.insert("x-zentra-service", MetadataValue::from_static("inventory"));
-        request
-    }
-    let mut gateway = OpsServiceClient::connect(format!("http://127.0.0.1:{gateway_port}"))
-        .await
-        .expect("connect to the gateway");
     gateway
         .inject_fault(as_admin(
             &admin_key,
@@ -255,19 +268,31 @@ async fn a_killed_service_comes_back_its_audit_trail_names_the_killer_and_log_le
     assert_eq!(kill.outcome, ops::AuditOutcome::Succeeded as i32);
     assert_eq!(kill.status_code, "OK");
     assert!(kill.request_time.is_some() && kill.finish_time.is_some());
-    // The log level change came straight to the service port: recorded, with no caller.
-    let direct = client
-        .list_audit_records(ops::ListAuditRecordsRequest {
-            action: "zentra.ops.v1.OpsService/SetLogLevel".to_owned(),
-            ..Default::default()
-        })
+    // Both log level changes are recorded: the refused one as unverified, the other by the admin.
+    let changes = gateway
+        .list_audit_records(as_admin(
+            &admin_key,
+            ops::ListAuditRecordsRequest {
+                action: "zentra.ops.v1.OpsService/SetLogLevel".to_owned(),
+                ..Default::default()
+            },
+        ))
         .await
         .expect("audit records")
         .into_inner()
         .audit_records;
-    assert_eq!(direct.len(), 1, "{direct:?}");
-    assert_eq!(direct[0].caller, "anonymous");
-    assert!(direct[0].peer.starts_with("127.0.0.1:"), "{direct:?}");
+    let outcomes: Vec<(&str, &str)> = changes
+        .iter()
+        .map(|record| (record.caller.as_str(), record.status_code.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("key:dev-admin", "OK"),
+            ("unverified:anonymous", "PERMISSION_DENIED")
+        ],
+        "{changes:?}"
+    );
 
     // SIGTERM: everything stops, and the stack says so.
     let pid = stack.id().expect("pid").to_string();

@@ -50,6 +50,8 @@ pub struct Gatekeeper {
     pub streams: Arc<StreamSlots>,
     /// Cancelled when the gateway stops taking calls; open streams end on it.
     pub draining: zentra_runtime::CancellationToken,
+    /// The key callers' identity and role are signed with for the services.
+    pub assertion_key: Option<zentra_runtime::config::Secret>,
 }
 
 /// The front service (the router's fallback: it sees every request).
@@ -205,17 +207,28 @@ impl Gate {
             SERVICE_HEADER,
             CALLER_HEADER,
             ROLE_HEADER,
+            zentra_runtime::assertion::ASSERTION_METADATA,
         ] {
             headers.remove(name);
         }
         if let Some(caller) = &caller
             && let Ok(value) = HeaderValue::from_str(&caller.id)
         {
+            let role = crate::session::role_header(caller.role);
             headers.insert(CALLER_HEADER, value);
-            headers.insert(
-                ROLE_HEADER,
-                HeaderValue::from_static(crate::session::role_header(caller.role)),
-            );
+            headers.insert(ROLE_HEADER, HeaderValue::from_static(role));
+            // Signed, so the service can tell the gateway's word from a peer's claim.
+            if let Some(key) = &gatekeeper.assertion_key
+                && let Ok(value) = HeaderValue::from_str(&zentra_runtime::assertion::sign(
+                    key,
+                    &caller.id,
+                    role,
+                    &path,
+                    std::time::SystemTime::now(),
+                ))
+            {
+                headers.insert(zentra_runtime::assertion::ASSERTION_METADATA, value);
+            }
         }
         let default = if route.server_streaming {
             gatekeeper.limits.stream_deadline

@@ -98,6 +98,7 @@ impl Gateway {
                 settings.limits.max_streams,
             ),
             draining: draining.clone(),
+            assertion_key: config.common.caller_assertion_key.clone(),
         });
         let static_dir = settings.static_dir.clone();
         let origins = config.common.grpc.cors_allowed_origins.clone();

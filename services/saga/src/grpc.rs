@@ -13,7 +13,7 @@ use zentra_proto::{
     saga::v1::{self as pb, saga_service_server::SagaService},
 };
 use zentra_runtime::{
-    audit::{Action, Actor, AuditTrail, check_reason},
+    audit::{Action, Actor, AuditTrail, Needs, check_reason},
     deadline, fresh_or_replay,
     paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
@@ -314,6 +314,7 @@ impl SagaService for SagaApi {
         let request = request.into_inner();
         let action = Action::new(
             "zentra.saga.v1.SagaService/RetrySaga",
+            Needs::Operator,
             format!("sagas/{}", request.saga_id),
             &request.reason,
         );
@@ -328,6 +329,7 @@ impl SagaService for SagaApi {
         let request = request.into_inner();
         let action = Action::new(
             "zentra.saga.v1.SagaService/CancelSaga",
+            Needs::Operator,
             format!("sagas/{}", request.saga_id),
             &request.reason,
         );
@@ -342,6 +344,7 @@ impl SagaService for SagaApi {
         let request = request.into_inner();
         let action = Action::new(
             "zentra.saga.v1.SagaService/ResumeSaga",
+            Needs::Operator,
             format!("sagas/{}", request.saga_id),
             &request.reason,
         );

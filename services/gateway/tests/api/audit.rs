@@ -147,3 +147,86 @@ async fn a_dead_letter_dismissal_is_in_the_audit_trail_with_the_operator_who_did
 
     platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_claims_a_role_without_the_gateways_signature_is_refused_and_recorded() {
+    let mut platform = Platform::start("gw-forged").await;
+    let (_, channel) = platform.gateway(&GatewayOptions::default()).await;
+    let parked = platform.park_dead_letter(b"not a command").await;
+    // Straight to the service's port, claiming to be an admin the gateway vouched for.
+    let direct =
+        tonic::transport::Channel::from_shared(format!("http://{}", platform.inventory_addr()))
+            .expect("url")
+            .connect()
+            .await
+            .expect("inventory");
+    fn forged<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let metadata = request.metadata_mut();
+        metadata.insert("x-zentra-caller", "key:admin".parse().expect("ascii"));
+        metadata.insert("x-zentra-role", "admin".parse().expect("ascii"));
+        metadata.insert(
+            "x-zentra-assertion",
+            format!("v1.{}.{}", 1_900_000_000, "ab".repeat(32))
+                .parse()
+                .expect("ascii"),
+        );
+        request
+    }
+    let refused = OpsServiceClient::new(direct.clone())
+        .set_log_level(forged(ops::SetLogLevelRequest {
+            filter: "trace".to_owned(),
+            idempotency_key: "forged-1".to_owned(),
+            reason: "I am the admin".to_owned(),
+        }))
+        .await
+        .expect_err("a forged admin is refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let refused = DeadLetterServiceClient::new(direct)
+        .dismiss_dead_letter(forged(saga::DismissDeadLetterRequest {
+            dead_letter_id: parked.clone(),
+            reason: "covering my tracks".to_owned(),
+            idempotency_key: "forged-2".to_owned(),
+        }))
+        .await
+        .expect_err("a forged operator is refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // The record says who claimed what, from where; the dead letter is untouched.
+    let records = OpsServiceClient::new(channel.clone())
+        .list_audit_records(for_service(
+            with_key(
+                ops::ListAuditRecordsRequest::default(),
+                &platform.keys.operator,
+            ),
+            "inventory",
+        ))
+        .await
+        .expect("trail")
+        .into_inner()
+        .audit_records;
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(
+        records
+            .iter()
+            .all(|record| record.caller == "unverified:key:admin"
+                && record.status_code == "PERMISSION_DENIED")
+    );
+    let letter = DeadLetterServiceClient::new(channel)
+        .get_dead_letter(for_service(
+            with_key(
+                saga::GetDeadLetterRequest {
+                    dead_letter_id: parked,
+                },
+                &platform.keys.operator,
+            ),
+            "inventory",
+        ))
+        .await
+        .expect("dead letter")
+        .into_inner()
+        .dead_letter
+        .expect("dead letter");
+    assert_eq!(letter.status, saga::DeadLetterStatus::Pending as i32);
+    platform.stop().await;
+}

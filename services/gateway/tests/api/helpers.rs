@@ -89,6 +89,7 @@ pub struct Platform {
     order: RunningService,
     inventory: RunningService,
     gateways: Vec<RunningServer>,
+    assertion_key: Secret,
     pub keys: Keys,
     pub redis_prefix: String,
 }
@@ -101,8 +102,11 @@ impl Platform {
         let inventory_database = TestDatabase::create(&format!("{label}-inv"))
             .await
             .expect("database");
+        // The gateway signs its callers with this; the services believe nothing unsigned.
+        let assertion_key = Secret::new(format!("assertion-{}", unique_suffix()));
         let mut common = env.common_config();
         common.database.url = SecretUrl::new(inventory_database.url());
+        common.caller_assertion_key = Some(assertion_key.clone());
         let inventory = zentra_inventory::Inventory::start(
             zentra_inventory::Config {
                 common,
@@ -123,9 +127,11 @@ impl Platform {
             .expect("catalogue product created");
         let mut order_domain = zentra_order::config::OrderConfig::default();
         order_domain.order.catalogue_url = format!("http://{}", inventory.local_addr());
+        let mut order_common = env.common_config();
+        order_common.caller_assertion_key = Some(assertion_key.clone());
         let order = zentra_order::OrderService::start(
             zentra_order::Config {
-                common: env.common_config(),
+                common: order_common,
                 domain: order_domain,
             },
             Default::default(),
@@ -142,6 +148,7 @@ impl Platform {
             order,
             inventory,
             gateways: Vec::new(),
+            assertion_key,
             keys: Keys {
                 viewer: format!("zk_viewer_{suffix}"),
                 operator: format!("zk_operator_{suffix}"),
@@ -201,6 +208,7 @@ impl Platform {
         rate.timeout = Duration::from_millis(500);
         let mut common = self.env.common_config();
         common.grpc.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        common.caller_assertion_key = Some(self.assertion_key.clone());
         zentra_gateway::Config { common, domain }
     }
 
