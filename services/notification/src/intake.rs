@@ -63,13 +63,7 @@ impl EventHandler for Intake {
         // The order service validated the address at placement; a record from elsewhere that
         // carries no valid one mails nobody.
         let remember = placed.and_then(|placed| {
-            let mut violations = Violations::new();
-            check_email("customer_email", &placed.customer_email, &mut violations);
-            let email = if violations.is_empty() {
-                placed.customer_email
-            } else {
-                String::new()
-            };
+            let email = valid_or_nobody(&placed.customer_email);
             Uuid::parse_str(&placed.order_id)
                 .ok()
                 .map(|order_id| (order_id, placed.customer_id, email))
@@ -79,6 +73,11 @@ impl EventHandler for Intake {
                 event_id,
                 event_type: envelope.event_type.clone(),
                 customer_id: rendered.customer_id,
+                // Empty: the event does not say (older events); the remembered one then.
+                customer_email: rendered
+                    .customer_email
+                    .filter(|email| !email.is_empty())
+                    .map(|email| valid_or_nobody(&email)),
                 order_id: Uuid::parse_str(&rendered.order_id).map_err(|_| {
                     HandlerError::Permanent(format!("order id {} is not a UUID", rendered.order_id))
                 })?,
@@ -117,5 +116,16 @@ impl EventHandler for Intake {
         for _ in applied.iter().filter(|created| **created) {
             self.delivery.notify_one();
         }
+    }
+}
+
+/// `email` if it is a valid address, else empty: nobody is mailed.
+fn valid_or_nobody(email: &str) -> String {
+    let mut violations = Violations::new();
+    check_email("customer_email", email, &mut violations);
+    if violations.is_empty() {
+        email.to_owned()
+    } else {
+        String::new()
     }
 }

@@ -13,6 +13,8 @@ pub struct Rendered {
     pub order_id: String,
     /// The customer, when the event names one.
     pub customer_id: Option<String>,
+    /// The address the event carries, if any; else the one remembered for the order.
+    pub customer_email: Option<String>,
     /// Subject line.
     pub subject: String,
     /// Plain-text body.
@@ -56,6 +58,7 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
                     amount(event.total.as_ref())
                 ),
                 customer_id: Some(event.customer_id),
+                customer_email: Some(event.customer_email),
                 order_id: event.order_id,
             }
         }
@@ -69,6 +72,7 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
                     amount(event.total.as_ref())
                 ),
                 customer_id: Some(event.customer_id),
+                customer_email: Some(event.customer_email),
                 order_id: event.order_id,
             }
         }
@@ -84,6 +88,7 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
                     event.order_id, event.reason
                 ),
                 customer_id: Some(event.customer_id),
+                customer_email: Some(event.customer_email),
                 order_id: event.order_id,
             }
         }
@@ -93,6 +98,7 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
                 subject: format!("Your order {} is cancelled", short(&event.order_id)),
                 body: format!("Your order {} is cancelled as you asked.", event.order_id),
                 customer_id: Some(event.customer_id),
+                customer_email: Some(event.customer_email),
                 order_id: event.order_id,
             }
         }
@@ -107,6 +113,7 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
                     event.decline_message
                 ),
                 customer_id: None,
+                customer_email: None,
                 order_id: event.order_id,
             }
         }
@@ -119,6 +126,7 @@ pub fn render(envelope: &EventEnvelope) -> Option<Rendered> {
                     event.order_id, event.carrier, event.tracking_number
                 ),
                 customer_id: None,
+                customer_email: None,
                 order_id: event.order_id,
             }
         }

@@ -83,6 +83,8 @@ pub struct NewNotification {
     pub event_type: String,
     /// The customer when the event names one; else the one remembered for the order.
     pub customer_id: Option<String>,
+    /// The address when the event carries one (empty: nobody); else the one remembered.
+    pub customer_email: Option<String>,
     /// Order.
     pub order_id: Uuid,
     /// Subject.
@@ -122,7 +124,9 @@ pub async fn take_in<C: ConnectionTrait>(
         mail.as_ref().map(|m| m.event_type.clone()).into(),
         mail.as_ref().map(|m| m.order_id).into(),
         mail.as_ref().and_then(|m| m.customer_id.clone()).into(),
-        remember_email.into(),
+        remember_email
+            .or_else(|| mail.as_ref().and_then(|m| m.customer_email.clone()))
+            .into(),
         mail.as_ref().map(|m| m.subject.clone()).into(),
         mail.map(|m| m.body).into(),
     ]);

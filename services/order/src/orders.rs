@@ -86,6 +86,7 @@ impl Orders {
                     order_id,
                     customer_id,
                     total: convert::total(&order),
+                    customer_email: order.customer_email.clone(),
                 };
                 self.emit(tx, &event, &order).await?;
             }
@@ -94,6 +95,7 @@ impl Orders {
                     order_id,
                     customer_id,
                     reason,
+                    customer_email: order.customer_email.clone(),
                 };
                 self.emit(tx, &event, &order).await?;
             }
@@ -110,6 +112,7 @@ impl Orders {
                     order_id,
                     customer_id,
                     reason: order.cancellation_reason.clone(),
+                    customer_email: order.customer_email.clone(),
                 };
                 self.emit(tx, &event, &order).await?;
             }

@@ -71,6 +71,7 @@ async fn a_confirmed_order_is_mailed_once_even_when_its_event_arrives_twice() {
             order_id: order_id.clone(),
             customer_id: "customer-7".to_owned(),
             total,
+            customer_email: "customer-7@example.com".to_owned(),
         },
         &order_id,
     );
@@ -214,6 +215,7 @@ async fn several_workers_send_each_orders_mails_in_the_order_they_were_created()
             order_id: order_id.clone(),
             customer_id: customer.clone(),
             total,
+            customer_email: String::new(),
         };
         app.publish("order.events", &order_event(&placed, order_id))
             .await;
@@ -331,6 +333,7 @@ async fn mail_goes_only_to_the_orders_valid_e_mail_address_never_to_a_customer_i
             order_id: order_id.clone(),
             customer_id: customer.clone(),
             total: None,
+            customer_email: String::new(),
         };
         app.publish("order.events", &order_event(&placed, &order_id))
             .await;
@@ -358,4 +361,27 @@ async fn mail_goes_only_to_the_orders_valid_e_mail_address_never_to_a_customer_i
         "{:?}",
         smtp.messages()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_read_before_its_order_placed_is_still_mailed_to_the_address_it_carries() {
+    // After a broker lost its log, republished events may come in another order than they were
+    // first written: the outcome carries the address, so its mail does not wait for OrderPlaced.
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn("mailearly", smtp.port, 3).await;
+    let customer = format!("customer-{}", uuid::Uuid::now_v7().simple());
+    let email = format!("{customer}@example.com");
+    let order_id = uuid::Uuid::now_v7().to_string();
+    let confirmed = order::OrderConfirmed {
+        order_id: order_id.clone(),
+        customer_id: customer.clone(),
+        total: None,
+        customer_email: email.clone(),
+    };
+    app.publish("order.events", &order_event(&confirmed, &order_id))
+        .await;
+    let sent = all_sent(&app, &customer, 1, Duration::from_secs(20))
+        .await
+        .expect("the confirmation is mailed");
+    assert_eq!(sent[0].recipient, email);
 }
