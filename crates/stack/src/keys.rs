@@ -65,20 +65,13 @@ impl DevKeys {
             operator: new_key("operator"),
             admin: new_key("admin"),
         };
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        // An existing file keeps its mode on open: tighten it.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        writeln!(
-            file,
-            "# Development API keys of the local Zentra stack (generated; never use them elsewhere)\n\
-             ZENTRA_VIEWER_KEY={}\nZENTRA_OPERATOR_KEY={}\nZENTRA_ADMIN_KEY={}",
-            keys.viewer, keys.operator, keys.admin
+        write_private(
+            &path,
+            &format!(
+                "# Development API keys of the local Zentra stack (generated; never use them elsewhere)\n\
+                 ZENTRA_VIEWER_KEY={}\nZENTRA_OPERATOR_KEY={}\nZENTRA_ADMIN_KEY={}",
+                keys.viewer, keys.operator, keys.admin
+            ),
         )?;
         Ok(keys)
     }
@@ -118,14 +111,21 @@ pub fn assertion_key(state_dir: &Path) -> anyhow::Result<String> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
+    write_private(&path, &key)?;
+    Ok(key)
+}
+
+/// Writes `text` and a newline to `path`, readable by its owner only.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    writeln!(file, "{key}")?;
-    Ok(key)
+    // An existing file keeps its mode on open: tighten it.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    writeln!(file, "{text}")?;
+    Ok(())
 }
