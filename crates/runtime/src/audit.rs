@@ -80,28 +80,48 @@ impl Actor {
     }
 }
 
-/// The role an action needs, as the gateway names roles.
+/// A role as the gateway asserts it to the services (`x-zentra-role`), lowest first: the one
+/// place in the runtime that reads the gateway's role names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Needs {
+pub enum Role {
+    /// Reads only.
+    Viewer,
     /// Steering orders, sagas, dead letters and breakers.
     Operator,
     /// Changing how a service behaves: faults, kill, log levels.
     Admin,
 }
 
-impl Needs {
+impl Role {
+    /// The role named `text`, if it is one.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "viewer" => Some(Self::Viewer),
+            "operator" => Some(Self::Operator),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+
+    /// The role the gateway asserted for a request's caller, if any.
+    pub fn asserted(metadata: &MetadataMap) -> Option<Self> {
+        metadata
+            .get(ROLE_METADATA)
+            .and_then(|value| value.to_str().ok())
+            .and_then(Self::parse)
+    }
+
     fn name(self) -> &'static str {
         match self {
+            Self::Viewer => "viewer",
             Self::Operator => "operator",
             Self::Admin => "admin",
         }
     }
 
+    /// Whether a caller in the role named `role` may do what needs `self`.
     fn met_by(self, role: &str) -> bool {
-        match self {
-            Self::Operator => role == "operator" || role == "admin",
-            Self::Admin => role == "admin",
-        }
+        Self::parse(role).is_some_and(|role| role >= self)
     }
 }
 
@@ -111,7 +131,7 @@ pub struct Action {
     /// The RPC, as `package.Service/Method`.
     pub rpc: &'static str,
     /// The role it needs.
-    pub needs: Needs,
+    pub needs: Role,
     /// What it acts on, as a resource name ("sagas/<id>").
     pub target: String,
     /// Why, as the caller gave it.
@@ -121,7 +141,7 @@ pub struct Action {
 impl Action {
     /// An action on `target`, with the caller's `reason` (kept printable and at most 500
     /// characters: the record must be writable even when the request is refused as invalid).
-    pub fn new(rpc: &'static str, needs: Needs, target: impl AsRef<str>, reason: &str) -> Self {
+    pub fn new(rpc: &'static str, needs: Role, target: impl AsRef<str>, reason: &str) -> Self {
         Self {
             rpc,
             needs,
@@ -471,7 +491,7 @@ mod tests {
     fn hostile_targets_and_reasons_are_kept_printable_and_short() {
         let action = Action::new(
             "x/Y",
-            Needs::Operator,
+            Role::Operator,
             format!("sagas/{}\0", "a".repeat(1000)),
             "why\u{7}\n",
         );

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use zentra_proto::saga::v1::{self as pb, dead_letter_service_server::DeadLetterService};
 
 use crate::{
-    audit::{Action, Actor, AuditTrail, Needs, check_reason},
+    audit::{Action, Actor, AuditTrail, Role, check_reason},
     config::KafkaConfig,
     fresh_or_replay,
     idempotency::IdempotencyError,
@@ -453,7 +453,7 @@ impl DeadLetterService for DeadLetterApi {
         let request = request.into_inner();
         let action = Action::new(
             "zentra.saga.v1.DeadLetterService/ReplayDeadLetter",
-            Needs::Operator,
+            Role::Operator,
             format!("dead-letters/{}", request.dead_letter_id),
             &request.reason,
         );
@@ -468,7 +468,7 @@ impl DeadLetterService for DeadLetterApi {
         let request = request.into_inner();
         let action = Action::new(
             "zentra.saga.v1.DeadLetterService/DismissDeadLetter",
-            Needs::Operator,
+            Role::Operator,
             format!("dead-letters/{}", request.dead_letter_id),
             &request.reason,
         );

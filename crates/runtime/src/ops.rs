@@ -21,7 +21,7 @@ use zentra_proto::ops::v1::{
 };
 
 use crate::{
-    audit::{Action, Actor, AuditTrail, Needs, check_reason},
+    audit::{Action, Actor, AuditTrail, Role, check_reason},
     config::ConfigSources,
     faults::{ActiveFault, FaultSpec, Faults},
     kafka::{BrokerTopics, ConsumerLag, EventProducer},
@@ -371,7 +371,7 @@ impl OpsService for OpsApi {
         let request = request.into_inner();
         let action = Action::new(
             "zentra.ops.v1.OpsService/SetLogLevel",
-            Needs::Admin,
+            Role::Admin,
             "log-filter",
             &request.reason,
         );
@@ -407,7 +407,7 @@ impl OpsService for OpsApi {
             .map_or("UNKNOWN", |kind| kind_name(kind));
         let action = Action::new(
             "zentra.ops.v1.OpsService/InjectFault",
-            Needs::Admin,
+            Role::Admin,
             format!("faults/{kind}"),
             &request.reason,
         );
@@ -429,7 +429,7 @@ impl OpsService for OpsApi {
         };
         let action = Action::new(
             "zentra.ops.v1.OpsService/ClearFaults",
-            Needs::Admin,
+            Role::Admin,
             target,
             &request.reason,
         );

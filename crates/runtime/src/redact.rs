@@ -4,14 +4,11 @@
 
 use tonic::metadata::MetadataMap;
 
-use crate::audit::ROLE_METADATA;
+use crate::audit::Role;
 
 /// Whether the gateway asserted a read-only caller for this request.
 pub fn for_viewer(metadata: &MetadataMap) -> bool {
-    metadata
-        .get(ROLE_METADATA)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|role| role == "viewer")
+    Role::asserted(metadata) == Some(Role::Viewer)
 }
 
 /// A secret shown by its last four characters only ("••••4242"); short ones not at all.
@@ -41,6 +38,7 @@ mod tests {
     use tonic::metadata::MetadataValue;
 
     use super::*;
+    use crate::audit::ROLE_METADATA;
 
     #[test]
     fn only_a_caller_asserted_as_viewer_is_one() {

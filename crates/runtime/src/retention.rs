@@ -50,13 +50,9 @@ const TARGETS: [Target; 3] = [
 
 /// Deletes every row past its horizon, batch by batch.
 pub async fn prune(db: &DatabaseConnection, config: &RetentionConfig) -> Result<Pruned, DbErr> {
-    let mut pruned = Pruned::default();
-    for (target, horizon) in
-        TARGETS
-            .iter()
-            .zip([config.outbox, config.inbox, config.idempotency_keys])
-    {
-        let mut total = 0;
+    let horizons = [config.outbox, config.inbox, config.idempotency_keys];
+    let mut totals = [0_u64; 3];
+    for ((target, horizon), total) in TARGETS.iter().zip(horizons).zip(&mut totals) {
         loop {
             let deleted = db
                 .execute_raw(Statement::from_sql_and_values(
@@ -69,22 +65,22 @@ pub async fn prune(db: &DatabaseConnection, config: &RetentionConfig) -> Result<
                 ))
                 .await?
                 .rows_affected();
-            total += deleted;
+            *total += deleted;
             if deleted < u64::from(config.batch_size) {
                 break;
             }
         }
-        if total > 0 {
-            metrics::counter!(PRUNED, "table" => target.table).increment(total);
-            tracing::info!(table = target.table, rows = total, "pruned past retention");
-        }
-        match target.table {
-            "outbox" => pruned.outbox = total,
-            "inbox" => pruned.inbox = total,
-            _ => pruned.idempotency_keys = total,
+        if *total > 0 {
+            metrics::counter!(PRUNED, "table" => target.table).increment(*total);
+            tracing::info!(table = target.table, rows = *total, "pruned past retention");
         }
     }
-    Ok(pruned)
+    let [outbox, inbox, idempotency_keys] = totals;
+    Ok(Pruned {
+        outbox,
+        inbox,
+        idempotency_keys,
+    })
 }
 
 /// Prunes every `interval` until `shutdown`; a failed round is logged and retried next time.

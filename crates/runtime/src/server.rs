@@ -108,8 +108,9 @@ impl GrpcServerBuilder {
     /// Binds the listener (port 0 picks a free port) and returns the server ready to run.
     pub async fn bind(self) -> anyhow::Result<BoundServer> {
         // A certificate that cannot serve stops the start, not the first handshake.
+        let mut server = Server::builder();
         if let Some(tls) = &self.config.tls {
-            Server::builder()
+            server = server
                 .tls_config(server_tls(tls)?)
                 .context("invalid grpc.tls certificate or key")?;
         }
@@ -119,6 +120,7 @@ impl GrpcServerBuilder {
         let local_addr = listener.local_addr()?;
         Ok(BoundServer {
             builder: self,
+            server,
             listener,
             local_addr,
         })
@@ -128,6 +130,8 @@ impl GrpcServerBuilder {
 /// A server whose port is bound; [`BoundServer::serve`] runs it.
 pub struct BoundServer {
     builder: GrpcServerBuilder,
+    /// The transport, its TLS (if any) already checked and set.
+    server: Server,
     listener: TcpListener,
     local_addr: SocketAddr,
 }
@@ -142,6 +146,7 @@ impl BoundServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let BoundServer {
             builder,
+            server,
             listener,
             local_addr,
         } = self;
@@ -234,12 +239,6 @@ impl BoundServer {
         tracing::info!(service = ops.service, address = %local_addr, "serving gRPC and grpc-web");
 
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let mut server = Server::builder();
-        if let Some(tls) = &config.tls {
-            server = server
-                .tls_config(server_tls(tls)?)
-                .context("invalid grpc.tls certificate or key")?;
-        }
         let result = server
             // grpc-web arrives over HTTP/1.1.
             .accept_http1(true)

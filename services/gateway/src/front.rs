@@ -22,7 +22,7 @@ use crate::{
     config::Limits,
     forward::Forwarder,
     metric_names,
-    rate_limit::{Budget, Call, Decision, RateLimiter},
+    rate_limit::{Budget, Call, Decision, Limited, RateLimiter},
     routes::{Access, Route, RouteTable, Target, Upstream},
     streams::{Held, StreamSlots},
 };
@@ -307,7 +307,7 @@ async fn admit(
     let caller = authenticated.map_err(|error| {
         metrics::counter!(metric_names::AUTH_FAILURES, "reason" => error.label()).increment(1);
         match &decision {
-            Decision::Limited { .. } => limited(&decision, path),
+            Decision::Limited(over) => limited(over, path),
             _ => Status::unauthenticated(error.to_string()),
         }
     })?;
@@ -321,7 +321,7 @@ async fn admit(
     }
     match decision {
         Decision::Allowed => Ok(Some(caller)),
-        Decision::Limited { .. } => Err(limited(&decision, path)),
+        Decision::Limited(over) => Err(limited(&over, path)),
         Decision::Refused => Err(Status::unavailable(
             "the rate limiter is unavailable and this gateway fails closed; retry shortly",
         )),
@@ -329,15 +329,12 @@ async fn admit(
 }
 
 /// RESOURCE_EXHAUSTED naming the spent budget, with `RetryInfo` and `retry-after-ms`.
-fn limited(decision: &Decision, path: &str) -> Status {
-    let Decision::Limited {
+fn limited(over: &Limited, path: &str) -> Status {
+    let Limited {
         retry_after,
         budget,
         limit,
-    } = decision
-    else {
-        return Status::resource_exhausted("rate limited");
-    };
+    } = over;
     let whose = match budget {
         Budget::Address => "for this client address".to_owned(),
         Budget::Caller => "for this caller across every route".to_owned(),

@@ -62,20 +62,24 @@ impl Budget {
     }
 }
 
+/// A call over a limit: which one, and when to try again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limited {
+    /// When a call would be allowed again.
+    pub retry_after: Duration,
+    /// The budget that is spent.
+    pub budget: Budget,
+    /// Its limit.
+    pub limit: Limit,
+}
+
 /// What the limiter decided about one call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Go ahead.
     Allowed,
-    /// Over a limit: try again after this long.
-    Limited {
-        /// When a call would be allowed again.
-        retry_after: Duration,
-        /// The budget that is spent.
-        budget: Budget,
-        /// Its limit.
-        limit: Limit,
-    },
+    /// Over a limit.
+    Limited(Limited),
     /// Redis did not answer and the policy is to refuse.
     Refused,
 }
@@ -192,11 +196,11 @@ impl RateLimiter {
                     "budget" => budget.label()
                 )
                 .increment(1);
-                Decision::Limited {
+                Decision::Limited(Limited {
                     retry_after: Duration::from_millis(retry_after_ms.max(1) as u64),
                     budget,
                     limit,
-                }
+                })
             }
             Ok(Err(error)) => self.unavailable(&error, call.action),
             Err(_) => self.unavailable(

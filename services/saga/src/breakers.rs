@@ -8,7 +8,7 @@ use zentra_proto::{
     saga::v1::{self as pb, circuit_breaker_service_server::CircuitBreakerService},
 };
 use zentra_runtime::{
-    audit::{Action, Actor, AuditTrail, Needs, check_reason},
+    audit::{Action, Actor, AuditTrail, Role, check_reason},
     circuit_breaker::BreakerSettings,
     paging::Page,
     status::{Violations, check_idempotency_key},
@@ -76,7 +76,7 @@ impl CircuitBreakerService for BreakerApi {
         let request = request.into_inner();
         let action = Action::new(
             "zentra.saga.v1.CircuitBreakerService/ResetCircuitBreaker",
-            Needs::Operator,
+            Role::Operator,
             format!("circuit-breakers/{}", request.downstream),
             &request.reason,
         );

@@ -13,7 +13,7 @@ use zentra_proto::{
     saga::v1::{self as pb, saga_service_server::SagaService},
 };
 use zentra_runtime::{
-    audit::{Action, Actor, AuditTrail, Needs, check_reason},
+    audit::{Action, Actor, AuditTrail, Role, check_reason},
     deadline, fresh_or_replay,
     paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
@@ -314,7 +314,7 @@ impl SagaService for SagaApi {
         let request = request.into_inner();
         let action = Action::new(
             "zentra.saga.v1.SagaService/RetrySaga",
-            Needs::Operator,
+            Role::Operator,
             format!("sagas/{}", request.saga_id),
             &request.reason,
         );
@@ -329,7 +329,7 @@ impl SagaService for SagaApi {
         let request = request.into_inner();
         let action = Action::new(
             "zentra.saga.v1.SagaService/CancelSaga",
-            Needs::Operator,
+            Role::Operator,
             format!("sagas/{}", request.saga_id),
             &request.reason,
         );
@@ -344,7 +344,7 @@ impl SagaService for SagaApi {
         let request = request.into_inner();
         let action = Action::new(
             "zentra.saga.v1.SagaService/ResumeSaga",
-            Needs::Operator,
+            Role::Operator,
             format!("sagas/{}", request.saga_id),
             &request.reason,
         );
