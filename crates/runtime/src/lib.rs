@@ -21,6 +21,7 @@ pub mod kafka;
 pub mod ops;
 pub mod outbox;
 pub mod paging;
+pub mod pki;
 pub mod platform;
 pub mod redact;
 pub mod retention;
