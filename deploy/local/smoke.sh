@@ -108,7 +108,7 @@ fi
 if [ "${ZENTRA_SMOKE_BENCH:-1}" != 0 ]; then
   # The benchmark proves it works: a few orders, a short pgbench; its numbers mean nothing here.
   say "benchmark smoke run"
-  "${CARGO_TARGET_DIR:-target}/debug/zentra-bench" --base-port "$ZENTRA_STACK_BASE_PORT" --db-prefix "$ZENTRA_STACK_DB_PREFIX" \
+  "${CARGO_TARGET_DIR:-target}/debug/zentra-bench" --base-port "$ZENTRA_STACK_BASE_PORT" --db-prefix "$ZENTRA_STACK_DB_PREFIX" --state-dir "$state" \
     --rate 10 --count 20 --declined 10 --pgbench-duration 2s --json "$state/bench.json" >"$state/bench.log" 2>&1 \
     || { cat "$state/bench.log" >&2; fail "the benchmark"; }
   python3 - "$state/bench.json" <<'PY' || { cat "$state/bench.log" >&2; fail "the benchmark's report"; }
@@ -129,7 +129,7 @@ if [ "${ZENTRA_SMOKE_CHAOS:-1}" != 0 ]; then
   # SIGKILL, fulfillment frozen past the shipment timeout, then every database audited.
   say "chaos audit (60 orders, every process killed once, one freeze)"
   "${CARGO_TARGET_DIR:-target}/debug/zentra-chaos" --count 60 --rate 5 --freeze "fulfillment:$((shipment_timeout_s + 10))s" \
-    --settle 240 --pg-url "$pg_url" --keys "$state/dev-keys.env" >"$state/chaos.log" 2>&1 \
+    --settle 240 --pg-url "$pg_url" --state-dir "$state" >"$state/chaos.log" 2>&1 \
     || { cat "$state/chaos.log" >&2; fail "the chaos audit"; }
   grep -E '^(inventory|order|payment|fulfillment|notification|saga|broker) |every saga ended|chaos audit' "$state/chaos.log" >&2 || true
 fi

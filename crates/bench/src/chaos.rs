@@ -501,9 +501,8 @@ async fn wait_healthy(settings: &ChaosSettings, budget: Duration) -> bool {
     while started.elapsed() < budget {
         let mut all = true;
         for (_, offset) in SERVICES {
-            let url = format!("http://127.0.0.1:{}", settings.base_port + offset);
-            let serving = match OpsServiceClient::connect(url).await {
-                Ok(mut client) => client
+            let serving = match settings.channel(offset).await {
+                Ok(channel) => OpsServiceClient::new(channel)
                     .get_health_summary(GetHealthSummaryRequest {})
                     .await
                     .is_ok_and(|summary| {
@@ -566,8 +565,7 @@ async fn pid_of(settings: &ChaosSettings, target: &str) -> Option<u32> {
         });
     }
     let offset = SERVICES.iter().find(|(name, _)| *name == target)?.1;
-    let url = format!("http://127.0.0.1:{}", settings.base_port + offset);
-    let mut client = OpsServiceClient::connect(url).await.ok()?;
+    let mut client = OpsServiceClient::new(settings.channel(offset).await.ok()?);
     let info = client.get_build_info(GetBuildInfoRequest {}).await.ok()?;
     Some(info.into_inner().pid)
 }

@@ -4,8 +4,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use http_body_util::BodyExt as _;
 use sea_orm::{ConnectionTrait as _, Database, DatabaseConnection, DbBackend, Statement};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic::transport::Channel;
+use tower::ServiceExt as _;
 use zentra_proto::ops::v1::{GetBuildInfoRequest, ops_service_client::OpsServiceClient};
 
 use crate::settings::{SAGA_REPLICA, SERVICES, Settings};
@@ -55,7 +57,7 @@ where
 pub struct CostProbe {
     pg: DatabaseConnection,
     db_prefix: String,
-    ports: Vec<u16>,
+    channels: Vec<Channel>,
     /// The services' process ids.
     pub pids: BTreeMap<&'static str, u32>,
 }
@@ -67,12 +69,15 @@ impl CostProbe {
         Ok(Self {
             pg: Database::connect(settings.pg_url.clone()).await?,
             db_prefix: settings.db_prefix.clone(),
-            ports: SERVICES
-                .iter()
-                .chain([&SAGA_REPLICA])
-                .filter(|(name, _)| pids.contains_key(name))
-                .map(|(_, offset)| settings.base_port + offset)
-                .collect(),
+            channels: {
+                let mut channels = Vec::new();
+                for (name, offset) in SERVICES.iter().chain([&SAGA_REPLICA]) {
+                    if pids.contains_key(name) {
+                        channels.push(settings.channel(*offset).await?);
+                    }
+                }
+                channels
+            },
             pids,
         })
     }
@@ -108,8 +113,8 @@ impl CostProbe {
                 .commits_by_database
                 .insert(service.to_owned(), commits);
         }
-        for port in &self.ports {
-            let page = metrics_page(*port).await?;
+        for channel in &self.channels {
+            let page = metrics_page(channel.clone()).await?;
             counters.produced += sum(&page, "zentra_kafka_produced_total");
             for (topic, records) in by_label(&page, "zentra_kafka_produced_total", "topic") {
                 *counters.produced_by_topic.entry(topic).or_default() += records;
@@ -120,21 +125,19 @@ impl CostProbe {
     }
 }
 
-/// A service's `/metrics` text over plain HTTP/1.1.
-async fn metrics_page(port: u16) -> anyhow::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(
-            format!("GET /metrics HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    Ok(String::from_utf8_lossy(&response).into_owned())
+/// A service's `/metrics` text, over the connection its RPCs use (HTTP/2, mutual TLS).
+async fn metrics_page(channel: Channel) -> anyhow::Result<String> {
+    let request = http::Request::get("/metrics").body(tonic::body::Body::empty())?;
+    let response = channel.oneshot(request).await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "/metrics answered {}",
+        response.status()
+    );
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-/// The sum of every series of `name` on a Prometheus page.
 fn sum(page: &str, name: &str) -> f64 {
     page.lines()
         .filter(|line| {
@@ -174,9 +177,10 @@ fn by_label(page: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
 pub async fn service_pids(settings: &Settings) -> BTreeMap<&'static str, u32> {
     let mut pids = BTreeMap::new();
     for (name, offset) in SERVICES.into_iter().chain([SAGA_REPLICA]) {
-        let Ok(mut client) = OpsServiceClient::connect(settings.url(offset)).await else {
+        let Ok(channel) = settings.channel(offset).await else {
             continue;
         };
+        let mut client = OpsServiceClient::new(channel);
         if let Ok(info) = client.get_build_info(GetBuildInfoRequest {}).await {
             pids.insert(name, info.into_inner().pid);
         }

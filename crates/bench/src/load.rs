@@ -247,30 +247,19 @@ pub struct Clients {
 impl Clients {
     /// Connects to `just up`'s services (several HTTP/2 connections for the orders).
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
-        let channel = |url: String| async move {
-            Channel::from_shared(url.clone())?
-                .connect()
-                .await
-                .map_err(|error| {
-                    anyhow::anyhow!("cannot reach {url}: {error} (is `just up` running?)")
-                })
-        };
         let mut orders = Vec::new();
         for _ in 0..4 {
-            orders.push(OrderServiceClient::new(channel(settings.url(2)).await?));
+            orders.push(OrderServiceClient::new(settings.channel(2).await?));
         }
-        let mut sagas = vec![SagaServiceClient::new(channel(settings.url(6)).await?)];
+        let mut sagas = vec![SagaServiceClient::new(settings.channel(6).await?)];
         // A second orchestrator (`ZENTRA_STACK_SAGA_INSTANCES=2`), when one runs.
-        if let Ok(second) = Channel::from_shared(settings.url(crate::settings::SAGA_REPLICA.1))?
-            .connect()
-            .await
-        {
+        if let Ok(second) = settings.channel(crate::settings::SAGA_REPLICA.1).await {
             sagas.push(SagaServiceClient::new(second));
         }
         Ok(Self {
             orders,
             sagas,
-            inventory: InventoryServiceClient::new(channel(settings.url(1)).await?),
+            inventory: InventoryServiceClient::new(settings.channel(1).await?),
         })
     }
 

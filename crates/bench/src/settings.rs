@@ -45,11 +45,47 @@ pub struct Settings {
     pub json: PathBuf,
     /// How long the idle stack is watched before the load; `None` skips it.
     pub idle: Option<Duration>,
+    /// The stack's state directory: its development certificates let the benchmark in.
+    pub state_dir: PathBuf,
+}
+
+/// `just up`'s state directory unless told: `$ZENTRA_CACHE/stack`, else `~/.cache/zentra/stack`.
+pub fn default_state_dir() -> PathBuf {
+    let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    var("ZENTRA_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(var("HOME").unwrap_or_else(|| ".".to_owned())).join(".cache/zentra")
+        })
+        .join("stack")
+}
+
+/// A connection to the service on `port` of the stack keeping its state in `state_dir`: mutual
+/// TLS with the certificate the stack issued to tools.
+pub async fn service_channel(
+    state_dir: &std::path::Path,
+    port: u16,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let layout = zentra_runtime::pki::Layout::of_stack(state_dir);
+    let tls = layout.client_tls(zentra_runtime::pki::TOOLS_CERT);
+    let url = format!("https://localhost:{port}");
+    zentra_runtime::client::endpoint(&url, Some(&tls))
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "{error:#} (the certificates of `just up --state-dir {}`; pass --state-dir)",
+                state_dir.display()
+            )
+        })?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot reach {url}: {error} (is `just up` running?)"))
 }
 
 const USAGE: &str = "usage: zentra-bench [--rate N | --concurrency N] [--count N] [--duration 60s] \
 [--declined PERCENT] [--sweep [--p99-bound 50ms] [--step 10s]] [--base-port 50050] [--pg-url URL] \
-[--db-prefix zentra_] [--no-pgbench] [--pgbench-duration 10s] [--idle 20s | --no-idle] [--json FILE]";
+[--db-prefix zentra_] [--state-dir DIR] [--no-pgbench] [--pgbench-duration 10s] [--idle 20s | --no-idle] [--json FILE]";
 
 fn duration(flag: &str, value: &str) -> Result<Duration, String> {
     let parsed = if let Some(ms) = value.strip_suffix("ms") {
@@ -89,6 +125,7 @@ impl Settings {
             pgbench_duration: Duration::from_secs(10),
             json: PathBuf::from("bench-results.json"),
             idle: Some(Duration::from_secs(20)),
+            state_dir: default_state_dir(),
         };
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
@@ -131,6 +168,7 @@ impl Settings {
                 "--base-port" => settings.base_port = number(&flag, &value()?)?,
                 "--pg-url" => settings.pg_url = value()?,
                 "--db-prefix" => settings.db_prefix = value()?,
+                "--state-dir" => settings.state_dir = PathBuf::from(value()?),
                 "--no-pgbench" => settings.pgbench = false,
                 "--pgbench-duration" => settings.pgbench_duration = duration(&flag, &value()?)?,
                 "--json" => settings.json = PathBuf::from(value()?),
@@ -146,9 +184,9 @@ impl Settings {
         Ok(settings)
     }
 
-    /// URL of the service at `offset` from the base port.
-    pub fn url(&self, offset: u16) -> String {
-        format!("http://127.0.0.1:{}", self.base_port + offset)
+    /// A connection to the service at `offset` from the base port.
+    pub async fn channel(&self, offset: u16) -> anyhow::Result<tonic::transport::Channel> {
+        service_channel(&self.state_dir, self.base_port + offset).await
     }
 }
 

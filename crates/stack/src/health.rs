@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tonic::transport::Endpoint;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use zentra_runtime::config::ClientTlsConfig;
 
 use crate::settings::{Component, Settings};
 
@@ -19,13 +19,16 @@ pub async fn is_healthy(settings: &Settings, component: Component) -> bool {
         Component::Broker | Component::Mail => {
             TcpStream::connect(("127.0.0.1", port)).await.is_ok()
         }
-        Component::Service(..) | Component::Gateway => serving(port).await,
+        Component::Service(name, _) => {
+            serving(&settings.url(name), Some(&settings.client_tls())).await
+        }
+        Component::Gateway => serving(&format!("http://127.0.0.1:{port}"), None).await,
     }
 }
 
-/// gRPC health of the whole server on `port`.
-pub async fn serving(port: u16) -> bool {
-    let Ok(endpoint) = Endpoint::from_shared(format!("http://127.0.0.1:{port}")) else {
+/// gRPC health of the whole server at `url`; an `https://` one is called with `tls`.
+pub async fn serving(url: &str, tls: Option<&ClientTlsConfig>) -> bool {
+    let Ok(endpoint) = zentra_runtime::client::endpoint(url, tls) else {
         return false;
     };
     let endpoint = endpoint

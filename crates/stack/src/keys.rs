@@ -1,14 +1,11 @@
 //! Development API keys: generated on the first run, kept in the state directory (mode 0600),
 //! printed at start-up. The gateway's config gets only their SHA-256 hashes.
 
-use std::{
-    io::Write as _,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use zentra_gateway::auth::hash_key;
+use zentra_runtime::pki::write_private;
 
 /// File holding the keys, as `NAME=value` lines a shell can source.
 pub const KEYS_FILE: &str = "dev-keys.env";
@@ -113,19 +110,4 @@ pub fn assertion_key(state_dir: &Path) -> anyhow::Result<String> {
     );
     write_private(&path, &key)?;
     Ok(key)
-}
-
-/// Writes `text` and a newline to `path`, readable by its owner only.
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    // An existing file keeps its mode on open: tighten it.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    writeln!(file, "{text}")?;
-    Ok(())
 }

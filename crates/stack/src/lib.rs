@@ -50,6 +50,12 @@ pub async fn run(
     let keys = DevKeys::load_or_create(&settings.state_dir)?;
     keys.write_gateway_config(&settings.state_dir)?;
     let assertion_key = keys::assertion_key(&settings.state_dir)?;
+    // Services admit only holders of a certificate of this CA (mutual TLS); made on the first run.
+    let pki_made = zentra_runtime::pki::load_or_create(
+        settings.pki().dir(),
+        "Zentra development CA",
+        &settings::certificate_names(),
+    )?;
     let launches = components
         .iter()
         .map(|component| launch(&settings, *component, &assertion_key))
@@ -63,6 +69,15 @@ pub async fn run(
     let log = CombinedLog::new(log_file, std::io::stdout().is_terminal());
     if let Some(notice) = notice {
         log.line("stack", &notice);
+    }
+    if pki_made {
+        log.line(
+            "stack",
+            &format!(
+                "made a development CA and certificates in {}",
+                settings.pki().dir().display()
+            ),
+        );
     }
     log.line("stack", &format!("starting {} processes", launches.len()));
 
@@ -217,7 +232,23 @@ fn launch(
                 "{} is not built: run `cargo build --workspace --bins` (or `just up`, which does)",
                 program.display()
             );
-            let mut env = common_env(settings, &listen, assertion_key);
+            let mut env = common_env(settings, &listen, assertion_key, name);
+            // Mutual TLS: only holders of a certificate of the stack's CA get an answer.
+            let tls = settings.pki().server_tls(name);
+            env.extend([
+                (
+                    "ZENTRA_GRPC__TLS__CERT_PATH".to_owned(),
+                    tls.cert_path.display().to_string(),
+                ),
+                (
+                    "ZENTRA_GRPC__TLS__KEY_PATH".to_owned(),
+                    tls.key_path.display().to_string(),
+                ),
+                (
+                    "ZENTRA_GRPC__TLS__CLIENT_CA_PATH".to_owned(),
+                    settings.pki().ca_path().display().to_string(),
+                ),
+            ]);
             // A fixed member id, as a production deployment gives each replica: a restarted
             // process takes its partition leases back at once.
             env.push((
@@ -272,7 +303,8 @@ fn launch(
                 "{} is not built: run `cargo build --workspace --bins` (or `just up`, which does)",
                 program.display()
             );
-            let mut env = common_env(settings, &listen, assertion_key);
+            // Plaintext on loopback only (the gateway refuses it elsewhere); mutual TLS upstream.
+            let mut env = common_env(settings, &listen, assertion_key, name);
             for (service, _) in settings::SERVICES
                 .iter()
                 .filter_map(|service| match service {
@@ -319,8 +351,27 @@ fn launch(
     }
 }
 
-fn common_env(settings: &Settings, listen: &str, assertion_key: &str) -> Vec<(String, String)> {
+fn common_env(
+    settings: &Settings,
+    listen: &str,
+    assertion_key: &str,
+    name: &str,
+) -> Vec<(String, String)> {
+    let client_tls = settings.pki().client_tls(name);
     vec![
+        // Calls to other services show this process's certificate and trust only the stack's CA.
+        (
+            "ZENTRA_CLIENT_TLS__CA_PATH".to_owned(),
+            client_tls.ca_path.display().to_string(),
+        ),
+        (
+            "ZENTRA_CLIENT_TLS__CERT_PATH".to_owned(),
+            client_tls.cert_path.display().to_string(),
+        ),
+        (
+            "ZENTRA_CLIENT_TLS__KEY_PATH".to_owned(),
+            client_tls.key_path.display().to_string(),
+        ),
         ("ZENTRA_GRPC__LISTEN_ADDR".to_owned(), listen.to_owned()),
         // The gateway signs its callers with it; the services act for no one unsigned.
         (
@@ -361,10 +412,22 @@ fn print_banner(settings: &Settings, keys: &DevKeys, log_path: &Path, components
             settings.gateway_port
         );
     }
+    let pki = settings.pki();
+    let mut first_service = None;
     for component in components {
         if let Component::Service(name, _) = component {
             println!("    {name:<13} {}", settings.url(name));
+            first_service.get_or_insert(settings.port(*component));
         }
+    }
+    if let Some(port) = first_service {
+        println!(
+            "  Services answer only certificates of the development CA (mutual TLS), e.g.:\n    \
+             grpcurl -cacert {ca} -cert {cert} -key {key} localhost:{port} list",
+            ca = pki.ca_path().display(),
+            cert = pki.cert_path(zentra_runtime::pki::TOOLS_CERT).display(),
+            key = pki.key_path(zentra_runtime::pki::TOOLS_CERT).display(),
+        );
     }
     println!("  Development keys (in {}):", keys.path.display());
     println!("    viewer    {}", keys.viewer);

@@ -2,6 +2,11 @@
 
 use std::path::PathBuf;
 
+use zentra_runtime::{
+    config::ClientTlsConfig,
+    pki::{Layout, TOOLS_CERT},
+};
+
 /// One process of the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Component {
@@ -24,6 +29,17 @@ pub const SERVICES: [Component; 6] = [
     Component::Service("notification", 5),
     Component::Service("saga", 6),
 ];
+
+/// Every name the stack issues a certificate to: each service process, the gateway and the
+/// developer's tools.
+pub fn certificate_names() -> Vec<&'static str> {
+    SERVICES
+        .iter()
+        .chain([&SAGA_REPLICA])
+        .map(|component| component.name())
+        .chain([Component::Gateway.name(), TOOLS_CERT])
+        .collect()
+}
 
 /// A second orchestrator instance, sharing the saga's database, on base + 7; run when
 /// `ZENTRA_STACK_SAGA_INSTANCES=2`.
@@ -240,7 +256,17 @@ impl Settings {
         }
     }
 
-    /// URL of a service for its clients.
+    /// The stack's development certificates: a CA, and one certificate per process it signed.
+    pub fn pki(&self) -> Layout {
+        Layout::of_stack(&self.state_dir)
+    }
+
+    /// How the stack's own checks and the developer's tools call service ports (mutual TLS).
+    pub fn client_tls(&self) -> ClientTlsConfig {
+        self.pki().client_tls(TOOLS_CERT)
+    }
+
+    /// URL of a service for its clients: TLS, with the name its certificate carries.
     pub fn url(&self, service: &str) -> String {
         let offset = SERVICES
             .iter()
@@ -250,7 +276,7 @@ impl Settings {
                 Component::Service(_, offset) => *offset,
                 _ => 0,
             });
-        format!("http://127.0.0.1:{}", self.base_port + offset)
+        format!("https://localhost:{}", self.base_port + offset)
     }
 
     /// The database names the stack's services use.

@@ -209,6 +209,38 @@ pub async fn delete_topics(topics: &[String]) {
     }
 }
 
+/// Deletes every topic whose name starts with `prefix` (a whole stack's, say), as the broker's
+/// metadata lists them now.
+pub async fn delete_topics_with_prefix(prefix: &str) {
+    use rdkafka::{
+        ClientConfig,
+        consumer::{BaseConsumer, Consumer as _},
+    };
+    let consumer: Result<BaseConsumer, _> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .create();
+    let Ok(consumer) = consumer else { return };
+    let names = tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map(|metadata| {
+                metadata
+                    .topics()
+                    .iter()
+                    .map(|topic| topic.name().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default();
+    let ours: Vec<String> = names
+        .into_iter()
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    delete_topics(&ours).await;
+}
+
 /// Finds a command-line tool the project installs (`deploy/local/install-tools.sh`): on PATH or
 /// in the tool cache.
 pub fn tool(name: &str) -> PathBuf {

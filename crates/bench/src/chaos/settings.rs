@@ -19,8 +19,11 @@ pub struct ChaosSettings {
     pub pg_url: String,
     /// The stack's databases start with this.
     pub db_prefix: String,
-    /// The stack's development keys (the operator key places orders).
+    /// The stack's development keys (the operator key places orders): `dev-keys.env` of the
+    /// state directory unless told.
     pub keys: PathBuf,
+    /// The stack's state directory: its development certificates let the audit call services.
+    pub state_dir: PathBuf,
     /// What is killed with SIGKILL, in turn.
     pub kill: Vec<String>,
     /// What is frozen with SIGSTOP after the kills, and for how long.
@@ -35,7 +38,7 @@ pub struct ChaosSettings {
 
 const USAGE: &str = "usage: zentra-chaos [--count 300] [--rate 10] [--kill inventory,order,payment,fulfillment,notification,saga,broker] \
 [--freeze fulfillment:150s | --no-freeze] [--settle 300s] [--terminal-bound 60s] [--resume-bound 10s] [--base-port 50050] \
-[--gateway-port 8080] [--kafka-port 9092] [--pg-url URL] [--db-prefix zentra_] [--keys FILE]";
+[--gateway-port 8080] [--kafka-port 9092] [--pg-url URL] [--db-prefix zentra_] [--state-dir DIR] [--keys FILE]";
 
 const TARGETS: [&str; 7] = [
     "inventory",
@@ -66,7 +69,6 @@ impl ChaosSettings {
                 .and_then(|value| value.parse().ok())
                 .unwrap_or(default)
         };
-        let home = std::env::var("HOME").unwrap_or_default();
         let mut settings = Self {
             count: 300,
             rate: 10.0,
@@ -76,7 +78,8 @@ impl ChaosSettings {
             pg_url: var("ZENTRA_STACK_PG_URL")
                 .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".to_owned()),
             db_prefix: var("ZENTRA_STACK_DB_PREFIX").unwrap_or_else(|| "zentra_".to_owned()),
-            keys: PathBuf::from(home).join(".cache/zentra/stack/dev-keys.env"),
+            keys: PathBuf::new(),
+            state_dir: crate::settings::default_state_dir(),
             kill: TARGETS.iter().map(|t| (*t).to_owned()).collect(),
             freeze: Some(("fulfillment".to_owned(), Duration::from_secs(150))),
             settle: Duration::from_secs(300),
@@ -145,10 +148,20 @@ impl ChaosSettings {
                 "--pg-url" => settings.pg_url = value,
                 "--db-prefix" => settings.db_prefix = value,
                 "--keys" => settings.keys = PathBuf::from(value),
+                "--state-dir" => settings.state_dir = PathBuf::from(value),
                 _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
             }
         }
+        if settings.keys.as_os_str().is_empty() {
+            settings.keys = settings.state_dir.join("dev-keys.env");
+        }
         Ok(settings)
+    }
+
+    /// A connection to the service at `offset` from the base port (mutual TLS, with the
+    /// certificate the stack issued to tools).
+    pub async fn channel(&self, offset: u16) -> anyhow::Result<tonic::transport::Channel> {
+        crate::settings::service_channel(&self.state_dir, self.base_port + offset).await
     }
 
     /// The operator's API key: `ZENTRA_OPERATOR_KEY`, else the keys file `just up` wrote.

@@ -3,89 +3,17 @@
 //! service's audit trail names the admin who killed it; a log level set through ops changes the
 //! log at once; SIGTERM stops everything cleanly.
 
-use std::{
-    path::PathBuf,
-    process::Stdio,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
-use tokio::{
-    io::{AsyncBufReadExt as _, BufReader},
-    process::Command,
-};
 use tonic::metadata::MetadataValue;
 use zentra_proto::ops::v1::{self as ops, ops_service_client::OpsServiceClient};
-use zentra_test_support::{
-    TestDatabase, delete_topics, eventually, kafka_bootstrap, unique_suffix,
-};
+use zentra_runtime::pki::{Layout, TOOLS_CERT};
+use zentra_test_support::{TestDatabase, delete_topics, eventually, unique_suffix};
 
-/// The stack binary, and beside it the service binaries it runs (built if missing).
-fn binaries() -> PathBuf {
-    let stack = PathBuf::from(env!("CARGO_BIN_EXE_zentra-stack"));
-    let dir = stack.parent().expect("bin dir").to_path_buf();
-    if !dir.join("zentra-inventory").is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "zentra-inventory",
-                "--bin",
-                "zentra-inventory",
-            ])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building zentra-inventory");
-    }
-    dir
-}
-
-/// A base port whose service port (base + 1) is free right now.
-fn free_base_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port() - 1
-}
-
-/// Lines the stack printed so far.
-#[derive(Clone, Default)]
-struct Output(Arc<Mutex<Vec<String>>>);
-
-impl Output {
-    fn contains(&self, predicate: impl Fn(&str) -> bool) -> bool {
-        self.0
-            .lock()
-            .map(|lines| lines.iter().any(|line| predicate(line)))
-            .unwrap_or(false)
-    }
-
-    fn count(&self, predicate: impl Fn(&str) -> bool) -> usize {
-        self.0
-            .lock()
-            .map(|lines| lines.iter().filter(|line| predicate(line)).count())
-            .unwrap_or(0)
-    }
-
-    fn dump(&self) -> String {
-        self.0
-            .lock()
-            .map(|lines| lines.join("\n"))
-            .unwrap_or_default()
-    }
-
-    async fn wait_for(&self, what: &str, within: Duration, predicate: impl Fn(&str) -> bool) {
-        let seen = eventually(within, || {
-            let found = self.contains(&predicate);
-            async move { found.then_some(()) }
-        })
-        .await;
-        assert!(seen.is_some(), "never saw {what}:\n{}", self.dump());
-    }
-}
+use crate::helpers::{RunningStack, StackOptions, free_base_port, service_channel};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_service_comes_back_its_audit_trail_names_the_killer_and_log_levels_change_live() {
-    let bin_dir = binaries();
     let suffix = unique_suffix();
     let db_prefix = format!("zt_stack_{suffix}_");
     let database = TestDatabase::create_named(&format!("{db_prefix}inventory"))
@@ -93,57 +21,24 @@ async fn a_killed_service_comes_back_its_audit_trail_names_the_killer_and_log_le
         .expect("database");
     let topic_prefix = format!("zt-stack-{suffix}.");
     let state_dir = std::env::temp_dir().join(format!("zentra-stack-{suffix}"));
-    let base_port = free_base_port();
+    let base_port = free_base_port(1);
     let port = base_port + 1;
-    let gateway_port = free_base_port() + 1;
+    let gateway_port = free_base_port(1) + 1;
 
-    let mut stack = Command::new(bin_dir.join("zentra-stack"))
-        .args(["--only", "inventory,gateway", "--state-dir"])
-        .arg(&state_dir)
-        .env("ZENTRA_STACK_BASE_PORT", base_port.to_string())
-        .env("ZENTRA_STACK_GATEWAY_PORT", gateway_port.to_string())
-        .env("ZENTRA_STACK_KAFKA", kafka_bootstrap())
-        .env("ZENTRA_STACK_DB_PREFIX", &db_prefix)
-        .env("ZENTRA_STACK_TOPIC_PREFIX", &topic_prefix)
-        .env(
-            "ZENTRA_STACK_PG_URL",
-            database
-                .url()
-                .rsplit_once('/')
-                .map(|(server, _)| server.to_owned())
-                .expect("url"),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("stack starts");
-    let output = Output::default();
-    for stream in [
-        Box::new(stack.stdout.take().expect("stdout"))
-            as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-        Box::new(stack.stderr.take().expect("stderr")),
-    ] {
-        let output = output.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(mut seen) = output.0.lock() {
-                    seen.push(line);
-                }
-            }
-        });
-    }
-    output
-        .wait_for("the ready line", Duration::from_secs(90), |line| {
-            line.contains(zentra_stack::READY)
-        })
-        .await;
+    let stack = RunningStack::start(StackOptions {
+        only: "inventory,gateway",
+        state_dir: &state_dir,
+        base_port,
+        gateway_port,
+        db_prefix: &db_prefix,
+        topic_prefix: &topic_prefix,
+        env: Vec::new(),
+    })
+    .await;
+    let output = stack.output.clone();
     assert!(output.contains(|line| line.contains("viewer    zk_viewer_")));
 
-    let mut client = OpsServiceClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("connect");
+    let mut client = OpsServiceClient::new(service_channel(&state_dir, port).await);
     // At the default level a finished call is not logged...
     client
         .get_build_info(ops::GetBuildInfoRequest {})
@@ -228,15 +123,18 @@ async fn a_killed_service_comes_back_its_audit_trail_names_the_killer_and_log_le
             line.contains("inventory |") && line.contains("restarted")
         })
         .await;
+    let url = format!("https://localhost:{port}");
+    let tls = Layout::of_stack(&state_dir).client_tls(TOOLS_CERT);
+    let (url_ref, tls_ref) = (&url, &tls);
     let healthy = eventually(Duration::from_secs(60), || async move {
-        zentra_stack::health::serving(port).await.then_some(())
+        zentra_stack::health::serving(url_ref, Some(tls_ref))
+            .await
+            .then_some(())
     })
     .await;
     assert!(healthy.is_some(), "healthy again:\n{}", output.dump());
     // A new process: the log level is its configured one again, and the kill fault is gone.
-    let mut client = OpsServiceClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("reconnect");
+    let mut client = OpsServiceClient::new(service_channel(&state_dir, port).await);
     let faults = client
         .list_faults(ops::ListFaultsRequest {})
         .await
@@ -295,24 +193,14 @@ async fn a_killed_service_comes_back_its_audit_trail_names_the_killer_and_log_le
     );
 
     // SIGTERM: everything stops, and the stack says so.
-    let pid = stack.id().expect("pid").to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("kill runs");
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(30), stack.wait())
-        .await
-        .expect("the stack stops")
-        .expect("exit status");
+    let exit = stack.stop().await;
     assert!(exit.success(), "{exit:?}:\n{}", output.dump());
     output
         .wait_for("the last line", Duration::from_secs(2), |line| {
             line.ends_with("| stopped")
         })
         .await;
-    assert!(!zentra_stack::health::serving(port).await);
+    assert!(!zentra_stack::health::serving(&url, Some(&tls)).await);
 
     let _ = std::fs::remove_dir_all(&state_dir);
     delete_topics(&[

@@ -1,0 +1,343 @@
+//! Mutual TLS as `just up` runs it: every RPC of the contracts, health and reflection, called on
+//! every service port in plaintext, over TLS without a client certificate, or with a certificate
+//! of another CA, gets no answer at all; with the certificate the stack issued, each one is
+//! answered. Through the gateway, which holds its own certificate, an order is placed and its saga
+//! (the orchestrator calling every service over mutual TLS) completes.
+
+use std::{str::FromStr as _, time::Duration};
+
+use futures::future::join_all;
+use prost::Message as _;
+use tonic::{
+    Request,
+    codegen::http::uri::PathAndQuery,
+    metadata::MetadataValue,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
+use zentra_proto::{
+    common::v1::{Address, Money},
+    inventory::v1::{CreateProductRequest, inventory_service_client::InventoryServiceClient},
+    ops::v1::{GetHealthSummaryRequest, HealthStatus, ops_service_client::OpsServiceClient},
+    order::v1::{OrderLine, PlaceOrderRequest, order_service_client::OrderServiceClient},
+    saga::v1::{ListSagasRequest, SagaState, saga_service_client::SagaServiceClient},
+};
+use zentra_runtime::pki::{Layout, TOOLS_CERT};
+use zentra_test_support::{
+    TestDatabase, delete_topics_with_prefix, eventually, tls::TestCa, unique_suffix,
+};
+
+use crate::helpers::{RunningStack, StackOptions, free_base_port};
+
+const SERVICES: [&str; 6] = [
+    "inventory",
+    "order",
+    "payment",
+    "fulfillment",
+    "notification",
+    "saga",
+];
+
+/// Every method of every service in the contracts and in the health and reflection protocols,
+/// as `/package.Service/Method`.
+fn every_method() -> Vec<String> {
+    let mut paths = Vec::new();
+    for encoded in [
+        zentra_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ] {
+        let set = prost_types::FileDescriptorSet::decode(encoded).expect("descriptor set");
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    paths.push(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// How a test client reaches a service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// HTTP/2 without TLS.
+    Plaintext,
+    /// TLS, trusting the stack's CA, showing no certificate.
+    NoCertificate,
+    /// TLS, showing a certificate another CA signed.
+    OtherCa,
+    /// TLS, showing the certificate the stack issued to tools.
+    Platform,
+}
+
+fn channel(caller: Caller, port: u16, pki: &Layout, stranger: &TestCa) -> Channel {
+    let trust = || {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(
+                std::fs::read(pki.ca_path()).expect("CA"),
+            ))
+            .domain_name("localhost")
+    };
+    let identity = |cert: std::path::PathBuf, key: std::path::PathBuf| {
+        Identity::from_pem(
+            std::fs::read(cert).expect("certificate"),
+            std::fs::read(key).expect("key"),
+        )
+    };
+    let (url, tls) = match caller {
+        Caller::Plaintext => (format!("http://127.0.0.1:{port}"), None),
+        Caller::NoCertificate => (format!("https://localhost:{port}"), Some(trust())),
+        Caller::OtherCa => {
+            let forged = stranger
+                .issue(&format!("client-{port}"))
+                .expect("certificate");
+            (
+                format!("https://localhost:{port}"),
+                Some(trust().identity(identity(forged.cert_path, forged.key_path))),
+            )
+        }
+        Caller::Platform => (
+            format!("https://localhost:{port}"),
+            Some(trust().identity(identity(
+                pki.cert_path(TOOLS_CERT),
+                pki.key_path(TOOLS_CERT),
+            ))),
+        ),
+    };
+    let mut endpoint = Channel::from_shared(url)
+        .expect("url")
+        .connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).expect("tls");
+    }
+    endpoint.connect_lazy()
+}
+
+/// Whether the server answered the call on `path` with a gRPC status of its own (any, errors
+/// included: an empty request is rarely valid), rather than the connection failing. A status the
+/// client made up for a failed connection carries no response headers.
+async fn answered(channel: Channel, path: &str) -> Result<bool, String> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    if grpc.ready().await.is_err() {
+        return Ok(false);
+    }
+    let mut request = Request::new(());
+    request.set_timeout(Duration::from_secs(5));
+    let path = PathAndQuery::from_str(path).map_err(|error| error.to_string())?;
+    // Server streaming covers every shape: a unary answer is a stream of one, and a streaming
+    // request of one message is this one.
+    Ok(
+        match grpc
+            .server_streaming(request, path, tonic_prost::ProstCodec::<(), ()>::default())
+            .await
+        {
+            Ok(_) => true,
+            Err(status) => !status.metadata().is_empty(),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_certificate() {
+    let suffix = unique_suffix();
+    let db_prefix = format!("zt_mtls_{suffix}_");
+    let mut databases = Vec::new();
+    for service in SERVICES {
+        databases.push(
+            TestDatabase::create_named(&format!("{db_prefix}{service}"))
+                .await
+                .expect("database"),
+        );
+    }
+    let topic_prefix = format!("zt-mtls-{suffix}.");
+    let state_dir = std::env::temp_dir().join(format!("zentra-stack-mtls-{suffix}"));
+    let base_port = free_base_port(6);
+    let gateway_port = free_base_port(1) + 1;
+    let smtp_port = free_base_port(1) + 1;
+    let stack = RunningStack::start(StackOptions {
+        only: "inventory,order,payment,fulfillment,notification,saga,gateway",
+        state_dir: &state_dir,
+        base_port,
+        gateway_port,
+        db_prefix: &db_prefix,
+        topic_prefix: &topic_prefix,
+        env: vec![
+            ("ZENTRA_STACK_SMTP_PORT", smtp_port.to_string()),
+            ("ZENTRA_FULFILLMENT__STEP_DELAY", "0s".to_owned()),
+        ],
+    })
+    .await;
+    let pki = Layout::of_stack(&state_dir);
+    let stranger = TestCa::new("stranger").expect("CA");
+    let methods = every_method();
+    assert!(methods.len() > 60, "too few methods: {methods:?}");
+
+    let ports: Vec<(&str, u16)> = SERVICES
+        .iter()
+        .zip(1..)
+        .map(|(service, offset)| (*service, base_port + offset))
+        .collect();
+    let outcomes = join_all(ports.iter().map(|(service, port)| {
+        let (methods, pki, stranger) = (&methods, &pki, &stranger);
+        async move {
+            let mut wrong = Vec::new();
+            for caller in [
+                Caller::Plaintext,
+                Caller::NoCertificate,
+                Caller::OtherCa,
+                Caller::Platform,
+            ] {
+                let channel = channel(caller, *port, pki, stranger);
+                for method in methods {
+                    let answered = answered(channel.clone(), method)
+                        .await
+                        .expect("a valid path");
+                    if answered != (caller == Caller::Platform) {
+                        wrong.push(format!(
+                            "{service} {caller:?} {method}: answered {answered}"
+                        ));
+                    }
+                }
+            }
+            wrong
+        }
+    }))
+    .await;
+    let wrong: Vec<String> = outcomes.into_iter().flatten().collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} calls went the wrong way:\n{}",
+        wrong.len(),
+        methods.len() * ports.len() * 4,
+        wrong.join("\n")
+    );
+
+    // The gateway reaches every service with its own certificate.
+    let gateway = Channel::from_shared(format!("http://127.0.0.1:{gateway_port}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("gateway");
+    let keys =
+        std::fs::read_to_string(state_dir.join(zentra_stack::keys::KEYS_FILE)).expect("dev keys");
+    let key = |name: &str| {
+        keys.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}=")).map(str::to_owned))
+            .expect("key")
+    };
+    let (viewer, operator) = (key("ZENTRA_VIEWER_KEY"), key("ZENTRA_OPERATOR_KEY"));
+    fn keyed<T>(message: T, key: &str, service: Option<&'static str>) -> Request<T> {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(
+            "x-api-key",
+            MetadataValue::try_from(key).expect("ascii key"),
+        );
+        if let Some(service) = service {
+            request
+                .metadata_mut()
+                .insert("x-zentra-service", MetadataValue::from_static(service));
+        }
+        request
+    }
+    for service in SERVICES {
+        let summary = OpsServiceClient::new(gateway.clone())
+            .get_health_summary(keyed(GetHealthSummaryRequest {}, &viewer, Some(service)))
+            .await
+            .unwrap_or_else(|status| panic!("{service} through the gateway: {status:?}"))
+            .into_inner();
+        assert_eq!(summary.status, HealthStatus::Serving as i32, "{service}");
+    }
+
+    // An order through the gateway: the orchestrator drives it through every service.
+    let price = Money {
+        currency_code: "USD".to_owned(),
+        amount_minor: 1299,
+    };
+    InventoryServiceClient::new(gateway.clone())
+        .create_product(keyed(
+            CreateProductRequest {
+                sku: "MTLS-MUG".to_owned(),
+                name: "Mug".to_owned(),
+                initial_stock: 5,
+                unit_price: Some(price.clone()),
+                idempotency_key: "mtls-product".to_owned(),
+                ..Default::default()
+            },
+            &operator,
+            None,
+        ))
+        .await
+        .expect("product");
+    let order = OrderServiceClient::new(gateway.clone())
+        .place_order(keyed(
+            PlaceOrderRequest {
+                customer_id: "mtls-customer".to_owned(),
+                customer_email: "mtls@customers.zentra.test".to_owned(),
+                shipping_address: Some(Address {
+                    recipient: "Ada".to_owned(),
+                    lines: vec!["1 Main St".to_owned()],
+                    city: "Springfield".to_owned(),
+                    postal_code: "12345".to_owned(),
+                    country_code: "US".to_owned(),
+                    ..Default::default()
+                }),
+                lines: vec![OrderLine {
+                    sku: "MTLS-MUG".to_owned(),
+                    quantity: 2,
+                    unit_price: Some(price),
+                    ..Default::default()
+                }],
+                currency_code: "USD".to_owned(),
+                payment_method_token: "tok_approve".to_owned(),
+                idempotency_key: "mtls-order".to_owned(),
+            },
+            &operator,
+            None,
+        ))
+        .await
+        .expect("order placed")
+        .into_inner()
+        .order
+        .expect("order");
+    let sagas = SagaServiceClient::new(gateway.clone());
+    let completed = eventually(Duration::from_secs(60), || {
+        let mut sagas = sagas.clone();
+        let request = keyed(
+            ListSagasRequest {
+                order_id: order.order_id.clone(),
+                ..Default::default()
+            },
+            &viewer,
+            None,
+        );
+        async move {
+            let listed = sagas.list_sagas(request).await.ok()?.into_inner().sagas;
+            listed
+                .first()
+                .filter(|saga| saga.state == SagaState::Completed as i32)
+                .map(|_| ())
+        }
+    })
+    .await;
+    assert!(
+        completed.is_some(),
+        "the saga did not complete:\n{}",
+        stack.output.dump()
+    );
+
+    stack.stop().await;
+    let _ = std::fs::remove_dir_all(&state_dir);
+    delete_topics_with_prefix(&topic_prefix).await;
+    for database in databases {
+        database.drop_database().await.expect("drop database");
+    }
+}
