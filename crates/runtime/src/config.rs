@@ -62,6 +62,10 @@ pub struct RetentionConfig {
     /// below this.
     #[serde(with = "humantime_serde")]
     pub idempotency_keys: Duration,
+    /// Audit records, counted from the request: who did what is kept long (400 days by
+    /// default, a year and a quarter to look back on), then pruned like the rest.
+    #[serde(with = "humantime_serde")]
+    pub audit_records: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -73,6 +77,7 @@ impl Default for RetentionConfig {
             outbox: Duration::from_secs(7 * 24 * 3600),
             inbox: Duration::from_secs(7 * 24 * 3600),
             idempotency_keys: Duration::from_secs(35 * 24 * 3600),
+            audit_records: Duration::from_secs(400 * 24 * 3600),
         }
     }
 }
@@ -90,6 +95,13 @@ impl RetentionConfig {
             return Err(
                 "retention.idempotency_keys must be at least 24h: clients retry for \
                         longer than that"
+                    .to_owned(),
+            );
+        }
+        if self.audit_records < Duration::from_secs(30 * 24 * 3600) {
+            return Err(
+                "retention.audit_records must be at least 30d: an audit trail must outlive the \
+                 incidents it explains"
                     .to_owned(),
             );
         }

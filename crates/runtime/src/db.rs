@@ -133,6 +133,10 @@ CREATE UNIQUE INDEX dead_letters_identity ON dead_letters (consumer_group, sourc
         name: "m0000e_runtime_retention_indexes",
         up: crate::retention::MIGRATION,
     },
+    SqlMigration {
+        name: "m0000f_runtime_audit_retention_index",
+        up: crate::retention::AUDIT_MIGRATION,
+    },
 ];
 
 /// A pooled connection idle for longer than this is tested before it is handed out.

@@ -1,5 +1,5 @@
 //! Retention: the runtime's bookkeeping tables (published outbox rows, inbox entries,
-//! idempotency keys) are pruned past their horizon by a background task, in small batches so no
+//! idempotency keys) and its audit records are pruned past their horizon by a background task, in small batches so no
 //! delete holds a long lock. Horizons are checked at start against what they protect
 //! ([`crate::config::RetentionConfig::check`]); unpublished outbox rows are never touched.
 
@@ -22,6 +22,8 @@ pub struct Pruned {
     pub inbox: u64,
     /// Idempotency keys.
     pub idempotency_keys: u64,
+    /// Audit records.
+    pub audit_records: u64,
 }
 
 /// One table's prune: a batch of rows past `$1` seconds old, by the column that dates them.
@@ -30,7 +32,7 @@ struct Target {
     sql: &'static str,
 }
 
-const TARGETS: [Target; 3] = [
+const TARGETS: [Target; 4] = [
     Target {
         table: "outbox",
         sql: "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox \
@@ -46,12 +48,22 @@ const TARGETS: [Target; 3] = [
         sql: "DELETE FROM idempotency_keys WHERE ctid IN (SELECT ctid FROM idempotency_keys \
               WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
     },
+    Target {
+        table: "audit_records",
+        sql: "DELETE FROM audit_records WHERE id IN (SELECT id FROM audit_records \
+              WHERE requested_at < now() - make_interval(secs => $1) LIMIT $2)",
+    },
 ];
 
 /// Deletes every row past its horizon, batch by batch.
 pub async fn prune(db: &DatabaseConnection, config: &RetentionConfig) -> Result<Pruned, DbErr> {
-    let horizons = [config.outbox, config.inbox, config.idempotency_keys];
-    let mut totals = [0_u64; 3];
+    let horizons = [
+        config.outbox,
+        config.inbox,
+        config.idempotency_keys,
+        config.audit_records,
+    ];
+    let mut totals = [0_u64; 4];
     for ((target, horizon), total) in TARGETS.iter().zip(horizons).zip(&mut totals) {
         loop {
             let deleted = db
@@ -75,11 +87,12 @@ pub async fn prune(db: &DatabaseConnection, config: &RetentionConfig) -> Result<
             tracing::info!(table = target.table, rows = *total, "pruned past retention");
         }
     }
-    let [outbox, inbox, idempotency_keys] = totals;
+    let [outbox, inbox, idempotency_keys, audit_records] = totals;
     Ok(Pruned {
         outbox,
         inbox,
         idempotency_keys,
+        audit_records,
     })
 }
 
@@ -112,4 +125,9 @@ pub(crate) const MIGRATION: &str = r#"
 CREATE INDEX outbox_published_at ON outbox USING brin (published_at);
 CREATE INDEX inbox_processed_at ON inbox USING brin (processed_at);
 CREATE INDEX idempotency_keys_created_at ON idempotency_keys USING brin (created_at);
+"#;
+
+/// The same for audit records, added after them.
+pub(crate) const AUDIT_MIGRATION: &str = r#"
+CREATE INDEX audit_records_requested_at ON audit_records USING brin (requested_at);
 "#;

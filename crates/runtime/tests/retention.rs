@@ -1,5 +1,5 @@
-//! Retention against real PostgreSQL: rows past their horizon are deleted in batches, rows within
-//! it and unpublished outbox rows are kept, and a client retry within the key horizon still
+//! Retention against real PostgreSQL: rows past their horizon (audit records' included) are
+//! deleted in batches, rows within it and unpublished outbox rows are kept, and a client retry within the key horizon still
 //! replays its first answer.
 
 use std::time::Duration;
@@ -27,7 +27,10 @@ async fn seed(db: &DatabaseConnection) {
            SELECT 'c', gen_random_uuid(), 't', now() - make_interval(days => d)
            FROM unnest(ARRAY[40,39,38,37,36,35,34,1,1,1,0,0]) AS d;
          INSERT INTO idempotency_keys (scope, key, fingerprint, response, created_at)
-           SELECT 'Old', 'k' || n, '\\x00', '\\x00', now() - interval '60 days' FROM generate_series(1, 7) AS n;",
+           SELECT 'Old', 'k' || n, '\\x00', '\\x00', now() - interval '60 days' FROM generate_series(1, 7) AS n;
+         INSERT INTO audit_records (id, action, caller, role, peer, target, reason, requested_at)
+           SELECT gen_random_uuid(), 'a', 'key:ops', 'admin', 'p', 't', '', now() - make_interval(days => d)
+           FROM unnest(ARRAY[500,450,401,399,30]) AS d;",
     )
     .await
     .expect("seed");
@@ -71,6 +74,11 @@ async fn rows_past_their_horizon_go_in_batches_and_a_retry_within_it_still_repla
         (7, 7, 7),
         "batches of 2 until none is left"
     );
+    assert_eq!(
+        pruned.audit_records, 3,
+        "audit records past the default 400 days"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM audit_records").await, 2);
     assert_eq!(
         count(
             &db,
@@ -120,6 +128,14 @@ fn horizons_that_would_undo_a_guarantee_are_refused() {
     assert!(
         short_keys.check(&outbox).is_err(),
         "keys for less than a day"
+    );
+    let short_audit = RetentionConfig {
+        audit_records: 7 * DAY,
+        ..RetentionConfig::default()
+    };
+    assert!(
+        short_audit.check(&outbox).is_err(),
+        "an audit trail of a week"
     );
     assert!(RetentionConfig::default().check(&outbox).is_ok());
 }
