@@ -208,16 +208,17 @@ impl BoundServer {
             None => router,
         };
 
-        let mut observed = method_paths(&all_services);
+        let (mut observed, mut streaming) = method_paths(&all_services);
         observed.extend([
             "grpc.health.v1.Health/Check".to_owned(),
             "grpc.health.v1.Health/Watch".to_owned(),
         ]);
+        streaming.push("grpc.health.v1.Health/Watch".to_owned());
         // The tower stack, outermost first:
         let stack = tower::ServiceBuilder::new()
             // 1. Span and metrics: outermost, so latency and status include everything below,
             //    injected faults too, as a caller sees them.
-            .layer(ObserveLayer::new(observed).recording(
+            .layer(ObserveLayer::new(observed).streaming(streaming).recording(
                 ops.rpc_stats.clone(),
                 domain_services.iter().chain(&also_recorded).cloned(),
             ))
@@ -334,28 +335,30 @@ async fn report_health(health: HealthReporter, ops: OpsContext, services: Vec<St
     }
 }
 
-/// Every `service/method` path of the given services, from the contracts' descriptor set.
-fn method_paths(services: &[String]) -> Vec<String> {
+/// Every `service/method` path of the given services, from the contracts' descriptor set, and
+/// those of them that stream (either way).
+fn method_paths(services: &[String]) -> (Vec<String>, Vec<String>) {
     use prost::Message as _;
     let Ok(descriptors) = prost_types::FileDescriptorSet::decode(zentra_proto::FILE_DESCRIPTOR_SET)
     else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
-    let mut paths = Vec::new();
+    let (mut paths, mut streaming) = (Vec::new(), Vec::new());
     for file in &descriptors.file {
         for service in &file.service {
             let name = format!("{}.{}", file.package(), service.name());
             if services.contains(&name) {
-                paths.extend(
-                    service
-                        .method
-                        .iter()
-                        .map(|m| format!("{name}/{}", m.name())),
-                );
+                for method in &service.method {
+                    let path = format!("{name}/{}", method.name());
+                    if method.client_streaming() || method.server_streaming() {
+                        streaming.push(path.clone());
+                    }
+                    paths.push(path);
+                }
             }
         }
     }
-    paths
+    (paths, streaming)
 }
 
 /// The rustls configuration of `tls`: its certificate chain and key, HTTP/2 by ALPN, and the CA

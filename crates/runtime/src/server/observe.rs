@@ -26,6 +26,9 @@ pub struct ObserveLayer {
     known_methods: Arc<HashSet<String>>,
     /// The rolling window the ops snapshot reads, fed by the RPCs of these services.
     window: Option<(RpcStats, Arc<HashSet<String>>)>,
+    /// Paths of streaming RPCs: counted, but kept out of the latency histogram and the window,
+    /// whose durations would otherwise mix stream starts with unary calls.
+    streaming: Arc<HashSet<String>>,
 }
 
 impl ObserveLayer {
@@ -34,7 +37,14 @@ impl ObserveLayer {
         Self {
             known_methods: Arc::new(known_methods.into_iter().collect()),
             window: None,
+            streaming: Arc::default(),
         }
+    }
+
+    /// Marks these of the known paths as streaming RPCs.
+    pub fn streaming(mut self, paths: impl IntoIterator<Item = String>) -> Self {
+        self.streaming = Arc::new(paths.into_iter().collect());
+        self
     }
 
     /// Also records the RPCs of `services` (the domain, not ops or health) into `stats`.
@@ -56,6 +66,7 @@ impl<S> Layer<S> for ObserveLayer {
             inner,
             known_methods: self.known_methods.clone(),
             window: self.window.clone(),
+            streaming: self.streaming.clone(),
         }
     }
 }
@@ -66,6 +77,7 @@ pub struct Observe<S> {
     inner: S,
     known_methods: Arc<HashSet<String>>,
     window: Option<(RpcStats, Arc<HashSet<String>>)>,
+    streaming: Arc<HashSet<String>>,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for Observe<S>
@@ -102,10 +114,11 @@ where
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
         let _ = span.set_parent(parent);
 
+        let streaming = self.streaming.contains(&format!("{service}/{method}"));
         let window = self
             .window
             .as_ref()
-            .filter(|(_, services)| services.contains(&service))
+            .filter(|(_, services)| !streaming && services.contains(&service))
             .map(|(stats, _)| stats.clone());
         let started = Instant::now();
         let future = inner.call(request);
@@ -128,8 +141,11 @@ where
                 if let Some(window) = window {
                     window.record(&format!("{service}/{method}"), code == 0, elapsed);
                 }
-                metrics::histogram!(names::GRPC_DURATION, "service" => service, "method" => method)
-                    .record(elapsed.as_secs_f64());
+                // A stream's call ends when it starts: its time says nothing a caller waits for.
+                if !streaming {
+                    metrics::histogram!(names::GRPC_DURATION, "service" => service, "method" => method)
+                        .record(elapsed.as_secs_f64());
+                }
                 tracing::debug!(code = code_name, elapsed_ms = elapsed.as_millis() as u64, "rpc finished");
                 result
             }

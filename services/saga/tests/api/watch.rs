@@ -124,6 +124,19 @@ async fn a_thousand_watchers_share_one_feed_and_more_are_refused_with_retry_info
         0.0,
         "no stream read the table on its own"
     );
+    // Streams are counted, but kept out of the latency histogram, which is for unary calls.
+    let (_, exposition) = http_get(stack.saga_addr(), "/metrics").await;
+    let watch = "method=\"WatchSagas\"";
+    assert!(
+        metric(&exposition, "zentra_grpc_server_requests_total", watch) >= WATCHERS as f64,
+        "every stream is counted"
+    );
+    assert!(
+        !exposition.lines().any(|line| line
+            .starts_with("zentra_grpc_server_request_duration_seconds")
+            && line.contains(watch)),
+        "a stream's start is not a unary latency"
+    );
 
     // Closed streams give their places back.
     drop(still_open);
