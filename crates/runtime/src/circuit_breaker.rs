@@ -33,6 +33,17 @@ impl Default for BreakerSettings {
     }
 }
 
+/// Sets the state gauge of the breaker guarding `name`: 0 closed, 1 half-open, 2 open.
+fn publish(name: &str, state: BreakerState) {
+    let value = match state {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 1.0,
+        BreakerState::Open => 2.0,
+    };
+    metrics::gauge!(crate::telemetry::names::BREAKER_STATE, "downstream" => name.to_owned())
+        .set(value);
+}
+
 /// A breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
@@ -97,8 +108,10 @@ pub struct CircuitBreaker {
 impl CircuitBreaker {
     /// A closed breaker guarding `name`.
     pub fn new(name: impl Into<Arc<str>>, settings: BreakerSettings) -> Self {
+        let name: Arc<str> = name.into();
+        publish(&name, BreakerState::Closed);
         Self {
-            name: name.into(),
+            name,
             settings,
             inner: Arc::new(Mutex::new(Inner {
                 state: BreakerState::Closed,
@@ -133,6 +146,7 @@ impl CircuitBreaker {
             }
             inner.state = BreakerState::HalfOpen;
             inner.probes_in_flight = 0;
+            publish(&self.name, inner.state);
         }
         let probe = inner.state == BreakerState::HalfOpen;
         if probe {
@@ -176,6 +190,7 @@ impl CircuitBreaker {
         inner.state = BreakerState::Closed;
         inner.consecutive_failures = 0;
         inner.probes_in_flight = 0;
+        publish(&self.name, inner.state);
     }
 
     fn record(&self, probe: bool, outcome: Result<(), &str>) {
@@ -189,6 +204,7 @@ impl CircuitBreaker {
                 inner.consecutive_failures = 0;
                 if inner.state == BreakerState::HalfOpen {
                     inner.state = BreakerState::Closed;
+                    publish(&self.name, inner.state);
                     tracing::info!(breaker = %self.name, "circuit closed");
                 }
             }
@@ -202,6 +218,7 @@ impl CircuitBreaker {
                 if trips {
                     inner.state = BreakerState::Open;
                     inner.opened = Some((Instant::now(), SystemTime::now()));
+                    publish(&self.name, inner.state);
                     tracing::warn!(breaker = %self.name, failures = inner.consecutive_failures, error, "circuit opened");
                 }
             }
@@ -276,6 +293,37 @@ mod tests {
         assert_eq!(snapshot.last_error, "unavailable");
         let refused = breaker.try_acquire().err().map(|e| e.retry_after);
         assert!(refused.is_some_and(|after| after <= Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn the_state_gauge_follows_every_change() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let gauge = || {
+            handle
+                .render()
+                .lines()
+                .find_map(|line| {
+                    line.strip_prefix("zentra_circuit_breaker_state{downstream=\"payment\"} ")
+                })
+                .and_then(|value| value.parse::<f64>().ok())
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let breaker = breaker();
+            assert_eq!(gauge(), Some(0.0), "closed from the start");
+            fail(&breaker, 3);
+            assert_eq!(gauge(), Some(2.0), "open");
+            std::thread::sleep(Duration::from_millis(60));
+            let probe = breaker
+                .try_acquire()
+                .expect("a probe after the open period");
+            assert_eq!(gauge(), Some(1.0), "half-open");
+            probe.success();
+            assert_eq!(gauge(), Some(0.0), "closed again");
+            fail(&breaker, 3);
+            breaker.reset();
+            assert_eq!(gauge(), Some(0.0), "reset");
+        });
     }
 
     #[test]

@@ -358,6 +358,10 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// OTLP/gRPC endpoint for traces, for example `http://127.0.0.1:4317`; unset disables export.
     pub otlp_endpoint: Option<String>,
+    /// How often state gauges (outbox backlog, dead letters, the process, saga states) are
+    /// sampled.
+    #[serde(with = "humantime_serde")]
+    pub gauge_interval: Duration,
 }
 
 impl Default for TelemetryConfig {
@@ -366,6 +370,7 @@ impl Default for TelemetryConfig {
             log_filter: "info,sqlx=warn,sea_orm_migration=warn".to_owned(),
             log_format: LogFormat::Text,
             otlp_endpoint: None,
+            gauge_interval: Duration::from_secs(15),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod dead_letters;
 pub mod deadline;
 pub mod events;
 pub mod faults;
+pub mod gauges;
 pub mod idempotency;
 pub mod inbox;
 pub mod kafka;

@@ -109,7 +109,7 @@ impl Platform {
             service = info.name,
             "platform ready: database migrated, topics present"
         );
-        Ok(Self {
+        let platform = Self {
             info,
             config: common,
             db,
@@ -120,7 +120,18 @@ impl Platform {
             shutdown: CancellationToken::new(),
             draining: CancellationToken::new(),
             tasks: TaskTracker::new(),
-        })
+        };
+        metrics::gauge!(
+            crate::telemetry::names::BUILD_INFO,
+            "service" => info.name,
+            "version" => info.version
+        )
+        .set(1.0);
+        platform.spawn_gauges(vec![
+            Box::new(crate::gauges::RuntimeTables::default()),
+            Box::new(crate::gauges::Process),
+        ]);
+        Ok(platform)
     }
 
     /// A full topic name for a base name.
@@ -149,6 +160,17 @@ impl Platform {
         self.spawn(crate::retention::run(
             self.db.clone(),
             self.config.retention.clone(),
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// Samples `samplers` every `telemetry.gauge_interval` until shutdown (the runtime's own
+    /// start with the platform; a service adds its domain's).
+    pub fn spawn_gauges(&self, samplers: Vec<Box<dyn crate::gauges::Sampler>>) {
+        self.spawn(crate::gauges::run(
+            self.db.clone(),
+            self.config.telemetry.gauge_interval,
+            samplers,
             self.shutdown.clone(),
         ));
     }

@@ -179,6 +179,7 @@ impl TestEnv {
         config.kafka.group_prefix = self.prefix.clone();
         config.kafka.partitions = 1;
         config.outbox.poll_interval = Duration::from_millis(20);
+        config.telemetry.gauge_interval = Duration::from_millis(200);
         config
     }
 

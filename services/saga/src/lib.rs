@@ -24,6 +24,7 @@ pub mod domain;
 pub mod downstream;
 pub mod engine;
 pub mod error;
+pub mod gauges;
 pub mod grpc;
 pub mod intake;
 pub mod machine;
@@ -96,6 +97,7 @@ impl SagaOrchestrator {
         }
         let platform = Platform::start(INFO, &config, &sources, telemetry).await?;
         platform.spawn_relay();
+        platform.spawn_gauges(vec![Box::new(gauges::SagaStates::default())]);
         let downstreams = downstream::Downstreams::new(
             &settings.endpoints,
             config.common.client_tls.as_ref(),

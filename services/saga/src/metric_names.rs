@@ -24,6 +24,11 @@ pub const WATCH_READS: &str = "zentra_saga_watch_reads_total";
 /// Watch streams open in this process (gauge).
 pub const WATCH_STREAMS: &str = "zentra_saga_watch_streams";
 
+/// Gauge: sagas not yet ended, by state (COMPENSATION_FAILED: parked, waiting for an operator).
+pub const SAGAS_BY_STATE: &str = "zentra_sagas";
+/// Gauge: seconds the saga longest in a state has been in it, by state (0 when none is).
+pub const SAGA_OLDEST_SECONDS: &str = "zentra_saga_oldest_seconds";
+
 /// Describes every metric for the Prometheus exposition.
 pub fn describe() {
     metrics::describe_counter!(SAGAS_STARTED, "sagas started");
@@ -48,6 +53,15 @@ pub fn describe() {
     );
     metrics::describe_counter!(TRANSITIONS_WRITTEN, "saga transitions stored");
     metrics::describe_counter!(SAGAS_RECONCILED, "sagas started by reconciliation");
+    metrics::describe_gauge!(
+        SAGAS_BY_STATE,
+        "sagas not yet ended, by state; COMPENSATION_FAILED ones wait for an operator"
+    );
+    metrics::describe_gauge!(
+        SAGA_OLDEST_SECONDS,
+        metrics::Unit::Seconds,
+        "how long the saga longest in each state has been in it"
+    );
     metrics::describe_counter!(
         CANCELLATIONS_RECONCILED,
         "customer cancellations whose event was lost, signalled by reconciliation"

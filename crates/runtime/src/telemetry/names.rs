@@ -35,6 +35,21 @@ pub const INBOX_DUPLICATES: &str = "zentra_inbox_duplicates_total";
 /// Faults injected into RPCs, by kind.
 pub const FAULTS_APPLIED: &str = "zentra_faults_applied_total";
 
+/// Gauge: seconds the oldest unpublished outbox event has waited (0 when none).
+pub const OUTBOX_OLDEST_SECONDS: &str = "zentra_outbox_oldest_pending_seconds";
+/// Gauge: dead letters waiting for an operator, by consumer group and source topic.
+pub const DEAD_LETTERS_PENDING: &str = "zentra_dead_letters_pending";
+/// Gauge: CPU seconds the process has used (user and system).
+pub const PROCESS_CPU_SECONDS: &str = "zentra_process_cpu_seconds";
+/// Gauge: resident memory of the process.
+pub const PROCESS_RESIDENT_BYTES: &str = "zentra_process_resident_memory_bytes";
+/// Gauge: file descriptors the process holds open.
+pub const PROCESS_OPEN_FDS: &str = "zentra_process_open_fds";
+/// Gauge: a circuit breaker's state by downstream: 0 closed, 1 half-open, 2 open.
+pub const BREAKER_STATE: &str = "zentra_circuit_breaker_state";
+/// Gauge: 1, labelled with the service and its version.
+pub const BUILD_INFO: &str = "zentra_build_info";
+
 /// Registers descriptions with the recorder.
 pub fn describe() {
     metrics::describe_counter!(
@@ -50,6 +65,31 @@ pub fn describe() {
     metrics::describe_counter!(OUTBOX_PUBLISHED, "outbox events published to Kafka");
     metrics::describe_counter!(OUTBOX_FAILURES, "outbox publish rounds that failed");
     metrics::describe_gauge!(OUTBOX_PENDING, "events waiting in the outbox");
+    metrics::describe_gauge!(
+        OUTBOX_OLDEST_SECONDS,
+        metrics::Unit::Seconds,
+        "how long the oldest unpublished outbox event has waited"
+    );
+    metrics::describe_gauge!(
+        DEAD_LETTERS_PENDING,
+        "dead letters waiting for an operator, by consumer group and source topic"
+    );
+    metrics::describe_gauge!(
+        PROCESS_CPU_SECONDS,
+        metrics::Unit::Seconds,
+        "CPU time the process has used, user and system"
+    );
+    metrics::describe_gauge!(
+        PROCESS_RESIDENT_BYTES,
+        metrics::Unit::Bytes,
+        "resident memory of the process"
+    );
+    metrics::describe_gauge!(PROCESS_OPEN_FDS, "file descriptors the process holds open");
+    metrics::describe_gauge!(
+        BREAKER_STATE,
+        "circuit breaker state by downstream: 0 closed, 1 half-open, 2 open"
+    );
+    metrics::describe_gauge!(BUILD_INFO, "1, labelled with the service and its version");
     metrics::describe_counter!(
         CONSUMER_MESSAGES,
         "Kafka messages processed, by topic and outcome"

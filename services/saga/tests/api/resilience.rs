@@ -469,6 +469,20 @@ async fn a_poison_event_is_dead_lettered_without_blocking_and_a_replay_after_the
     assert!(parked.error.contains("has no saga"), "{}", parked.error);
     assert!(parked.consumer_group.contains("saga-"), "{parked:?}");
     assert!(parked.headers.iter().any(|header| header.key == "event_id"));
+    // Operators see it on /metrics, by consumer group and topic.
+    let series = format!(
+        "zentra_dead_letters_pending{{group=\"{}\",topic=\"{}\"}} 1",
+        parked.consumer_group, parked.source_topic
+    );
+    let exported = eventually(Duration::from_secs(10), || {
+        let series = series.clone();
+        async move {
+            let (_, body) = zentra_test_support::http_get(saga_port, "/metrics").await;
+            body.lines().any(|line| line == series).then_some(())
+        }
+    })
+    .await;
+    assert!(exported.is_some(), "{series} is not on /metrics");
 
     // The event behind it was not held up: the second order has its saga.
     stack.saga_of(&behind).await;

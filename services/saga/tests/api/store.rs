@@ -218,3 +218,71 @@ async fn a_transition_alone_is_written_without_a_transaction_and_only_under_its_
     drop(db);
     database.drop_database().await.expect("drop");
 }
+
+/// The value of the series that `line_start` begins (name and labels), if rendered.
+fn rendered_value(rendered: &str, line_start: &str) -> Option<f64> {
+    rendered
+        .lines()
+        .find_map(|line| line.strip_prefix(line_start)?.trim().parse().ok())
+}
+
+// One thread: the recorder is this thread's, and every poll of the sampler happens on it.
+#[tokio::test(flavor = "current_thread")]
+async fn sagas_not_yet_ended_are_gauged_by_state_with_the_oldest_wait_and_ended_ones_are_not() {
+    use zentra_runtime::gauges::Sampler as _;
+
+    let database = TestDatabase::create("saga-gauges").await.expect("database");
+    let db = database.connect().await.expect("connect");
+    zentra_runtime::db::migrate(&db, store::migrations::MIGRATIONS)
+        .await
+        .expect("migrate");
+    for (state, age) in [
+        ("RUNNING", "1 second"),
+        ("RUNNING", "3 seconds"),
+        ("COMPENSATION_FAILED", "10 minutes"),
+        ("COMPLETED", "1 hour"),
+    ] {
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &db,
+            &format!(
+                "INSERT INTO sagas (id, order_id, state, order_data, data, updated_at) \
+                 VALUES (gen_random_uuid(), gen_random_uuid(), '{state}', '', '{{}}', \
+                 now() - interval '{age}')"
+            ),
+        )
+        .await
+        .expect("seed");
+    }
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    zentra_saga::gauges::SagaStates::default()
+        .sample(&db)
+        .await
+        .expect("sampled");
+    let rendered = handle.render();
+    let value = |series: &str| rendered_value(&rendered, series);
+    assert_eq!(
+        value("zentra_sagas{state=\"RUNNING\"} "),
+        Some(2.0),
+        "{rendered}"
+    );
+    assert_eq!(
+        value("zentra_sagas{state=\"COMPENSATION_FAILED\"} "),
+        Some(1.0)
+    );
+    assert_eq!(value("zentra_sagas{state=\"COMPENSATING\"} "), Some(0.0));
+    assert_eq!(
+        value("zentra_sagas{state=\"AWAITING_SHIPMENT\"} "),
+        Some(0.0)
+    );
+    assert!(!rendered.contains("COMPLETED"), "{rendered}");
+    let parked_for =
+        value("zentra_saga_oldest_seconds{state=\"COMPENSATION_FAILED\"} ").expect("oldest parked");
+    assert!((599.0..3600.0).contains(&parked_for), "{parked_for}");
+    let running_for = value("zentra_saga_oldest_seconds{state=\"RUNNING\"} ").expect("oldest");
+    assert!((2.9..600.0).contains(&running_for), "{running_for}");
+
+    drop(db);
+    database.drop_database().await.expect("cleanup");
+}
