@@ -277,13 +277,26 @@ pub fn run_tool(command: &mut std::process::Command) -> String {
 
 /// A plain HTTP/1.1 GET of `path`: the status line with headers, and the body.
 pub async fn http_get(address: std::net::SocketAddr, path: &str) -> (String, String) {
+    http_get_with(address, path, &[]).await
+}
+
+/// [`http_get`] with extra request headers.
+pub async fn http_get_with(
+    address: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (String, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n")
+            format!("GET {path} HTTP/1.1\r\nhost: {address}\r\n{extra}connection: close\r\n\r\n")
                 .as_bytes(),
         )
         .await

@@ -112,6 +112,21 @@ impl Service<Request<axum::body::Body>> for Front {
             });
         }
         if request.uri().path() == "/metrics" {
+            // The public port: what the platform carries is not for anyone who finds it. Any
+            // caller's key or token will do (Prometheus sends one as a bearer token).
+            if let Err(error) = self.gatekeeper.auth.authenticate(request.headers()) {
+                metrics::counter!(metric_names::AUTH_FAILURES, "reason" => error.label())
+                    .increment(1);
+                let mut refused = plain(
+                    http::StatusCode::UNAUTHORIZED,
+                    &format!("/metrics needs a key (x-api-key or Authorization: Bearer): {error}"),
+                );
+                refused.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+                return Box::pin(async move { Ok(refused) });
+            }
             return Box::pin(self.local.clone().oneshot(request));
         }
         let files = self.files.clone();

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use zentra_test_support::{http_get, run_tool, tool};
+use zentra_test_support::{http_get, http_get_with, run_tool, tool};
 
 use crate::helpers::{GatewayOptions, Platform};
 
@@ -130,6 +130,30 @@ async fn the_control_centers_files_share_the_port_with_the_apis() {
     let (head, body) = http_get(address, "/sagas/0190f0c8").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(body.contains("control center"));
+
+    // Metrics share the port too, but only for a caller with a key (as Prometheus sends one).
+    let (head, body) = http_get(address, "/metrics").await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{head}"
+    );
+    assert!(!body.contains("zentra_"), "{body}");
+    let (head, _) = http_get_with(
+        address,
+        "/metrics",
+        &[("authorization", "Bearer zk_not_a_key")],
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    let bearer = format!("Bearer {}", platform.keys.viewer);
+    let (head, body) = http_get_with(address, "/metrics", &[("authorization", &bearer)]).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        body.contains("zentra_gateway_auth_failures_total"),
+        "{body}"
+    );
 
     // And the same port still answers grpc-web.
     let listed = run_tool(Command::new(tool("buf")).args([

@@ -142,7 +142,12 @@ async fn an_unreachable_redis_fails_open_or_closed_as_configured() {
     let stored =
         zentra_test_support::count(platform.order_db(), "SELECT count(*) FROM orders").await;
     assert_eq!(stored, 0);
-    let (_, metrics) = zentra_test_support::http_get(address, "/metrics").await;
+    let (_, metrics) = zentra_test_support::http_get_with(
+        address,
+        "/metrics",
+        &[("x-api-key", &platform.keys.viewer)],
+    )
+    .await;
     assert!(
         metrics.lines().any(
             |line| line.starts_with("zentra_gateway_rate_limit_unavailable_total")
