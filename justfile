@@ -66,14 +66,16 @@ run service port: infra
     ZENTRA_GRPC__LISTEN_ADDR=${ZENTRA_GRPC__LISTEN_ADDR:-127.0.0.1:{{port}}} \
     cargo run -p zentra-{{service}}
 
-# Formatting, clippy (warnings are errors), buf lint and cargo deny (licences, bans, sources, advisories)
+# Formatting, clippy (warnings are errors), buf lint, cargo deny (licences, bans, sources, advisories), the alert rules (promtool check and test)
 lint:
-    deploy/local/install-tools.sh wasm_target deny
+    deploy/local/install-tools.sh wasm_target deny prometheus
     cargo fmt --all -- --check
     cargo clippy --workspace --exclude zentra-control-center --all-targets -- -D warnings
     cargo clippy -p zentra-control-center --target wasm32-unknown-unknown -- -D warnings
     cd proto && buf lint
     deploy/local/deny.sh
+    promtool check rules deploy/observability/rules.yml
+    cd deploy/observability && promtool test rules rules.test.yml
 
 # Format Rust and proto sources
 fmt:

@@ -4,7 +4,7 @@
 #
 #   ZENTRA_CACHE  where tools live (default: ~/.cache/zentra)
 #
-# Usage: deploy/local/install-tools.sh [tansu] [just] [buf] [grpcurl] [aiosmtpd] [wasm_target] [browser] [deny] [wasm] [inferno]
+# Usage: deploy/local/install-tools.sh [tansu] [just] [buf] [grpcurl] [aiosmtpd] [wasm_target] [browser] [deny] [prometheus] [wasm] [inferno]
 #        (no args: all but wasm, which the control center's build asks for, and inferno, which
 #        `just flamegraph` asks for)
 set -euo pipefail
@@ -24,6 +24,8 @@ AIOSMTPD_VERSION=1.4.6
 BINARYEN_VERSION=132.0.0
 INFERNO_VERSION=0.12.3
 CARGO_DENY_VERSION=0.20.2
+# Debian 12's package (promtool for `just lint`; prometheus for the observability stack).
+PROMETHEUS_DEB_VERSION=2.42.0+ds-5+deb12u1
 
 log() { printf 'install-tools: %s\n' "$*" >&2; }
 
@@ -132,6 +134,25 @@ install_deny() {
   rm -rf "$ZENTRA_CACHE/deny-target"
 }
 
+# Prometheus and promtool from Debian's package, unpacked into the cache: no service is installed
+# or started, and no root is needed. `just lint` checks and tests the alert rules with promtool.
+install_prometheus() {
+  if [ -x "$ZENTRA_BIN/promtool" ] && [ "$(cat "$ZENTRA_CACHE/prometheus.version" 2>/dev/null)" = "$PROMETHEUS_DEB_VERSION" ]; then
+    return 0
+  fi
+  log "unpacking Debian's prometheus $PROMETHEUS_DEB_VERSION"
+  local work; work=$(mktemp -d)
+  (cd "$work" && apt-get download -qq "prometheus=$PROMETHEUS_DEB_VERSION" >/dev/null 2>&1) \
+    || (cd "$work" && apt-get update -qq >/dev/null 2>&1; apt-get download -qq "prometheus=$PROMETHEUS_DEB_VERSION" >/dev/null) \
+    || { log "prometheus $PROMETHEUS_DEB_VERSION is not in Debian's index here (apt-cache policy prometheus)"; rm -rf "$work"; exit 1; }
+  mkdir -p "$ZENTRA_CACHE/prometheus"
+  dpkg-deb -x "$work"/prometheus_*.deb "$ZENTRA_CACHE/prometheus"
+  ln -sf "$ZENTRA_CACHE/prometheus/usr/bin/prometheus" "$ZENTRA_BIN/prometheus"
+  ln -sf "$ZENTRA_CACHE/prometheus/usr/bin/promtool" "$ZENTRA_BIN/promtool"
+  echo "$PROMETHEUS_DEB_VERSION" > "$ZENTRA_CACHE/prometheus.version"
+  rm -rf "$work"
+}
+
 # Debian's Chromium for the control center's browser tests (never a downloaded browser).
 install_browser() {
   command -v chromium >/dev/null 2>&1 && return 0
@@ -146,7 +167,7 @@ install_browser() {
 main() {
   mkdir -p "$ZENTRA_BIN"
   local wanted=("$@")
-  [ ${#wanted[@]} -gt 0 ] || wanted=(just grpcurl buf aiosmtpd wasm_target browser deny tansu)
+  [ ${#wanted[@]} -gt 0 ] || wanted=(just grpcurl buf aiosmtpd wasm_target browser deny prometheus tansu)
   for tool in "${wanted[@]}"; do
     "install_$tool"
   done

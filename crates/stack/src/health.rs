@@ -16,7 +16,7 @@ use crate::settings::{Component, Settings};
 pub async fn is_healthy(settings: &Settings, component: Component) -> bool {
     let port = settings.port(component);
     match component {
-        Component::Broker | Component::Mail => {
+        Component::Broker | Component::Mail | Component::Prometheus => {
             TcpStream::connect(("127.0.0.1", port)).await.is_ok()
         }
         Component::Service(name, _) => {

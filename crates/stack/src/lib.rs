@@ -13,6 +13,7 @@ use anyhow::Context as _;
 
 pub mod health;
 pub mod keys;
+pub mod prometheus;
 pub mod settings;
 pub mod supervisor;
 
@@ -56,6 +57,9 @@ pub async fn run(
         "Zentra development CA",
         &settings::certificate_names(),
     )?;
+    if settings.prometheus_port.is_some() {
+        prometheus::write(&settings, &components, &keys)?;
+    }
     let launches = components
         .iter()
         .map(|component| launch(&settings, *component, &assertion_key))
@@ -137,7 +141,7 @@ fn stages(components: &[Component]) -> Vec<Vec<Component>> {
     let gateway: Vec<Component> = components
         .iter()
         .copied()
-        .filter(|component| matches!(component, Component::Gateway))
+        .filter(|component| matches!(component, Component::Gateway | Component::Prometheus))
         .collect();
     [infrastructure, services, gateway]
         .into_iter()
@@ -296,6 +300,17 @@ fn launch(
                 env,
             })
         }
+        Component::Prometheus => {
+            let program = find(&settings.tools_dir, "prometheus").context(
+                "prometheus is not installed: run `deploy/local/install-tools.sh prometheus` (or `just tools`)",
+            )?;
+            Ok(Launch {
+                name,
+                program,
+                args: prometheus::args(&settings.state_dir, port),
+                env: Vec::new(),
+            })
+        }
         Component::Gateway => {
             let program = settings.bin_dir.join("zentra-gateway");
             anyhow::ensure!(
@@ -427,6 +442,11 @@ fn print_banner(settings: &Settings, keys: &DevKeys, log_path: &Path, components
             ca = pki.ca_path().display(),
             cert = pki.cert_path(zentra_runtime::pki::TOOLS_CERT).display(),
             key = pki.key_path(zentra_runtime::pki::TOOLS_CERT).display(),
+        );
+    }
+    if let Some(port) = settings.prometheus_port {
+        println!(
+            "  Prometheus (the platform's alert rules loaded; alerts at /alerts): http://127.0.0.1:{port}"
         );
     }
     println!("  Development keys (in {}):", keys.path.display());

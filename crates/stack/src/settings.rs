@@ -18,6 +18,8 @@ pub enum Component {
     Service(&'static str, u16),
     /// The gateway, on its own port.
     Gateway,
+    /// Prometheus scraping every process, with the platform's alert rules (`--prometheus`).
+    Prometheus,
 }
 
 /// The domain services in start order, with their port offsets (inventory on base + 1, ...).
@@ -37,7 +39,11 @@ pub fn certificate_names() -> Vec<&'static str> {
         .iter()
         .chain([&SAGA_REPLICA])
         .map(|component| component.name())
-        .chain([Component::Gateway.name(), TOOLS_CERT])
+        .chain([
+            Component::Gateway.name(),
+            crate::prometheus::CERT,
+            TOOLS_CERT,
+        ])
         .collect()
 }
 
@@ -53,6 +59,7 @@ impl Component {
             Component::Mail => "mail",
             Component::Service(name, _) => name,
             Component::Gateway => "gateway",
+            Component::Prometheus => "prometheus",
         }
     }
 
@@ -107,15 +114,19 @@ pub struct Settings {
     /// The mail sink prints every mail it takes into the log (`ZENTRA_STACK_MAIL_LOG=0` makes it
     /// discard them: `just up-bench`, where printing cost more CPU than sending).
     pub mail_log: bool,
+    /// Run Prometheus on this port beside the stack (`--prometheus`, `ZENTRA_STACK_PROMETHEUS_PORT`).
+    pub prometheus_port: Option<u16>,
+    /// How often Prometheus scrapes and evaluates rules.
+    pub prometheus_interval: u16,
     /// The control center's built files.
     pub static_dir: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: zentra-stack [--only svc,svc] [--bin-dir DIR] [--state-dir DIR] \
+const USAGE: &str = "usage: zentra-stack [--only svc,svc] [--bin-dir DIR] [--state-dir DIR] [--prometheus] \
 (ports and URLs: ZENTRA_STACK_GATEWAY_PORT, ZENTRA_STACK_BASE_PORT, ZENTRA_STACK_KAFKA_PORT, \
 ZENTRA_STACK_KAFKA=host:port, ZENTRA_STACK_SMTP_PORT, ZENTRA_STACK_PG_URL, ZENTRA_STACK_DB_PREFIX, \
 ZENTRA_STACK_TOPIC_PREFIX, ZENTRA_STACK_REDIS_URL, ZENTRA_STACK_STATIC_DIR, ZENTRA_STACK_WAKE_HINTS=0|1, \
-ZENTRA_STACK_MAIL_LOG=0|1; \
+ZENTRA_STACK_MAIL_LOG=0|1, ZENTRA_STACK_PROMETHEUS_PORT (9090), ZENTRA_STACK_PROMETHEUS_INTERVAL (15 s); \
 ZENTRA_STACK_SAGA_INSTANCES=2 adds a second orchestrator on base + 7)";
 
 impl Settings {
@@ -167,6 +178,18 @@ impl Settings {
                 Some("0") => false,
                 Some(other) => return Err(format!("ZENTRA_STACK_WAKE_HINTS={other}: 0 or 1")),
             },
+            prometheus_port: None,
+            prometheus_interval: match var("ZENTRA_STACK_PROMETHEUS_INTERVAL") {
+                None => 15,
+                Some(value) => value
+                    .trim_end_matches('s')
+                    .parse()
+                    .ok()
+                    .filter(|seconds| (1..=300).contains(seconds))
+                    .ok_or_else(|| {
+                        format!("ZENTRA_STACK_PROMETHEUS_INTERVAL={value}: 1s to 300s")
+                    })?,
+            },
             mail_log: match var("ZENTRA_STACK_MAIL_LOG").as_deref() {
                 None | Some("1") => true,
                 Some("0") => false,
@@ -200,6 +223,9 @@ impl Settings {
                 }
                 "--bin-dir" => settings.bin_dir = PathBuf::from(value("--bin-dir")?),
                 "--state-dir" => settings.state_dir = PathBuf::from(value("--state-dir")?),
+                "--prometheus" => {
+                    settings.prometheus_port = Some(port("ZENTRA_STACK_PROMETHEUS_PORT", 9090)?);
+                }
                 "-h" | "--help" => return Err(USAGE.to_owned()),
                 other => return Err(format!("unknown argument {other}; {USAGE}")),
             }
@@ -232,6 +258,9 @@ impl Settings {
         if wanted("gateway") {
             components.push(Component::Gateway);
         }
+        if self.prometheus_port.is_some() {
+            components.push(Component::Prometheus);
+        }
         components
     }
 
@@ -245,6 +274,7 @@ impl Settings {
             Component::Mail => self.smtp_port,
             Component::Service(_, offset) => self.base_port + offset,
             Component::Gateway => self.gateway_port,
+            Component::Prometheus => self.prometheus_port.unwrap_or(0),
         }
     }
 

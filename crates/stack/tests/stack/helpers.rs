@@ -75,6 +75,8 @@ pub struct StackOptions<'a> {
     pub topic_prefix: &'a str,
     /// More variables for the stack and its children.
     pub env: Vec<(&'a str, String)>,
+    /// More arguments.
+    pub args: &'a [&'a str],
 }
 
 impl RunningStack {
@@ -94,6 +96,7 @@ impl RunningStack {
         let mut child = Command::new(bin_dir.join("zentra-stack"))
             .args(["--only", options.only, "--state-dir"])
             .arg(options.state_dir)
+            .args(options.args)
             .env("ZENTRA_STACK_BASE_PORT", options.base_port.to_string())
             .env(
                 "ZENTRA_STACK_GATEWAY_PORT",

@@ -2,4 +2,5 @@
 
 mod helpers;
 mod mtls;
+mod prometheus;
 mod supervisor;

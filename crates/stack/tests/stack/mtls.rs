@@ -170,6 +170,7 @@ async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_cert
         gateway_port,
         db_prefix: &db_prefix,
         topic_prefix: &topic_prefix,
+        args: &[],
         env: vec![
             ("ZENTRA_STACK_SMTP_PORT", smtp_port.to_string()),
             ("ZENTRA_FULFILLMENT__STEP_DELAY", "0s".to_owned()),

@@ -32,6 +32,7 @@ async fn a_killed_service_comes_back_its_audit_trail_names_the_killer_and_log_le
         gateway_port,
         db_prefix: &db_prefix,
         topic_prefix: &topic_prefix,
+        args: &[],
         env: Vec::new(),
     })
     .await;
