@@ -10,13 +10,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::names;
 
+/// One sampling of a [`Sampler`].
+pub type Sampling<'a> = Pin<Box<dyn Future<Output = Result<(), DbErr>> + Send + 'a>>;
+
 /// A source of gauge values, sampled in turn by [`run`].
 pub trait Sampler: Send + 'static {
     /// Reads the values and sets the gauges.
-    fn sample<'a>(
-        &'a mut self,
-        db: &'a DatabaseConnection,
-    ) -> Pin<Box<dyn Future<Output = Result<(), DbErr>> + Send + 'a>>;
+    fn sample<'a>(&'a mut self, db: &'a DatabaseConnection) -> Sampling<'a>;
 }
 
 /// A gauge with one label whose values come and go: those seen before and missing now read 0.
@@ -98,10 +98,7 @@ impl Default for RuntimeTables {
 }
 
 impl Sampler for RuntimeTables {
-    fn sample<'a>(
-        &'a mut self,
-        db: &'a DatabaseConnection,
-    ) -> Pin<Box<dyn Future<Output = Result<(), DbErr>> + Send + 'a>> {
+    fn sample<'a>(&'a mut self, db: &'a DatabaseConnection) -> Sampling<'a> {
         Box::pin(async move {
             let backlog = db
                 .query_one_raw(Statement::from_string(
@@ -159,12 +156,11 @@ impl Process {
 }
 
 impl Sampler for Process {
-    fn sample<'a>(
-        &'a mut self,
-        _db: &'a DatabaseConnection,
-    ) -> Pin<Box<dyn Future<Output = Result<(), DbErr>> + Send + 'a>> {
+    fn sample<'a>(&'a mut self, _db: &'a DatabaseConnection) -> Sampling<'a> {
         Box::pin(async move {
             if let Some((cpu, rss, fds)) = Self::read() {
+                // A gauge, as the `metrics` crate's counters are whole numbers; it only grows,
+                // so rate() over it is the CPU share.
                 metrics::gauge!(names::PROCESS_CPU_SECONDS).set(cpu);
                 metrics::gauge!(names::PROCESS_RESIDENT_BYTES).set(rss);
                 metrics::gauge!(names::PROCESS_OPEN_FDS).set(fds);

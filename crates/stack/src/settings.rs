@@ -185,9 +185,10 @@ impl Settings {
                     .trim_end_matches('s')
                     .parse()
                     .ok()
-                    .filter(|seconds| (1..=300).contains(seconds))
+                    // The rules' 5-minute rates need several samples.
+                    .filter(|seconds| (1..=60).contains(seconds))
                     .ok_or_else(|| {
-                        format!("ZENTRA_STACK_PROMETHEUS_INTERVAL={value}: 1s to 300s")
+                        format!("ZENTRA_STACK_PROMETHEUS_INTERVAL={value}: 1s to 60s")
                     })?,
             },
             mail_log: match var("ZENTRA_STACK_MAIL_LOG").as_deref() {

@@ -1,10 +1,10 @@
 //! The saga's state gauges: sagas not yet ended by state (COMPENSATION_FAILED ones wait for an
-//! operator) and how long the oldest of each has been in it, sampled with the runtime's gauges.
+//! operator) and the age of the oldest of each: since it started, or for a parked one since it
+//! parked (its last change: nothing changes a parked saga but an operator), sampled with the
+//! runtime's gauges.
 
-use std::{future::Future, pin::Pin};
-
-use sea_orm::{DatabaseConnection, DbErr};
-use zentra_runtime::gauges::{LabelledGauge, Sampler, labelled_rows};
+use sea_orm::DatabaseConnection;
+use zentra_runtime::gauges::{LabelledGauge, Sampler, Sampling, labelled_rows};
 
 use crate::metric_names::{SAGA_OLDEST_SECONDS, SAGAS_BY_STATE};
 
@@ -32,10 +32,7 @@ impl Default for SagaStates {
 }
 
 impl Sampler for SagaStates {
-    fn sample<'a>(
-        &'a mut self,
-        db: &'a DatabaseConnection,
-    ) -> Pin<Box<dyn Future<Output = Result<(), DbErr>> + Send + 'a>> {
+    fn sample<'a>(&'a mut self, db: &'a DatabaseConnection) -> Sampling<'a> {
         Box::pin(async move {
             // Ended sagas are counted by zentra_saga_ended_total; these are the ones still open,
             // found through the state index.
@@ -49,7 +46,8 @@ impl Sampler for SagaStates {
             .await?;
             let oldest = labelled_rows(
                 db,
-                "SELECT state, extract(epoch FROM now() - min(updated_at))::float8 FROM sagas \
+                "SELECT state, extract(epoch FROM now() - min(CASE WHEN state = 'COMPENSATION_FAILED' \
+                 THEN updated_at ELSE created_at END))::float8 FROM sagas \
                  WHERE state IN ('RUNNING', 'AWAITING_SHIPMENT', 'COMPENSATING', 'COMPENSATION_FAILED') \
                  GROUP BY state",
                 1,

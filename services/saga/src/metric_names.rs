@@ -26,7 +26,8 @@ pub const WATCH_STREAMS: &str = "zentra_saga_watch_streams";
 
 /// Gauge: sagas not yet ended, by state (COMPENSATION_FAILED: parked, waiting for an operator).
 pub const SAGAS_BY_STATE: &str = "zentra_sagas";
-/// Gauge: seconds the saga longest in a state has been in it, by state (0 when none is).
+/// Gauge: age of the oldest saga in each state not yet ended, by state (0 when none is): since it
+/// started, or for COMPENSATION_FAILED since it parked.
 pub const SAGA_OLDEST_SECONDS: &str = "zentra_saga_oldest_seconds";
 
 /// Describes every metric for the Prometheus exposition.
@@ -60,7 +61,7 @@ pub fn describe() {
     metrics::describe_gauge!(
         SAGA_OLDEST_SECONDS,
         metrics::Unit::Seconds,
-        "how long the saga longest in each state has been in it"
+        "age of the oldest saga in each state not yet ended: since it started, or since it parked"
     );
     metrics::describe_counter!(
         CANCELLATIONS_RECONCILED,

@@ -166,10 +166,34 @@ impl ConsumerLag {
             .map(|state| state.member.clone())
             .unwrap_or_default();
         inner.partitions.retain(|(g, topic, partition), _| {
-            g != group || owned.iter().any(|(t, p, _)| t == topic && p == partition)
+            let kept = g != group || owned.iter().any(|(t, p, _)| t == topic && p == partition);
+            if !kept {
+                // Another instance holds it now: this one's lag for it must not linger in sums.
+                metrics::gauge!(
+                    names::CONSUMER_LAG,
+                    "group" => g.clone(),
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set(0.0);
+            }
+            kept
         });
         for (topic, partition, next) in owned {
             let key = (group.to_owned(), topic.clone(), *partition);
+            if !inner.partitions.contains_key(&key)
+                && let Some(next) = next
+            {
+                // A lease just taken: its offset is known before anything is processed, so a
+                // consumer stuck from its start still has an offset series that does not move.
+                metrics::gauge!(
+                    names::CONSUMER_OFFSET,
+                    "group" => group.to_owned(),
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set(*next as f64);
+            }
             inner
                 .partitions
                 .entry(key)

@@ -47,6 +47,16 @@ pub fn free_base_port(count: u16) -> u16 {
     }
 }
 
+/// A free port outside `base + 1 ..= base + count` and not in `taken`.
+pub fn free_port_besides(base: u16, count: u16, taken: &[u16]) -> u16 {
+    loop {
+        let port = free_base_port(1) + 1;
+        if !(base + 1..=base + count).contains(&port) && !taken.contains(&port) {
+            return port;
+        }
+    }
+}
+
 /// A connection to the stack's service on `port`, with the certificate the stack issued to tools.
 pub async fn service_channel(state_dir: &Path, port: u16) -> tonic::transport::Channel {
     let tls = Layout::of_stack(state_dir).client_tls(TOOLS_CERT);

@@ -22,20 +22,23 @@ use zentra_proto::{
     saga::v1::{ListSagasRequest, SagaState, saga_service_client::SagaServiceClient},
 };
 use zentra_runtime::pki::{Layout, TOOLS_CERT};
+use zentra_stack::settings::Component;
 use zentra_test_support::{
     TestDatabase, delete_topics_with_prefix, eventually, tls::TestCa, unique_suffix,
 };
 
-use crate::helpers::{RunningStack, StackOptions, free_base_port};
+use crate::helpers::{RunningStack, StackOptions, free_base_port, free_port_besides};
 
-const SERVICES: [&str; 6] = [
-    "inventory",
-    "order",
-    "payment",
-    "fulfillment",
-    "notification",
-    "saga",
-];
+/// The stack's services by name, with their port offsets.
+fn services() -> Vec<(&'static str, u16)> {
+    zentra_stack::settings::SERVICES
+        .iter()
+        .filter_map(|component| match component {
+            Component::Service(name, offset) => Some((*name, *offset)),
+            _ => None,
+        })
+        .collect()
+}
 
 /// Every method of every service in the contracts and in the health and reflection protocols,
 /// as `/package.Service/Method`.
@@ -151,7 +154,7 @@ async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_cert
     let suffix = unique_suffix();
     let db_prefix = format!("zt_mtls_{suffix}_");
     let mut databases = Vec::new();
-    for service in SERVICES {
+    for (service, _) in services() {
         databases.push(
             TestDatabase::create_named(&format!("{db_prefix}{service}"))
                 .await
@@ -161,8 +164,8 @@ async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_cert
     let topic_prefix = format!("zt-mtls-{suffix}.");
     let state_dir = std::env::temp_dir().join(format!("zentra-stack-mtls-{suffix}"));
     let base_port = free_base_port(6);
-    let gateway_port = free_base_port(1) + 1;
-    let smtp_port = free_base_port(1) + 1;
+    let gateway_port = free_port_besides(base_port, 6, &[]);
+    let smtp_port = free_port_besides(base_port, 6, &[gateway_port]);
     let stack = RunningStack::start(StackOptions {
         only: "inventory,order,payment,fulfillment,notification,saga,gateway",
         state_dir: &state_dir,
@@ -182,10 +185,9 @@ async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_cert
     let methods = every_method();
     assert!(methods.len() > 60, "too few methods: {methods:?}");
 
-    let ports: Vec<(&str, u16)> = SERVICES
-        .iter()
-        .zip(1..)
-        .map(|(service, offset)| (*service, base_port + offset))
+    let ports: Vec<(&str, u16)> = services()
+        .into_iter()
+        .map(|(service, offset)| (service, base_port + offset))
         .collect();
     let outcomes = join_all(ports.iter().map(|(service, port)| {
         let (methods, pki, stranger) = (&methods, &pki, &stranger);
@@ -249,7 +251,7 @@ async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_cert
         }
         request
     }
-    for service in SERVICES {
+    for (service, _) in services() {
         let summary = OpsServiceClient::new(gateway.clone())
             .get_health_summary(keyed(GetHealthSummaryRequest {}, &viewer, Some(service)))
             .await

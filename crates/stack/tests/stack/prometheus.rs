@@ -8,7 +8,7 @@ use zentra_test_support::{
     TestDatabase, delete_topics_with_prefix, eventually, http_get, unique_suffix,
 };
 
-use crate::helpers::{RunningStack, StackOptions, free_base_port};
+use crate::helpers::{RunningStack, StackOptions, free_base_port, free_port_besides};
 
 /// How many times `needle` occurs in `haystack`.
 fn occurrences(haystack: &str, needle: &str) -> usize {
@@ -30,8 +30,8 @@ async fn prometheus_scrapes_every_process_and_evaluates_the_alert_rules() {
     let topic_prefix = format!("zt-prom-{suffix}.");
     let state_dir = std::env::temp_dir().join(format!("zentra-stack-prom-{suffix}"));
     let base_port = free_base_port(6);
-    let gateway_port = free_base_port(1) + 1;
-    let prometheus_port = free_base_port(1) + 1;
+    let gateway_port = free_port_besides(base_port, 6, &[]);
+    let prometheus_port = free_port_besides(base_port, 6, &[gateway_port]);
     let stack = RunningStack::start(StackOptions {
         only: "inventory,saga,gateway",
         state_dir: &state_dir,
@@ -63,9 +63,11 @@ async fn prometheus_scrapes_every_process_and_evaluates_the_alert_rules() {
     );
 
     // Every rule of deploy/observability/rules.yml is loaded and evaluates without error.
+    let rule_count = occurrences(zentra_stack::prometheus::RULES, "- alert:");
+    assert!(rule_count >= 10, "{rule_count} rules");
     let rules = eventually(Duration::from_secs(30), || async move {
         let (_, body) = http_get(prometheus, "/api/v1/rules").await;
-        (occurrences(&body, "\"health\":\"ok\"") == 9).then_some(body)
+        (occurrences(&body, "\"health\":\"ok\"") == rule_count).then_some(body)
     })
     .await;
     assert!(
