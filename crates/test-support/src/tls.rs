@@ -44,7 +44,7 @@ impl TestCa {
 
     /// A certificate named `name`, signed by this CA.
     pub fn issue(&self, name: &str) -> anyhow::Result<Issued> {
-        self.authority.write(&self.layout, &[name])?;
+        self.authority.write_issued(&self.layout, &[name])?;
         Ok(Issued {
             cert_path: self.layout.cert_path(name),
             key_path: self.layout.key_path(name),
