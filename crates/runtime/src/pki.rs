@@ -209,15 +209,7 @@ mod authority {
         /// Writes the CA's certificate and one certificate per name into `layout` (keys
         /// owner-only). The CA's own key is never written: nothing can be signed later.
         pub fn write(&self, layout: &Layout, names: &[&str]) -> anyhow::Result<()> {
-            std::fs::create_dir_all(layout.dir())
-                .with_context(|| format!("cannot create {}", layout.dir().display()))?;
-            for name in names {
-                let (cert, key) = self.issue(name)?;
-                write_private(&layout.key_path(name), &key)?;
-                std::fs::write(layout.cert_path(name), cert).with_context(|| {
-                    format!("cannot write {}", layout.cert_path(name).display())
-                })?;
-            }
+            self.write_issued(layout, names)?;
             // The CA last: a layout with it is complete.
             std::fs::write(layout.ca_path(), self.cert_pem())
                 .with_context(|| format!("cannot write {}", layout.ca_path().display()))?;
