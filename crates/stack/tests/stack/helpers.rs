@@ -205,3 +205,160 @@ impl Output {
         assert!(seen.is_some(), "never saw {what}:\n{}", self.dump());
     }
 }
+
+/// A fresh database for each of `services`, named as the stack names them under `db_prefix`.
+pub async fn service_databases(
+    db_prefix: &str,
+    services: &[&str],
+) -> Vec<zentra_test_support::TestDatabase> {
+    let mut databases = Vec::new();
+    for service in services {
+        databases.push(
+            zentra_test_support::TestDatabase::create_named(&format!("{db_prefix}{service}"))
+                .await
+                .expect("database"),
+        );
+    }
+    databases
+}
+
+/// Removes what a test's stack left: its state directory, topics and databases.
+pub async fn clean_up(
+    state_dir: &Path,
+    topic_prefix: &str,
+    databases: Vec<zentra_test_support::TestDatabase>,
+) {
+    let _ = std::fs::remove_dir_all(state_dir);
+    zentra_test_support::delete_topics_with_prefix(topic_prefix).await;
+    for database in databases {
+        database.drop_database().await.expect("drop database");
+    }
+}
+
+/// The development key `name` (`ZENTRA_VIEWER_KEY`, ...) the stack wrote into `state_dir`.
+pub fn dev_key(state_dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(state_dir.join(zentra_stack::keys::KEYS_FILE))
+        .expect("dev keys")
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}=")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("no {name} in the dev keys"))
+}
+
+/// A request carrying `key`, and naming the service it is for when it is one every service serves.
+pub fn keyed<T>(message: T, key: &str, service: Option<&'static str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "x-api-key",
+        tonic::metadata::MetadataValue::try_from(key).expect("ascii key"),
+    );
+    if let Some(service) = service {
+        request.metadata_mut().insert(
+            "x-zentra-service",
+            tonic::metadata::MetadataValue::from_static(service),
+        );
+    }
+    request
+}
+
+/// A connection to the gateway on `port` (plaintext on loopback).
+pub async fn gateway_channel(port: u16) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("gateway")
+}
+
+/// Creates `sku` at `price` with 5 in stock, then places an order of `quantity` of it for a US
+/// address, paid with `tok_approve`, through the gateway as `operator`.
+pub async fn order_through_gateway(
+    gateway: &tonic::transport::Channel,
+    operator: &str,
+    sku: &str,
+    price: zentra_proto::common::v1::Money,
+    quantity: i64,
+) -> zentra_proto::order::v1::Order {
+    use zentra_proto::{
+        common::v1::Address,
+        inventory::v1::{CreateProductRequest, inventory_service_client::InventoryServiceClient},
+        order::v1::{OrderLine, PlaceOrderRequest, order_service_client::OrderServiceClient},
+    };
+    InventoryServiceClient::new(gateway.clone())
+        .create_product(keyed(
+            CreateProductRequest {
+                sku: sku.to_owned(),
+                name: format!("Product {sku}"),
+                initial_stock: 5,
+                unit_price: Some(price.clone()),
+                idempotency_key: format!("product-{sku}"),
+                ..Default::default()
+            },
+            operator,
+            None,
+        ))
+        .await
+        .expect("product");
+    OrderServiceClient::new(gateway.clone())
+        .place_order(keyed(
+            PlaceOrderRequest {
+                customer_id: "stack-customer".to_owned(),
+                customer_email: "stack@customers.zentra.test".to_owned(),
+                shipping_address: Some(Address {
+                    recipient: "Ada".to_owned(),
+                    lines: vec!["1 Main St".to_owned()],
+                    city: "Springfield".to_owned(),
+                    postal_code: "12345".to_owned(),
+                    country_code: "US".to_owned(),
+                    ..Default::default()
+                }),
+                lines: vec![OrderLine {
+                    sku: sku.to_owned(),
+                    quantity,
+                    unit_price: Some(price),
+                    ..Default::default()
+                }],
+                currency_code: "USD".to_owned(),
+                payment_method_token: "tok_approve".to_owned(),
+                idempotency_key: format!("order-{sku}"),
+            },
+            operator,
+            None,
+        ))
+        .await
+        .expect("order placed")
+        .into_inner()
+        .order
+        .expect("order")
+}
+
+/// The saga of `order_id` once it is in `state`, asked through the gateway as `viewer`.
+pub async fn saga_reaches(
+    gateway: &tonic::transport::Channel,
+    viewer: &str,
+    order_id: &str,
+    state: zentra_proto::saga::v1::SagaState,
+    within: Duration,
+) -> bool {
+    use zentra_proto::saga::v1::{ListSagasRequest, saga_service_client::SagaServiceClient};
+    let sagas = SagaServiceClient::new(gateway.clone());
+    eventually(within, || {
+        let mut sagas = sagas.clone();
+        let request = keyed(
+            ListSagasRequest {
+                order_id: order_id.to_owned(),
+                ..Default::default()
+            },
+            viewer,
+            None,
+        );
+        async move {
+            let listed = sagas.list_sagas(request).await.ok()?.into_inner().sagas;
+            listed
+                .first()
+                .filter(|saga| saga.state == state as i32)
+                .map(|_| ())
+        }
+    })
+    .await
+    .is_some()
+}

@@ -11,23 +11,21 @@ use prost::Message as _;
 use tonic::{
     Request,
     codegen::http::uri::PathAndQuery,
-    metadata::MetadataValue,
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 use zentra_proto::{
-    common::v1::{Address, Money},
-    inventory::v1::{CreateProductRequest, inventory_service_client::InventoryServiceClient},
+    common::v1::Money,
     ops::v1::{GetHealthSummaryRequest, HealthStatus, ops_service_client::OpsServiceClient},
-    order::v1::{OrderLine, PlaceOrderRequest, order_service_client::OrderServiceClient},
-    saga::v1::{ListSagasRequest, SagaState, saga_service_client::SagaServiceClient},
+    saga::v1::SagaState,
 };
 use zentra_runtime::pki::{Layout, TOOLS_CERT};
 use zentra_stack::settings::Component;
-use zentra_test_support::{
-    TestDatabase, delete_topics_with_prefix, eventually, tls::TestCa, unique_suffix,
-};
+use zentra_test_support::{tls::TestCa, unique_suffix};
 
-use crate::helpers::{RunningStack, StackOptions, free_base_port, free_port_besides};
+use crate::helpers::{
+    RunningStack, StackOptions, clean_up, dev_key, free_base_port, free_port_besides,
+    gateway_channel, keyed, order_through_gateway, saga_reaches, service_databases,
+};
 
 /// The stack's services by name, with their port offsets.
 fn services() -> Vec<(&'static str, u16)> {
@@ -153,14 +151,8 @@ async fn answered(channel: Channel, path: &str) -> Result<bool, String> {
 async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_certificate() {
     let suffix = unique_suffix();
     let db_prefix = format!("zt_mtls_{suffix}_");
-    let mut databases = Vec::new();
-    for (service, _) in services() {
-        databases.push(
-            TestDatabase::create_named(&format!("{db_prefix}{service}"))
-                .await
-                .expect("database"),
-        );
-    }
+    let names: Vec<&str> = services().into_iter().map(|(name, _)| name).collect();
+    let databases = service_databases(&db_prefix, &names).await;
     let topic_prefix = format!("zt-mtls-{suffix}.");
     let state_dir = std::env::temp_dir().join(format!("zentra-stack-mtls-{suffix}"));
     let base_port = free_base_port(6);
@@ -225,32 +217,9 @@ async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_cert
     );
 
     // The gateway reaches every service with its own certificate.
-    let gateway = Channel::from_shared(format!("http://127.0.0.1:{gateway_port}"))
-        .expect("url")
-        .connect()
-        .await
-        .expect("gateway");
-    let keys =
-        std::fs::read_to_string(state_dir.join(zentra_stack::keys::KEYS_FILE)).expect("dev keys");
-    let key = |name: &str| {
-        keys.lines()
-            .find_map(|line| line.strip_prefix(&format!("{name}=")).map(str::to_owned))
-            .expect("key")
-    };
-    let (viewer, operator) = (key("ZENTRA_VIEWER_KEY"), key("ZENTRA_OPERATOR_KEY"));
-    fn keyed<T>(message: T, key: &str, service: Option<&'static str>) -> Request<T> {
-        let mut request = Request::new(message);
-        request.metadata_mut().insert(
-            "x-api-key",
-            MetadataValue::try_from(key).expect("ascii key"),
-        );
-        if let Some(service) = service {
-            request
-                .metadata_mut()
-                .insert("x-zentra-service", MetadataValue::from_static(service));
-        }
-        request
-    }
+    let gateway = gateway_channel(gateway_port).await;
+    let viewer = dev_key(&state_dir, "ZENTRA_VIEWER_KEY");
+    let operator = dev_key(&state_dir, "ZENTRA_OPERATOR_KEY");
     for (service, _) in services() {
         let summary = OpsServiceClient::new(gateway.clone())
             .get_health_summary(keyed(GetHealthSummaryRequest {}, &viewer, Some(service)))
@@ -265,82 +234,21 @@ async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_cert
         currency_code: "USD".to_owned(),
         amount_minor: 1299,
     };
-    InventoryServiceClient::new(gateway.clone())
-        .create_product(keyed(
-            CreateProductRequest {
-                sku: "MTLS-MUG".to_owned(),
-                name: "Mug".to_owned(),
-                initial_stock: 5,
-                unit_price: Some(price.clone()),
-                idempotency_key: "mtls-product".to_owned(),
-                ..Default::default()
-            },
-            &operator,
-            None,
-        ))
-        .await
-        .expect("product");
-    let order = OrderServiceClient::new(gateway.clone())
-        .place_order(keyed(
-            PlaceOrderRequest {
-                customer_id: "mtls-customer".to_owned(),
-                customer_email: "mtls@customers.zentra.test".to_owned(),
-                shipping_address: Some(Address {
-                    recipient: "Ada".to_owned(),
-                    lines: vec!["1 Main St".to_owned()],
-                    city: "Springfield".to_owned(),
-                    postal_code: "12345".to_owned(),
-                    country_code: "US".to_owned(),
-                    ..Default::default()
-                }),
-                lines: vec![OrderLine {
-                    sku: "MTLS-MUG".to_owned(),
-                    quantity: 2,
-                    unit_price: Some(price),
-                    ..Default::default()
-                }],
-                currency_code: "USD".to_owned(),
-                payment_method_token: "tok_approve".to_owned(),
-                idempotency_key: "mtls-order".to_owned(),
-            },
-            &operator,
-            None,
-        ))
-        .await
-        .expect("order placed")
-        .into_inner()
-        .order
-        .expect("order");
-    let sagas = SagaServiceClient::new(gateway.clone());
-    let completed = eventually(Duration::from_secs(60), || {
-        let mut sagas = sagas.clone();
-        let request = keyed(
-            ListSagasRequest {
-                order_id: order.order_id.clone(),
-                ..Default::default()
-            },
-            &viewer,
-            None,
-        );
-        async move {
-            let listed = sagas.list_sagas(request).await.ok()?.into_inner().sagas;
-            listed
-                .first()
-                .filter(|saga| saga.state == SagaState::Completed as i32)
-                .map(|_| ())
-        }
-    })
+    let order = order_through_gateway(&gateway, &operator, "MTLS-MUG", price, 2).await;
+    let completed = saga_reaches(
+        &gateway,
+        &viewer,
+        &order.order_id,
+        SagaState::Completed,
+        Duration::from_secs(60),
+    )
     .await;
     assert!(
-        completed.is_some(),
+        completed,
         "the saga did not complete:\n{}",
         stack.output.dump()
     );
 
     stack.stop().await;
-    let _ = std::fs::remove_dir_all(&state_dir);
-    delete_topics_with_prefix(&topic_prefix).await;
-    for database in databases {
-        database.drop_database().await.expect("drop database");
-    }
+    clean_up(&state_dir, &topic_prefix, databases).await;
 }

@@ -6,11 +6,12 @@
 
 use std::time::Duration;
 
-use zentra_test_support::{
-    TestDatabase, delete_topics_with_prefix, eventually, http_get, unique_suffix,
-};
+use zentra_test_support::{eventually, http_get, unique_suffix};
 
-use crate::helpers::{RunningStack, StackOptions, free_base_port, free_port_besides};
+use crate::helpers::{
+    RunningStack, StackOptions, clean_up, dev_key, free_base_port, free_port_besides,
+    gateway_channel, keyed, order_through_gateway, saga_reaches, service_databases,
+};
 
 /// How many times `needle` occurs in `haystack`.
 fn occurrences(haystack: &str, needle: &str) -> usize {
@@ -21,14 +22,7 @@ fn occurrences(haystack: &str, needle: &str) -> usize {
 async fn prometheus_scrapes_every_process_and_evaluates_the_alert_rules() {
     let suffix = unique_suffix();
     let db_prefix = format!("zt_prom_{suffix}_");
-    let mut databases = Vec::new();
-    for service in ["inventory", "saga"] {
-        databases.push(
-            TestDatabase::create_named(&format!("{db_prefix}{service}"))
-                .await
-                .expect("database"),
-        );
-    }
+    let databases = service_databases(&db_prefix, &["inventory", "saga"]).await;
     let topic_prefix = format!("zt-prom-{suffix}.");
     let state_dir = std::env::temp_dir().join(format!("zentra-stack-prom-{suffix}"));
     let base_port = free_base_port(6);
@@ -95,46 +89,27 @@ async fn prometheus_scrapes_every_process_and_evaluates_the_alert_rules() {
     }
 
     stack.stop().await;
-    let _ = std::fs::remove_dir_all(&state_dir);
-    delete_topics_with_prefix(&topic_prefix).await;
-    for database in databases {
-        database.drop_database().await.expect("drop database");
-    }
-}
-
-/// A request through the gateway with `key`.
-fn keyed<T>(message: T, key: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "x-api-key",
-        tonic::metadata::MetadataValue::try_from(key).expect("ascii key"),
-    );
-    request
+    clean_up(&state_dir, &topic_prefix, databases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_parked_by_a_permanent_compensation_failure_fires_the_parked_alert() {
     use zentra_proto::{
-        common::v1::{Address, Money},
-        inventory::v1::{CreateProductRequest, inventory_service_client::InventoryServiceClient},
-        order::v1::{OrderLine, PlaceOrderRequest, order_service_client::OrderServiceClient},
+        common::v1::Money,
         payment::v1::{
             CaptureRequest, ListPaymentsRequest, PaymentStatus,
             payment_service_client::PaymentServiceClient,
         },
-        saga::v1::{ListSagasRequest, SagaState, saga_service_client::SagaServiceClient},
+        saga::v1::SagaState,
     };
 
     let suffix = unique_suffix();
     let db_prefix = format!("zt_park_{suffix}_");
-    let mut databases = Vec::new();
-    for service in ["inventory", "order", "payment", "fulfillment", "saga"] {
-        databases.push(
-            TestDatabase::create_named(&format!("{db_prefix}{service}"))
-                .await
-                .expect("database"),
-        );
-    }
+    let databases = service_databases(
+        &db_prefix,
+        &["inventory", "order", "payment", "fulfillment", "saga"],
+    )
+    .await;
     let topic_prefix = format!("zt-park-{suffix}.");
     let state_dir = std::env::temp_dir().join(format!("zentra-stack-park-{suffix}"));
     let base_port = free_base_port(6);
@@ -157,70 +132,16 @@ async fn a_saga_parked_by_a_permanent_compensation_failure_fires_the_parked_aler
         args: &["--prometheus"],
     })
     .await;
-    let keys =
-        std::fs::read_to_string(state_dir.join(zentra_stack::keys::KEYS_FILE)).expect("dev keys");
-    let key = |name: &str| {
-        keys.lines()
-            .find_map(|line| line.strip_prefix(&format!("{name}=")).map(str::to_owned))
-            .expect("key")
-    };
-    let (viewer, operator) = (key("ZENTRA_VIEWER_KEY"), key("ZENTRA_OPERATOR_KEY"));
-    let gateway =
-        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{gateway_port}"))
-            .expect("url")
-            .connect()
-            .await
-            .expect("gateway");
+    let viewer = dev_key(&state_dir, "ZENTRA_VIEWER_KEY");
+    let operator = dev_key(&state_dir, "ZENTRA_OPERATOR_KEY");
+    let gateway = gateway_channel(gateway_port).await;
 
     // An order whose shipment will fail (an unshippable SKU), so the saga will compensate.
     let price = Money {
         currency_code: "USD".to_owned(),
         amount_minor: 500,
     };
-    InventoryServiceClient::new(gateway.clone())
-        .create_product(keyed(
-            CreateProductRequest {
-                sku: "NOSHIP-PARK".to_owned(),
-                name: "Unshippable".to_owned(),
-                initial_stock: 5,
-                unit_price: Some(price.clone()),
-                idempotency_key: "park-product".to_owned(),
-                ..Default::default()
-            },
-            &operator,
-        ))
-        .await
-        .expect("product");
-    let order = OrderServiceClient::new(gateway.clone())
-        .place_order(keyed(
-            PlaceOrderRequest {
-                customer_id: "park-customer".to_owned(),
-                customer_email: "park@customers.zentra.test".to_owned(),
-                shipping_address: Some(Address {
-                    recipient: "Ada".to_owned(),
-                    lines: vec!["1 Main St".to_owned()],
-                    city: "Springfield".to_owned(),
-                    postal_code: "12345".to_owned(),
-                    country_code: "US".to_owned(),
-                    ..Default::default()
-                }),
-                lines: vec![OrderLine {
-                    sku: "NOSHIP-PARK".to_owned(),
-                    quantity: 1,
-                    unit_price: Some(price.clone()),
-                    ..Default::default()
-                }],
-                currency_code: "USD".to_owned(),
-                payment_method_token: "tok_approve".to_owned(),
-                idempotency_key: "park-order".to_owned(),
-            },
-            &operator,
-        ))
-        .await
-        .expect("order placed")
-        .into_inner()
-        .order
-        .expect("order");
+    let order = order_through_gateway(&gateway, &operator, "NOSHIP-PARK", price.clone(), 1).await;
 
     // The permanent failure: while the shipment is still being picked, someone captures the
     // payment by hand on the payment service's port, so the saga's void can never succeed.
@@ -234,6 +155,7 @@ async fn a_saga_parked_by_a_permanent_compensation_failure_fires_the_parked_aler
                 ..Default::default()
             },
             &viewer,
+            None,
         );
         async move {
             let listed = payments.list_payments(request).await.ok()?.into_inner();
@@ -255,30 +177,15 @@ async fn a_saga_parked_by_a_permanent_compensation_failure_fires_the_parked_aler
         .expect("captured by hand");
 
     // The shipment fails, the void is refused for good, and the saga parks.
-    let sagas = SagaServiceClient::new(gateway.clone());
-    let parked = eventually(Duration::from_secs(60), || {
-        let mut sagas = sagas.clone();
-        let request = keyed(
-            ListSagasRequest {
-                order_id: order.order_id.clone(),
-                ..Default::default()
-            },
-            &viewer,
-        );
-        async move {
-            let listed = sagas.list_sagas(request).await.ok()?.into_inner().sagas;
-            listed
-                .first()
-                .filter(|saga| saga.state == SagaState::CompensationFailed as i32)
-                .map(|_| ())
-        }
-    })
+    let parked = saga_reaches(
+        &gateway,
+        &viewer,
+        &order.order_id,
+        SagaState::CompensationFailed,
+        Duration::from_secs(60),
+    )
     .await;
-    assert!(
-        parked.is_some(),
-        "the saga did not park:\n{}",
-        stack.output.dump()
-    );
+    assert!(parked, "the saga did not park:\n{}", stack.output.dump());
 
     // Prometheus sees it, and a minute later the alert fires.
     let prometheus: std::net::SocketAddr = ([127, 0, 0, 1], prometheus_port).into();
@@ -296,9 +203,5 @@ async fn a_saga_parked_by_a_permanent_compensation_failure_fires_the_parked_aler
     );
 
     stack.stop().await;
-    let _ = std::fs::remove_dir_all(&state_dir);
-    delete_topics_with_prefix(&topic_prefix).await;
-    for database in databases {
-        database.drop_database().await.expect("drop database");
-    }
+    clean_up(&state_dir, &topic_prefix, databases).await;
 }
