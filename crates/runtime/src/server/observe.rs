@@ -114,7 +114,8 @@ where
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
         let _ = span.set_parent(parent);
 
-        let streaming = self.streaming.contains(&format!("{service}/{method}"));
+        let path = format!("{service}/{method}");
+        let streaming = self.streaming.contains(&path);
         let window = self
             .window
             .as_ref()
@@ -139,7 +140,7 @@ where
                 }
                 let elapsed = started.elapsed();
                 if let Some(window) = window {
-                    window.record(&format!("{service}/{method}"), code == 0, elapsed);
+                    window.record(&path, code == 0, elapsed);
                 }
                 // A stream's call ends when it starts: its time says nothing a caller waits for.
                 if !streaming {

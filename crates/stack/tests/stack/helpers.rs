@@ -206,32 +206,67 @@ impl Output {
     }
 }
 
-/// A fresh database for each of `services`, named as the stack names them under `db_prefix`.
-pub async fn service_databases(
-    db_prefix: &str,
-    services: &[&str],
-) -> Vec<zentra_test_support::TestDatabase> {
-    let mut databases = Vec::new();
-    for service in services {
-        databases.push(
-            zentra_test_support::TestDatabase::create_named(&format!("{db_prefix}{service}"))
-                .await
-                .expect("database"),
-        );
-    }
-    databases
+/// What one test's stack owns: database and topic prefixes and a state directory of its own,
+/// free ports (its services on `base_port + 1 ..= base_port + 6`, the gateway, one spare for
+/// whatever else it runs), and a fresh database for each of its services.
+pub struct Scratch {
+    pub db_prefix: String,
+    pub topic_prefix: String,
+    pub state_dir: PathBuf,
+    pub base_port: u16,
+    pub gateway_port: u16,
+    pub spare_port: u16,
+    databases: Vec<zentra_test_support::TestDatabase>,
 }
 
-/// Removes what a test's stack left: its state directory, topics and databases.
-pub async fn clean_up(
-    state_dir: &Path,
-    topic_prefix: &str,
-    databases: Vec<zentra_test_support::TestDatabase>,
-) {
-    let _ = std::fs::remove_dir_all(state_dir);
-    zentra_test_support::delete_topics_with_prefix(topic_prefix).await;
-    for database in databases {
-        database.drop_database().await.expect("drop database");
+impl Scratch {
+    /// Names and ports for a test labelled `label`, and databases for `services`.
+    pub async fn new(label: &str, services: &[&str]) -> Self {
+        let suffix = zentra_test_support::unique_suffix();
+        let db_prefix = format!("zt_{label}_{suffix}_");
+        let mut databases = Vec::new();
+        for service in services {
+            databases.push(
+                zentra_test_support::TestDatabase::create_named(&format!("{db_prefix}{service}"))
+                    .await
+                    .expect("database"),
+            );
+        }
+        let base_port = free_base_port(6);
+        let gateway_port = free_port_besides(base_port, 6, &[]);
+        Self {
+            db_prefix,
+            topic_prefix: format!("zt-{label}-{suffix}."),
+            state_dir: std::env::temp_dir().join(format!("zentra-stack-{label}-{suffix}")),
+            base_port,
+            gateway_port,
+            spare_port: free_port_besides(base_port, 6, &[gateway_port]),
+            databases,
+        }
+    }
+
+    /// Starts the stack with `--only only`, `env` and `args` on these names and ports.
+    pub async fn start(&self, only: &str, env: Vec<(&str, String)>, args: &[&str]) -> RunningStack {
+        RunningStack::start(StackOptions {
+            only,
+            state_dir: &self.state_dir,
+            base_port: self.base_port,
+            gateway_port: self.gateway_port,
+            db_prefix: &self.db_prefix,
+            topic_prefix: &self.topic_prefix,
+            env,
+            args,
+        })
+        .await
+    }
+
+    /// Removes what the test's stack left: its state directory, topics and databases.
+    pub async fn clean_up(self) {
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        zentra_test_support::delete_topics_with_prefix(&self.topic_prefix).await;
+        for database in self.databases {
+            database.drop_database().await.expect("drop database");
+        }
     }
 }
 

@@ -20,11 +20,10 @@ use zentra_proto::{
 };
 use zentra_runtime::pki::{Layout, TOOLS_CERT};
 use zentra_stack::settings::Component;
-use zentra_test_support::{tls::TestCa, unique_suffix};
+use zentra_test_support::tls::TestCa;
 
 use crate::helpers::{
-    RunningStack, StackOptions, clean_up, dev_key, free_base_port, free_port_besides,
-    gateway_channel, keyed, order_through_gateway, saga_reaches, service_databases,
+    Scratch, dev_key, gateway_channel, keyed, order_through_gateway, saga_reaches,
 };
 
 /// The stack's services by name, with their port offsets.
@@ -149,30 +148,20 @@ async fn answered(channel: Channel, path: &str) -> Result<bool, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_certificate() {
-    let suffix = unique_suffix();
-    let db_prefix = format!("zt_mtls_{suffix}_");
     let names: Vec<&str> = services().into_iter().map(|(name, _)| name).collect();
-    let databases = service_databases(&db_prefix, &names).await;
-    let topic_prefix = format!("zt-mtls-{suffix}.");
-    let state_dir = std::env::temp_dir().join(format!("zentra-stack-mtls-{suffix}"));
-    let base_port = free_base_port(6);
-    let gateway_port = free_port_besides(base_port, 6, &[]);
-    let smtp_port = free_port_besides(base_port, 6, &[gateway_port]);
-    let stack = RunningStack::start(StackOptions {
-        only: "inventory,order,payment,fulfillment,notification,saga,gateway",
-        state_dir: &state_dir,
-        base_port,
-        gateway_port,
-        db_prefix: &db_prefix,
-        topic_prefix: &topic_prefix,
-        args: &[],
-        env: vec![
-            ("ZENTRA_STACK_SMTP_PORT", smtp_port.to_string()),
-            ("ZENTRA_FULFILLMENT__STEP_DELAY", "0s".to_owned()),
-        ],
-    })
-    .await;
-    let pki = Layout::of_stack(&state_dir);
+    let scratch = Scratch::new("mtls", &names).await;
+    let stack = scratch
+        .start(
+            "inventory,order,payment,fulfillment,notification,saga,gateway",
+            vec![
+                ("ZENTRA_STACK_SMTP_PORT", scratch.spare_port.to_string()),
+                ("ZENTRA_FULFILLMENT__STEP_DELAY", "0s".to_owned()),
+            ],
+            &[],
+        )
+        .await;
+    let (state_dir, base_port) = (&scratch.state_dir, scratch.base_port);
+    let pki = Layout::of_stack(state_dir);
     let stranger = TestCa::new("stranger").expect("CA");
     let methods = every_method();
     assert!(methods.len() > 60, "too few methods: {methods:?}");
@@ -217,9 +206,9 @@ async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_cert
     );
 
     // The gateway reaches every service with its own certificate.
-    let gateway = gateway_channel(gateway_port).await;
-    let viewer = dev_key(&state_dir, "ZENTRA_VIEWER_KEY");
-    let operator = dev_key(&state_dir, "ZENTRA_OPERATOR_KEY");
+    let gateway = gateway_channel(scratch.gateway_port).await;
+    let viewer = dev_key(state_dir, "ZENTRA_VIEWER_KEY");
+    let operator = dev_key(state_dir, "ZENTRA_OPERATOR_KEY");
     for (service, _) in services() {
         let summary = OpsServiceClient::new(gateway.clone())
             .get_health_summary(keyed(GetHealthSummaryRequest {}, &viewer, Some(service)))
@@ -250,5 +239,5 @@ async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_cert
     );
 
     stack.stop().await;
-    clean_up(&state_dir, &topic_prefix, databases).await;
+    scratch.clean_up().await;
 }

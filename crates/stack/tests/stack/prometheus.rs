@@ -6,12 +6,35 @@
 
 use std::time::Duration;
 
-use zentra_test_support::{eventually, http_get, unique_suffix};
+use zentra_test_support::{eventually, http_get};
 
 use crate::helpers::{
-    RunningStack, StackOptions, clean_up, dev_key, free_base_port, free_port_besides,
-    gateway_channel, keyed, order_through_gateway, saga_reaches, service_databases,
+    RunningStack, Scratch, dev_key, gateway_channel, keyed, order_through_gateway, saga_reaches,
 };
+
+/// Starts `only` with Prometheus on the scratch's spare port, scraping and sampling every second.
+async fn start_with_prometheus(
+    scratch: &Scratch,
+    only: &str,
+    mut env: Vec<(&str, String)>,
+) -> RunningStack {
+    env.extend([
+        (
+            "ZENTRA_STACK_PROMETHEUS_PORT",
+            scratch.spare_port.to_string(),
+        ),
+        ("ZENTRA_STACK_PROMETHEUS_INTERVAL", "1s".to_owned()),
+        ("ZENTRA_TELEMETRY__GAUGE_INTERVAL", "1s".to_owned()),
+    ]);
+    scratch.start(only, env, &["--prometheus"]).await
+}
+
+impl Scratch {
+    /// Where the stack's Prometheus listens.
+    fn prometheus(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.spare_port).into()
+    }
+}
 
 /// How many times `needle` occurs in `haystack`.
 fn occurrences(haystack: &str, needle: &str) -> usize {
@@ -20,30 +43,9 @@ fn occurrences(haystack: &str, needle: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_every_process_and_evaluates_the_alert_rules() {
-    let suffix = unique_suffix();
-    let db_prefix = format!("zt_prom_{suffix}_");
-    let databases = service_databases(&db_prefix, &["inventory", "saga"]).await;
-    let topic_prefix = format!("zt-prom-{suffix}.");
-    let state_dir = std::env::temp_dir().join(format!("zentra-stack-prom-{suffix}"));
-    let base_port = free_base_port(6);
-    let gateway_port = free_port_besides(base_port, 6, &[]);
-    let prometheus_port = free_port_besides(base_port, 6, &[gateway_port]);
-    let stack = RunningStack::start(StackOptions {
-        only: "inventory,saga,gateway",
-        state_dir: &state_dir,
-        base_port,
-        gateway_port,
-        db_prefix: &db_prefix,
-        topic_prefix: &topic_prefix,
-        env: vec![
-            ("ZENTRA_STACK_PROMETHEUS_PORT", prometheus_port.to_string()),
-            ("ZENTRA_STACK_PROMETHEUS_INTERVAL", "1s".to_owned()),
-            ("ZENTRA_TELEMETRY__GAUGE_INTERVAL", "1s".to_owned()),
-        ],
-        args: &["--prometheus"],
-    })
-    .await;
-    let prometheus: std::net::SocketAddr = ([127, 0, 0, 1], prometheus_port).into();
+    let scratch = Scratch::new("prom", &["inventory", "saga"]).await;
+    let stack = start_with_prometheus(&scratch, "inventory,saga,gateway", Vec::new()).await;
+    let prometheus = scratch.prometheus();
 
     // Three targets (gateway, inventory, saga), every one up: the key and the certificate work.
     let targets = eventually(Duration::from_secs(60), || async move {
@@ -89,7 +91,7 @@ async fn prometheus_scrapes_every_process_and_evaluates_the_alert_rules() {
     }
 
     stack.stop().await;
-    clean_up(&state_dir, &topic_prefix, databases).await;
+    scratch.clean_up().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,38 +105,22 @@ async fn a_saga_parked_by_a_permanent_compensation_failure_fires_the_parked_aler
         saga::v1::SagaState,
     };
 
-    let suffix = unique_suffix();
-    let db_prefix = format!("zt_park_{suffix}_");
-    let databases = service_databases(
-        &db_prefix,
+    let scratch = Scratch::new(
+        "park",
         &["inventory", "order", "payment", "fulfillment", "saga"],
     )
     .await;
-    let topic_prefix = format!("zt-park-{suffix}.");
-    let state_dir = std::env::temp_dir().join(format!("zentra-stack-park-{suffix}"));
-    let base_port = free_base_port(6);
-    let gateway_port = free_port_besides(base_port, 6, &[]);
-    let prometheus_port = free_port_besides(base_port, 6, &[gateway_port]);
-    let stack = RunningStack::start(StackOptions {
-        only: "inventory,order,payment,fulfillment,saga,gateway",
-        state_dir: &state_dir,
-        base_port,
-        gateway_port,
-        db_prefix: &db_prefix,
-        topic_prefix: &topic_prefix,
-        env: vec![
-            ("ZENTRA_STACK_PROMETHEUS_PORT", prometheus_port.to_string()),
-            ("ZENTRA_STACK_PROMETHEUS_INTERVAL", "1s".to_owned()),
-            ("ZENTRA_TELEMETRY__GAUGE_INTERVAL", "1s".to_owned()),
-            // Time to capture the payment by hand before the shipment fails.
-            ("ZENTRA_FULFILLMENT__STEP_DELAY", "8s".to_owned()),
-        ],
-        args: &["--prometheus"],
-    })
+    let stack = start_with_prometheus(
+        &scratch,
+        "inventory,order,payment,fulfillment,saga,gateway",
+        // Time to capture the payment by hand before the shipment fails.
+        vec![("ZENTRA_FULFILLMENT__STEP_DELAY", "8s".to_owned())],
+    )
     .await;
-    let viewer = dev_key(&state_dir, "ZENTRA_VIEWER_KEY");
-    let operator = dev_key(&state_dir, "ZENTRA_OPERATOR_KEY");
-    let gateway = gateway_channel(gateway_port).await;
+    let state_dir = &scratch.state_dir;
+    let viewer = dev_key(state_dir, "ZENTRA_VIEWER_KEY");
+    let operator = dev_key(state_dir, "ZENTRA_OPERATOR_KEY");
+    let gateway = gateway_channel(scratch.gateway_port).await;
 
     // An order whose shipment will fail (an unshippable SKU), so the saga will compensate.
     let price = Money {
@@ -167,14 +153,16 @@ async fn a_saga_parked_by_a_permanent_compensation_failure_fires_the_parked_aler
     })
     .await
     .expect("the payment is authorized");
-    PaymentServiceClient::new(crate::helpers::service_channel(&state_dir, base_port + 3).await)
-        .capture(CaptureRequest {
-            payment_id: authorized.payment_id.clone(),
-            amount: Some(price),
-            idempotency_key: "captured-by-hand".to_owned(),
-        })
-        .await
-        .expect("captured by hand");
+    PaymentServiceClient::new(
+        crate::helpers::service_channel(state_dir, scratch.base_port + 3).await,
+    )
+    .capture(CaptureRequest {
+        payment_id: authorized.payment_id.clone(),
+        amount: Some(price),
+        idempotency_key: "captured-by-hand".to_owned(),
+    })
+    .await
+    .expect("captured by hand");
 
     // The shipment fails, the void is refused for good, and the saga parks.
     let parked = saga_reaches(
@@ -188,7 +176,7 @@ async fn a_saga_parked_by_a_permanent_compensation_failure_fires_the_parked_aler
     assert!(parked, "the saga did not park:\n{}", stack.output.dump());
 
     // Prometheus sees it, and a minute later the alert fires.
-    let prometheus: std::net::SocketAddr = ([127, 0, 0, 1], prometheus_port).into();
+    let prometheus = scratch.prometheus();
     let firing = eventually(Duration::from_secs(120), || async move {
         // ALERTS{alertname="ZentraSagaParked",alertstate="firing"}
         let query = "ALERTS%7Balertname%3D%22ZentraSagaParked%22%2Calertstate%3D%22firing%22%7D";
@@ -203,5 +191,5 @@ async fn a_saga_parked_by_a_permanent_compensation_failure_fires_the_parked_aler
     );
 
     stack.stop().await;
-    clean_up(&state_dir, &topic_prefix, databases).await;
+    scratch.clean_up().await;
 }

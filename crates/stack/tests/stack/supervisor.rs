@@ -8,38 +8,23 @@ use std::time::Duration;
 use tonic::metadata::MetadataValue;
 use zentra_proto::ops::v1::{self as ops, ops_service_client::OpsServiceClient};
 use zentra_runtime::pki::{Layout, TOOLS_CERT};
-use zentra_test_support::{TestDatabase, delete_topics, eventually, unique_suffix};
+use zentra_test_support::eventually;
 
-use crate::helpers::{RunningStack, StackOptions, free_base_port, service_channel};
+use crate::helpers::{Scratch, dev_key, service_channel};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_service_comes_back_its_audit_trail_names_the_killer_and_log_levels_change_live() {
-    let suffix = unique_suffix();
-    let db_prefix = format!("zt_stack_{suffix}_");
-    let database = TestDatabase::create_named(&format!("{db_prefix}inventory"))
-        .await
-        .expect("database");
-    let topic_prefix = format!("zt-stack-{suffix}.");
-    let state_dir = std::env::temp_dir().join(format!("zentra-stack-{suffix}"));
-    let base_port = free_base_port(1);
-    let port = base_port + 1;
-    let gateway_port = free_base_port(1) + 1;
-
-    let stack = RunningStack::start(StackOptions {
-        only: "inventory,gateway",
-        state_dir: &state_dir,
-        base_port,
-        gateway_port,
-        db_prefix: &db_prefix,
-        topic_prefix: &topic_prefix,
-        args: &[],
-        env: Vec::new(),
-    })
-    .await;
+    let scratch = Scratch::new("stack", &["inventory"]).await;
+    let stack = scratch.start("inventory,gateway", Vec::new(), &[]).await;
+    let (state_dir, port, gateway_port) = (
+        &scratch.state_dir,
+        scratch.base_port + 1,
+        scratch.gateway_port,
+    );
     let output = stack.output.clone();
     assert!(output.contains(|line| line.contains("viewer    zk_viewer_")));
 
-    let mut client = OpsServiceClient::new(service_channel(&state_dir, port).await);
+    let mut client = OpsServiceClient::new(service_channel(state_dir, port).await);
     // At the default level a finished call is not logged...
     client
         .get_build_info(ops::GetBuildInfoRequest {})
@@ -48,11 +33,7 @@ async fn a_killed_service_comes_back_its_audit_trail_names_the_killer_and_log_le
     tokio::time::sleep(Duration::from_millis(300)).await;
     let finished = |line: &str| line.contains("inventory |") && line.contains("rpc finished");
     assert_eq!(output.count(finished), 0, "{}", output.dump());
-    let admin_key = std::fs::read_to_string(state_dir.join(zentra_stack::keys::KEYS_FILE))
-        .expect("dev keys")
-        .lines()
-        .find_map(|line| line.strip_prefix("ZENTRA_ADMIN_KEY=").map(str::to_owned))
-        .expect("admin key");
+    let admin_key = dev_key(state_dir, "ZENTRA_ADMIN_KEY");
     fn as_admin<T>(key: &str, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         let metadata = request.metadata_mut();
@@ -125,7 +106,7 @@ async fn a_killed_service_comes_back_its_audit_trail_names_the_killer_and_log_le
         })
         .await;
     let url = format!("https://localhost:{port}");
-    let tls = Layout::of_stack(&state_dir).client_tls(TOOLS_CERT);
+    let tls = Layout::of_stack(state_dir).client_tls(TOOLS_CERT);
     let (url_ref, tls_ref) = (&url, &tls);
     let healthy = eventually(Duration::from_secs(60), || async move {
         zentra_stack::health::serving(url_ref, Some(tls_ref))
@@ -135,7 +116,7 @@ async fn a_killed_service_comes_back_its_audit_trail_names_the_killer_and_log_le
     .await;
     assert!(healthy.is_some(), "healthy again:\n{}", output.dump());
     // A new process: the log level is its configured one again, and the kill fault is gone.
-    let mut client = OpsServiceClient::new(service_channel(&state_dir, port).await);
+    let mut client = OpsServiceClient::new(service_channel(state_dir, port).await);
     let faults = client
         .list_faults(ops::ListFaultsRequest {})
         .await
@@ -203,12 +184,5 @@ async fn a_killed_service_comes_back_its_audit_trail_names_the_killer_and_log_le
         .await;
     assert!(!zentra_stack::health::serving(&url, Some(&tls)).await);
 
-    let _ = std::fs::remove_dir_all(&state_dir);
-    delete_topics(&[
-        format!("{topic_prefix}inventory.events"),
-        format!("{topic_prefix}inventory.commands"),
-        format!("{topic_prefix}saga.command-acks"),
-    ])
-    .await;
-    database.drop_database().await.expect("drop database");
+    scratch.clean_up().await;
 }
