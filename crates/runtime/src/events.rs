@@ -50,6 +50,36 @@ pub fn current_trace_context() -> TraceContext {
     }
 }
 
+/// Makes `span` a child of the W3C context `traceparent` (and `tracestate`), carried by an event
+/// or stored with a row, so work that resumes later, elsewhere, continues the trace it belongs
+/// to. An empty or malformed context leaves `span` where it was.
+pub fn continue_trace(span: &tracing::Span, traceparent: &str, tracestate: &str) {
+    if traceparent.is_empty() {
+        return;
+    }
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    carrier.insert("traceparent".to_owned(), traceparent.to_owned());
+    if !tracestate.is_empty() {
+        carrier.insert("tracestate".to_owned(), tracestate.to_owned());
+    }
+    let context = TraceContextPropagator::new().extract(&carrier);
+    if opentelemetry::trace::TraceContextExt::span(&context)
+        .span_context()
+        .is_valid()
+    {
+        let _ = span.set_parent(context);
+    }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`); empty when it has none.
+pub fn trace_id(traceparent: &str) -> &str {
+    let mut parts = traceparent.split('-');
+    match (parts.next(), parts.next()) {
+        (Some(_), Some(id)) if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) => id,
+        _ => "",
+    }
+}
+
 /// Decodes an envelope's payload as `M`; `None` when the type differs or the bytes are bad.
 pub fn payload<M: prost::Name + Default>(envelope: &EventEnvelope) -> Option<M> {
     envelope.payload.as_ref()?.to_msg::<M>().ok()
@@ -172,6 +202,18 @@ mod tests {
                 "{name} is not declared"
             );
         }
+    }
+
+    #[test]
+    fn a_trace_id_is_read_only_from_a_well_formed_traceparent() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(trace_id(&format!("00-{id}-00f067aa0ba902b7-01")), id);
+        assert_eq!(trace_id(""), "");
+        assert_eq!(trace_id("00-not-hex-01"), "");
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01"),
+            ""
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 //! `TEST_LOG` (a log filter; logs are off without it).
 
 pub mod hostile;
+pub mod otlp;
 pub mod smtp;
 pub mod tls;
 
@@ -303,9 +304,42 @@ pub async fn http_get_with(
         .expect("write");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("read");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.to_owned(), body.to_owned())
+    let split = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .unwrap_or(response.len());
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let body = response.get(split + 4..).unwrap_or_default();
+    let chunked = head
+        .lines()
+        .any(|line| line.eq_ignore_ascii_case("transfer-encoding: chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The body of a chunked HTTP/1.1 response, its chunks joined.
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(end) = rest.windows(2).position(|window| window == b"\r\n") {
+        let size_line = String::from_utf8_lossy(&rest[..end]);
+        let size = size_line.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            break;
+        };
+        let chunk = &rest[end + 2..];
+        if size == 0 || chunk.len() < size {
+            break;
+        }
+        body.extend_from_slice(&chunk[..size]);
+        rest = chunk[size..]
+            .strip_prefix(b"\r\n")
+            .unwrap_or(&chunk[size..]);
+    }
+    body
 }
 
 /// Field paths named by a status's `BadRequest` details (empty when it has none).

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait as _};
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 use uuid::Uuid;
 use zentra_proto::{common::v1::Address, fulfillment::v1 as pb};
 use zentra_runtime::{
@@ -148,14 +149,30 @@ impl Shipments {
         let count = due.len();
         let (advanced, emitted) = zentra_runtime::events::tracked(async {
             for mut shipment in due {
-                while let Some(next) = self.advance(&tx, &shipment).await? {
-                    let more = self.settings.step_delay.is_zero()
-                        && ["PICKING", "PACKED"].contains(&next.row.status.as_str());
-                    if !more {
-                        break;
+                // The worker's steps continue the trace the shipment was created in.
+                let span = tracing::info_span!(
+                    "advance shipment",
+                    zentra.order_id = %shipment.row.order_id,
+                    zentra.shipment_id = %shipment.row.id,
+                    zentra.shipment.from = %shipment.row.status,
+                    zentra.shipment.to = tracing::field::Empty,
+                );
+                zentra_runtime::events::continue_trace(&span, &shipment.row.traceparent, "");
+                async {
+                    while let Some(next) = self.advance(&tx, &shipment).await? {
+                        tracing::Span::current()
+                            .record("zentra.shipment.to", next.row.status.as_str());
+                        let more = self.settings.step_delay.is_zero()
+                            && ["PICKING", "PACKED"].contains(&next.row.status.as_str());
+                        if !more {
+                            break;
+                        }
+                        shipment = next;
                     }
-                    shipment = next;
+                    Ok::<_, FulfillmentError>(())
                 }
+                .instrument(span)
+                .await?;
             }
             Ok::<_, FulfillmentError>(())
         })

@@ -57,6 +57,8 @@ pub struct ShipmentRow {
     pub created_at: DateTime<Utc>,
     /// Updated.
     pub updated_at: DateTime<Utc>,
+    /// The W3C trace context it was created in (the order's trace), continued by the worker.
+    pub traceparent: String,
 }
 
 #[derive(FromQueryResult)]
@@ -72,7 +74,7 @@ fn statement(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
 
 const COLUMNS: &str = "id, order_id, status, shipping_address, country_code, carrier, tracking_number, \
     failure_reason, cancellation_reason, picking_at, packed_at, dispatched_at, cancelled_at, failed_at, \
-    created_at, updated_at";
+    created_at, updated_at, traceparent";
 
 /// Inserts a PENDING shipment due for picking after `delay`; `AlreadyShipped` if the order has one.
 pub async fn insert<C: ConnectionTrait>(
@@ -90,8 +92,8 @@ pub async fn insert<C: ConnectionTrait>(
     let row = ShipmentRow::find_by_statement(statement(
         &format!(
             "WITH shipment AS ( \
-               INSERT INTO shipments (id, order_id, status, shipping_address, country_code, next_step_at) \
-               VALUES ($1, $2, 'PENDING', $3, $4, now() + $5 * interval '1 millisecond') \
+               INSERT INTO shipments (id, order_id, status, shipping_address, country_code, next_step_at, traceparent) \
+               VALUES ($1, $2, 'PENDING', $3, $4, now() + $5 * interval '1 millisecond', $8) \
                ON CONFLICT (order_id) DO NOTHING RETURNING {COLUMNS}), \
              lines AS (INSERT INTO shipment_lines (shipment_id, sku, quantity) \
                SELECT shipment.id, l.sku, l.q FROM shipment, unnest($6::text[], $7::bigint[]) AS l (sku, q)) \
@@ -105,6 +107,9 @@ pub async fn insert<C: ConnectionTrait>(
             (delay.as_millis() as i64).into(),
             skus.into(),
             quantities.into(),
+            zentra_runtime::events::current_trace_context()
+                .traceparent
+                .into(),
         ],
     ))
     .one(db)

@@ -8,6 +8,7 @@ use lettre::{
 };
 use sea_orm::{DatabaseConnection, TransactionTrait as _};
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 use zentra_proto::notification::v1 as pb;
 use zentra_runtime::{
     CancellationToken,
@@ -89,11 +90,22 @@ impl Delivery {
             tx.commit().await?;
             return Ok(false);
         }
-        let outcomes = futures::future::join_all(due.iter().map(|n| self.send(n))).await;
+        let spans: Vec<tracing::Span> = due.iter().map(deliver_span).collect();
+        let outcomes = futures::future::join_all(
+            due.iter()
+                .zip(&spans)
+                .map(|(notification, span)| self.send(notification).instrument(span.clone())),
+        )
+        .await;
         let mut attempted = Vec::with_capacity(due.len());
         let mut events = outbox::Rows::default();
-        for (notification, outcome) in due.iter().zip(outcomes) {
-            attempted.push(self.judge(notification, outcome, &mut events)?);
+        for ((notification, outcome), span) in due.iter().zip(outcomes).zip(spans) {
+            if let Err(error) = &outcome {
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_message", error.as_str());
+            }
+            // The event telling of the attempt continues the delivery's span.
+            attempted.push(span.in_scope(|| self.judge(notification, outcome, &mut events))?);
         }
         let emitted = !events.is_empty();
         let unblocked = store::record_attempts(&tx, &attempted, events).await?;
@@ -174,6 +186,29 @@ impl Delivery {
 
 /// Delivers due notifications until `shutdown`: at once when `wake` is notified (new
 /// notifications committed), else every poll interval (retries, other replicas' work).
+/// The client span of one delivery attempt (an SMTP exchange), in the trace of the event that
+/// caused the mail.
+fn deliver_span(notification: &Notification) -> tracing::Span {
+    let span = tracing::info_span!(
+        "deliver",
+        otel.name = %format_args!("deliver {}", short_type(&notification.trigger_event_type)),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+        zentra.order_id = %notification.order_id,
+        zentra.notification_id = %notification.id,
+        zentra.event_type = %notification.trigger_event_type,
+        zentra.attempt = notification.attempts + 1,
+    );
+    zentra_runtime::events::continue_trace(&span, &notification.traceparent, "");
+    span
+}
+
+/// `zentra.order.v1.OrderPlaced` → `OrderPlaced`.
+fn short_type(event_type: &str) -> &str {
+    event_type.rsplit('.').next().unwrap_or(event_type)
+}
+
 pub async fn run(delivery: Delivery, wake: Arc<Notify>, shutdown: CancellationToken) {
     let interval = delivery.settings.poll_interval;
     loop {

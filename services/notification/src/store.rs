@@ -40,6 +40,8 @@ pub struct Notification {
     pub created_at: DateTime<Utc>,
     /// Updated.
     pub updated_at: DateTime<Utc>,
+    /// The W3C trace context of the event that caused it; its delivery continues that trace.
+    pub traceparent: String,
 }
 
 /// One delivery attempt.
@@ -62,7 +64,7 @@ pub(crate) fn statement(sql: &str, values: impl IntoIterator<Item = Value>) -> S
 }
 
 const COLUMNS: &str = "id, trigger_event_id, trigger_event_type, customer_id, order_id, recipient, \
-    subject, body, status, attempts, next_attempt_at, sent_at, created_at, updated_at";
+    subject, body, status, attempts, next_attempt_at, sent_at, created_at, updated_at, traceparent";
 
 /// What an event asks of the notification service, written by [`take_in`] in one statement.
 #[derive(Debug, Clone, Default)]
@@ -129,6 +131,9 @@ pub async fn take_in<C: ConnectionTrait>(
             .into(),
         mail.as_ref().map(|m| m.subject.clone()).into(),
         mail.map(|m| m.body).into(),
+        zentra_runtime::events::current_trace_context()
+            .traceparent
+            .into(),
     ]);
     let row = db
         .query_one_raw(statement(
@@ -142,8 +147,8 @@ pub async fn take_in<C: ConnectionTrait>(
                      coalesce($11::text, (SELECT email FROM order_customers WHERE order_id = $9)) AS email \
                      WHERE $9::uuid IS NOT NULL), \
                  created AS (INSERT INTO notifications (id, trigger_event_id, trigger_event_type, \
-                     customer_id, order_id, recipient, subject, body, status, next_attempt_at) \
-                     SELECT $6, $7, $8, c.id, $9, c.email, $12, $13, 'PENDING', now() \
+                     customer_id, order_id, recipient, subject, body, status, next_attempt_at, traceparent) \
+                     SELECT $6, $7, $8, c.id, $9, c.email, $12, $13, 'PENDING', now(), $14 \
                      FROM customer c WHERE c.id IS NOT NULL AND c.email <> '' \
                          AND EXISTS (SELECT 1 FROM claim) \
                      ON CONFLICT (trigger_event_id) DO NOTHING RETURNING 1) \

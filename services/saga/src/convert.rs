@@ -30,6 +30,7 @@ pub fn saga(saga: &Saga) -> pb::Saga {
         create_time: Some(chrono_to_timestamp(saga.created_at)),
         update_time: Some(chrono_to_timestamp(saga.updated_at)),
         end_time: saga.ended_at.map(chrono_to_timestamp),
+        trace_id: zentra_runtime::events::trace_id(&saga.traceparent).to_owned(),
     }
 }
 

@@ -404,6 +404,8 @@ pub struct Saga {
     pub next_run_at: Option<DateTime<Utc>>,
     /// The lease token of the claim driving it, while one does.
     pub lease: Option<String>,
+    /// The W3C trace context it was started in (the order's trace); every step continues it.
+    pub traceparent: String,
 }
 
 impl Saga {
@@ -437,6 +439,7 @@ impl Saga {
             ended_at: None,
             next_run_at: Some(now),
             lease: None,
+            traceparent: String::new(),
         }
     }
 

@@ -20,12 +20,16 @@ use chrono::{DateTime, Utc};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait as _};
 use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument as _;
 use uuid::Uuid;
 use zentra_proto::order::v1::OrderPlaced;
-use zentra_runtime::outbox::{self, OutboxWaker};
+use zentra_runtime::{
+    events,
+    outbox::{self, OutboxWaker},
+};
 
 use crate::{
-    domain::Saga,
+    domain::{Saga, StepType},
     downstream::Downstreams,
     machine::{self, CallResult, Next, Outgoing, RetryPolicy},
     metric_names,
@@ -175,7 +179,10 @@ impl Engine {
     ) -> Result<Option<Saga>, DbErr> {
         let order_id = Uuid::parse_str(&order.order_id)
             .map_err(|_| DbErr::Custom(format!("order id {} is not a UUID", order.order_id)))?;
-        let saga = Saga::new(order_id, order, cancel_request, Utc::now());
+        let mut saga = Saga::new(order_id, order, cancel_request, Utc::now());
+        // The order's trace: the span handling OrderPlaced (or the StartSaga call), which
+        // every later step continues, on whichever instance drives it.
+        saga.traceparent = events::current_trace_context().traceparent;
         if !store::insert(tx, &saga, self.owner()).await? {
             return Ok(None);
         }
@@ -313,9 +320,31 @@ impl Engine {
         }
     }
 
-    /// Walks one claimed saga until it waits, ends or the lease is lost. Signals are read only
-    /// when the claim or the last transition said some wait.
-    async fn drive(&self, mut saga: Saga, mut has_signals: bool, shutdown: &CancellationToken) {
+    /// Walks one claimed saga until it waits, ends or the lease is lost, in a span of the
+    /// order's trace (a claim is one span; the time between two is what the saga waited for).
+    async fn drive(&self, saga: Saga, has_signals: bool, shutdown: &CancellationToken) {
+        let span = tracing::info_span!(
+            "saga",
+            otel.name = %format_args!("saga {}", saga.state),
+            zentra.saga_id = %saga.id,
+            zentra.order_id = %saga.order_id,
+            zentra.saga.state = %saga.state,
+            zentra.saga.end_state = tracing::field::Empty,
+        );
+        events::continue_trace(&span, &saga.traceparent, "");
+        self.drive_claimed(saga, has_signals, shutdown)
+            .instrument(span)
+            .await;
+    }
+
+    /// [`Engine::drive`]'s walk. Signals are read only when the claim or the last transition
+    /// said some wait.
+    async fn drive_claimed(
+        &self,
+        mut saga: Saga,
+        mut has_signals: bool,
+        shutdown: &CancellationToken,
+    ) {
         loop {
             let signals = if has_signals {
                 match store::signals(&self.db, saga.id).await {
@@ -364,14 +393,37 @@ impl Engine {
                     let chain_started = std::time::Instant::now();
                     let mut step = first;
                     loop {
+                        let span = call_span(&saga, step, "", machine::attempt_number(&saga, step));
                         let start = Utc::now();
-                        let result = self.downstreams.call(&saga, step).await;
+                        let result = self
+                            .downstreams
+                            .call(&saga, step)
+                            .instrument(span.clone())
+                            .await;
                         let end = Utc::now();
                         metrics::histogram!(metric_names::STEP_SECONDS, "step" => step.as_str())
                             .record((end - start).as_seconds_f64());
-                        log_result(&saga, step, &result);
                         let policy = &self.settings.policy;
-                        machine::record_call(&mut saga, step, start, end, result, policy, &mut out);
+                        machine::record_call(
+                            &mut saga,
+                            step,
+                            start,
+                            end,
+                            result.clone(),
+                            policy,
+                            &mut out,
+                        );
+                        span.in_scope(|| {
+                            log_result(&saga, step, &result);
+                            let retry = saga.step(step).and_then(crate::domain::Step::last_attempt);
+                            if let Some(at) = retry.and_then(|attempt| attempt.next_retry) {
+                                tracing::info!(
+                                    retry_at = %at,
+                                    backoff_ms = (at - end).num_milliseconds(),
+                                    "retry scheduled"
+                                );
+                            }
+                        });
                         saga.next_run_at = Some(end);
                         match machine::advance(&mut saga, end, policy, &mut out) {
                             Next::Call(next)
@@ -395,7 +447,11 @@ impl Engine {
                 }
                 Next::Settle(step) => {
                     let start = Utc::now();
-                    let result = self.downstreams.settle(&saga, step).await;
+                    let result = self
+                        .downstreams
+                        .settle(&saga, step)
+                        .instrument(call_span(&saga, step, "settle ", 0))
+                        .await;
                     tracing::info!(saga_id = %saga.id, step = %step, ?result, "looked up a step of unknown outcome");
                     let end = Utc::now();
                     machine::record_settle(
@@ -410,7 +466,11 @@ impl Engine {
                     Lease::Extend(self.settings.lease)
                 }
                 Next::CheckShipment => {
-                    let lookup = self.downstreams.check_shipment(&saga).await;
+                    let lookup = self
+                        .downstreams
+                        .check_shipment(&saga)
+                        .instrument(call_span(&saga, StepType::CreateShipment, "check ", 0))
+                        .await;
                     tracing::info!(saga_id = %saga.id, ?lookup, "asked fulfillment how the shipment stands");
                     let end = Utc::now();
                     machine::record_shipment_check(&mut saga, end, lookup, &self.settings.policy);
@@ -418,7 +478,11 @@ impl Engine {
                     Lease::Extend(self.settings.lease)
                 }
                 Next::Verify(step) => {
-                    let lookup = self.downstreams.verify_command(&saga, step).await;
+                    let lookup = self
+                        .downstreams
+                        .verify_command(&saga, step)
+                        .instrument(call_span(&saga, step, "verify ", 0))
+                        .await;
                     tracing::info!(saga_id = %saga.id, step = %step, ?lookup, "acknowledgement overdue; asked the participant");
                     let end = Utc::now();
                     machine::record_verify(
@@ -432,7 +496,10 @@ impl Engine {
                     Lease::Extend(self.settings.lease)
                 }
                 Next::Send(step) => {
-                    match machine::command(&saga, step) {
+                    // The command's envelope carries this span: the participant's handling of
+                    // it is its child.
+                    let send = send_span(&saga, step);
+                    match send.in_scope(|| machine::command(&saga, step)) {
                         Some(command) => {
                             machine::record_send(
                                 &mut saga,
@@ -461,6 +528,7 @@ impl Engine {
                     Lease::Extend(self.settings.lease)
                 }
             };
+            tracing::Span::current().record("zentra.saga.end_state", saga.state.as_str());
             if saga.state != before && saga.state.is_terminal() {
                 metrics::counter!(metric_names::SAGAS_ENDED, "state" => saga.state.as_str())
                     .increment(1);
@@ -635,7 +703,43 @@ impl Engine {
     }
 }
 
-fn log_result(saga: &Saga, step: crate::domain::StepType, result: &CallResult) {
+/// The client span of a call the saga makes for `step` (`prefix` names a lookup rather than the
+/// step itself); the participant's server span is its child.
+fn call_span(saga: &Saga, step: StepType, prefix: &str, attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        "step",
+        otel.name = %format_args!("{prefix}{step}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+        rpc.system = "grpc",
+        zentra.saga_id = %saga.id,
+        zentra.order_id = %saga.order_id,
+        zentra.step = %step,
+        zentra.attempt = attempt,
+    )
+}
+
+/// The producer span of a compensation command sent over Kafka.
+fn send_span(saga: &Saga, step: StepType) -> tracing::Span {
+    tracing::info_span!(
+        "send",
+        otel.name = %format_args!("send {step}"),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        zentra.saga_id = %saga.id,
+        zentra.order_id = %saga.order_id,
+        zentra.step = %step,
+    )
+}
+
+fn log_result(saga: &Saga, step: StepType, result: &CallResult) {
+    let span = tracing::Span::current();
+    if !matches!(result, CallResult::Done(_)) {
+        span.record("otel.status_code", "ERROR");
+    }
     match result {
         CallResult::Done(_) => {
             tracing::debug!(saga_id = %saga.id, step = %step, "step succeeded");

@@ -697,6 +697,17 @@ pub fn record_call(
     }
 }
 
+/// The number the next call of `step` is recorded under: its written-ahead attempt, or a new one.
+pub fn attempt_number(saga: &Saga, step: StepType) -> u32 {
+    match saga.step(step) {
+        None => 1,
+        Some(record) => match record.attempts.last() {
+            Some(last) if last.outcome == Outcome::InProgress && !step.is_command() => last.number,
+            _ => next_number(record),
+        },
+    }
+}
+
 fn next_number(record: &Step) -> u32 {
     u32::try_from(record.attempts.len())
         .unwrap_or(u32::MAX)

@@ -63,6 +63,8 @@ struct SagaData {
     compensating_since: Option<DateTime<Utc>>,
     #[serde(default)]
     steps: Vec<Step>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    traceparent: String,
 }
 
 fn corrupt(what: &str, id: Uuid, detail: impl std::fmt::Display) -> DbErr {
@@ -113,6 +115,7 @@ impl TryFrom<SagaRow> for Saga {
             ended_at: row.ended_at,
             next_run_at: row.next_run_at,
             lease: row.lease_owner,
+            traceparent: data.traceparent,
         })
     }
 }
@@ -135,6 +138,7 @@ fn data_json(saga: &Saga) -> Result<String, DbErr> {
         shipment_check: saga.shipment_check,
         compensating_since: saga.compensating_since,
         steps: saga.steps.clone(),
+        traceparent: saga.traceparent.clone(),
     };
     serde_json::to_string(&data).map_err(|error| DbErr::Custom(error.to_string()))
 }

@@ -30,11 +30,13 @@ use rdkafka::{
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait as _};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use zentra_proto::events::v1::EventEnvelope;
 
 use crate::{
     config::KafkaConfig,
     dead_letters::{DeadLetterSink, FailedRecord},
+    events,
     kafka::{
         KafkaFailure, ensure_topics,
         lag::{ConsumerLag, LagContext},
@@ -624,7 +626,7 @@ impl EventConsumer {
                     .map_or(-1, |slot| slot.epoch)
             };
             match self
-                .apply_together(&events, &ignored, epoch_of, handler)
+                .apply_together(&events, &ignored, epoch_of, handler, 1)
                 .await
             {
                 Ok(Some(applied)) => {
@@ -751,15 +753,19 @@ impl EventConsumer {
         ignored: &[bool],
         epoch_of: impl Fn(&str, i32) -> i64,
         handler: &H,
+        attempt: u32,
     ) -> Result<Option<Vec<H::Applied>>, HandlerError> {
         let tx = self.db.begin().await?;
         let mut applied = Vec::with_capacity(events.len());
         let mut advances: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
         for (event, ignored) in events.iter().zip(ignored) {
             if !ignored {
-                match handler.handle(event, &tx).await {
+                let span = self.process_span(event, attempt);
+                match handler.handle(event, &tx).instrument(span.clone()).await {
                     Ok(done) => applied.push(done),
                     Err(error) => {
+                        span.record("otel.status_code", "ERROR");
+                        span.record("otel.status_message", error.to_string());
                         let _ = tx.rollback().await;
                         return Err(error);
                     }
@@ -781,6 +787,35 @@ impl EventConsumer {
         }
         tx.commit().await?;
         Ok(Some(applied))
+    }
+
+    /// The span of handling `event` (its `attempt`th time): a consumer span continuing the trace
+    /// the event carries, with OpenTelemetry's messaging attributes. Everything the handler
+    /// does, and every event it emits, belongs to it.
+    fn process_span(&self, event: &ReceivedEvent, attempt: u32) -> tracing::Span {
+        let span = tracing::info_span!(
+            "process",
+            otel.name = %format_args!("process {}", event.topic),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            otel.status_message = tracing::field::Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %event.topic,
+            messaging.destination.partition.id = %event.partition,
+            messaging.consumer.group.name = %self.leases.group(),
+            messaging.message.id = %event.envelope.event_id,
+            messaging.kafka.message.key = %event.key,
+            messaging.kafka.offset = event.offset,
+            zentra.event_type = %event.envelope.event_type,
+            zentra.order_id = %event.envelope.correlation_id,
+            zentra.attempt = attempt,
+        );
+        if let Some(trace) = &event.envelope.trace_context {
+            events::continue_trace(&span, &trace.traceparent, &trace.tracestate);
+        }
+        span
     }
 
     /// Handles one message with retries; dead-letters it when it keeps failing.
@@ -821,6 +856,7 @@ impl EventConsumer {
                     &[false],
                     |_, _| epoch,
                     handler,
+                    attempt,
                 )
                 .await
             {

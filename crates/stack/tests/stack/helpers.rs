@@ -305,13 +305,15 @@ pub async fn gateway_channel(port: u16) -> tonic::transport::Channel {
 }
 
 /// Creates `sku` at `price` with 5 in stock, then places an order of `quantity` of it for a US
-/// address, paid with `tok_approve`, through the gateway as `operator`.
+/// address, paid with the simulator's `token` (`tok_approve`, `tok_transient`, ...), through the
+/// gateway as `operator`.
 pub async fn order_through_gateway(
     gateway: &tonic::transport::Channel,
     operator: &str,
     sku: &str,
     price: zentra_proto::common::v1::Money,
     quantity: i64,
+    token: &str,
 ) -> zentra_proto::order::v1::Order {
     use zentra_proto::{
         common::v1::Address,
@@ -353,7 +355,7 @@ pub async fn order_through_gateway(
                     ..Default::default()
                 }],
                 currency_code: "USD".to_owned(),
-                payment_method_token: "tok_approve".to_owned(),
+                payment_method_token: token.to_owned(),
                 idempotency_key: format!("order-{sku}"),
             },
             operator,

@@ -4,3 +4,4 @@ mod helpers;
 mod mtls;
 mod prometheus;
 mod supervisor;
+mod traces;

@@ -223,7 +223,8 @@ async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_cert
         currency_code: "USD".to_owned(),
         amount_minor: 1299,
     };
-    let order = order_through_gateway(&gateway, &operator, "MTLS-MUG", price, 2).await;
+    let order =
+        order_through_gateway(&gateway, &operator, "MTLS-MUG", price, 2, "tok_approve").await;
     let completed = saga_reaches(
         &gateway,
         &viewer,

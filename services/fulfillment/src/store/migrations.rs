@@ -4,9 +4,10 @@
 use zentra_runtime::db::SqlMigration;
 
 /// Every fulfillment migration.
-pub const MIGRATIONS: &[SqlMigration] = &[SqlMigration {
-    name: "m0001_shipments",
-    up: r#"
+pub const MIGRATIONS: &[SqlMigration] = &[
+    SqlMigration {
+        name: "m0001_shipments",
+        up: r#"
 CREATE TABLE shipments (
     id                   UUID PRIMARY KEY,
     order_id             UUID        NOT NULL UNIQUE,
@@ -37,4 +38,12 @@ CREATE TABLE shipment_lines (
     PRIMARY KEY (shipment_id, sku)
 );
 "#,
-}];
+    },
+    SqlMigration {
+        name: "m0002_shipment_trace",
+        up: r#"
+-- The trace a shipment was created in, so the worker's steps belong to the order's trace.
+ALTER TABLE shipments ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';
+"#,
+    },
+];

@@ -59,4 +59,11 @@ CREATE INDEX notifications_pending_by_order ON notifications (order_id, id) WHER
 ALTER TABLE order_customers ADD COLUMN email TEXT NOT NULL DEFAULT '';
 "#,
     },
+    SqlMigration {
+        name: "m0004_notification_trace",
+        up: r#"
+-- The trace of the event a mail answers, so its delivery belongs to the order's trace.
+ALTER TABLE notifications ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';
+"#,
+    },
 ];

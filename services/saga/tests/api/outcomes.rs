@@ -64,6 +64,12 @@ async fn the_happy_path_reserves_charges_ships_and_confirms_with_a_timeline() {
     );
     assert_clean_timeline(&saga);
     assert!(saga.end_time.is_some());
+    // The order's trace, continued by every step (crates/stack/tests/stack/traces.rs follows it).
+    assert!(
+        saga.trace_id.len() == 32 && saga.trace_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{:?}",
+        saga.trace_id
+    );
 
     let product = stack.product("LAMP-1").await;
     assert_eq!(
