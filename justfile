@@ -66,7 +66,7 @@ run service port: infra
     ZENTRA_GRPC__LISTEN_ADDR=${ZENTRA_GRPC__LISTEN_ADDR:-127.0.0.1:{{port}}} \
     cargo run -p zentra-{{service}}
 
-# Formatting, clippy (warnings are errors), buf lint, cargo deny (licences, bans, sources, advisories), the alert rules (promtool check and test)
+# Formatting, clippy (warnings are errors), buf lint, cargo deny (licences, bans, sources, advisories), Prometheus's configuration and alert rules (promtool check and test)
 lint:
     deploy/local/install-tools.sh wasm_target deny prometheus
     cargo fmt --all -- --check
@@ -74,6 +74,7 @@ lint:
     cargo clippy -p zentra-control-center --target wasm32-unknown-unknown -- -D warnings
     cd proto && buf lint
     deploy/local/deny.sh
+    promtool check config --syntax-only deploy/observability/prometheus.yml
     promtool check rules deploy/observability/rules.yml
     cd deploy/observability && promtool test rules rules.test.yml
 

@@ -112,10 +112,16 @@ impl Sampler for RuntimeTables {
                 metrics::gauge!(names::OUTBOX_PENDING).set(row.try_get_by_index::<f64>(0)?);
                 metrics::gauge!(names::OUTBOX_OLDEST_SECONDS).set(row.try_get_by_index::<f64>(1)?);
             }
+            // Every group and topic the service consumes reports, with 0 when nothing waits:
+            // "none pending" is a value on a dashboard, not a missing series.
             let pending = labelled_rows(
                 db,
-                "SELECT consumer_group, source_topic, count(*)::float8 FROM dead_letters \
-                 WHERE status = 'PENDING' GROUP BY 1, 2",
+                "SELECT consumer_group, topic, sum(pending)::float8 FROM ( \
+                   SELECT consumer_group, source_topic AS topic, 1 AS pending FROM dead_letters \
+                   WHERE status = 'PENDING' \
+                   UNION ALL \
+                   SELECT DISTINCT consumer_group, topic, 0 FROM consumer_partitions \
+                 ) AS groups GROUP BY 1, 2",
                 2,
             )
             .await?;

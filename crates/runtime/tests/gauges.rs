@@ -1,5 +1,6 @@
 //! State gauges against real PostgreSQL: the outbox backlog and its oldest event's age, dead
-//! letters pending per group and topic (back to 0 once handled, not left at their last value),
+//! letters pending per group and topic (0 for a consumed topic without any, and back to 0 once
+//! handled, not left at their last value),
 //! and the process's CPU, memory and open files, as Prometheus renders them.
 
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -32,7 +33,9 @@ async fn backlog_dead_letters_and_the_process_are_sampled_and_drained_series_rea
            SELECT gen_random_uuid(), g, t, 0, n, '', '', '', 'bad', 3, s, now(), now(), 'id-' || n
            FROM (VALUES ('inv', 'p.order.events', 'PENDING', 1), ('inv', 'p.order.events', 'PENDING', 2),
                         ('inv', 'p.inventory.commands', 'PENDING', 3), ('inv', 'p.order.events', 'DISMISSED', 4))
-                AS rows (g, t, s, n);",
+                AS rows (g, t, s, n);
+         INSERT INTO consumer_partitions (consumer_group, topic, partition)
+           VALUES ('inv', 'p.order.events', 0), ('inv', 'p.payment.events', 0), ('inv', 'p.payment.events', 1);",
     )
     .await
     .expect("seed");
@@ -66,6 +69,15 @@ async fn backlog_dead_letters_and_the_process_are_sampled_and_drained_series_rea
             "zentra_dead_letters_pending{group=\"inv\",topic=\"p.inventory.commands\"} "
         ),
         Some(1.0)
+    );
+    // A topic the service consumes without a dead letter reads 0: a value, not a missing series.
+    assert_eq!(
+        value(
+            &rendered,
+            "zentra_dead_letters_pending{group=\"inv\",topic=\"p.payment.events\"} "
+        ),
+        Some(0.0),
+        "{rendered}"
     );
     assert!(value(&rendered, "zentra_process_open_fds ").expect("fds") > 2.0);
     assert!(value(&rendered, "zentra_process_resident_memory_bytes ").expect("rss") > 1e6);

@@ -343,6 +343,13 @@ fn launch(
                 "ZENTRA_GATEWAY__RATE_LIMIT__KEY_PREFIX".to_owned(),
                 format!("zentra:{}", settings.topic_prefix),
             ));
+            if let Some(port) = settings.prometheus_port {
+                // The control center's Infrastructure page links to it.
+                env.push((
+                    "ZENTRA_GATEWAY__LINKS__PROMETHEUS".to_owned(),
+                    format!("http://127.0.0.1:{port}"),
+                ));
+            }
             if let Some(dir) = &settings.static_dir {
                 env.push((
                     "ZENTRA_GATEWAY__STATIC_DIR".to_owned(),

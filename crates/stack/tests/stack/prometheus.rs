@@ -2,7 +2,8 @@
 //! service over mutual TLS with a certificate of the stack's CA, loads the platform's alert rules
 //! and evaluates them, and has the state gauges operators alert on; a saga parked by a permanent
 //! compensation failure (its payment captured by hand, so the void can never succeed) makes the
-//! parked alert fire.
+//! parked alert fire. Every panel of the dashboards in deploy/observability/dashboards and every
+//! alert expression has series once an order went through.
 
 use std::time::Duration;
 
@@ -60,6 +61,32 @@ async fn prometheus_scrapes_every_process_and_evaluates_the_alert_rules() {
         stack.output.dump()
     );
 
+    // The configuration the stack generated passes promtool's full check, certificate files,
+    // key file and rules included.
+    let promtool = std::env::var_os("ZENTRA_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cache/zentra"))
+        })
+        .map(|cache| cache.join("bin/promtool"))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| "promtool".into());
+    let checked = std::process::Command::new(promtool)
+        .args(["check", "config"])
+        .arg(
+            scratch
+                .state_dir
+                .join(zentra_stack::prometheus::CONFIG_FILE),
+        )
+        .output()
+        .expect("promtool runs");
+    assert!(
+        checked.status.success(),
+        "promtool check config: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
     // Every rule of deploy/observability/rules.yml is loaded and evaluates without error.
     let rule_count = occurrences(zentra_stack::prometheus::RULES, "- alert:");
     assert!(rule_count >= 10, "{rule_count} rules");
@@ -73,6 +100,27 @@ async fn prometheus_scrapes_every_process_and_evaluates_the_alert_rules() {
         "not every rule evaluates:\n{}",
         http_get(prometheus, "/api/v1/rules").await.1
     );
+
+    // The control center's Infrastructure page links to it (the session the gateway serves).
+    {
+        use zentra_proto::gateway::v1::{
+            GetSessionRequest, gateway_service_client::GatewayServiceClient,
+        };
+        let viewer = dev_key(&scratch.state_dir, "ZENTRA_VIEWER_KEY");
+        let session = GatewayServiceClient::new(gateway_channel(scratch.gateway_port).await)
+            .get_session(keyed(GetSessionRequest {}, &viewer, None))
+            .await
+            .expect("session")
+            .into_inner();
+        let url = format!("http://{prometheus}");
+        assert!(
+            session
+                .links
+                .iter()
+                .any(|link| link.name == "prometheus" && link.url == url),
+            "{session:?}"
+        );
+    }
 
     // The gauges operators alert on are there: sagas by state, breakers, build info.
     for query in [
@@ -88,6 +136,180 @@ async fn prometheus_scrapes_every_process_and_evaluates_the_alert_rules() {
         })
         .await;
         assert!(found.is_some(), "no series for {query}");
+    }
+
+    stack.stop().await;
+    scratch.clean_up().await;
+}
+
+/// `text` percent-encoded for a query string.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// Every query of every panel of the dashboards in deploy/observability/dashboards, with the
+/// panel it belongs to, and Grafana's variables replaced as "All" and a 1-minute rate window
+/// would have them.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/observability/dashboards");
+    let mut queries = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dashboards")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 2,
+        "the platform and saga dashboards: {files:?}"
+    );
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("dashboard");
+        let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+        let title = dashboard["title"].as_str().unwrap_or_default().to_owned();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().expect("expr");
+                let expr = expr
+                    .replace("$__rate_interval", "1m")
+                    .replace("$job", ".+")
+                    .replace("$step", ".+");
+                queries.push((
+                    format!("{title} / {}", panel["title"].as_str().unwrap_or_default()),
+                    expr,
+                ));
+            }
+        }
+    }
+    queries
+}
+
+/// Whether `query` parses and returns at least one series within 30 s (the rates need a few
+/// scrapes); else Prometheus's last answer.
+async fn returns_series(prometheus: std::net::SocketAddr, query: &str) -> Result<(), String> {
+    let path = format!("/api/v1/query?query={}", encode(query));
+    let found = eventually(Duration::from_secs(30), || {
+        let path = path.clone();
+        async move {
+            let (_, body) = http_get(prometheus, &path).await;
+            let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let series = answer["data"]["result"].as_array()?.len();
+            (answer["status"] == "success" && series > 0).then_some(())
+        }
+    })
+    .await;
+    match found {
+        Some(()) => Ok(()),
+        None => Err(http_get(prometheus, &path).await.1),
+    }
+}
+
+/// An alert's expression made to keep every series it looks at, firing or not: each comparison
+/// becomes a `bool` one (0 or 1 instead of a filter) and each `unless` an `or`.
+fn every_series_of(alert_expr: &str) -> String {
+    let mut expr = alert_expr.replace(" unless ", " or ");
+    for op in [" >= ", " <= ", " == ", " != ", " > ", " < "] {
+        expr = expr.replace(op, &format!("{} bool ", op.trim_end()));
+    }
+    expr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_and_alert_expression_returns_series_after_an_order() {
+    use zentra_proto::{common::v1::Money, saga::v1::SagaState};
+
+    let scratch = Scratch::new(
+        "dash",
+        &[
+            "inventory",
+            "order",
+            "payment",
+            "fulfillment",
+            "notification",
+            "saga",
+        ],
+    )
+    .await;
+    let smtp_port = crate::helpers::free_port_besides(
+        scratch.base_port,
+        6,
+        &[scratch.gateway_port, scratch.spare_port],
+    );
+    let stack = start_with_prometheus(
+        &scratch,
+        "inventory,order,payment,fulfillment,notification,saga,gateway",
+        vec![
+            ("ZENTRA_STACK_SMTP_PORT", smtp_port.to_string()),
+            ("ZENTRA_FULFILLMENT__STEP_DELAY", "0s".to_owned()),
+        ],
+    )
+    .await;
+    let viewer = dev_key(&scratch.state_dir, "ZENTRA_VIEWER_KEY");
+    let operator = dev_key(&scratch.state_dir, "ZENTRA_OPERATOR_KEY");
+    let gateway = gateway_channel(scratch.gateway_port).await;
+    let price = Money {
+        currency_code: "USD".to_owned(),
+        amount_minor: 900,
+    };
+    let order =
+        order_through_gateway(&gateway, &operator, "DASH-MUG", price, 1, "tok_approve").await;
+    let completed = saga_reaches(
+        &gateway,
+        &viewer,
+        &order.order_id,
+        SagaState::Completed,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        completed,
+        "the order's saga did not complete:\n{}",
+        stack.output.dump()
+    );
+    let prometheus = scratch.prometheus();
+
+    // Every dashboard panel's query parses and has series now that an order went through.
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 25, "{} dashboard queries", queries.len());
+    for (panel, query) in queries {
+        if let Err(answer) = returns_series(prometheus, &query).await {
+            panic!("{panel}: no series for {query}\n{answer}");
+        }
+    }
+
+    // Every alert rule Prometheus loaded, its expression keeping every series it compares.
+    let (_, body) = http_get(prometheus, "/api/v1/rules?type=alert").await;
+    let rules: serde_json::Value = serde_json::from_str(&body).expect("rules JSON");
+    let alerts: Vec<(String, String)> = rules["data"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|group| group["rules"].as_array().into_iter().flatten())
+        .map(|rule| {
+            (
+                rule["name"].as_str().unwrap_or_default().to_owned(),
+                rule["query"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        alerts.len(),
+        occurrences(zentra_stack::prometheus::RULES, "- alert:"),
+        "{body}"
+    );
+    for (alert, expr) in alerts {
+        let query = every_series_of(&expr);
+        if let Err(answer) = returns_series(prometheus, &query).await {
+            panic!("{alert}: no series for {query}\n{answer}");
+        }
     }
 
     stack.stop().await;
@@ -127,7 +349,15 @@ async fn a_saga_parked_by_a_permanent_compensation_failure_fires_the_parked_aler
         currency_code: "USD".to_owned(),
         amount_minor: 500,
     };
-    let order = order_through_gateway(&gateway, &operator, "NOSHIP-PARK", price.clone(), 1).await;
+    let order = order_through_gateway(
+        &gateway,
+        &operator,
+        "NOSHIP-PARK",
+        price.clone(),
+        1,
+        "tok_approve",
+    )
+    .await;
 
     // The permanent failure: while the shipment is still being picked, someone captures the
     // payment by hand on the payment service's port, so the saga's void can never succeed.
