@@ -184,8 +184,6 @@ impl Delivery {
     }
 }
 
-/// Delivers due notifications until `shutdown`: at once when `wake` is notified (new
-/// notifications committed), else every poll interval (retries, other replicas' work).
 /// The client span of one delivery attempt (an SMTP exchange), in the trace of the event that
 /// caused the mail.
 fn deliver_span(notification: &Notification) -> tracing::Span {
@@ -209,6 +207,8 @@ fn short_type(event_type: &str) -> &str {
     event_type.rsplit('.').next().unwrap_or(event_type)
 }
 
+/// Delivers due notifications until `shutdown`: at once when `wake` is notified (new
+/// notifications committed), else every poll interval (retries, other replicas' work).
 pub async fn run(delivery: Delivery, wake: Arc<Notify>, shutdown: CancellationToken) {
     let interval = delivery.settings.poll_interval;
     loop {

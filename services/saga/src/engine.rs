@@ -393,7 +393,8 @@ impl Engine {
                     let chain_started = std::time::Instant::now();
                     let mut step = first;
                     loop {
-                        let span = call_span(&saga, step, "", machine::attempt_number(&saga, step));
+                        let span =
+                            call_span(&saga, step, "", Some(machine::attempt_number(&saga, step)));
                         let start = Utc::now();
                         let result = self
                             .downstreams
@@ -450,7 +451,7 @@ impl Engine {
                     let result = self
                         .downstreams
                         .settle(&saga, step)
-                        .instrument(call_span(&saga, step, "settle ", 0))
+                        .instrument(call_span(&saga, step, "settle ", None))
                         .await;
                     tracing::info!(saga_id = %saga.id, step = %step, ?result, "looked up a step of unknown outcome");
                     let end = Utc::now();
@@ -469,7 +470,7 @@ impl Engine {
                     let lookup = self
                         .downstreams
                         .check_shipment(&saga)
-                        .instrument(call_span(&saga, StepType::CreateShipment, "check ", 0))
+                        .instrument(call_span(&saga, StepType::CreateShipment, "check ", None))
                         .await;
                     tracing::info!(saga_id = %saga.id, ?lookup, "asked fulfillment how the shipment stands");
                     let end = Utc::now();
@@ -481,7 +482,7 @@ impl Engine {
                     let lookup = self
                         .downstreams
                         .verify_command(&saga, step)
-                        .instrument(call_span(&saga, step, "verify ", 0))
+                        .instrument(call_span(&saga, step, "verify ", None))
                         .await;
                     tracing::info!(saga_id = %saga.id, step = %step, ?lookup, "acknowledgement overdue; asked the participant");
                     let end = Utc::now();
@@ -501,6 +502,10 @@ impl Engine {
                     let send = send_span(&saga, step);
                     match send.in_scope(|| machine::command(&saga, step)) {
                         Some(command) => {
+                            send.record(
+                                "messaging.destination.name",
+                                format!("{}{}", self.topic_prefix, command.topic),
+                            );
                             machine::record_send(
                                 &mut saga,
                                 step,
@@ -511,18 +516,23 @@ impl Engine {
                             tracing::info!(saga_id = %saga.id, step = %step, "compensation command sent");
                             out.push(command);
                         }
-                        None => machine::record_call(
-                            &mut saga,
-                            step,
-                            now,
-                            now,
-                            CallResult::Permanent {
-                                code: "INTERNAL".to_owned(),
-                                message: format!("{step} has no target id recorded"),
-                            },
-                            &self.settings.policy,
-                            &mut out,
-                        ),
+                        None => {
+                            let message = format!("{step} has no target id recorded");
+                            send.record("otel.status_code", "ERROR");
+                            send.record("otel.status_message", message.as_str());
+                            machine::record_call(
+                                &mut saga,
+                                step,
+                                now,
+                                now,
+                                CallResult::Permanent {
+                                    code: "INTERNAL".to_owned(),
+                                    message,
+                                },
+                                &self.settings.policy,
+                                &mut out,
+                            );
+                        }
                     }
                     saga.next_run_at = Some(now);
                     Lease::Extend(self.settings.lease)
@@ -705,7 +715,7 @@ impl Engine {
 
 /// The client span of a call the saga makes for `step` (`prefix` names a lookup rather than the
 /// step itself); the participant's server span is its child.
-fn call_span(saga: &Saga, step: StepType, prefix: &str, attempt: u32) -> tracing::Span {
+fn call_span(saga: &Saga, step: StepType, prefix: &str, attempt: Option<u32>) -> tracing::Span {
     tracing::info_span!(
         "step",
         otel.name = %format_args!("{prefix}{step}"),
@@ -726,7 +736,10 @@ fn send_span(saga: &Saga, step: StepType) -> tracing::Span {
         "send",
         otel.name = %format_args!("send {step}"),
         otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
         messaging.system = "kafka",
+        messaging.destination.name = tracing::field::Empty,
         messaging.operation.type = "send",
         messaging.operation.name = "send",
         zentra.saga_id = %saga.id,

@@ -606,11 +606,7 @@ pub fn record_call(
     let roll_forward = saga.dispatched() && step.is_forward();
     let record = step_record(saga, step);
     // The intent written ahead of this call becomes its attempt.
-    let intent = record
-        .attempts
-        .last()
-        .filter(|attempt| attempt.outcome == Outcome::InProgress && !step.is_command())
-        .map(|attempt| (attempt.number, attempt.start.min(start)));
+    let intent = intent(record, step).map(|attempt| (attempt.number, attempt.start.min(start)));
     if intent.is_some() {
         record.attempts.pop();
     }
@@ -699,13 +695,17 @@ pub fn record_call(
 
 /// The number the next call of `step` is recorded under: its written-ahead attempt, or a new one.
 pub fn attempt_number(saga: &Saga, step: StepType) -> u32 {
-    match saga.step(step) {
-        None => 1,
-        Some(record) => match record.attempts.last() {
-            Some(last) if last.outcome == Outcome::InProgress && !step.is_command() => last.number,
-            _ => next_number(record),
-        },
-    }
+    saga.step(step).map_or(1, |record| {
+        intent(record, step).map_or_else(|| next_number(record), |attempt| attempt.number)
+    })
+}
+
+/// The attempt written ahead of the next call of `step`, which that call's result completes.
+fn intent(record: &Step, step: StepType) -> Option<&Attempt> {
+    record
+        .attempts
+        .last()
+        .filter(|attempt| attempt.outcome == Outcome::InProgress && !step.is_command())
 }
 
 fn next_number(record: &Step) -> u32 {

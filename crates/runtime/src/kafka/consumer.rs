@@ -61,6 +61,12 @@ pub struct ReceivedEvent {
     pub envelope: EventEnvelope,
 }
 
+/// Marks `span` as failed, for `why`.
+fn failed(span: &tracing::Span, why: &str) {
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_message", why);
+}
+
 /// Why a handler failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
@@ -758,18 +764,24 @@ impl EventConsumer {
         let tx = self.db.begin().await?;
         let mut applied = Vec::with_capacity(events.len());
         let mut advances: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+        // Each message's span stays open until its transaction's outcome is known, and says
+        // when it did not commit.
+        let mut spans = Vec::with_capacity(events.len());
         for (event, ignored) in events.iter().zip(ignored) {
             if !ignored {
                 let span = self.process_span(event, attempt);
                 match handler.handle(event, &tx).instrument(span.clone()).await {
                     Ok(done) => applied.push(done),
                     Err(error) => {
-                        span.record("otel.status_code", "ERROR");
-                        span.record("otel.status_message", error.to_string());
+                        failed(&span, &error.to_string());
+                        for other in &spans {
+                            failed(other, "rolled back with its batch");
+                        }
                         let _ = tx.rollback().await;
                         return Err(error);
                     }
                 }
+                spans.push(span);
             }
             let epoch = epoch_of(&event.topic, event.partition);
             advances.insert(
@@ -781,12 +793,30 @@ impl EventConsumer {
             .into_iter()
             .map(|((topic, partition), (epoch, next))| (topic, partition, epoch, next))
             .collect();
-        if !leases::advance(&tx, self.leases.group(), self.leases.member(), &advances).await? {
-            let _ = tx.rollback().await;
-            return Ok(None);
+        let outcome = async {
+            if !leases::advance(&tx, self.leases.group(), self.leases.member(), &advances).await? {
+                let _ = tx.rollback().await;
+                return Ok(false);
+            }
+            tx.commit().await?;
+            Ok::<_, DbErr>(true)
         }
-        tx.commit().await?;
-        Ok(Some(applied))
+        .await;
+        match outcome {
+            Ok(true) => Ok(Some(applied)),
+            Ok(false) => {
+                for span in &spans {
+                    failed(span, "not committed: the partition's lease moved");
+                }
+                Ok(None)
+            }
+            Err(error) => {
+                for span in &spans {
+                    failed(span, &format!("not committed: {error}"));
+                }
+                Err(error.into())
+            }
+        }
     }
 
     /// The span of handling `event` (its `attempt`th time): a consumer span continuing the trace

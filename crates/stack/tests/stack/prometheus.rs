@@ -212,6 +212,22 @@ async fn returns_series(prometheus: std::net::SocketAddr, query: &str) -> Result
     }
 }
 
+/// The platform's metric names an expression reads (a fallback such as `or ... * 0` keeps an
+/// expression's series when one of them is misspelt, so each is asked for on its own).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("zentra_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
 /// An alert's expression made to keep every series it looks at, firing or not: each comparison
 /// becomes a `bool` one (0 or 1 instead of a filter) and each `unless` an `or`.
 fn every_series_of(alert_expr: &str) -> String {
@@ -274,15 +290,30 @@ async fn every_dashboard_query_and_alert_expression_returns_series_after_an_orde
         "the order's saga did not complete:\n{}",
         stack.output.dump()
     );
+    // And one request refused, so the error counters have series too.
+    let refused =
+        zentra_proto::order::v1::order_service_client::OrderServiceClient::new(gateway.clone())
+            .get_order(keyed(
+                zentra_proto::order::v1::GetOrderRequest {
+                    order_id: "not-an-order-id".to_owned(),
+                },
+                &viewer,
+                None,
+            ))
+            .await
+            .expect_err("a malformed id is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     let prometheus = scratch.prometheus();
 
     // Every dashboard panel's query parses and has series now that an order went through.
     let queries = dashboard_queries();
     assert!(queries.len() >= 25, "{} dashboard queries", queries.len());
+    let mut metrics = std::collections::BTreeSet::new();
     for (panel, query) in queries {
         if let Err(answer) = returns_series(prometheus, &query).await {
             panic!("{panel}: no series for {query}\n{answer}");
         }
+        metrics.extend(metric_names(&query));
     }
 
     // Every alert rule Prometheus loaded, its expression keeping every series it compares.
@@ -309,6 +340,14 @@ async fn every_dashboard_query_and_alert_expression_returns_series_after_an_orde
         let query = every_series_of(&expr);
         if let Err(answer) = returns_series(prometheus, &query).await {
             panic!("{alert}: no series for {query}\n{answer}");
+        }
+        metrics.extend(metric_names(&expr));
+    }
+    // And every metric they read exists on its own.
+    assert!(metrics.len() >= 15, "{metrics:?}");
+    for metric in metrics {
+        if let Err(answer) = returns_series(prometheus, &metric).await {
+            panic!("no series of {metric}\n{answer}");
         }
     }
 

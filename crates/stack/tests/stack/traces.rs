@@ -66,16 +66,21 @@ async fn an_order_is_one_trace_across_every_service_and_kafka_hop() {
     .await;
     let saga = ended_saga(&gateway, &viewer, &order.order_id).await;
     assert_eq!(saga.state, SagaState::Completed as i32, "{saga:?}");
-    let spans = whole_trace(&collector, &saga, &COMPLETED_NEEDS).await;
-    let tree = Tree::new(&spans, &saga);
-    tree.assert_one_connected_tree();
-    tree.assert_every_step_call_served();
-    tree.assert_kafka_hops(&[
-        ("saga", "order.events", "order"),
-        ("saga", "fulfillment.events", "fulfillment"),
-        ("notification", "order.events", "order"),
-    ]);
-    tree.assert_worker_and_deliveries();
+    let spans = whole_trace(
+        &collector,
+        &saga,
+        &Expected {
+            spans: &COMPLETED_SPANS,
+            hops: &[
+                ("saga", "order.events", "order"),
+                ("saga", "fulfillment.events", "fulfillment"),
+                ("notification", "order.events", "order"),
+                ("notification", "fulfillment.events", "fulfillment"),
+            ],
+            retried: None,
+        },
+    )
+    .await;
     if let Ok(path) = std::env::var("ZENTRA_TRACE_WATERFALL") {
         let svg = waterfall(&spans, &order.order_id, &scratch.topic_prefix);
         std::fs::write(&path, svg).expect("write the waterfall");
@@ -94,27 +99,30 @@ async fn an_order_is_one_trace_across_every_service_and_kafka_hop() {
     .await;
     let saga = ended_saga(&gateway, &viewer, &order.order_id).await;
     assert_eq!(saga.state, SagaState::Compensated as i32, "{saga:?}");
-    let spans = whole_trace(&collector, &saga, &COMPENSATED_NEEDS).await;
-    let tree = Tree::new(&spans, &saga);
-    tree.assert_one_connected_tree();
-    tree.assert_every_step_call_served();
-    tree.assert_kafka_hops(&[
-        ("saga", "order.events", "order"),
-        ("saga", "fulfillment.events", "fulfillment"),
-        ("inventory", "inventory.commands", "saga"),
-        ("payment", "payment.commands", "saga"),
-        ("saga", "saga.command-acks", "inventory"),
-        ("saga", "saga.command-acks", "payment"),
-    ]);
-    tree.assert_worker_and_deliveries();
-    tree.assert_retry_visible("AUTHORIZE_PAYMENT");
+    whole_trace(
+        &collector,
+        &saga,
+        &Expected {
+            spans: &COMPENSATED_SPANS,
+            hops: &[
+                ("saga", "order.events", "order"),
+                ("saga", "fulfillment.events", "fulfillment"),
+                ("inventory", "inventory.commands", "saga"),
+                ("payment", "payment.commands", "saga"),
+                ("saga", "saga.command-acks", "inventory"),
+                ("saga", "saga.command-acks", "payment"),
+            ],
+            retried: Some("AUTHORIZE_PAYMENT"),
+        },
+    )
+    .await;
 
     stack.stop().await;
     scratch.clean_up().await;
 }
 
-/// Span names (as a prefix) that must have arrived for each kind of order's trace to be whole.
-const COMPLETED_NEEDS: [(&str, &str); 12] = [
+/// Spans (service, name or its prefix) each kind of order's trace must hold.
+const COMPLETED_SPANS: [(&str, &str); 12] = [
     ("gateway", "zentra.order.v1.OrderService/PlaceOrder"),
     ("order", "zentra.order.v1.OrderService/PlaceOrder"),
     ("saga", "process "),
@@ -135,7 +143,7 @@ const COMPLETED_NEEDS: [(&str, &str); 12] = [
     ("notification", "deliver OrderConfirmed"),
 ];
 
-const COMPENSATED_NEEDS: [(&str, &str); 10] = [
+const COMPENSATED_SPANS: [(&str, &str); 10] = [
     ("gateway", "zentra.order.v1.OrderService/PlaceOrder"),
     ("saga", "AUTHORIZE_PAYMENT"),
     ("fulfillment", "advance shipment"),
@@ -184,39 +192,54 @@ async fn ended_saga(gateway: &tonic::transport::Channel, viewer: &str, order_id:
     .unwrap_or_else(|| panic!("the saga of order {order_id} never ended"))
 }
 
-/// The saga's trace once every span in `needs` arrived and every span's parent did too (spans
-/// are exported as they end, in batches, by seven processes).
+/// What an order's trace must show besides one connected tree and a server span under every
+/// step call.
+struct Expected<'a> {
+    /// (service, span name or its prefix) that must be in it.
+    spans: &'a [(&'a str, &'a str)],
+    /// (consumer, topic, producer): the consumer's span processing the topic is a child of a
+    /// span of the producing service.
+    hops: &'a [(&'a str, &'a str, &'a str)],
+    /// A step whose first call failed and was retried.
+    retried: Option<&'a str>,
+}
+
+/// The saga's trace once it shows everything `expected` asks (spans are exported as they end,
+/// in batches, by seven processes, so the test waits for a snapshot that does); the failure of
+/// the last snapshot when none does within 30 s.
 async fn whole_trace(
     collector: &Collector,
     saga: &Saga,
-    needs: &[(&str, &str)],
+    expected: &Expected<'_>,
 ) -> Vec<CollectedSpan> {
     assert_eq!(
         saga.trace_id.len(),
         32,
         "the saga names its trace: {saga:?}"
     );
+    let mut last = (String::new(), Vec::new());
     let whole = eventually(Duration::from_secs(30), || {
+        let all = collector.spans();
         let spans = collector.trace(&saga.trace_id);
-        let ids: BTreeSet<&str> = spans.iter().map(|span| span.span_id.as_str()).collect();
-        let complete = needs.iter().all(|(service, name)| {
-            spans
-                .iter()
-                .any(|span| span.service == *service && span.name.starts_with(name))
-        }) && spans.iter().all(|span| {
-            span.parent_span_id.is_empty() || ids.contains(span.parent_span_id.as_str())
-        });
-        async move { complete.then_some(()) }
+        let checked = Tree::new(&spans, saga).check(expected, &all);
+        let result = match checked {
+            Ok(()) => Some(spans.clone()),
+            Err(problem) => {
+                last = (problem, spans);
+                None
+            }
+        };
+        async move { result }
     })
     .await;
-    let spans = collector.trace(&saga.trace_id);
-    assert!(
-        whole.is_some(),
-        "the trace of order {} is incomplete:\n{}",
-        saga.order_id,
-        outline(&spans)
-    );
-    spans
+    whole.unwrap_or_else(|| {
+        panic!(
+            "the trace of order {}: {}\n{}",
+            saga.order_id,
+            last.0,
+            outline(&last.1)
+        )
+    })
 }
 
 /// One order's trace, with the questions the test asks of it.
@@ -236,22 +259,45 @@ impl<'a> Tree<'a> {
             .find(|candidate| candidate.span_id == span.parent_span_id)
     }
 
-    fn fail(&self, what: &str) -> ! {
-        panic!("{what}\n{}", outline(self.spans))
+    fn check(&self, expected: &Expected<'_>, all: &[CollectedSpan]) -> Result<(), String> {
+        for (service, name) in expected.spans {
+            if !self
+                .spans
+                .iter()
+                .any(|span| span.service == *service && span.name.starts_with(name))
+            {
+                return Err(format!("no {service} span {name}"));
+            }
+        }
+        self.one_connected_tree(all)?;
+        self.every_step_call_served()?;
+        self.kafka_hops(expected.hops)?;
+        self.worker_and_deliveries()?;
+        if let Some(step) = expected.retried {
+            self.retry_visible(step)?;
+        }
+        Ok(())
     }
 
     /// One root (the gateway's), every other span's parent in the trace, every service present,
-    /// and no span about this order outside the trace.
-    fn assert_one_connected_tree(&self) {
+    /// and no span about this order, among `all` received, outside the trace.
+    fn one_connected_tree(&self, all: &[CollectedSpan]) -> Result<(), String> {
         let roots: Vec<&CollectedSpan> = self
             .spans
             .iter()
             .filter(|span| span.parent_span_id.is_empty())
             .collect();
         if roots.len() != 1 || roots[0].service != "gateway" {
-            self.fail(&format!(
+            return Err(format!(
                 "one root, the gateway's, expected; roots: {roots:?}"
             ));
+        }
+        if let Some(orphan) = self
+            .spans
+            .iter()
+            .find(|span| !span.parent_span_id.is_empty() && self.parent(span).is_none())
+        {
+            return Err(format!("the parent of {orphan:?} is not in the trace"));
         }
         let services: BTreeSet<&str> = self
             .spans
@@ -260,39 +306,47 @@ impl<'a> Tree<'a> {
             .collect();
         for service in SERVICES.iter().chain(&["gateway"]) {
             if !services.contains(service) {
-                self.fail(&format!("no span of {service} in the trace"));
+                return Err(format!("no span of {service} in the trace"));
             }
         }
         let order_id = &self.saga.order_id;
         for span in self.spans {
             let about = span.attribute("zentra.order_id");
             if !about.is_empty() && about != order_id {
-                self.fail(&format!(
+                return Err(format!(
                     "a span of order {about} is in the trace of {order_id}: {span:?}"
                 ));
             }
         }
+        if let Some(stray) = all.iter().find(|span| {
+            span.attribute("zentra.order_id") == order_id && span.trace_id != self.saga.trace_id
+        }) {
+            return Err(format!(
+                "a span of order {order_id} in another trace: {stray:?}"
+            ));
+        }
+        Ok(())
     }
 
     /// Every step call is a client span of the saga, named after the step, with the saga's and
-    /// the order's ids, and the participant's server span is its child.
-    fn assert_every_step_call_served(&self) {
+    /// the order's ids, in a saga span, and the participant's server span is its child.
+    fn every_step_call_served(&self) -> Result<(), String> {
         let calls: Vec<&CollectedSpan> = self
             .spans
             .iter()
             .filter(|span| span.service == "saga" && span.kind == "CLIENT")
             .collect();
         if calls.is_empty() {
-            self.fail("no step calls");
+            return Err("no step calls".to_owned());
         }
         for call in calls {
             let step = call.attribute("zentra.step");
             if call.attribute("zentra.saga_id") != self.saga.saga_id
                 || call.attribute("zentra.order_id") != self.saga.order_id
-                || !call.name.ends_with(step)
                 || step.is_empty()
+                || !call.name.ends_with(step)
             {
-                self.fail(&format!(
+                return Err(format!(
                     "a step call without its step, saga or order: {call:?}"
                 ));
             }
@@ -300,7 +354,7 @@ impl<'a> Tree<'a> {
                 .parent(call)
                 .is_none_or(|parent| parent.service != "saga")
             {
-                self.fail(&format!("a step call outside a saga span: {call:?}"));
+                return Err(format!("a step call outside a saga span: {call:?}"));
             }
             let served = self.spans.iter().any(|span| {
                 span.kind == "SERVER"
@@ -308,14 +362,15 @@ impl<'a> Tree<'a> {
                     && span.service != "saga"
             });
             if !served {
-                self.fail(&format!("no server span under the call {}", call.name));
+                return Err(format!("no server span under the call {}", call.name));
             }
         }
+        Ok(())
     }
 
     /// Each `(consumer, topic, producer)`: the consumer's span processing `topic` is a child of a
     /// span of the producing service, with OpenTelemetry's messaging attributes.
-    fn assert_kafka_hops(&self, hops: &[(&str, &str, &str)]) {
+    fn kafka_hops(&self, hops: &[(&str, &str, &str)]) -> Result<(), String> {
         for (consumer, topic, producer) in hops {
             let found = self.spans.iter().any(|span| {
                 span.service == *consumer
@@ -332,39 +387,47 @@ impl<'a> Tree<'a> {
                         .is_some_and(|parent| parent.service == *producer)
             });
             if !found {
-                self.fail(&format!(
+                return Err(format!(
                     "no {consumer} span processing {topic} as a child of a {producer} span"
                 ));
             }
         }
+        Ok(())
     }
 
     /// The fulfillment worker's steps continue the shipment's creation; each mail's delivery
-    /// continues the consumption of the event it answers.
-    fn assert_worker_and_deliveries(&self) {
+    /// continues the consumption of the event it answers; there is at least one of each.
+    fn worker_and_deliveries(&self) -> Result<(), String> {
+        let (mut rounds, mut deliveries) = (0, 0);
         for span in self.spans {
             let parent = self.parent(span);
-            if span.name == "advance shipment"
-                && parent.is_none_or(|parent| {
+            if span.name == "advance shipment" {
+                rounds += 1;
+                if parent.is_none_or(|parent| {
                     !parent.name.ends_with("FulfillmentService/CreateShipment")
-                })
-            {
-                self.fail(&format!("a worker step not under CreateShipment: {span:?}"));
+                }) {
+                    return Err(format!("a worker round not under CreateShipment: {span:?}"));
+                }
             }
-            if span.name.starts_with("deliver ")
-                && parent.is_none_or(|parent| {
+            if span.name.starts_with("deliver ") {
+                deliveries += 1;
+                if parent.is_none_or(|parent| {
                     parent.service != "notification" || parent.kind != "CONSUMER"
-                })
-            {
-                self.fail(&format!(
-                    "a delivery not under its event's consumption: {span:?}"
-                ));
+                }) {
+                    return Err(format!(
+                        "a delivery not under its event's consumption: {span:?}"
+                    ));
+                }
             }
         }
+        if rounds == 0 || deliveries == 0 {
+            return Err(format!("{rounds} worker rounds, {deliveries} deliveries"));
+        }
+        Ok(())
     }
 
     /// `step` failed once, visibly (an error and the retry it scheduled), then succeeded.
-    fn assert_retry_visible(&self, step: &str) {
+    fn retry_visible(&self, step: &str) -> Result<(), String> {
         let calls: Vec<&CollectedSpan> = self
             .spans
             .iter()
@@ -379,10 +442,11 @@ impl<'a> Tree<'a> {
             .iter()
             .any(|call| call.attribute("zentra.attempt") == "2" && !call.error);
         if !failed || !succeeded {
-            self.fail(&format!(
+            return Err(format!(
                 "{step}: a failed first attempt with its retry, then a success, expected"
             ));
         }
+        Ok(())
     }
 }
 
