@@ -189,6 +189,7 @@ pub fn SagaDetail(saga_id: String) -> impl IntoView {
                     .sagas()
                     .watch_saga(api.call(pb::WatchSagaRequest {
                         saga_id: saga_id.clone(),
+                        ..Default::default()
                     }))
                     .await;
                 let mut stream = match stream {

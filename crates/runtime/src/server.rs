@@ -172,6 +172,9 @@ impl BoundServer {
             let mut builder = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(zentra_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // The error details statuses carry (BadRequest, RetryInfo, ...), so grpcurl and
+                // buf decode them.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
                 .with_service_name("grpc.health.v1.Health");
             for name in &all_services {
                 builder = builder.with_service_name(name.clone());

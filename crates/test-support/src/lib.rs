@@ -287,21 +287,27 @@ pub async fn http_get_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (String, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
     let extra: String = headers
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
         .collect();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: {address}\r\n{extra}connection: close\r\n\r\n")
-                .as_bytes(),
-        )
+    let request =
+        format!("GET {path} HTTP/1.1\r\nhost: {address}\r\n{extra}connection: close\r\n\r\n");
+    let (head, body) = http_exchange(address, request.as_bytes()).await;
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: sends `request` as it is, reads to the end;
+/// the response's head and its body, chunking undone.
+pub async fn http_exchange(
+    address: impl tokio::net::ToSocketAddrs,
+    request: &[u8],
+) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(address)
         .await
-        .expect("write");
+        .expect("connect");
+    stream.write_all(request).await.expect("write");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("read");
     let split = response
@@ -318,7 +324,7 @@ pub async fn http_get_with(
     } else {
         body.to_vec()
     };
-    (head, String::from_utf8_lossy(&body).into_owned())
+    (head, body)
 }
 
 /// The body of a chunked HTTP/1.1 response, its chunks joined.

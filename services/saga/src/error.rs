@@ -13,7 +13,7 @@ pub enum SagaError {
     /// No saga (or order) has this id.
     #[error("{what} {id} not found")]
     NotFound {
-        /// "saga", "order" or "circuit breaker".
+        /// "saga", "saga of order", "order" or "circuit breaker".
         what: &'static str,
         /// The id asked for.
         id: String,

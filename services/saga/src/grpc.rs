@@ -75,6 +75,32 @@ impl SagaApi {
         )))
     }
 
+    /// The saga a request names by `saga_id` or by `order_id`: exactly one of them.
+    async fn named(&self, saga_id: &str, order_id: &str) -> Result<Saga, Status> {
+        let mut violations = Violations::new();
+        match (saga_id.is_empty(), order_id.is_empty()) {
+            (false, false) => violations.add("order_id", "give saga_id or order_id, not both"),
+            (true, true) => violations.add("saga_id", "is required, or order_id instead"),
+            (false, true) => {
+                if let Some(id) = parse_uuid("saga_id", saga_id, &mut violations) {
+                    return Ok(self.load(id).await?);
+                }
+            }
+            (true, false) => {
+                if let Some(id) = parse_uuid("order_id", order_id, &mut violations) {
+                    return Ok(store::by_order(self.engine.db(), id)
+                        .await
+                        .map_err(SagaError::from)?
+                        .ok_or_else(|| SagaError::NotFound {
+                            what: "saga of order",
+                            id: id.to_string(),
+                        })?);
+                }
+            }
+        }
+        Err(violations.into_status())
+    }
+
     async fn load(&self, id: Uuid) -> Result<Saga, SagaError> {
         store::by_id(self.engine.db(), id)
             .await?
@@ -213,11 +239,8 @@ impl SagaService for SagaApi {
         &self,
         request: Request<pb::GetSagaRequest>,
     ) -> Result<Response<pb::GetSagaResponse>, Status> {
-        let mut violations = Violations::new();
-        let Some(id) = parse_uuid("saga_id", &request.get_ref().saga_id, &mut violations) else {
-            return Err(violations.into_status());
-        };
-        let saga = self.load(id).await?;
+        let request = request.get_ref();
+        let saga = self.named(&request.saga_id, &request.order_id).await?;
         Ok(Response::new(pb::GetSagaResponse {
             saga: Some(convert::saga(&saga)),
         }))
@@ -268,14 +291,11 @@ impl SagaService for SagaApi {
         &self,
         request: Request<pb::WatchSagaRequest>,
     ) -> Result<Response<Self::WatchSagaStream>, Status> {
-        let mut violations = Violations::new();
-        let Some(id) = parse_uuid("saga_id", &request.get_ref().saga_id, &mut violations) else {
-            return Err(violations.into_status());
-        };
         let deadline = deadline::of_request(request.metadata());
         // NOT_FOUND up front rather than an empty stream.
-        self.load(id).await?;
-        Ok(Response::new(watch::one(&self.feed, id, deadline)?))
+        let request = request.get_ref();
+        let saga = self.named(&request.saga_id, &request.order_id).await?;
+        Ok(Response::new(watch::one(&self.feed, saga.id, deadline)?))
     }
 
     type WatchSagasStream = WatchStream<pb::WatchSagasResponse>;

@@ -4,7 +4,6 @@
 use std::{process::Command, time::Duration};
 
 use prost::Message as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -18,7 +17,8 @@ use zentra_test_support::{run_tool, tool};
 use crate::helpers::TestApp;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpcurl_explores_the_service_through_reflection_v1alpha_and_calls_it() {
+async fn grpcurl_explores_the_service_through_reflection_v1alpha_calls_it_and_decodes_error_details()
+ {
     let app = TestApp::spawn("grpcurl").await;
     app.create_product("SKU-CURL", 7).await;
     let grpcurl = tool("grpcurl");
@@ -61,6 +61,30 @@ async fn grpcurl_explores_the_service_through_reflection_v1alpha_and_calls_it() 
         "zentra.inventory.v1.InventoryService/GetProduct",
     ]));
     assert!(product.contains(r#""available": "7""#), "{product}");
+
+    // A refusal's details are decoded: reflection serves google.rpc's error details.
+    let refused = Command::new(&grpcurl)
+        .args([
+            "-plaintext",
+            "-d",
+            r#"{"sku":""}"#,
+            &addr,
+            "zentra.inventory.v1.InventoryService/GetProduct",
+        ])
+        .output()
+        .expect("grpcurl runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!refused.status.success(), "{printed}");
+    assert!(printed.contains("Code: InvalidArgument"), "{printed}");
+    assert!(
+        printed.contains("type.googleapis.com/google.rpc.BadRequest")
+            && printed.contains(r#""field":"sku""#),
+        "{printed}"
+    );
     app.stop().await;
 }
 
@@ -140,36 +164,10 @@ async fn health_answers_serving() {
     app.stop().await;
 }
 
-/// One HTTP/1.1 exchange on a fresh connection; returns (head, body) with chunking undone.
+/// One HTTP/1.1 exchange on a fresh connection; (head in lower case, body with chunking undone).
 async fn http1(addr: &str, request: Vec<u8>) -> (String, Vec<u8>) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(&request).await.expect("write");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("head ends");
-    let head = String::from_utf8_lossy(&response[..split]).to_lowercase();
-    let mut body = response[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
-    }
-    (head, body)
-}
-
-fn dechunk(mut input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(line_end) = input.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(std::str::from_utf8(&input[..line_end]).expect("hex"), 16)
-            .expect("size");
-        if size == 0 {
-            break;
-        }
-        out.extend_from_slice(&input[line_end + 2..line_end + 2 + size]);
-        input = &input[line_end + 2 + size + 2..];
-    }
-    out
+    let (head, body) = zentra_test_support::http_exchange(addr, &request).await;
+    (head.to_lowercase(), body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,7 @@ async fn an_operator_cancels_a_saga_while_watch_streams_each_transition_to_the_e
         .clone()
         .watch_saga(pb::WatchSagaRequest {
             saga_id: saga.saga_id.clone(),
+            ..Default::default()
         })
         .await
         .expect("watching")
@@ -125,6 +126,7 @@ async fn an_operator_cancels_a_saga_while_watch_streams_each_transition_to_the_e
     let unknown = sagas
         .get_saga(pb::GetSagaRequest {
             saga_id: uuid::Uuid::now_v7().to_string(),
+            ..Default::default()
         })
         .await
         .expect_err("unknown");
@@ -132,6 +134,7 @@ async fn an_operator_cancels_a_saga_while_watch_streams_each_transition_to_the_e
     let malformed = sagas
         .watch_saga(pb::WatchSagaRequest {
             saga_id: "not-a-uuid".to_owned(),
+            ..Default::default()
         })
         .await
         .expect_err("malformed");

@@ -168,3 +168,82 @@ async fn a_thousand_watchers_share_one_feed_and_more_are_refused_with_retry_info
     assert!(ended.is_ok(), "the stream outlived its deadline");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_id_finds_its_saga_to_get_and_to_watch() {
+    use zentra_test_support::violated_fields;
+
+    let stack = Stack::start("saga-by-order", StackOptions::default()).await;
+    stack.create_product("BYORDER-1", 5).await;
+    let order_id = stack.place_order("BYORDER-1", 1, "tok_approve", "US").await;
+    let started = stack.saga_of(&order_id).await;
+    let mut sagas = stack.sagas.clone();
+
+    // What a caller of PlaceOrder knows is enough to get the saga and follow it to its end.
+    let got = sagas
+        .get_saga(pb::GetSagaRequest {
+            order_id: order_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("the order's saga")
+        .into_inner()
+        .saga
+        .expect("saga");
+    assert_eq!(got.saga_id, started.saga_id);
+    let mut stream = sagas
+        .watch_saga(pb::WatchSagaRequest {
+            order_id: order_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("watching by order")
+        .into_inner();
+    let completed = pb::SagaState::Completed as i32;
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(update) = stream.next().await {
+            let saga = update.expect("update").saga.expect("saga");
+            assert_eq!(saga.saga_id, started.saga_id);
+            if saga.state == completed {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(ended, Ok(true), "the stream followed the saga to its end");
+
+    // Exactly one of the two ids, well formed; an order without a saga is NOT_FOUND.
+    for (request, field) in [
+        (
+            pb::GetSagaRequest {
+                saga_id: started.saga_id.clone(),
+                order_id: order_id.clone(),
+            },
+            "order_id",
+        ),
+        (pb::GetSagaRequest::default(), "saga_id"),
+        (
+            pb::GetSagaRequest {
+                order_id: "not-a-uuid".to_owned(),
+                ..Default::default()
+            },
+            "order_id",
+        ),
+    ] {
+        let refused = sagas.get_saga(request).await.expect_err("refused");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert_eq!(violated_fields(&refused), [field]);
+    }
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let missing = sagas
+        .watch_saga(pb::WatchSagaRequest {
+            order_id: unknown.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no saga");
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    assert!(missing.message().contains(&unknown), "{missing:?}");
+    stack.stop().await;
+}
