@@ -63,9 +63,11 @@ say "ready"
 
 # shellcheck disable=SC1091
 source "$state/dev-keys.env"
-export ZENTRA_VIEWER_KEY ZENTRA_OPERATOR_KEY ZENTRA_ADMIN_KEY
+# Sourced, the file exports the keys: the programs started below (buf, node) see them.
+env | grep -q '^ZENTRA_OPERATOR_KEY=zk_' || fail "dev-keys.env does not export its keys"
 call() { # call KEY METHOD JSON
-  buf curl --protocol grpcweb --schema proto -H "x-api-key: $1" -d "$3" "$gateway/$2"
+  # The schema from the gateway's reflection, as the README's example has it (any directory).
+  buf curl --protocol grpcweb --http2-prior-knowledge -H "x-api-key: $1" -d "$3" "$gateway/$2"
 }
 json() { python3 -c "import json,sys; data=json.load(sys.stdin); print(eval(sys.argv[1], {}, {'d': data}))" "$1"; }
 

@@ -25,6 +25,16 @@ pub struct DevKeys {
     pub admin: String,
 }
 
+/// The value of `name` in a keys file (`export NAME=value`, or `NAME=value` as earlier versions
+/// wrote it).
+pub fn key_in<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines().find_map(|line| {
+        let line = line.trim();
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        line.strip_prefix(name)?.strip_prefix('=')
+    })
+}
+
 fn new_key(role: &str) -> String {
     format!(
         "zk_{role}_{}{}",
@@ -38,22 +48,23 @@ impl DevKeys {
     pub fn load_or_create(state_dir: &Path) -> anyhow::Result<Self> {
         let path = state_dir.join(KEYS_FILE);
         if let Ok(text) = std::fs::read_to_string(&path) {
-            let value = |name: &str| {
-                text.lines()
-                    .find_map(|line| line.strip_prefix(&format!("{name}=")))
-                    .map(str::to_owned)
-            };
+            let value = |name: &str| key_in(&text, name).map(str::to_owned);
             if let (Some(viewer), Some(operator), Some(admin)) = (
                 value("ZENTRA_VIEWER_KEY"),
                 value("ZENTRA_OPERATOR_KEY"),
                 value("ZENTRA_ADMIN_KEY"),
             ) {
-                return Ok(Self {
+                let keys = Self {
                     path,
                     viewer,
                     operator,
                     admin,
-                });
+                };
+                // A file of an earlier version set the variables without exporting them.
+                if text != keys.file_text() {
+                    write_private(&keys.path, &keys.file_text())?;
+                }
+                return Ok(keys);
             }
         }
         let keys = Self {
@@ -62,15 +73,17 @@ impl DevKeys {
             operator: new_key("operator"),
             admin: new_key("admin"),
         };
-        write_private(
-            &path,
-            &format!(
-                "# Development API keys of the local Zentra stack (generated; never use them elsewhere)\n\
-                 ZENTRA_VIEWER_KEY={}\nZENTRA_OPERATOR_KEY={}\nZENTRA_ADMIN_KEY={}",
-                keys.viewer, keys.operator, keys.admin
-            ),
-        )?;
+        write_private(&path, &keys.file_text())?;
         Ok(keys)
+    }
+
+    /// The keys file: `source` it and every program started from that shell has the keys.
+    fn file_text(&self) -> String {
+        format!(
+            "# Development API keys of the local Zentra stack (generated; never use them elsewhere)\n\
+             export ZENTRA_VIEWER_KEY={}\nexport ZENTRA_OPERATOR_KEY={}\nexport ZENTRA_ADMIN_KEY={}\n",
+            self.viewer, self.operator, self.admin
+        )
     }
 
     /// Writes the gateway's config with the keys' hashes.
@@ -110,4 +123,48 @@ pub fn assertion_key(state_dir: &Path) -> anyhow::Result<String> {
     );
     write_private(&path, &key)?;
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keys_file_exports_its_keys_and_an_older_one_is_rewritten_with_the_same_keys() {
+        let dir = std::env::temp_dir().join(format!("zentra-keys-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let created = DevKeys::load_or_create(&dir).expect("created");
+        let text = std::fs::read_to_string(dir.join(KEYS_FILE)).expect("written");
+        assert!(
+            text.contains(&format!(
+                "export ZENTRA_OPERATOR_KEY={}\n",
+                created.operator
+            )),
+            "{text}"
+        );
+
+        // As an earlier version wrote it: set, not exported.
+        std::fs::write(
+            dir.join(KEYS_FILE),
+            "ZENTRA_VIEWER_KEY=zk_viewer_1\nZENTRA_OPERATOR_KEY=zk_operator_1\nZENTRA_ADMIN_KEY=zk_admin_1",
+        )
+        .expect("old file");
+        let kept = DevKeys::load_or_create(&dir).expect("read");
+        assert_eq!(
+            (
+                kept.viewer.as_str(),
+                kept.operator.as_str(),
+                kept.admin.as_str()
+            ),
+            ("zk_viewer_1", "zk_operator_1", "zk_admin_1")
+        );
+        let text = std::fs::read_to_string(dir.join(KEYS_FILE)).expect("rewritten");
+        assert_eq!(key_in(&text, "ZENTRA_ADMIN_KEY"), Some("zk_admin_1"));
+        assert!(
+            text.contains("export ZENTRA_ADMIN_KEY=zk_admin_1"),
+            "{text}"
+        );
+        assert_eq!(key_in(&text, "ZENTRA_ADMIN"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -272,10 +272,10 @@ impl Scratch {
 
 /// The development key `name` (`ZENTRA_VIEWER_KEY`, ...) the stack wrote into `state_dir`.
 pub fn dev_key(state_dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(state_dir.join(zentra_stack::keys::KEYS_FILE))
-        .expect("dev keys")
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{name}=")).map(str::to_owned))
+    let text =
+        std::fs::read_to_string(state_dir.join(zentra_stack::keys::KEYS_FILE)).expect("dev keys");
+    zentra_stack::keys::key_in(&text, name)
+        .map(str::to_owned)
         .unwrap_or_else(|| panic!("no {name} in the dev keys"))
 }
 
