@@ -216,6 +216,8 @@ pub struct Scratch {
     pub base_port: u16,
     pub gateway_port: u16,
     pub spare_port: u16,
+    /// The mail sink's port.
+    pub smtp_port: u16,
     databases: Vec<zentra_test_support::TestDatabase>,
 }
 
@@ -234,15 +236,36 @@ impl Scratch {
         }
         let base_port = free_base_port(6);
         let gateway_port = free_port_besides(base_port, 6, &[]);
+        let spare_port = free_port_besides(base_port, 6, &[gateway_port]);
         Self {
             db_prefix,
             topic_prefix: format!("zt-{label}-{suffix}."),
             state_dir: std::env::temp_dir().join(format!("zentra-stack-{label}-{suffix}")),
             base_port,
             gateway_port,
-            spare_port: free_port_besides(base_port, 6, &[gateway_port]),
+            spare_port,
+            smtp_port: free_port_besides(base_port, 6, &[gateway_port, spare_port]),
             databases,
         }
+    }
+
+    /// Starts every service and the gateway, with the mail sink on [`Scratch::smtp_port`] and
+    /// shipments dispatched at once, plus `env` and `args`.
+    pub async fn start_platform(
+        &self,
+        mut env: Vec<(&str, String)>,
+        args: &[&str],
+    ) -> RunningStack {
+        env.extend([
+            ("ZENTRA_STACK_SMTP_PORT", self.smtp_port.to_string()),
+            ("ZENTRA_FULFILLMENT__STEP_DELAY", "0s".to_owned()),
+        ]);
+        self.start(
+            "inventory,order,payment,fulfillment,notification,saga,gateway",
+            env,
+            args,
+        )
+        .await
     }
 
     /// Starts the stack with `--only only`, `env` and `args` on these names and ports.
@@ -368,20 +391,21 @@ pub async fn order_through_gateway(
         .expect("order")
 }
 
-/// The saga of `order_id` once it is in `state`, asked through the gateway as `viewer`.
-pub async fn saga_reaches(
+/// The saga of `order_id` once `wanted` holds for it, asked through the gateway as `viewer`.
+pub async fn saga_where(
     gateway: &tonic::transport::Channel,
     viewer: &str,
     order_id: &str,
-    state: zentra_proto::saga::v1::SagaState,
+    wanted: impl Fn(&zentra_proto::saga::v1::Saga) -> bool,
     within: Duration,
-) -> bool {
-    use zentra_proto::saga::v1::{ListSagasRequest, saga_service_client::SagaServiceClient};
+) -> Option<zentra_proto::saga::v1::Saga> {
+    use zentra_proto::saga::v1::{GetSagaRequest, saga_service_client::SagaServiceClient};
     let sagas = SagaServiceClient::new(gateway.clone());
-    eventually(within, || {
+    let wanted = &wanted;
+    eventually(within, move || {
         let mut sagas = sagas.clone();
         let request = keyed(
-            ListSagasRequest {
+            GetSagaRequest {
                 order_id: order_id.to_owned(),
                 ..Default::default()
             },
@@ -389,13 +413,55 @@ pub async fn saga_reaches(
             None,
         );
         async move {
-            let listed = sagas.list_sagas(request).await.ok()?.into_inner().sagas;
-            listed
-                .first()
-                .filter(|saga| saga.state == state as i32)
-                .map(|_| ())
+            let saga = sagas.get_saga(request).await.ok()?.into_inner().saga?;
+            wanted(&saga).then_some(saga)
         }
     })
     .await
+}
+
+/// Whether the saga of `order_id` reaches `state` within `within`.
+pub async fn saga_reaches(
+    gateway: &tonic::transport::Channel,
+    viewer: &str,
+    order_id: &str,
+    state: zentra_proto::saga::v1::SagaState,
+    within: Duration,
+) -> bool {
+    saga_where(
+        gateway,
+        viewer,
+        order_id,
+        |saga| saga.state == state as i32,
+        within,
+    )
+    .await
     .is_some()
+}
+
+/// Places an order of one `sku` paid with `tok_approve` (see [`order_through_gateway`]) and
+/// waits, up to a minute, for its saga to complete; the order.
+pub async fn order_completes(
+    stack: &RunningStack,
+    gateway: &tonic::transport::Channel,
+    (operator, viewer): (&str, &str),
+    sku: &str,
+    price: zentra_proto::common::v1::Money,
+) -> zentra_proto::order::v1::Order {
+    let order = order_through_gateway(gateway, operator, sku, price, 1, "tok_approve").await;
+    let completed = saga_reaches(
+        gateway,
+        viewer,
+        &order.order_id,
+        zentra_proto::saga::v1::SagaState::Completed,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        completed,
+        "the saga of order {} did not complete:\n{}",
+        order.order_id,
+        stack.output.dump()
+    );
+    order
 }

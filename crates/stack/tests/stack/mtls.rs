@@ -16,15 +16,12 @@ use tonic::{
 use zentra_proto::{
     common::v1::Money,
     ops::v1::{GetHealthSummaryRequest, HealthStatus, ops_service_client::OpsServiceClient},
-    saga::v1::SagaState,
 };
 use zentra_runtime::pki::{Layout, TOOLS_CERT};
 use zentra_stack::settings::Component;
 use zentra_test_support::tls::TestCa;
 
-use crate::helpers::{
-    Scratch, dev_key, gateway_channel, keyed, order_through_gateway, saga_reaches,
-};
+use crate::helpers::{Scratch, dev_key, gateway_channel, keyed, order_completes};
 
 /// The stack's services by name, with their port offsets.
 fn services() -> Vec<(&'static str, u16)> {
@@ -150,16 +147,7 @@ async fn answered(channel: Channel, path: &str) -> Result<bool, String> {
 async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_certificate() {
     let names: Vec<&str> = services().into_iter().map(|(name, _)| name).collect();
     let scratch = Scratch::new("mtls", &names).await;
-    let stack = scratch
-        .start(
-            "inventory,order,payment,fulfillment,notification,saga,gateway",
-            vec![
-                ("ZENTRA_STACK_SMTP_PORT", scratch.spare_port.to_string()),
-                ("ZENTRA_FULFILLMENT__STEP_DELAY", "0s".to_owned()),
-            ],
-            &[],
-        )
-        .await;
+    let stack = scratch.start_platform(Vec::new(), &[]).await;
     let (state_dir, base_port) = (&scratch.state_dir, scratch.base_port);
     let pki = Layout::of_stack(state_dir);
     let stranger = TestCa::new("stranger").expect("CA");
@@ -223,21 +211,7 @@ async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_cert
         currency_code: "USD".to_owned(),
         amount_minor: 1299,
     };
-    let order =
-        order_through_gateway(&gateway, &operator, "MTLS-MUG", price, 2, "tok_approve").await;
-    let completed = saga_reaches(
-        &gateway,
-        &viewer,
-        &order.order_id,
-        SagaState::Completed,
-        Duration::from_secs(60),
-    )
-    .await;
-    assert!(
-        completed,
-        "the saga did not complete:\n{}",
-        stack.output.dump()
-    );
+    order_completes(&stack, &gateway, (&operator, &viewer), "MTLS-MUG", price).await;
 
     stack.stop().await;
     scratch.clean_up().await;

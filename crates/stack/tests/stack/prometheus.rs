@@ -10,13 +10,15 @@ use std::time::Duration;
 use zentra_test_support::{eventually, http_get};
 
 use crate::helpers::{
-    RunningStack, Scratch, dev_key, gateway_channel, keyed, order_through_gateway, saga_reaches,
+    RunningStack, Scratch, dev_key, gateway_channel, keyed, order_completes, order_through_gateway,
+    saga_reaches,
 };
 
-/// Starts `only` with Prometheus on the scratch's spare port, scraping and sampling every second.
+/// Starts `only` (`None`: the whole platform) with Prometheus on the scratch's spare port,
+/// scraping and sampling every second.
 async fn start_with_prometheus(
     scratch: &Scratch,
-    only: &str,
+    only: Option<&str>,
     mut env: Vec<(&str, String)>,
 ) -> RunningStack {
     env.extend([
@@ -27,7 +29,10 @@ async fn start_with_prometheus(
         ("ZENTRA_STACK_PROMETHEUS_INTERVAL", "1s".to_owned()),
         ("ZENTRA_TELEMETRY__GAUGE_INTERVAL", "1s".to_owned()),
     ]);
-    scratch.start(only, env, &["--prometheus"]).await
+    match only {
+        Some(only) => scratch.start(only, env, &["--prometheus"]).await,
+        None => scratch.start_platform(env, &["--prometheus"]).await,
+    }
 }
 
 impl Scratch {
@@ -45,7 +50,7 @@ fn occurrences(haystack: &str, needle: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_every_process_and_evaluates_the_alert_rules() {
     let scratch = Scratch::new("prom", &["inventory", "saga"]).await;
-    let stack = start_with_prometheus(&scratch, "inventory,saga,gateway", Vec::new()).await;
+    let stack = start_with_prometheus(&scratch, Some("inventory,saga,gateway"), Vec::new()).await;
     let prometheus = scratch.prometheus();
 
     // Three targets (gateway, inventory, saga), every one up: the key and the certificate work.
@@ -240,7 +245,7 @@ fn every_series_of(alert_expr: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_and_alert_expression_returns_series_after_an_order() {
-    use zentra_proto::{common::v1::Money, saga::v1::SagaState};
+    use zentra_proto::common::v1::Money;
 
     let scratch = Scratch::new(
         "dash",
@@ -254,20 +259,7 @@ async fn every_dashboard_query_and_alert_expression_returns_series_after_an_orde
         ],
     )
     .await;
-    let smtp_port = crate::helpers::free_port_besides(
-        scratch.base_port,
-        6,
-        &[scratch.gateway_port, scratch.spare_port],
-    );
-    let stack = start_with_prometheus(
-        &scratch,
-        "inventory,order,payment,fulfillment,notification,saga,gateway",
-        vec![
-            ("ZENTRA_STACK_SMTP_PORT", smtp_port.to_string()),
-            ("ZENTRA_FULFILLMENT__STEP_DELAY", "0s".to_owned()),
-        ],
-    )
-    .await;
+    let stack = start_with_prometheus(&scratch, None, Vec::new()).await;
     let viewer = dev_key(&scratch.state_dir, "ZENTRA_VIEWER_KEY");
     let operator = dev_key(&scratch.state_dir, "ZENTRA_OPERATOR_KEY");
     let gateway = gateway_channel(scratch.gateway_port).await;
@@ -275,21 +267,7 @@ async fn every_dashboard_query_and_alert_expression_returns_series_after_an_orde
         currency_code: "USD".to_owned(),
         amount_minor: 900,
     };
-    let order =
-        order_through_gateway(&gateway, &operator, "DASH-MUG", price, 1, "tok_approve").await;
-    let completed = saga_reaches(
-        &gateway,
-        &viewer,
-        &order.order_id,
-        SagaState::Completed,
-        Duration::from_secs(60),
-    )
-    .await;
-    assert!(
-        completed,
-        "the order's saga did not complete:\n{}",
-        stack.output.dump()
-    );
+    order_completes(&stack, &gateway, (&operator, &viewer), "DASH-MUG", price).await;
     // And one request refused, so the error counters have series too.
     let refused =
         zentra_proto::order::v1::order_service_client::OrderServiceClient::new(gateway.clone())
@@ -373,7 +351,7 @@ async fn a_saga_parked_by_a_permanent_compensation_failure_fires_the_parked_aler
     .await;
     let stack = start_with_prometheus(
         &scratch,
-        "inventory,order,payment,fulfillment,saga,gateway",
+        Some("inventory,order,payment,fulfillment,saga,gateway"),
         // Time to capture the payment by hand before the shipment fails.
         vec![("ZENTRA_FULFILLMENT__STEP_DELAY", "8s".to_owned())],
     )

@@ -11,14 +11,14 @@ use std::{collections::BTreeSet, fmt::Write as _, time::Duration};
 
 use zentra_proto::{
     common::v1::Money,
-    saga::v1::{ListSagasRequest, Saga, SagaState, saga_service_client::SagaServiceClient},
+    saga::v1::{Saga, SagaState},
 };
 use zentra_test_support::{
     eventually,
     otlp::{CollectedSpan, Collector},
 };
 
-use crate::helpers::{Scratch, dev_key, gateway_channel, keyed, order_through_gateway};
+use crate::helpers::{Scratch, dev_key, gateway_channel, order_through_gateway, saga_where};
 
 const SERVICES: [&str; 6] = [
     "inventory",
@@ -34,11 +34,8 @@ async fn an_order_is_one_trace_across_every_service_and_kafka_hop() {
     let collector = Collector::start().await;
     let scratch = Scratch::new("traces", &SERVICES).await;
     let stack = scratch
-        .start(
-            "inventory,order,payment,fulfillment,notification,saga,gateway",
+        .start_platform(
             vec![
-                ("ZENTRA_STACK_SMTP_PORT", scratch.spare_port.to_string()),
-                ("ZENTRA_FULFILLMENT__STEP_DELAY", "0s".to_owned()),
                 ("ZENTRA_TELEMETRY__OTLP_ENDPOINT", collector.endpoint()),
                 // Export every 200 ms rather than every 5 s.
                 ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
@@ -158,38 +155,18 @@ const COMPENSATED_SPANS: [(&str, &str); 10] = [
 
 /// The saga of `order_id` once it ended.
 async fn ended_saga(gateway: &tonic::transport::Channel, viewer: &str, order_id: &str) -> Saga {
-    let sagas = SagaServiceClient::new(gateway.clone());
-    eventually(Duration::from_secs(60), || {
-        let mut sagas = sagas.clone();
-        let request = keyed(
-            ListSagasRequest {
-                order_id: order_id.to_owned(),
-                ..Default::default()
-            },
-            viewer,
-            None,
-        );
-        async move {
-            let saga = sagas
-                .list_sagas(request)
-                .await
-                .ok()?
-                .into_inner()
-                .sagas
-                .into_iter()
-                .next()?;
-            [
-                SagaState::Completed,
-                SagaState::Compensated,
-                SagaState::CompensationFailed,
-            ]
-            .iter()
-            .any(|state| saga.state == *state as i32)
-            .then_some(saga)
-        }
-    })
-    .await
-    .unwrap_or_else(|| panic!("the saga of order {order_id} never ended"))
+    let ended = |saga: &Saga| {
+        [
+            SagaState::Completed,
+            SagaState::Compensated,
+            SagaState::CompensationFailed,
+        ]
+        .iter()
+        .any(|state| saga.state == *state as i32)
+    };
+    saga_where(gateway, viewer, order_id, ended, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("the saga of order {order_id} never ended"))
 }
 
 /// What an order's trace must show besides one connected tree and a server span under every
