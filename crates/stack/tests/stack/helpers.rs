@@ -249,6 +249,15 @@ impl Scratch {
         }
     }
 
+    /// Names and ports for a test labelled `label`, and a database for every service.
+    pub async fn for_platform(label: &str) -> Self {
+        let services: Vec<&str> = zentra_stack::settings::SERVICES
+            .iter()
+            .map(|service| service.name())
+            .collect();
+        Self::new(label, &services).await
+    }
+
     /// Starts every service and the gateway, with the mail sink on [`Scratch::smtp_port`] and
     /// shipments dispatched at once, plus `env` and `args`.
     pub async fn start_platform(

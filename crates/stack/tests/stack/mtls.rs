@@ -145,8 +145,7 @@ async fn answered(channel: Channel, path: &str) -> Result<bool, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_of_every_service_port_refuses_callers_without_a_platform_certificate() {
-    let names: Vec<&str> = services().into_iter().map(|(name, _)| name).collect();
-    let scratch = Scratch::new("mtls", &names).await;
+    let scratch = Scratch::for_platform("mtls").await;
     let stack = scratch.start_platform(Vec::new(), &[]).await;
     let (state_dir, base_port) = (&scratch.state_dir, scratch.base_port);
     let pki = Layout::of_stack(state_dir);

@@ -247,18 +247,7 @@ fn every_series_of(alert_expr: &str) -> String {
 async fn every_dashboard_query_and_alert_expression_returns_series_after_an_order() {
     use zentra_proto::common::v1::Money;
 
-    let scratch = Scratch::new(
-        "dash",
-        &[
-            "inventory",
-            "order",
-            "payment",
-            "fulfillment",
-            "notification",
-            "saga",
-        ],
-    )
-    .await;
+    let scratch = Scratch::for_platform("dash").await;
     let stack = start_with_prometheus(&scratch, None, Vec::new()).await;
     let viewer = dev_key(&scratch.state_dir, "ZENTRA_VIEWER_KEY");
     let operator = dev_key(&scratch.state_dir, "ZENTRA_OPERATOR_KEY");

@@ -20,19 +20,10 @@ use zentra_test_support::{
 
 use crate::helpers::{Scratch, dev_key, gateway_channel, order_through_gateway, saga_where};
 
-const SERVICES: [&str; 6] = [
-    "inventory",
-    "order",
-    "payment",
-    "fulfillment",
-    "notification",
-    "saga",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_is_one_trace_across_every_service_and_kafka_hop() {
     let collector = Collector::start().await;
-    let scratch = Scratch::new("traces", &SERVICES).await;
+    let scratch = Scratch::for_platform("traces").await;
     let stack = scratch
         .start_platform(
             vec![
@@ -281,7 +272,8 @@ impl<'a> Tree<'a> {
             .iter()
             .map(|span| span.service.as_str())
             .collect();
-        for service in SERVICES.iter().chain(&["gateway"]) {
+        let platform = zentra_stack::settings::SERVICES.map(|service| service.name());
+        for service in platform.iter().chain(&["gateway"]) {
             if !services.contains(service) {
                 return Err(format!("no span of {service} in the trace"));
             }
