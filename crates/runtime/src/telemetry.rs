@@ -16,6 +16,13 @@ use crate::config::{LogFormat, TelemetryConfig};
 
 pub mod names;
 
+/// Marks `span` as failed, for `why`: its exported status is an error with that message. The
+/// span must declare `otel.status_code` and `otel.status_message` (as `Empty`) to take them.
+pub fn span_failed(span: &tracing::Span, why: &str) {
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_message", why);
+}
+
 /// Handles to the process's telemetry; cheap to clone.
 #[derive(Clone)]
 pub struct Telemetry {

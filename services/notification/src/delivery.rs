@@ -101,8 +101,7 @@ impl Delivery {
         let mut events = outbox::Rows::default();
         for ((notification, outcome), span) in due.iter().zip(outcomes).zip(spans) {
             if let Err(error) = &outcome {
-                span.record("otel.status_code", "ERROR");
-                span.record("otel.status_message", error.as_str());
+                zentra_runtime::telemetry::span_failed(&span, error);
             }
             // The event telling of the attempt continues the delivery's span.
             attempted.push(span.in_scope(|| self.judge(notification, outcome, &mut events))?);

@@ -26,6 +26,7 @@ use zentra_proto::order::v1::OrderPlaced;
 use zentra_runtime::{
     events,
     outbox::{self, OutboxWaker},
+    telemetry,
 };
 
 use crate::{
@@ -405,17 +406,9 @@ impl Engine {
                         metrics::histogram!(metric_names::STEP_SECONDS, "step" => step.as_str())
                             .record((end - start).as_seconds_f64());
                         let policy = &self.settings.policy;
-                        machine::record_call(
-                            &mut saga,
-                            step,
-                            start,
-                            end,
-                            result.clone(),
-                            policy,
-                            &mut out,
-                        );
+                        span.in_scope(|| log_result(&saga, step, &result));
+                        machine::record_call(&mut saga, step, start, end, result, policy, &mut out);
                         span.in_scope(|| {
-                            log_result(&saga, step, &result);
                             let retry = saga.step(step).and_then(crate::domain::Step::last_attempt);
                             if let Some(at) = retry.and_then(|attempt| attempt.next_retry) {
                                 tracing::info!(
@@ -518,8 +511,7 @@ impl Engine {
                         }
                         None => {
                             let message = format!("{step} has no target id recorded");
-                            send.record("otel.status_code", "ERROR");
-                            send.record("otel.status_message", message.as_str());
+                            telemetry::span_failed(&send, &message);
                             machine::record_call(
                                 &mut saga,
                                 step,
@@ -748,10 +740,15 @@ fn send_span(saga: &Saga, step: StepType) -> tracing::Span {
     )
 }
 
+/// Logs a call's result, and marks the current (the call's) span failed unless it succeeded.
 fn log_result(saga: &Saga, step: StepType, result: &CallResult) {
-    let span = tracing::Span::current();
-    if !matches!(result, CallResult::Done(_)) {
-        span.record("otel.status_code", "ERROR");
+    let failed = |why: &str| telemetry::span_failed(&tracing::Span::current(), why);
+    match result {
+        CallResult::Done(_) => {}
+        CallResult::Permanent { message, .. }
+        | CallResult::Retryable { message, .. }
+        | CallResult::TimedOut { message }
+        | CallResult::CircuitOpen { message, .. } => failed(message),
     }
     match result {
         CallResult::Done(_) => {

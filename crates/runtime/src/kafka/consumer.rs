@@ -43,7 +43,7 @@ use crate::{
         leases::{self, Lease, PartitionLeases},
         wake,
     },
-    telemetry::names,
+    telemetry::{names, span_failed as failed},
 };
 
 /// One decoded message.
@@ -59,12 +59,6 @@ pub struct ReceivedEvent {
     pub key: String,
     /// The event.
     pub envelope: EventEnvelope,
-}
-
-/// Marks `span` as failed, for `why`.
-fn failed(span: &tracing::Span, why: &str) {
-    span.record("otel.status_code", "ERROR");
-    span.record("otel.status_message", why);
 }
 
 /// Why a handler failed.
