@@ -137,6 +137,10 @@ CREATE UNIQUE INDEX dead_letters_identity ON dead_letters (consumer_group, sourc
         name: "m0000f_runtime_audit_retention_index",
         up: crate::retention::AUDIT_MIGRATION,
     },
+    SqlMigration {
+        name: "m0000g_runtime_consumer_last_record",
+        up: crate::kafka::LAST_RECORD_MIGRATION,
+    },
 ];
 
 /// A pooled connection idle for longer than this is tested before it is handed out.

@@ -15,7 +15,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex, OnceLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -24,6 +24,7 @@ use futures::FutureExt as _;
 use prost::Message as _;
 use rdkafka::{
     ClientConfig, Message as _, Offset, TopicPartitionList,
+    config::RDKafkaLogLevel,
     consumer::{Consumer as _, StreamConsumer},
     message::{Headers as _, OwnedMessage},
 };
@@ -40,7 +41,7 @@ use crate::{
     kafka::{
         KafkaFailure, ensure_topics,
         lag::{ConsumerLag, LagContext},
-        leases::{self, Lease, PartitionLeases},
+        leases::{self, Advance, Lease, PartitionLeases},
         wake,
     },
     telemetry::{names, span_failed as failed},
@@ -59,6 +60,9 @@ pub struct ReceivedEvent {
     pub key: String,
     /// The event.
     pub envelope: EventEnvelope,
+    /// A fingerprint of the record (FNV-1a of key and payload), stored with the offset past it:
+    /// the consumer recognises the record when it reads it again.
+    pub fingerprint: i64,
 }
 
 /// Why a handler failed.
@@ -204,6 +208,8 @@ struct Slot {
     epoch: i64,
     /// The next offset to process; `None` until something was.
     next: Option<i64>,
+    /// The fingerprint of the record at `next - 1`, when known.
+    last: Option<i64>,
     /// `next` is past the stored offset: only ignored messages were read since (see
     /// [`EventHandler::ignores`]).
     unstored: bool,
@@ -212,11 +218,17 @@ struct Slot {
 type Assignment = BTreeMap<(String, i32), Slot>;
 
 /// The partitions of `assigned`, each at the next offset to process (the log's start when none
-/// was processed yet).
+/// was processed yet), or one earlier when the record processed last is known: every fetch
+/// starts by reading that record again, and one that differs reveals a log the broker rebuilt
+/// (see [`EventConsumer::process_batch`]).
 fn partition_list(assigned: &Assignment) -> TopicPartitionList {
     let mut list = TopicPartitionList::new();
     for ((topic, partition), slot) in assigned {
-        let offset = slot.next.map_or(Offset::Beginning, Offset::Offset);
+        let offset = match (slot.next, slot.last) {
+            (Some(next), Some(_)) if next > 0 => Offset::Offset(next - 1),
+            (Some(next), _) => Offset::Offset(next),
+            (None, _) => Offset::Beginning,
+        };
         if let Err(error) = list.add_partition_offset(topic, *partition, offset) {
             tracing::warn!(%error, topic, partition, "cannot assign partition");
         }
@@ -333,9 +345,12 @@ impl EventConsumer {
             )
             // The statistics carry each partition's high watermark; no extra broker calls.
             .set("statistics.interval.ms", "2000")
+            // Connection failures are logged at this level; the context counts them.
+            .set_log_level(RDKafkaLogLevel::Info)
             .create_with_context(LagContext {
                 group: group.clone(),
                 lag: lag.clone(),
+                broker_failures: AtomicU64::new(0),
             })
             .map_err(KafkaFailure::Setup)?;
         lag.register(&group, &member, config.partition_lease, config.stall_after);
@@ -376,6 +391,7 @@ impl EventConsumer {
         let mut fetching = Fetching::new(Instant::now());
         // Since when offsets moved only by ignored messages wait to be stored.
         let mut passed_since: Option<Instant> = None;
+        let mut broker_failures = self.consumer.context().broker_failures();
         loop {
             if self.shared.changed.swap(false, Ordering::SeqCst) {
                 self.reassign(&mut assigned).await;
@@ -420,6 +436,9 @@ impl EventConsumer {
                 Err(error) => {
                     tracing::warn!(%error, group = self.leases.group(), "kafka receive failed");
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                    if !fetching.paused {
+                        self.resume(&assigned);
+                    }
                     continue;
                 }
             };
@@ -429,6 +448,18 @@ impl EventConsumer {
                     Some(Ok(message)) => batch.push(message.detach()),
                     _ => break,
                 }
+            }
+            let failures = self.consumer.context().broker_failures();
+            if failures != broker_failures {
+                // A broker connection failed before these messages were handed out: they may
+                // come from a broker that restarted with another log, read from offsets that
+                // mean something else in it. Fetch again from where processing stands, which
+                // checks the record processed last first (see `partition_list`).
+                broker_failures = failures;
+                if !fetching.paused {
+                    self.resume(&assigned);
+                }
+                continue;
             }
             if !self
                 .process_batch(batch, &mut assigned, &handler, &shutdown)
@@ -489,6 +520,7 @@ impl EventConsumer {
                 _ => Slot {
                     epoch: lease.epoch,
                     next: lease.next_offset,
+                    last: lease.last_record,
                     unstored: false,
                 },
             };
@@ -506,9 +538,15 @@ impl EventConsumer {
             if let Some(high) = self.high_watermark(&topic, partition).await
                 && offset > high
             {
-                self.log_reset(&topic, partition, offset, high);
+                self.log_reset(
+                    &topic,
+                    partition,
+                    offset,
+                    &format!("the log ends at {high}"),
+                );
                 if let Some(slot) = next.get_mut(&(topic, partition)) {
                     slot.next = None;
+                    slot.last = None;
                 }
             }
         }
@@ -527,14 +565,15 @@ impl EventConsumer {
         *assigned = next;
     }
 
-    fn log_reset(&self, topic: &str, partition: i32, stored: i64, high: i64) {
+    /// Notes that the broker's log is not the one read before (it lost its log and rebuilt it):
+    /// `found` says how that showed.
+    fn log_reset(&self, topic: &str, partition: i32, stored: i64, found: &str) {
         tracing::warn!(
             group = self.leases.group(),
             topic,
             partition,
             stored,
-            high,
-            "stored offset is past the log's end (the broker lost its log): reading from the start"
+            "the broker's log is not the one read before ({found}): reading from the start"
         );
         metrics::counter!(names::CONSUMER_OFFSET_RESETS, "group" => self.leases.group().to_owned())
             .increment(1);
@@ -567,16 +606,42 @@ impl EventConsumer {
     ) -> bool {
         let mut ready = Vec::with_capacity(batch.len());
         let mut behind = BTreeSet::new();
+        let mut rebuilt = BTreeSet::new();
         for message in batch {
             let key = (message.topic().to_owned(), message.partition());
             let Some(slot) = assigned.get(&key) else {
                 continue;
             };
-            if slot.next.is_some_and(|next| message.offset() < next) {
-                behind.insert(key);
+            if rebuilt.contains(&key) {
                 continue;
             }
-            ready.push(message);
+            match (slot.next, slot.last) {
+                // Each fetch starts with the record processed last (see `partition_list`): the
+                // same record means the same log; another means the broker rebuilt its log, and
+                // offsets below the stored one may hold records never read.
+                (Some(next), Some(last)) if message.offset() == next - 1 => {
+                    if fingerprint(&message) != last {
+                        rebuilt.insert(key);
+                    }
+                }
+                (Some(next), _) if message.offset() < next => {
+                    behind.insert(key);
+                }
+                _ => ready.push(message),
+            }
+        }
+        for (topic, partition) in rebuilt {
+            let stored = assigned
+                .get(&(topic.clone(), partition))
+                .and_then(|slot| slot.next)
+                .unwrap_or(0);
+            self.log_reset(
+                &topic,
+                partition,
+                stored,
+                "the record before the stored offset is not the one processed last",
+            );
+            self.start_over(assigned, &mut ready, &topic, partition);
         }
         for (topic, partition) in behind {
             // Below the next offset: a stale copy, or the log was lost and restarted from 0.
@@ -587,15 +652,8 @@ impl EventConsumer {
             if let Some(high) = self.high_watermark(&topic, partition).await
                 && next > high
             {
-                self.log_reset(&topic, partition, next, high);
-                if let Some(slot) = assigned.get_mut(&(topic.clone(), partition)) {
-                    slot.next = None;
-                }
-                // Messages of this partition in `ready` came before the reset was seen: they
-                // are read again after the reassignment.
-                ready
-                    .retain(|message| message.topic() != topic || message.partition() != partition);
-                self.shared.changed.store(true, Ordering::SeqCst);
+                self.log_reset(&topic, partition, next, &format!("the log ends at {high}"));
+                self.start_over(assigned, &mut ready, &topic, partition);
             }
         }
         if ready.is_empty() {
@@ -632,7 +690,13 @@ impl EventConsumer {
                 Ok(Some(applied)) => {
                     handler.committed(applied);
                     for event in &events {
-                        self.note_processed(assigned, &event.topic, event.partition, event.offset);
+                        self.note_processed(
+                            assigned,
+                            &event.topic,
+                            event.partition,
+                            event.offset,
+                            event.fingerprint,
+                        );
                         metrics::counter!(names::CONSUMER_MESSAGES, "topic" => event.topic.clone(), "outcome" => "processed")
                             .increment(1);
                     }
@@ -666,6 +730,7 @@ impl EventConsumer {
                         message.topic(),
                         message.partition(),
                         message.offset(),
+                        fingerprint(message),
                     );
                 }
                 Handled::Fenced => {
@@ -678,6 +743,23 @@ impl EventConsumer {
         true
     }
 
+    /// Reads `topic[partition]` again from the log's start: messages of it in `ready` came
+    /// before the reset was seen and are read again after the reassignment.
+    fn start_over(
+        &self,
+        assigned: &mut Assignment,
+        ready: &mut Vec<OwnedMessage>,
+        topic: &str,
+        partition: i32,
+    ) {
+        if let Some(slot) = assigned.get_mut(&(topic.to_owned(), partition)) {
+            slot.next = None;
+            slot.last = None;
+        }
+        ready.retain(|message| message.topic() != topic || message.partition() != partition);
+        self.shared.changed.store(true, Ordering::SeqCst);
+    }
+
     fn fenced(&self) {
         tracing::info!(
             group = self.leases.group(),
@@ -686,10 +768,19 @@ impl EventConsumer {
         self.shared.changed.store(true, Ordering::SeqCst);
     }
 
-    /// Notes a message whose offset advance committed: the stored offset is `offset + 1`.
-    fn note_processed(&self, assigned: &mut Assignment, topic: &str, partition: i32, offset: i64) {
+    /// Notes a message whose offset advance committed: the stored offset is `offset + 1`, the
+    /// record before it `last`.
+    fn note_processed(
+        &self,
+        assigned: &mut Assignment,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        last: i64,
+    ) {
         if let Some(slot) = assigned.get_mut(&(topic.to_owned(), partition)) {
             slot.next = Some(offset + 1);
+            slot.last = Some(last);
             slot.unstored = false;
         }
         self.lag
@@ -702,6 +793,7 @@ impl EventConsumer {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         if let Some(slot) = assigned.get_mut(&(topic.to_owned(), partition)) {
             slot.next = Some(offset + 1);
+            slot.last = Some(fingerprint(message));
             slot.unstored = true;
         }
         self.lag
@@ -713,12 +805,17 @@ impl EventConsumer {
     /// Stores the offsets that only ignored messages moved. Each partition's advance stands on
     /// its own, so no transaction is needed; one whose lease moved is left to its new owner.
     async fn store_passed(&self, assigned: &mut Assignment) {
-        let advances: Vec<(String, i32, i64, i64)> = assigned
+        let advances: Vec<Advance> = assigned
             .iter()
             .filter(|(_, slot)| slot.unstored)
             .filter_map(|((topic, partition), slot)| {
-                slot.next
-                    .map(|next| (topic.clone(), *partition, slot.epoch, next))
+                Some(Advance {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    epoch: slot.epoch,
+                    next: slot.next?,
+                    last: slot.last?,
+                })
             })
             .collect();
         if advances.is_empty() {
@@ -757,7 +854,7 @@ impl EventConsumer {
     ) -> Result<Option<Vec<H::Applied>>, HandlerError> {
         let tx = self.db.begin().await?;
         let mut applied = Vec::with_capacity(events.len());
-        let mut advances: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+        let mut advances: BTreeMap<(String, i32), Advance> = BTreeMap::new();
         // Each message's span stays open until its transaction's outcome is known, and says
         // when it did not commit.
         let mut spans = Vec::with_capacity(events.len());
@@ -777,16 +874,18 @@ impl EventConsumer {
                 }
                 spans.push(span);
             }
-            let epoch = epoch_of(&event.topic, event.partition);
             advances.insert(
                 (event.topic.clone(), event.partition),
-                (epoch, event.offset + 1),
+                Advance {
+                    topic: event.topic.clone(),
+                    partition: event.partition,
+                    epoch: epoch_of(&event.topic, event.partition),
+                    next: event.offset + 1,
+                    last: event.fingerprint,
+                },
             );
         }
-        let advances: Vec<(String, i32, i64, i64)> = advances
-            .into_iter()
-            .map(|((topic, partition), (epoch, next))| (topic, partition, epoch, next))
-            .collect();
+        let advances: Vec<Advance> = advances.into_values().collect();
         let outcome = async {
             if !leases::advance(&tx, self.leases.group(), self.leases.member(), &advances).await? {
                 let _ = tx.rollback().await;
@@ -998,7 +1097,7 @@ impl EventConsumer {
                 }
             }
             if parked {
-                match self.skip(&record, epoch).await {
+                match self.skip(&record, epoch, fingerprint(message)).await {
                     Ok(true) => return Handled::Done,
                     Ok(false) => return Handled::Fenced,
                     Err(error) => {
@@ -1014,18 +1113,19 @@ impl EventConsumer {
         }
     }
 
-    async fn skip(&self, record: &FailedRecord, epoch: i64) -> Result<bool, DbErr> {
+    async fn skip(&self, record: &FailedRecord, epoch: i64, last: i64) -> Result<bool, DbErr> {
         let tx = self.db.begin().await?;
         let advanced = leases::advance(
             &tx,
             self.leases.group(),
             self.leases.member(),
-            &[(
-                record.topic.clone(),
-                record.partition,
+            &[Advance {
+                topic: record.topic.clone(),
+                partition: record.partition,
                 epoch,
-                record.offset + 1,
-            )],
+                next: record.offset + 1,
+                last,
+            }],
         )
         .await?;
         if advanced {
@@ -1161,6 +1261,23 @@ async fn partition_count(consumer: &Arc<StreamConsumer<LagContext>>, topic: &str
     .flatten()
 }
 
+/// A record's fingerprint: FNV-1a over its key and payload. A record published again (the
+/// outbox republishes the same bytes) has the same fingerprint; another record almost surely not.
+pub(crate) fn fingerprint(message: &OwnedMessage) -> i64 {
+    const BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let key = message.key().unwrap_or_default();
+    let length = u64::try_from(key.len()).unwrap_or(u64::MAX).to_le_bytes();
+    let hash = length
+        .iter()
+        .chain(key)
+        .chain(message.payload().unwrap_or_default())
+        .fold(BASIS, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(PRIME)
+        });
+    i64::from_le_bytes(hash.to_le_bytes())
+}
+
 pub(crate) fn decode(message: &OwnedMessage) -> Option<ReceivedEvent> {
     let envelope = EventEnvelope::decode(message.payload()?).ok()?;
     let key = message
@@ -1183,5 +1300,6 @@ pub(crate) fn decode(message: &OwnedMessage) -> Option<ReceivedEvent> {
         offset: message.offset(),
         key,
         envelope,
+        fingerprint: fingerprint(message),
     })
 }

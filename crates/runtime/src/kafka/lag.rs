@@ -6,11 +6,14 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
-use rdkafka::{ClientContext, Statistics, consumer::ConsumerContext};
+use rdkafka::{ClientContext, Statistics, config::RDKafkaLogLevel, consumer::ConsumerContext};
 
 use crate::telemetry::names;
 
@@ -376,17 +379,45 @@ fn problem(inner: &Inner, group: &str, state: &GroupState, now: Instant) -> Opti
         })
 }
 
-/// The consumer's client context: hands librdkafka's statistics to [`ConsumerLag`].
+/// The consumer's client context: hands librdkafka's statistics to [`ConsumerLag`] and counts
+/// failed broker connections.
 pub struct LagContext {
     /// Group id.
     pub group: String,
     /// Where watermarks go.
     pub lag: ConsumerLag,
+    /// Broker connections that failed (dropped or refused), as librdkafka reported them.
+    pub broker_failures: AtomicU64,
+}
+
+impl LagContext {
+    /// Broker connections that failed so far. librdkafka reports a failure through the consumer's
+    /// queue, ahead of anything fetched after it: a change seen after receiving messages means
+    /// they may come from a broker that restarted (see `EventConsumer::run`).
+    pub fn broker_failures(&self) -> u64 {
+        self.broker_failures.load(Ordering::SeqCst)
+    }
 }
 
 impl ClientContext for LagContext {
     fn stats(&self, statistics: Statistics) {
         self.lag.record(&self.group, &statistics);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        // `FAIL`: a broker connection dropped or could not be made.
+        if facility == "FAIL" {
+            self.broker_failures.fetch_add(1, Ordering::SeqCst);
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::info!(group = %self.group, facility, "librdkafka: {message}");
+            }
+            _ => tracing::debug!(group = %self.group, facility, "librdkafka: {message}"),
+        }
     }
 }
 

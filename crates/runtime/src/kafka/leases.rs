@@ -23,6 +23,25 @@ pub struct Lease {
     pub epoch: i64,
     /// Where processing resumes; `None` when nothing was ever processed (start at the earliest).
     pub next_offset: Option<i64>,
+    /// The fingerprint of the record at `next_offset - 1`, the last one processed: reading resumes
+    /// one record early and checks it, so a log the broker rebuilt is recognised.
+    pub last_record: Option<i64>,
+}
+
+/// One partition's offset advance: processing of `topic[partition]` under `epoch` moved to
+/// `next`, the record before it having the fingerprint `last`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advance {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The epoch the partition is held under.
+    pub epoch: i64,
+    /// The next offset to process.
+    pub next: i64,
+    /// Fingerprint of the record at `next - 1`.
+    pub last: i64,
 }
 
 /// What one round of lease keeping found.
@@ -140,7 +159,7 @@ impl PartitionLeases {
                    WHERE c.consumer_group = $1 AND c.owner = $2 \
                    ORDER BY c.topic, c.partition FOR UPDATE OF c) s \
              WHERE p.consumer_group = $1 AND p.topic = s.topic AND p.partition = s.partition \
-             RETURNING p.topic, p.partition, p.epoch, p.next_offset",
+             RETURNING p.topic, p.partition, p.epoch, p.next_offset, p.last_record",
             [
                 self.group.clone().into(),
                 self.member.clone().into(),
@@ -169,7 +188,7 @@ impl PartitionLeases {
                        ORDER BY (c.owner = $2) IS TRUE DESC, c.topic, c.partition \
                        LIMIT $6 FOR UPDATE OF c SKIP LOCKED) s \
                  WHERE p.consumer_group = $1 AND p.topic = s.topic AND p.partition = s.partition \
-                 RETURNING p.topic, p.partition, p.epoch, p.next_offset",
+                 RETURNING p.topic, p.partition, p.epoch, p.next_offset, p.last_record",
                 [
                     self.group.clone().into(),
                     self.member.clone().into(),
@@ -233,31 +252,32 @@ impl PartitionLeases {
     }
 }
 
-/// Advances the offsets of `advances` (topic, partition, epoch, next offset) inside the
-/// transaction that applied their messages. `Ok(false)`: this member no longer holds one of the
-/// partitions under that epoch; the caller must roll back.
+/// Advances the offsets of `advances` inside the transaction that applied their messages.
+/// `Ok(false)`: this member no longer holds one of the partitions under that epoch; the caller
+/// must roll back.
 pub async fn advance<C: ConnectionTrait>(
     tx: &C,
     group: &str,
     member: &str,
-    advances: &[(String, i32, i64, i64)],
+    advances: &[Advance],
 ) -> Result<bool, DbErr> {
-    let mut sorted: Vec<&(String, i32, i64, i64)> = advances.iter().collect();
-    sorted.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-    for (topic, partition, epoch, next) in sorted {
+    let mut sorted: Vec<&Advance> = advances.iter().collect();
+    sorted.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    for advance in sorted {
         let result = tx
             .execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "UPDATE consumer_partitions SET next_offset = $6, updated_at = now() \
+                "UPDATE consumer_partitions SET next_offset = $6, last_record = $7, updated_at = now() \
                  WHERE consumer_group = $1 AND topic = $2 AND partition = $3 \
                    AND owner = $4 AND epoch = $5",
                 [
                     group.into(),
-                    topic.clone().into(),
-                    (*partition).into(),
+                    advance.topic.clone().into(),
+                    advance.partition.into(),
                     member.into(),
-                    (*epoch).into(),
-                    (*next).into(),
+                    advance.epoch.into(),
+                    advance.next.into(),
+                    advance.last.into(),
                 ],
             ))
             .await?;
@@ -275,6 +295,13 @@ fn columns(leases: &[Lease]) -> (Vec<String>, Vec<i32>, Vec<i64>) {
         leases.iter().map(|lease| lease.epoch).collect(),
     )
 }
+
+/// Adds each partition's last record fingerprint (NULL until a record is processed with it).
+pub const LAST_RECORD_MIGRATION: &str = r#"
+-- The fingerprint of the record at next_offset - 1: reading resumes there and checks it, so a log
+-- the broker rebuilt under the same offsets is not mistaken for the one read before.
+ALTER TABLE consumer_partitions ADD COLUMN last_record BIGINT;
+"#;
 
 /// The runtime's migration that creates the lease tables.
 pub const MIGRATION: &str = r#"
