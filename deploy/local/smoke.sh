@@ -2,15 +2,17 @@
 # `just up` end to end, as CI runs it: starts the whole platform on spare ports with its own
 # databases, topics, keys and broker, places an order through the gateway over grpc-web (with
 # buf curl, a client nobody here wrote), waits for its saga to complete and the order to be
-# CONFIRMED, runs the control center's end-to-end tests in headless Chromium when the control center
-# is built (`just control-center`), then stops the stack as Ctrl-C would and checks it stopped
-# cleanly. A short benchmark run proves `zentra-bench` works against the same stack, and a small
+# CONFIRMED, installs the Python client (clients/python) into a fresh virtual environment and runs
+# its example for an approved and a declined order, runs the control center's end-to-end tests in
+# headless Chromium when the control center is built (`just control-center`), then stops the stack
+# as Ctrl-C would and checks it stopped cleanly. A short benchmark run proves `zentra-bench` works against the same stack, and a small
 # chaos audit (`just chaos`) kills every process once and audits the databases.
 #
 #   ZENTRA_SMOKE_PORT_BASE  first of the ports it uses (default 46000; it takes base+25 .. base+92)
 #   ZENTRA_SMOKE_BROWSER    0: skip the browser tests
 #   ZENTRA_SMOKE_BENCH      0: skip the benchmark's smoke run
 #   ZENTRA_SMOKE_CHAOS      0: skip the chaos audit's smoke run
+#   ZENTRA_SMOKE_CLIENTS    0: skip the generated clients' examples
 #   ZENTRA_E2E_SCREENSHOTS  a directory: the browser tests save their screenshots there
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -93,6 +95,23 @@ done
 status=$(call "$ZENTRA_VIEWER_KEY" zentra.order.v1.OrderService/GetOrder "{\"order_id\":\"$order_id\"}" | json 'd["order"]["status"]')
 [ "$status" = ORDER_STATUS_CONFIRMED ] || fail "order is $status, not ORDER_STATUS_CONFIRMED"
 say "saga completed, order confirmed"
+
+if [ "${ZENTRA_SMOKE_CLIENTS:-1}" != 0 ]; then
+  # The Python client as a user installs it: a fresh virtual environment, the package built from
+  # a clean generation of the contracts, its example run over gRPC: an approved order and a
+  # declined one, each followed to its end.
+  say "python client: pip install clients/python in a fresh virtual environment"
+  python3 -m venv "$state/py"
+  "$state/py/bin/pip" install --quiet --disable-pip-version-check clients/python >"$state/pip.log" 2>&1 \
+    || { cat "$state/pip.log" >&2; fail "pip install clients/python"; }
+  for example in approve decline; do
+    flags=(); [ "$example" = decline ] && flags=(--decline)
+    (cd "$state" && ZENTRA_GATEWAY="127.0.0.1:$ZENTRA_STACK_GATEWAY_PORT" \
+      "$state/py/bin/python" -m zentra_client.examples.order_and_follow "${flags[@]}") >"$state/py-$example.log" 2>&1 \
+      || { cat "$state/py-$example.log" >&2; fail "the python example ($example)"; }
+    say "python example ($example): $(tail -n1 "$state/py-$example.log")"
+  done
+fi
 
 if [ "${ZENTRA_SMOKE_BROWSER:-1}" != 0 ]; then
   [ -f control-center/dist/index.html ] || fail "the control center is not built: run just control-center (or set ZENTRA_SMOKE_BROWSER=0)"
