@@ -3,10 +3,12 @@
 # databases, topics, keys and broker, places an order through the gateway over grpc-web (with
 # buf curl, a client nobody here wrote), waits for its saga to complete and the order to be
 # CONFIRMED, installs the Python client (clients/python) into a fresh virtual environment and runs
-# its example for an approved and a declined order, runs the control center's end-to-end tests in
-# headless Chromium when the control center is built (`just control-center`), then stops the stack
-# as Ctrl-C would and checks it stopped cleanly. A short benchmark run proves `zentra-bench` works against the same stack, and a small
-# chaos audit (`just chaos`) kills every process once and audits the databases.
+# its example for an approved and a declined order, builds and tests the TypeScript client
+# (clients/typescript: the same two orders over gRPC and over grpc-web), runs the control
+# center's end-to-end tests in headless Chromium when the control center is built
+# (`just control-center`), then stops the stack as Ctrl-C would and checks it stopped cleanly. A
+# short benchmark run proves `zentra-bench` works against the same stack, and a small chaos audit
+# (`just chaos`) kills every process once and audits the databases.
 #
 #   ZENTRA_SMOKE_PORT_BASE  first of the ports it uses (default 46000; it takes base+25 .. base+92)
 #   ZENTRA_SMOKE_BROWSER    0: skip the browser tests
@@ -111,6 +113,13 @@ if [ "${ZENTRA_SMOKE_CLIENTS:-1}" != 0 ]; then
       || { cat "$state/py-$example.log" >&2; fail "the python example ($example)"; }
     say "python example ($example): $(tail -n1 "$state/py-$example.log")"
   done
+  # The TypeScript client as its README says: npm ci && npm test (a clean generation, the build,
+  # then the example: both orders over gRPC and over grpc-web).
+  say "typescript client: npm ci && npm test in clients/typescript"
+  (cd clients/typescript && npm ci --silent --no-audit --no-fund \
+    && ZENTRA_GATEWAY="$gateway" npm test) >"$state/ts.log" 2>&1 \
+    || { cat "$state/ts.log" >&2; fail "the typescript client's tests"; }
+  grep -E '^# (tests|pass|fail)' "$state/ts.log" >&2 || true
 fi
 
 if [ "${ZENTRA_SMOKE_BROWSER:-1}" != 0 ]; then
