@@ -73,6 +73,7 @@ lint:
     cargo clippy --workspace --exclude zentra-control-center --all-targets -- -D warnings
     cargo clippy -p zentra-control-center --target wasm32-unknown-unknown -- -D warnings
     cd proto && buf lint
+    deploy/local/buf-breaking.sh
     deploy/local/deny.sh
     promtool check config --syntax-only deploy/observability/prometheus.yml
     promtool check rules deploy/observability/rules.yml
