@@ -269,15 +269,18 @@ impl OutboxRelay {
         }
         if self.log_went_back(&pending, &results) {
             // The broker lost its log: what it acknowledged recently may be gone before anyone
-            // consumed it. Publish it again (the inbox and idempotency keys absorb repeats).
+            // consumed it. Publish it again (the inbox and idempotency keys absorb repeats),
+            // the records that revealed the loss included: in the new log they stand in front
+            // of the window, below offsets a consumer may already be past; published again in
+            // order, they follow every older record (docs/ARCHITECTURE.md, "A broker restart").
             let window =
                 i64::try_from(self.config.republish_window.as_millis()).unwrap_or(i64::MAX);
             let again = transaction
                 .execute_raw(Statement::from_sql_and_values(
                     DbBackend::Postgres,
                     "UPDATE outbox SET published_at = NULL \
-                     WHERE published_at > now() - $1 * interval '1 millisecond' AND NOT (seq = ANY($2))",
-                    [window.into(), acknowledged.clone().into()],
+                     WHERE published_at > now() - $1 * interval '1 millisecond'",
+                    [window.into()],
                 ))
                 .await?
                 .rows_affected();

@@ -234,6 +234,9 @@ fn record(sku: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// A record as sent: its SKU (the record key) and bytes.
+type Sent<'a> = (&'a str, Vec<u8>);
+
 async fn send(producer: &EventProducer, topic: &str, sku: &str, record: &[u8]) {
     let event_id = zentra_proto::events::v1::EventEnvelope::decode(record)
         .expect("an envelope")
@@ -563,7 +566,7 @@ async fn a_stored_offset_past_the_logs_end_is_detected_and_reading_starts_over()
 async fn a_log_rebuilt_up_to_the_stored_offset_is_recognised_and_its_new_records_are_read() {
     let fixture = Fixture::new("rebuilt", 1).await;
     // The old log holds one record more than the new one will (a relay's retry, say).
-    let records: Vec<(&str, Vec<u8>)> = ["SKU-1", "SKU-2", "IGNORED-X", "SKU-3"]
+    let records: Vec<Sent> = ["SKU-1", "SKU-2", "IGNORED-X", "SKU-3"]
         .into_iter()
         .map(|sku| (sku, record(sku)))
         .collect();
@@ -589,43 +592,151 @@ async fn a_log_rebuilt_up_to_the_stored_offset_is_recognised_and_its_new_records
     let last: i64 = stored.try_get("", "last_record").expect("last record");
     assert_eq!(next, 4);
 
-    // The broker lost that log, and the outbox published the same records again, then a new
-    // one. (A topic of its own stands for the rebuilt log: deleting and creating a topic under
-    // live librdkafka clients crashes them against this broker.)
-    let rebuilt = format!("{}rebuilt", fixture.config.topic_prefix);
-    ensure_topics(&fixture.config, std::slice::from_ref(&rebuilt))
-        .await
-        .expect("topic");
-    for (sku, bytes) in records
-        .iter()
-        .filter(|(sku, _)| !sku.starts_with("IGNORED"))
-    {
-        send(&fixture.producer, &rebuilt, sku, bytes).await;
+    // The broker lost that log. Each layout of a new log stands on a topic of its own, with the
+    // stored position copied to it (deleting and creating a topic under live librdkafka clients
+    // crashes them against this broker).
+    let copies = |sku: &str| {
+        records
+            .iter()
+            .find(|(name, _)| *name == sku)
+            .map(|(_, bytes)| bytes.clone())
+            .expect("a record of the old log")
+    };
+    let fresh = record("SKU-5");
+    let layouts: [(&str, Vec<Sent>); 2] = [
+        // The same records again without the old log's extra one, then a new one: offset 3,
+        // where reading resumes, holds SKU-NEW, not SKU-3. Another log: read from its start.
+        (
+            "shifted",
+            vec![
+                ("SKU-1", copies("SKU-1")),
+                ("SKU-2", copies("SKU-2")),
+                ("SKU-3", copies("SKU-3")),
+                ("SKU-NEW", record("SKU-NEW")),
+            ],
+        ),
+        // As the outbox rebuilds a log: the send that revealed the loss (SKU-5) first, then the
+        // window again in order, SKU-5 included. Offset 3 holds SKU-3: the log reads on from
+        // offset 4 without starting over, and SKU-5 is read there.
+        (
+            "outbox",
+            vec![
+                ("SKU-5", fresh.clone()),
+                ("SKU-1", copies("SKU-1")),
+                ("SKU-2", copies("SKU-2")),
+                ("SKU-3", copies("SKU-3")),
+                ("SKU-5", fresh),
+            ],
+        ),
+    ];
+    let mut expected = 3;
+    for (label, layout) in layouts {
+        let rebuilt = format!("{}{label}", fixture.config.topic_prefix);
+        ensure_topics(&fixture.config, std::slice::from_ref(&rebuilt))
+            .await
+            .expect("topic");
+        for (sku, bytes) in &layout {
+            send(&fixture.producer, &rebuilt, sku, bytes).await;
+        }
+        fixture
+            .db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "INSERT INTO consumer_partitions (consumer_group, topic, partition, next_offset, last_record) \
+                 VALUES ($1, $2, 0, $3, $4)",
+                [group.clone().into(), rebuilt.clone().into(), next.into(), last.into()],
+            ))
+            .await
+            .expect("the stored position, in front of the new log");
+        // Restarted with its id, the member resumes at offset 4, which the new log reaches.
+        let running = fixture.start("m-1", quick(&rebuilt), &lag);
+        // Read from its start, the shifted log applies all four again (a service's inbox would
+        // recognise the three it had; this handler has none); the outbox's log applies SKU-5.
+        expected += if label == "shifted" { 4 } else { 1 };
+        let applied = fixture.wait_applied(expected).await;
+        running.stop().await;
+        delete_topics(&[rebuilt.clone(), format!("{rebuilt}.dlq")]).await;
+        let new = if label == "shifted" {
+            "SKU-NEW"
+        } else {
+            "SKU-5"
+        };
+        assert_eq!(
+            applied.iter().filter(|sku| *sku == new).count(),
+            1,
+            "{label}: the record the old log did not have is read once: {applied:?}"
+        );
+        assert_eq!(applied.len(), expected, "{label}: {applied:?}");
     }
-    publish(&fixture.producer, &rebuilt, "SKU-4").await;
-    fixture
-        .db
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "INSERT INTO consumer_partitions (consumer_group, topic, partition, next_offset, last_record) \
-             VALUES ($1, $2, 0, $3, $4)",
-            [group.into(), rebuilt.clone().into(), next.into(), last.into()],
-        ))
-        .await
-        .expect("the stored position, in front of the new log");
+    fixture.cleanup().await;
+}
 
-    // Restarted with its id, the member resumes at offset 4, which the new log reaches: only the
-    // record before it, SKU-4 and not SKU-3, tells that this is another log. The new log is
-    // read from its start (a service's inbox recognises what it applied before; this handler
-    // has none).
-    let running = fixture.start("m-1", quick(&rebuilt), &lag);
-    let applied = fixture.wait_applied(4).await;
-    assert!(
-        applied.contains(&"SKU-4".to_owned()),
-        "the record in front of the stored offset is read: {applied:?}"
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_that_finds_the_log_lost_publishes_its_window_again_after_the_record_that_showed_it()
+ {
+    use zentra_runtime::outbox::{self, AfterPublish, OutboxRelay};
+    let fixture = Fixture::new("republish", 1).await;
+    let relay = OutboxRelay::new(
+        fixture.db.clone(),
+        fixture.producer.clone(),
+        zentra_runtime::config::OutboxConfig::default(),
     );
-    running.stop().await;
-    delete_topics(&[rebuilt.clone(), format!("{rebuilt}.dlq")]).await;
+    let enqueue = |sku: &'static str| {
+        let db = fixture.db.clone();
+        let topic = fixture.topic.clone();
+        async move {
+            let envelope = zentra_proto::events::v1::EventEnvelope::decode(record(sku).as_slice())
+                .expect("an envelope");
+            outbox::enqueue(&db, &topic, &envelope)
+                .await
+                .expect("enqueued");
+            envelope.event_id
+        }
+    };
+    let publish_all = || async {
+        while relay.pending().await.expect("pending") > 0 {
+            relay
+                .publish_round(AfterPublish::MarkSent)
+                .await
+                .expect("a round");
+        }
+    };
+    let mut window = Vec::new();
+    for sku in ["SKU-A", "SKU-B", "SKU-C"] {
+        window.push(enqueue(sku).await);
+    }
+    publish_all().await;
+
+    // The broker loses the log; the next event's offset goes back, which shows the loss.
+    delete_topics(std::slice::from_ref(&fixture.topic)).await;
+    eventually(Duration::from_secs(10), || async {
+        ensure_topics(&fixture.config, std::slice::from_ref(&fixture.topic))
+            .await
+            .ok()
+    })
+    .await
+    .expect("the topic again");
+    let revealing = enqueue("SKU-E").await;
+    publish_all().await;
+
+    // In the new log the revealing record stands first; published again with the window, in
+    // order, it also follows every older record, where a consumer that had read up to them
+    // (at an offset the old log gave them) still finds it.
+    let collector = zentra_test_support::EventCollector::start(
+        &fixture.config,
+        std::slice::from_ref(&fixture.topic),
+    )
+    .await;
+    let log: Vec<String> = collector
+        .collect(5)
+        .await
+        .into_iter()
+        .map(|event| event.envelope.event_id)
+        .collect();
+    let mut expected = vec![revealing.clone()];
+    expected.extend(window);
+    expected.push(revealing);
+    assert_eq!(log, expected);
     fixture.cleanup().await;
 }
 

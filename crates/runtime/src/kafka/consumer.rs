@@ -461,14 +461,25 @@ impl EventConsumer {
                 }
                 continue;
             }
+            // A batch of nothing but the records each fetch starts with (see `partition_list`)
+            // brought nothing new: a periodic look that found only those still ends early.
+            let only_checks = batch.iter().all(|message| {
+                assigned
+                    .get(&(message.topic().to_owned(), message.partition()))
+                    .is_some_and(|slot| {
+                        slot.last.is_some() && slot.next == Some(message.offset() + 1)
+                    })
+            });
             if !self
                 .process_batch(batch, &mut assigned, &handler, &shutdown)
                 .await
             {
                 break;
             }
-            fetching.since = Instant::now();
-            fetching.looking = false;
+            if !only_checks {
+                fetching.since = Instant::now();
+                fetching.looking = false;
+            }
             if !assigned.values().any(|slot| slot.unstored) {
                 passed_since = None;
             } else if passed_since.is_none() {
