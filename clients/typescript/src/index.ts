@@ -59,22 +59,31 @@ export function connect(address: string, apiKey: string, options: ConnectOptions
     sagas,
     async *followOrder(orderId: string, timeoutMs = 120_000) {
       const deadline = Date.now() + timeoutMs;
+      let pauseMs = 200;
       for (;;) {
         const left = deadline - Date.now();
         if (left <= 0) throw new Error(`the saga of order ${orderId} did not end in ${timeoutMs} ms`);
+        let waitMs = pauseMs;
         try {
           for await (const update of sagas.watchSaga({ orderId }, { timeoutMs: left })) {
             if (!update.saga) continue;
+            pauseMs = 200;
             yield update.saga;
             if (ENDED.has(update.saga.state)) return;
           }
+          // The stream ended before the saga did (its server is stopping): watch again.
         } catch (error) {
+          if (error instanceof ZentraError && error.code === Code.DeadlineExceeded && Date.now() >= deadline) {
+            continue;
+          }
           // NOT_FOUND until the saga has started; UNAVAILABLE while a service restarts.
           if (!(error instanceof ZentraError) || ![Code.NotFound, Code.Unavailable].includes(error.code)) {
             throw error;
           }
-          await new Promise((resolve) => setTimeout(resolve, error.retryDelayMs ?? 200));
+          waitMs = error.retryDelayMs ?? pauseMs;
         }
+        await new Promise((resolve) => setTimeout(resolve, Math.min(waitMs, Math.max(deadline - Date.now(), 0))));
+        pauseMs = Math.min(pauseMs * 2, 2_000);
       }
     },
   };

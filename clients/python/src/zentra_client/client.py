@@ -53,6 +53,26 @@ class _Stream:
         return getattr(self._call, name)
 
 
+class _Future:
+    """A call made with `.future()`: its failure is raised (and returned) as `ZentraError`."""
+
+    def __init__(self, call) -> None:
+        self._call = call
+
+    def result(self, timeout=None):
+        try:
+            return self._call.result(timeout)
+        except grpc.RpcError as error:
+            raise ZentraError.from_rpc_error(error) from None
+
+    def exception(self, timeout=None):
+        error = self._call.exception(timeout)
+        return ZentraError.from_rpc_error(error) if error is not None else None
+
+    def __getattr__(self, name):
+        return getattr(self._call, name)
+
+
 class _Platform(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
     """Adds the API key to every call and turns failures into `ZentraError`."""
 
@@ -64,6 +84,9 @@ class _Platform(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercep
 
     def intercept_unary_unary(self, continuation, details, request):
         outcome = continuation(self._details(details), request)
+        if not outcome.done():
+            # `.future()`: still running; the error is converted when it is asked for.
+            return _Future(outcome)
         error = outcome.exception()
         if error is not None:
             raise ZentraError.from_rpc_error(error) from None
@@ -87,6 +110,7 @@ class Client:
         or COMPENSATION_FAILED). Waits for the saga to start, and watches again if the stream
         breaks; raises `TimeoutError` after `timeout` seconds."""
         deadline = time.monotonic() + timeout
+        pause = 0.2
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -94,14 +118,21 @@ class Client:
             try:
                 request = saga_pb2.WatchSagaRequest(order_id=order_id)
                 for update in self.sagas.WatchSaga(request, timeout=left):
+                    pause = 0.2
                     yield update.saga
                     if update.saga.state in ENDED:
                         return
+                # The stream ended before the saga did (its server is stopping): watch again.
+                wait = pause
             except ZentraError as error:
                 # NOT_FOUND until the saga has started; UNAVAILABLE while a service restarts.
-                if error.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+                if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() >= deadline:
+                    continue
+                if error.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
                     raise
-                time.sleep(error.retry_delay or 0.2)
+                wait = error.retry_delay or pause
+            time.sleep(min(wait, max(deadline - time.monotonic(), 0)))
+            pause = min(pause * 2, 2.0)
 
     def close(self) -> None:
         self.channel.close()
@@ -119,11 +150,14 @@ def connect(
     *,
     root_certificates: Optional[bytes] = None,
 ) -> Client:
-    """A client of the gateway at `address` ("127.0.0.1:8080"; an "http://" or "https://" prefix
-    is accepted), calling with `api_key`. TLS when the address says https or certificates are
+    """A client of the gateway at `address` ("127.0.0.1:8080", an "http://" or "https://" URL, or
+    any gRPC target such as "dns:///gateway:8080"), calling with `api_key`. TLS when the address says https or certificates are
     given."""
     secure = address.startswith("https://") or root_certificates is not None
-    target = address.split("://", 1)[-1].rstrip("/")
+    target = address
+    for scheme in ("http://", "https://"):
+        if target.startswith(scheme):
+            target = target[len(scheme) :].rstrip("/")
     if secure:
         channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates))
     else:

@@ -21,8 +21,10 @@ class FieldViolation:
 
 
 class ZentraError(grpc.RpcError):
-    """A call the platform refused or could not serve. Still a `grpc.RpcError`, so code that
-    catches those keeps working."""
+    """A call the platform refused or could not serve. Still a `grpc.RpcError` with `code()`,
+    `details()` and `trailing_metadata()`, so code that handles those keeps working; adds
+    `field_violations` (from `google.rpc.BadRequest`) and `retry_delay` (seconds, from
+    `google.rpc.RetryInfo`, or None)."""
 
     def __init__(
         self,
@@ -30,12 +32,32 @@ class ZentraError(grpc.RpcError):
         message: str,
         field_violations: Sequence[FieldViolation] = (),
         retry_delay: Optional[float] = None,
+        trailers: tuple = (),
     ) -> None:
         super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
+        self._code = code
+        self._message = message
+        self._trailers = tuple(trailers)
         self.field_violations = tuple(field_violations)
         self.retry_delay = retry_delay
+
+    def code(self) -> grpc.StatusCode:
+        """The gRPC status code."""
+        return self._code
+
+    def details(self) -> str:
+        """The status message."""
+        return self._message
+
+    def trailing_metadata(self) -> tuple:
+        """The call's trailers, as grpc gave them."""
+        return self._trailers
+
+    def __reduce__(self):
+        return (
+            type(self),
+            (self._code, self._message, self.field_violations, self.retry_delay, self._trailers),
+        )
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> "ZentraError":
@@ -60,10 +82,16 @@ class ZentraError(grpc.RpcError):
                     info = error_details_pb2.RetryInfo()
                     detail.Unpack(info)
                     retry_delay = info.retry_delay.ToTimedelta().total_seconds()
-        return cls(code or grpc.StatusCode.UNKNOWN, message or "", violations, retry_delay)
+        return cls(
+            code or grpc.StatusCode.UNKNOWN,
+            message or "",
+            violations,
+            retry_delay,
+            tuple(trailers or ()),
+        )
 
     def __str__(self) -> str:
-        text = f"{self.code.name}: {self.message}"
+        text = f"{self._code.name}: {self._message}"
         for violation in self.field_violations:
             text += f"\n  {violation.field}: {violation.description}"
         if self.retry_delay is not None:

@@ -6,6 +6,9 @@
 // It creates a product of its own (a SKU unique to the run), shows how a bad request is refused
 // (the field violations, typed), places an order paid with an approving token (or a declining one
 // with --decline), prints every state of its saga, and returns the order's final status.
+import { realpathSync } from "node:fs";
+import { pathToFileURL } from "node:url";
+
 import { Code } from "@connectrpc/connect";
 
 import { connect, type Protocol, ZentraError } from "../index.js";
@@ -98,6 +101,7 @@ async function main(args: string[]): Promise<number> {
   return status === (decline ? OrderStatus.REJECTED : OrderStatus.CONFIRMED) ? 0 : 1;
 }
 
-if (process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
+// Run as a program (not imported by the tests): the module is the file node was started with.
+if (process.argv[1] && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
   process.exitCode = await main(process.argv.slice(2));
 }

@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             print("a bad order was accepted", file=sys.stderr)
             return 1
         except ZentraError as error:
-            if error.code != grpc.StatusCode.INVALID_ARGUMENT or not error.field_violations:
+            if error.code() != grpc.StatusCode.INVALID_ARGUMENT or not error.field_violations:
                 raise
             fields = ", ".join(v.field for v in error.field_violations)
-            print(f"bad order refused: {error.code.name} ({fields})")
+            print(f"bad order refused: {error.code().name} ({fields})")
 
         order_id = zentra.orders.PlaceOrder(order).order.order_id
         print(f"order {order_id} placed")
