@@ -60,20 +60,23 @@ pub struct Front {
     gatekeeper: Arc<Gatekeeper>,
     /// The gateway's own routes: health, reflection, ops, `/metrics`.
     local: axum::Router,
-    /// The control center's files.
-    files: Option<ServeDir<ServeFile>>,
+    /// The control center's files, and the directory they are read from on every request (a
+    /// control center built after the gateway started is served at once).
+    files: Option<(Arc<std::path::Path>, ServeDir<ServeFile>)>,
 }
 
 impl Front {
-    /// A front over the gateway's own routes, serving files from `static_dir` if it exists.
+    /// A front over the gateway's own routes, serving the control center from `static_dir`
+    /// once it holds an `index.html` (it may be built after the gateway started).
     pub fn new(
         gatekeeper: Arc<Gatekeeper>,
         local: axum::Router,
         static_dir: Option<&std::path::Path>,
     ) -> Self {
-        let files = static_dir.filter(|dir| dir.is_dir()).map(|dir| {
+        let files = static_dir.map(|dir| {
             // Unknown paths get index.html: the app routes on the client.
-            ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")))
+            let served = ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")));
+            (Arc::from(dir), served)
         });
         Self {
             gatekeeper,
@@ -131,10 +134,16 @@ impl Service<Request<axum::body::Body>> for Front {
         }
         let files = self.files.clone();
         Box::pin(async move {
-            let Some(files) = files else {
+            let built = match &files {
+                Some((dir, _)) => tokio::fs::try_exists(dir.join("index.html"))
+                    .await
+                    .unwrap_or(false),
+                None => false,
+            };
+            let Some((_, files)) = files.filter(|_| built) else {
                 return Ok(plain(
                     http::StatusCode::NOT_FOUND,
-                    "the control center is not built: run `just control-center`",
+                    "the control center is not built: run `just control-center` (it is served as soon as it is built)",
                 ));
             };
             Ok(match files.oneshot(request).await {

@@ -104,20 +104,27 @@ async fn grpcurl_explores_every_public_service_through_the_gateways_reflection()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_control_centers_files_share_the_port_with_the_apis() {
+async fn the_control_centers_files_share_the_port_with_the_apis_as_soon_as_they_are_built() {
     let mut platform = Platform::start("gw-static").await;
     let dir = std::env::temp_dir().join(format!(
         "zentra-static-{}",
         zentra_test_support::unique_suffix()
     ));
-    std::fs::create_dir_all(dir.join("pkg")).expect("dir");
-    std::fs::write(dir.join("index.html"), "<html>control center</html>").expect("index");
-    std::fs::write(dir.join("pkg/app.js"), "export default 1;").expect("js");
+    std::fs::create_dir_all(&dir).expect("dir");
     let options = GatewayOptions {
         static_dir: Some(dir.clone()),
         ..GatewayOptions::default()
     };
     let (address, _) = platform.gateway(&options).await;
+    // Not built yet: the page says how to build it.
+    let (head, body) = http_get(address, "/").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert!(body.contains("just control-center"), "{body}");
+
+    // Built while the gateway runs: served at once, no restart.
+    std::fs::create_dir_all(dir.join("pkg")).expect("dir");
+    std::fs::write(dir.join("pkg/app.js"), "export default 1;").expect("js");
+    std::fs::write(dir.join("index.html"), "<html>control center</html>").expect("index");
 
     let (head, body) = http_get(address, "/").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
