@@ -265,11 +265,13 @@ pub fn SagaDetail(saga_id: String) -> impl IntoView {
             let _ = outcome.try_set(Some(result.map_err(|status| describe(&status))));
         });
     };
-    // An ended saga has nothing left to retry, cancel or resume.
-    let ended = move || saga.with(|saga| matches!(saga, Some(Ok(saga)) if is_terminal(saga.state)));
-    let act_retry = act.clone();
-    let act_cancel = act.clone();
-    let act_resume = act;
+    // Only what the saga service would accept in the saga's state is offered.
+    let allowed = move || {
+        saga.with(|saga| match saga {
+            Some(Ok(saga)) => Allowed::of(saga),
+            _ => Allowed::default(),
+        })
+    };
 
     view! {
         <section class="saga">
@@ -298,13 +300,69 @@ pub fn SagaDetail(saga_id: String) -> impl IntoView {
             }}
             <div class="actions">
                 <input name="reason" prop:value=move || reason.get() on:input=move |event| reason.set(event_target_value(&event)) disabled=!operator />
-                <button name="retry" disabled=move || !operator || ended() on:click=move |_| act_retry("retry")>"Retry now"</button>
-                <button name="cancel" disabled=move || !operator || ended() on:click=move |_| act_cancel("cancel")>"Cancel"</button>
-                <button name="resume" disabled=move || !operator || ended() on:click=move |_| act_resume("resume")>"Resume"</button>
+                {move || {
+                    let allowed = allowed();
+                    let button = |action: &'static str, label: &'static str| {
+                        let act = act.clone();
+                        view! { <button name=action disabled=!operator on:click=move |_| act(action)>{label}</button> }
+                    };
+                    view! {
+                        {allowed.retry.then(|| button("retry", "Retry now"))}
+                        {allowed.cancel.then(|| button("cancel", "Cancel"))}
+                        {allowed.resume.then(|| button("resume", "Resume"))}
+                        {(allowed == Allowed::default()).then(|| view! {
+                            <span class="hint" id="no-actions">"Nothing to do in this state."</span>
+                        })}
+                    }
+                }}
                 {(!operator).then(|| view! { <span class="hint">"Actions need the operator role."</span> })}
             </div>
             {outcome_view(outcome)}
         </section>
+    }
+}
+
+/// What an operator may do with a saga in its state, as the saga service decides it: retry a
+/// step whose retry is scheduled, cancel until the goods are dispatched, resume a parked saga.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Allowed {
+    retry: bool,
+    cancel: bool,
+    resume: bool,
+}
+
+impl Allowed {
+    fn of(saga: &pb::Saga) -> Self {
+        let state = pb::SagaState::try_from(saga.state).ok();
+        let active = matches!(
+            state,
+            Some(
+                pb::SagaState::Running
+                    | pb::SagaState::AwaitingShipment
+                    | pb::SagaState::Compensating
+            )
+        );
+        let scheduled = saga
+            .steps
+            .last()
+            .is_some_and(|step| step.status == pb::SagaStepStatus::RetryScheduled as i32);
+        // Capturing follows the dispatch: from then on the saga is past its point of no return.
+        let dispatched = saga.steps.iter().any(|step| {
+            matches!(
+                pb::SagaStepType::try_from(step.step),
+                Ok(pb::SagaStepType::CapturePayment
+                    | pb::SagaStepType::ConfirmReservation
+                    | pb::SagaStepType::ConfirmOrder)
+            )
+        });
+        Self {
+            retry: active && scheduled,
+            cancel: matches!(
+                state,
+                Some(pb::SagaState::Running | pb::SagaState::AwaitingShipment)
+            ) && !dispatched,
+            resume: state == Some(pb::SagaState::CompensationFailed),
+        }
     }
 }
 
