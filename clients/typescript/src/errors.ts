@@ -51,27 +51,31 @@ export class ZentraError extends Error {
   }
 }
 
+/** Calls `read` for each field of an encoded message; a field it does not take is skipped. */
+function readFields(bytes: Uint8Array, read: (field: number, reader: BinaryReader) => boolean): void {
+  const reader = new BinaryReader(bytes);
+  while (reader.pos < reader.len) {
+    const [field, wireType] = reader.tag();
+    if (!read(field, reader)) reader.skip(wireType);
+  }
+}
+
 // google.rpc.BadRequest { repeated FieldViolation field_violations = 1; }
 // FieldViolation { string field = 1; string description = 2; }
 function badRequest(bytes: Uint8Array): FieldViolation[] {
   const violations: FieldViolation[] = [];
-  const reader = new BinaryReader(bytes);
-  while (reader.pos < reader.len) {
-    const [field, wireType] = reader.tag();
-    if (field !== 1) {
-      reader.skip(wireType);
-      continue;
-    }
-    const violation = new BinaryReader(reader.bytes());
-    const parsed: FieldViolation = { field: "", description: "" };
-    while (violation.pos < violation.len) {
-      const [inner, innerType] = violation.tag();
-      if (inner === 1) parsed.field = violation.string();
-      else if (inner === 2) parsed.description = violation.string();
-      else violation.skip(innerType);
-    }
-    violations.push(parsed);
-  }
+  readFields(bytes, (field, reader) => {
+    if (field !== 1) return false;
+    const violation: FieldViolation = { field: "", description: "" };
+    readFields(reader.bytes(), (inner, fields) => {
+      if (inner === 1) violation.field = fields.string();
+      else if (inner === 2) violation.description = fields.string();
+      else return false;
+      return true;
+    });
+    violations.push(violation);
+    return true;
+  });
   return violations;
 }
 
@@ -79,20 +83,15 @@ function badRequest(bytes: Uint8Array): FieldViolation[] {
 // Duration { int64 seconds = 1; int32 nanos = 2; }
 function retryInfo(bytes: Uint8Array): number {
   let millis = 0;
-  const reader = new BinaryReader(bytes);
-  while (reader.pos < reader.len) {
-    const [field, wireType] = reader.tag();
-    if (field !== 1) {
-      reader.skip(wireType);
-      continue;
-    }
-    const duration = new BinaryReader(reader.bytes());
-    while (duration.pos < duration.len) {
-      const [inner, innerType] = duration.tag();
+  readFields(bytes, (field, reader) => {
+    if (field !== 1) return false;
+    readFields(reader.bytes(), (inner, duration) => {
       if (inner === 1) millis += Number(duration.int64()) * 1000;
       else if (inner === 2) millis += duration.int32() / 1e6;
-      else duration.skip(innerType);
-    }
-  }
+      else return false;
+      return true;
+    });
+    return true;
+  });
   return millis;
 }
