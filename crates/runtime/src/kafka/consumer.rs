@@ -392,11 +392,19 @@ impl EventConsumer {
         // Since when offsets moved only by ignored messages wait to be stored.
         let mut passed_since: Option<Instant> = None;
         let mut broker_failures = self.consumer.context().broker_failures();
+        // A broker connection failed since the positions were last checked against the logs'
+        // ends: nothing is processed until they are (see `check_positions`).
+        let mut suspect = false;
         loop {
             if self.shared.changed.swap(false, Ordering::SeqCst) {
                 self.reassign(&mut assigned).await;
                 fetching = Fetching::new(Instant::now());
                 self.lag.set_idle(self.leases.group(), false);
+            }
+            let failures = self.consumer.context().broker_failures();
+            if failures != broker_failures {
+                broker_failures = failures;
+                suspect = true;
             }
             let deadline = fetching.deadline(&self.kafka);
             let first = tokio::select! {
@@ -404,6 +412,9 @@ impl EventConsumer {
                 () = self.shared.wake.notified() => continue,
                 () = wait_for_hint(hints.as_deref()) => {
                     if fetching.paused {
+                        if suspect {
+                            suspect = !self.check_positions(&mut assigned).await;
+                        }
                         self.resume(&assigned);
                     }
                     fetching = Fetching::new(Instant::now());
@@ -418,6 +429,9 @@ impl EventConsumer {
                 }
                 () = tokio::time::sleep_until(deadline.into()), if hints.is_some() => {
                     if fetching.paused {
+                        if suspect {
+                            suspect = !self.check_positions(&mut assigned).await;
+                        }
                         self.resume(&assigned);
                         fetching = Fetching::look(Instant::now());
                     } else {
@@ -436,7 +450,9 @@ impl EventConsumer {
                 Err(error) => {
                     tracing::warn!(%error, group = self.leases.group(), "kafka receive failed");
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                    suspect = true;
                     if !fetching.paused {
+                        suspect = !self.check_positions(&mut assigned).await;
                         self.resume(&assigned);
                     }
                     continue;
@@ -451,12 +467,17 @@ impl EventConsumer {
             }
             let failures = self.consumer.context().broker_failures();
             if failures != broker_failures {
+                broker_failures = failures;
+                suspect = true;
+            }
+            if suspect {
                 // A broker connection failed before these messages were handed out: they may
                 // come from a broker that restarted with another log, read from offsets that
-                // mean something else in it. Fetch again from where processing stands, which
-                // checks the record processed last first (see `partition_list`).
-                broker_failures = failures;
+                // mean something else in it. Check the positions against the logs' ends, then
+                // fetch again from where processing stands, which checks the record processed
+                // last first (see `partition_list`).
                 if !fetching.paused {
+                    suspect = !self.check_positions(&mut assigned).await;
                     self.resume(&assigned);
                 }
                 continue;
@@ -574,6 +595,33 @@ impl EventConsumer {
             "partitions assigned"
         );
         *assigned = next;
+    }
+
+    /// Resets every position past its log's end (a broker that came back with a shorter log):
+    /// fetching there would wait for records the new log reaches only later, if ever. True when
+    /// every position could be checked; the first that cannot be (the broker still away) stops
+    /// the round, to be tried again.
+    async fn check_positions(&self, assigned: &mut Assignment) -> bool {
+        let positions: Vec<(String, i32, i64)> = assigned
+            .iter()
+            .filter_map(|((topic, partition), slot)| {
+                slot.next.map(|next| (topic.clone(), *partition, next))
+            })
+            .collect();
+        for (topic, partition, next) in positions {
+            let Some(high) = self.high_watermark(&topic, partition).await else {
+                return false;
+            };
+            if next > high {
+                self.log_reset(&topic, partition, next, &format!("the log ends at {high}"));
+                if let Some(slot) = assigned.get_mut(&(topic, partition)) {
+                    slot.next = None;
+                    slot.last = None;
+                    slot.unstored = false;
+                }
+            }
+        }
+        true
     }
 
     /// Notes that the broker's log is not the one read before (it lost its log and rebuilt it):
