@@ -14,6 +14,15 @@ test('a viewer sees every page with live data and no enabled actions', async () 
   await visit(page, 'sagas', '.sagas');
   // The smoke test's order: its saga is listed.
   await page.waitForSelector('.saga-row', { timeout: 30_000 });
+  // Ids by the end that tells them apart (the whole id in the title), times with their date.
+  const row = page.locator('.saga-row').first();
+  const cells = row.locator('td');
+  assert.match(await cells.nth(0).innerText(), /^…[0-9a-f]{8}$/);
+  assert.match(await cells.nth(0).getAttribute('title'), /^[0-9a-f]{8}-[0-9a-f-]{27}$/);
+  assert.match(await cells.nth(4).innerText(), /^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$/);
+  // Every step a saga can fail at, compensations included, is a filter.
+  const steps = await page.locator('select[name="failing-step"] option').allInnerTexts();
+  assert.ok(steps.includes('RELEASE_STOCK') && steps.includes('VOID_PAYMENT'), steps.join());
   await shoot(page, 'sagas');
 
   await visit(page, 'simulator', '.simulator');

@@ -106,7 +106,14 @@ pub fn between(
     }
 }
 
-/// The first 8 characters of an id (the rest in the title).
+/// The part of an id that tells it apart: its last 8 characters after "…" (the whole id goes in
+/// the title). A UUIDv7 begins with its creation time, so ids made in the same second share their
+/// first characters and differ at the end.
 pub fn short_id(id: &str) -> String {
-    id.chars().take(8).collect()
+    let count = id.chars().count();
+    if count <= 9 {
+        return id.to_owned();
+    }
+    let tail: String = id.chars().skip(count - 8).collect();
+    format!("…{tail}")
 }

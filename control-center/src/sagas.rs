@@ -63,7 +63,8 @@ const STATES: [pb::SagaState; 6] = [
     pb::SagaState::CompensationFailed,
 ];
 
-const FAILING_STEPS: [pb::SagaStepType; 7] = [
+/// Every step a saga can fail at, forward steps then compensations.
+const FAILING_STEPS: [pb::SagaStepType; 13] = [
     pb::SagaStepType::ReserveStock,
     pb::SagaStepType::AuthorizePayment,
     pb::SagaStepType::PinReservation,
@@ -71,6 +72,12 @@ const FAILING_STEPS: [pb::SagaStepType; 7] = [
     pb::SagaStepType::CapturePayment,
     pb::SagaStepType::ConfirmReservation,
     pb::SagaStepType::ConfirmOrder,
+    pb::SagaStepType::CancelShipment,
+    pb::SagaStepType::RefundPayment,
+    pb::SagaStepType::VoidPayment,
+    pb::SagaStepType::ReleaseStock,
+    pb::SagaStepType::RejectOrder,
+    pb::SagaStepType::CompleteCancellation,
 ];
 
 /// The saga search page.
@@ -151,11 +158,11 @@ pub fn Sagas() -> impl IntoView {
                                 let step = if saga.failing_step != 0 { saga.failing_step } else { saga.current_step };
                                 view! {
                                     <tr class="saga-row" data-order=saga.order_id.clone()>
-                                        <td><a href=format!("#/sagas/{id}")>{format::short_id(&id)}</a></td>
-                                        <td class="mono">{format::short_id(&saga.order_id)}</td>
+                                        <td class="mono" title=id.clone()><a href=format!("#/sagas/{id}")>{format::short_id(&id)}</a></td>
+                                        <td class="mono" title=saga.order_id.clone()>{format::short_id(&saga.order_id)}</td>
                                         <td><span class=state_class(saga.state)>{state_name(saga.state)}</span></td>
                                         <td>{step_name(step)}</td>
-                                        <td>{format::time(saga.create_time.as_ref())}</td>
+                                        <td>{format::date_time(saga.create_time.as_ref())}</td>
                                         <td class="reason">{saga.failure_reason.clone()}</td>
                                     </tr>
                                 }

@@ -261,7 +261,7 @@ pub fn Simulator() -> impl IntoView {
                         <tr class="run" data-scenario=run.scenario.id()>
                             <td>{run.scenario.label()}</td>
                             <td class="mono">{run.order_id.clone().unwrap_or_default()}</td>
-                            <td>{run.saga_id.clone().map(|id| view! { <a href=format!("#/sagas/{id}")>{crate::format::short_id(&id)}</a> })}</td>
+                            <td>{run.saga_id.clone().map(|id| view! { <a href=format!("#/sagas/{id}") title=id.clone()>{crate::format::short_id(&id)}</a> })}</td>
                             <td class="state">{match (&run.error, run.state) {
                                 (Some(error), _) => error.clone(),
                                 (None, Some(state)) => state_name(state).to_owned(),
