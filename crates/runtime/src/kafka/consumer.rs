@@ -413,7 +413,7 @@ impl EventConsumer {
                 () = wait_for_hint(hints.as_deref()) => {
                     if fetching.paused {
                         if suspect {
-                            suspect = !self.check_positions(&mut assigned).await;
+                            suspect = !self.check_positions(&mut assigned, |_, _| true).await;
                         }
                         self.resume(&assigned);
                     }
@@ -430,7 +430,7 @@ impl EventConsumer {
                 () = tokio::time::sleep_until(deadline.into()), if hints.is_some() => {
                     if fetching.paused {
                         if suspect {
-                            suspect = !self.check_positions(&mut assigned).await;
+                            suspect = !self.check_positions(&mut assigned, |_, _| true).await;
                         }
                         self.resume(&assigned);
                         fetching = Fetching::look(Instant::now());
@@ -452,7 +452,7 @@ impl EventConsumer {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     suspect = true;
                     if !fetching.paused {
-                        suspect = !self.check_positions(&mut assigned).await;
+                        suspect = !self.check_positions(&mut assigned, |_, _| true).await;
                         self.resume(&assigned);
                     }
                     continue;
@@ -477,7 +477,7 @@ impl EventConsumer {
                 // fetch again from where processing stands, which checks the record processed
                 // last first (see `partition_list`).
                 if !fetching.paused {
-                    suspect = !self.check_positions(&mut assigned).await;
+                    suspect = !self.check_positions(&mut assigned, |_, _| true).await;
                     self.resume(&assigned);
                 }
                 continue;
@@ -559,29 +559,8 @@ impl EventConsumer {
             next.insert(key, slot);
         }
         // A stored offset past the log's end means the broker lost its log: start over.
-        let taken: Vec<(String, i32, i64)> = next
-            .iter()
-            .filter(|(key, slot)| assigned.get(*key) != Some(*slot))
-            .filter_map(|((topic, partition), slot)| {
-                slot.next.map(|offset| (topic.clone(), *partition, offset))
-            })
-            .collect();
-        for (topic, partition, offset) in taken {
-            if let Some(high) = self.high_watermark(&topic, partition).await
-                && offset > high
-            {
-                self.log_reset(
-                    &topic,
-                    partition,
-                    offset,
-                    &format!("the log ends at {high}"),
-                );
-                if let Some(slot) = next.get_mut(&(topic, partition)) {
-                    slot.next = None;
-                    slot.last = None;
-                }
-            }
-        }
+        self.check_positions(&mut next, |key, slot| assigned.get(key) != Some(slot))
+            .await;
         if let Err(error) = self.consumer.assign(&partition_list(&next)) {
             tracing::warn!(%error, group = self.leases.group(), "assigning partitions failed");
             // Try again on the next wake-up.
@@ -601,9 +580,15 @@ impl EventConsumer {
     /// fetching there would wait for records the new log reaches only later, if ever. True when
     /// every position could be checked; the first that cannot be (the broker still away) stops
     /// the round, to be tried again.
-    async fn check_positions(&self, assigned: &mut Assignment) -> bool {
+    /// Only the partitions `which` picks are checked.
+    async fn check_positions(
+        &self,
+        assigned: &mut Assignment,
+        which: impl Fn(&(String, i32), &Slot) -> bool,
+    ) -> bool {
         let positions: Vec<(String, i32, i64)> = assigned
             .iter()
+            .filter(|(key, slot)| which(key, slot))
             .filter_map(|((topic, partition), slot)| {
                 slot.next.map(|next| (topic.clone(), *partition, next))
             })
