@@ -25,6 +25,44 @@ pub struct Counters {
     pub produced_by_topic: BTreeMap<String, f64>,
     /// gRPC calls answered.
     pub grpc_calls: f64,
+    /// Statements per database, when `pg_stat_statements` is loaded (empty otherwise).
+    pub statements: BTreeMap<String, Statements>,
+}
+
+/// What `pg_stat_statements` counted in one database: every statement the server ran,
+/// `BEGIN` and `COMMIT` included, so each is one round trip.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Statements {
+    /// Statements run.
+    pub calls: f64,
+    /// Milliseconds spent executing them.
+    pub execution_ms: f64,
+    /// Milliseconds spent planning them.
+    pub planning_ms: f64,
+}
+
+impl std::ops::Sub for Statements {
+    type Output = Statements;
+
+    fn sub(self, earlier: Statements) -> Statements {
+        Statements {
+            calls: self.calls - earlier.calls,
+            execution_ms: self.execution_ms - earlier.execution_ms,
+            planning_ms: self.planning_ms - earlier.planning_ms,
+        }
+    }
+}
+
+impl std::ops::Div<f64> for Statements {
+    type Output = Statements;
+
+    fn div(self, by: f64) -> Statements {
+        Statements {
+            calls: self.calls / by,
+            execution_ms: self.execution_ms / by,
+            planning_ms: self.planning_ms / by,
+        }
+    }
 }
 
 impl Counters {
@@ -36,6 +74,7 @@ impl Counters {
             produced: self.produced - earlier.produced,
             produced_by_topic: difference(self.produced_by_topic, &earlier.produced_by_topic),
             grpc_calls: self.grpc_calls - earlier.grpc_calls,
+            statements: difference(self.statements, &earlier.statements),
         }
     }
 }
@@ -96,7 +135,7 @@ impl CostProbe {
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT datname::text, xact_commit FROM pg_stat_database WHERE datname LIKE $1",
-                [pattern.into()],
+                [pattern.clone().into()],
             ))
             .await?;
         let mut counters = Counters::default();
@@ -113,6 +152,7 @@ impl CostProbe {
                 .commits_by_database
                 .insert(service.to_owned(), commits);
         }
+        counters.statements = self.statements(&pattern).await;
         for channel in &self.channels {
             let page = metrics_page(channel.clone()).await?;
             counters.produced += sum(&page, "zentra_kafka_produced_total");
@@ -122,6 +162,58 @@ impl CostProbe {
             counters.grpc_calls += sum(&page, "zentra_grpc_server_requests_total");
         }
         Ok(counters)
+    }
+}
+
+impl CostProbe {
+    /// Statements per database of the stack from `pg_stat_statements`; empty when the server
+    /// does not load it (`shared_preload_libraries`), so a run without it still works.
+    async fn statements(&self, pattern: &str) -> BTreeMap<String, Statements> {
+        let query = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT d.datname::text, sum(s.calls)::float8, sum(s.total_exec_time)::float8, \
+               sum(s.total_plan_time)::float8 \
+             FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+             WHERE d.datname LIKE $1 GROUP BY d.datname",
+            [pattern.into()],
+        );
+        let rows = match self.pg.query_all_raw(query.clone()).await {
+            Ok(rows) => rows,
+            // The view exists only where the extension was created; creating it is harmless
+            // and fails only where the library is not loaded.
+            Err(_) => match self
+                .pg
+                .execute_unprepared("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                .await
+            {
+                Ok(_) => self.pg.query_all_raw(query).await.unwrap_or_default(),
+                Err(_) => Vec::new(),
+            },
+        };
+        let mut statements = BTreeMap::new();
+        for row in rows {
+            let (Ok(name), Ok(calls), Ok(execution_ms), Ok(planning_ms)) = (
+                row.try_get_by_index::<String>(0),
+                row.try_get_by_index::<f64>(1),
+                row.try_get_by_index::<f64>(2),
+                row.try_get_by_index::<f64>(3),
+            ) else {
+                continue;
+            };
+            if name == crate::pgbench::DATABASE {
+                continue;
+            }
+            let service = name.strip_prefix(&self.db_prefix).unwrap_or(&name);
+            statements.insert(
+                service.to_owned(),
+                Statements {
+                    calls,
+                    execution_ms,
+                    planning_ms,
+                },
+            );
+        }
+        statements
     }
 }
 

@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::{cost::Counters, load::RunResult, settings::Mode};
+use crate::{
+    cost::{Counters, Statements},
+    load::RunResult,
+    settings::Mode,
+};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +53,9 @@ pub struct CostPerSaga {
     pub grpc_calls: f64,
     /// PostgreSQL commits by database (named by service).
     pub commits_by_database: BTreeMap<String, f64>,
+    /// Statements by database (named by service), with their execution and planning time,
+    /// when the server loads `pg_stat_statements`.
+    pub statements_by_database: BTreeMap<String, Statements>,
     /// CPU milliseconds by process: each service, all of PostgreSQL, the broker; measured over
     /// the load alone.
     pub cpu_ms: BTreeMap<String, f64>,
@@ -77,6 +84,11 @@ impl CostPerSaga {
             kafka_records_by_topic: per_saga(spent.produced_by_topic),
             grpc_calls: spent.grpc_calls / sagas,
             commits_by_database: per_saga(spent.commits_by_database),
+            statements_by_database: spent
+                .statements
+                .into_iter()
+                .map(|(database, statements)| (database, statements / sagas))
+                .collect(),
             cpu_ms: per_saga(cpu_ms),
             harness_cpu_ms: per_saga(harness_cpu_ms),
         }
@@ -216,6 +228,28 @@ impl RunReport {
             );
             println!("  commits      {}", breakdown(&cost.commits_by_database));
             println!("  records      {}", breakdown(&cost.kafka_records_by_topic));
+            if !cost.statements_by_database.is_empty() {
+                let all = cost
+                    .statements_by_database
+                    .values()
+                    .fold(Statements::default(), |sum, one| Statements {
+                        calls: sum.calls + one.calls,
+                        execution_ms: sum.execution_ms + one.execution_ms,
+                        planning_ms: sum.planning_ms + one.planning_ms,
+                    });
+                let calls = cost
+                    .statements_by_database
+                    .iter()
+                    .map(|(database, statements)| (database.clone(), statements.calls))
+                    .collect();
+                println!(
+                    "  statements   {:.1} ({:.2} ms executing, {:.2} ms planning): {}",
+                    all.calls,
+                    all.execution_ms,
+                    all.planning_ms,
+                    breakdown(&calls)
+                );
+            }
             println!(
                 "  CPU ms       {:.1} in all: {}",
                 cost.cpu_ms_total(),
