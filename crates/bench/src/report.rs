@@ -229,14 +229,14 @@ impl RunReport {
             println!("  commits      {}", breakdown(&cost.commits_by_database));
             println!("  records      {}", breakdown(&cost.kafka_records_by_topic));
             if !cost.statements_by_database.is_empty() {
-                let all = cost
-                    .statements_by_database
-                    .values()
-                    .fold(Statements::default(), |sum, one| Statements {
-                        calls: sum.calls + one.calls,
-                        execution_ms: sum.execution_ms + one.execution_ms,
-                        planning_ms: sum.planning_ms + one.planning_ms,
-                    });
+                let all =
+                    cost.statements_by_database
+                        .values()
+                        .fold(Statements::default(), |sum, one| Statements {
+                            calls: sum.calls + one.calls,
+                            execution_ms: sum.execution_ms + one.execution_ms,
+                            planning_ms: sum.planning_ms + one.planning_ms,
+                        });
                 let calls = cost
                     .statements_by_database
                     .iter()

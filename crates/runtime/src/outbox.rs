@@ -187,24 +187,17 @@ impl OutboxRelay {
     pub async fn publish_round(&self, after: AfterPublish) -> Result<usize, OutboxError> {
         let transaction = self.db.begin().await?;
         // One relay at a time per database: two replicas publishing interleaved batches could
-        // put a later event of an aggregate on Kafka before an earlier one.
-        let locked = transaction
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                "SELECT pg_try_advisory_xact_lock(hashtext('zentra.outbox.relay')) AS locked",
-            ))
-            .await?
-            .map(|row| row.try_get::<bool>("", "locked"))
-            .transpose()?
-            .unwrap_or(false);
-        if !locked {
-            return Ok(0);
-        }
+        // put a later event of an aggregate on Kafka before an earlier one. The relay lock and
+        // the rows come in one statement: the rows are read only when the lock was taken.
         let rows = transaction
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT seq, event_id, topic, record_key, event_type, envelope, traceparent, tracestate \
-                 FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                "WITH relay AS MATERIALIZED \
+                   (SELECT pg_try_advisory_xact_lock(hashtext('zentra.outbox.relay')) AS locked) \
+                 SELECT o.* FROM relay, LATERAL \
+                   (SELECT seq, event_id, topic, record_key, event_type, envelope, traceparent, tracestate \
+                    FROM outbox WHERE relay.locked AND published_at IS NULL \
+                    ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) o",
                 [i64::from(self.config.batch_size).into()],
             ))
             .await?;

@@ -78,6 +78,10 @@ pub struct Engine {
     queue: std::sync::Mutex<Vec<Transition>>,
     /// The turn to write the queue.
     writer: tokio::sync::Mutex<()>,
+    /// Sagas this instance started, under its lease: the loop drives them without a claim.
+    handed: tokio::sync::mpsc::UnboundedSender<Saga>,
+    /// Their receiving end, taken by [`Engine::run`].
+    handed_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Saga>>>,
 }
 
 /// A transition waiting for its commit.
@@ -99,6 +103,7 @@ impl Engine {
         outbox: OutboxWaker,
     ) -> Arc<Self> {
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let (handed, handed_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
             db,
             downstreams,
@@ -112,6 +117,8 @@ impl Engine {
             changes,
             queue: std::sync::Mutex::new(Vec::new()),
             writer: tokio::sync::Mutex::new(()),
+            handed,
+            handed_rx: std::sync::Mutex::new(Some(handed_rx)),
         })
     }
 
@@ -184,19 +191,26 @@ impl Engine {
         // The order's trace: the span handling OrderPlaced (or the StartSaga call), which
         // every later step continues, on whichever instance drives it.
         saga.traceparent = events::current_trace_context().traceparent;
-        if !store::insert(tx, &saga, self.owner()).await? {
+        // Born under this instance's lease: once committed, the loop drives it at once, without
+        // a claim. Should this instance die first, the lease expires (or its restart gives it
+        // back) and any instance claims the saga.
+        saga.lease = Some(store::lease_token(self.owner()));
+        if !store::insert(tx, &saga, self.owner(), self.settings.lease).await? {
             return Ok(None);
         }
         Ok(Some(saga))
     }
 
     /// What follows the commit of a saga started by [`Engine::start_saga_in`]: counted,
-    /// announced to watchers and the loop woken to run it.
+    /// announced to watchers and handed to the loop, which drives it under the lease it was
+    /// born with.
     pub fn started(&self, saga: &Saga) {
         metrics::counter!(metric_names::SAGAS_STARTED).increment(1);
         tracing::info!(saga_id = %saga.id, order_id = %saga.order_id, "saga started");
         self.announce(saga);
-        self.wake();
+        // Without a running loop (it stopped, or never ran) the saga keeps its lease until it
+        // expires, and is claimed then.
+        let _ = self.handed.send(saga.clone());
     }
 
     /// Adds a signal for a saga and wakes the loop.
@@ -230,10 +244,23 @@ impl Engine {
         }
         let tasks = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        let mut handed = self.handed_rx.lock().ok().and_then(|mut rx| rx.take());
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                Some(saga) = async {
+                    match handed.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // A slot for it, as for a claimed saga: under load this waits, and the
+                    // started sagas queue here rather than in the table.
+                    let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                    self.spawn_drive(&tasks, permit, saga, false, &shutdown);
+                    continue;
+                }
                 () = self.wake.notified() => {}
                 () = self.timer_set.notified() => continue,
                 () = tokio::time::sleep(self.sleep_for()) => {}
@@ -302,23 +329,35 @@ impl Engine {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
-                let engine = Arc::clone(self);
-                let shutdown = shutdown.clone();
-                tasks.spawn(async move {
-                    engine.drive(saga, has_signals, &shutdown).await;
-                    drop(permit);
-                    // A slot is free: claim again if the last round left due sagas behind.
-                    // Otherwise new work brings its own wake (a start or a signal) or the poll
-                    // finds it, and an empty claim costs the database a transaction.
-                    if engine.saturated.load(Ordering::Relaxed) {
-                        engine.wake();
-                    }
-                });
+                self.spawn_drive(tasks, permit, saga, has_signals, shutdown);
             }
             if count < free {
                 return;
             }
         }
+    }
+
+    /// Drives `saga`, held under this instance's lease, in a task of its own holding `permit`.
+    fn spawn_drive(
+        self: &Arc<Self>,
+        tasks: &TaskTracker,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        saga: Saga,
+        has_signals: bool,
+        shutdown: &CancellationToken,
+    ) {
+        let engine = Arc::clone(self);
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            engine.drive(saga, has_signals, &shutdown).await;
+            drop(permit);
+            // A slot is free: claim again if the last round left due sagas behind.
+            // Otherwise new work brings its own wake (a signal) or the poll finds it, and an
+            // empty claim costs the database a transaction.
+            if engine.saturated.load(Ordering::Relaxed) {
+                engine.wake();
+            }
+        });
     }
 
     /// Walks one claimed saga until it waits, ends or the lease is lost, in a span of the

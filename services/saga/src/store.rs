@@ -153,11 +153,20 @@ fn rows(rows: Vec<SagaRow>) -> Result<Vec<Saga>, DbErr> {
 
 /// Inserts a new saga, due at once, written by the instance `writer`; `false` when the order
 /// already has one.
-pub async fn insert<C: ConnectionTrait>(db: &C, saga: &Saga, writer: &str) -> Result<bool, DbErr> {
+pub async fn insert<C: ConnectionTrait>(
+    db: &C,
+    saga: &Saga,
+    writer: &str,
+    lease: std::time::Duration,
+) -> Result<bool, DbErr> {
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let result = db
         .execute_raw(statement(
-            "INSERT INTO sagas (id, order_id, state, order_data, data, next_run_at, created_at, updated_at, written_by) \
-             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $6, $6, $7) ON CONFLICT (order_id) DO NOTHING",
+            "INSERT INTO sagas (id, order_id, state, order_data, data, next_run_at, created_at, updated_at, written_by, \
+               lease_owner, lease_until) \
+             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $6, $6, $7, $8, \
+               CASE WHEN $8 IS NULL THEN NULL ELSE now() + $9 * interval '1 millisecond' END) \
+             ON CONFLICT (order_id) DO NOTHING",
             [
                 saga.id.into(),
                 saga.order_id.into(),
@@ -166,10 +175,18 @@ pub async fn insert<C: ConnectionTrait>(db: &C, saga: &Saga, writer: &str) -> Re
                 data_json(saga)?.into(),
                 saga.created_at.into(),
                 writer.into(),
+                saga.lease.clone().into(),
+                lease_ms.into(),
             ],
         ))
         .await?;
     Ok(result.rows_affected() == 1)
+}
+
+/// A lease token of `owner`: the owner's name and a token of this claim, so that a lease taken
+/// again (after it expired) is told apart from the one before.
+pub fn lease_token(owner: &str) -> String {
+    format!("{owner}:{}", Uuid::new_v4())
 }
 
 /// One saga by id.

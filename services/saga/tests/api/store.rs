@@ -60,7 +60,11 @@ async fn a_transition_whose_lease_is_lost_writes_nothing_and_leaves_the_rest_of_
         .expect("migrate");
     let (kept, lost) = (new_saga(), new_saga());
     for saga in [&kept, &lost] {
-        assert!(store::insert(&db, saga, "test").await.expect("insert"));
+        assert!(
+            store::insert(&db, saga, "test", std::time::Duration::from_secs(30))
+                .await
+                .expect("insert")
+        );
         store::add_signal(&db, saga.id, &Signal::RetryNow)
             .await
             .expect("signal");
@@ -166,7 +170,11 @@ async fn a_transition_alone_is_written_without_a_transaction_and_only_under_its_
         .await
         .expect("migrate");
     let saga = new_saga();
-    assert!(store::insert(&db, &saga, "test").await.expect("insert"));
+    assert!(
+        store::insert(&db, &saga, "test", std::time::Duration::from_secs(30))
+            .await
+            .expect("insert")
+    );
     let (mut claimed, _) = store::claim_due(&db, "test", Duration::from_secs(30), 1)
         .await
         .expect("claim")
@@ -293,4 +301,76 @@ async fn sagas_not_yet_ended_are_gauged_by_state_with_the_oldest_age_and_ended_o
 
     drop(db);
     database.drop_database().await.expect("cleanup");
+}
+
+/// A saga the intake starts is born under its instance's lease and driven without a claim; if
+/// that instance dies before driving it, nothing is lost: its restart gives the lease back at
+/// once, and any other instance claims the saga when the lease expires.
+#[tokio::test]
+async fn a_saga_born_under_a_lease_is_claimed_by_nobody_else_until_its_owner_gives_it_back_or_the_lease_expires()
+ {
+    let database = TestDatabase::create("saga-born-leased")
+        .await
+        .expect("database");
+    let db = database.connect().await.expect("connect");
+    zentra_runtime::db::migrate(&db, store::migrations::MIGRATIONS)
+        .await
+        .expect("migrate");
+    let claim = |owner: &'static str| {
+        let db = db.clone();
+        async move {
+            store::claim_due(&db, owner, Duration::from_secs(30), 10)
+                .await
+                .expect("claim")
+                .into_iter()
+                .map(|(saga, _)| saga.id)
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // Held for 30 s by instance "a": "b" finds nothing, until "a" restarts and gives it back.
+    let mut held = new_saga();
+    held.lease = Some(store::lease_token("a"));
+    assert!(
+        store::insert(&db, &held, "a", Duration::from_secs(30))
+            .await
+            .expect("insert")
+    );
+    assert!(claim("b").await.is_empty(), "claimed under a live lease");
+    assert_eq!(store::release_leases(&db, "a").await.expect("release"), 1);
+    assert_eq!(claim("b").await, vec![held.id]);
+
+    // Held briefly by "c", which never comes back: claimable once the lease expires.
+    let mut orphan = new_saga();
+    orphan.lease = Some(store::lease_token("c"));
+    assert!(
+        store::insert(&db, &orphan, "c", Duration::from_millis(300))
+            .await
+            .expect("insert")
+    );
+    assert!(claim("b").await.is_empty(), "claimed under a live lease");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(claim("b").await, vec![orphan.id]);
+
+    // Its owner writes under the lease it was born with, which a claim by another would end.
+    let mut mine = new_saga();
+    mine.lease = Some(store::lease_token("d"));
+    assert!(
+        store::insert(&db, &mine, "d", Duration::from_secs(30))
+            .await
+            .expect("insert")
+    );
+    let lease = mine.lease.clone().expect("lease");
+    mine.state = SagaState::Running;
+    let saved = store::save(
+        &db,
+        &mine,
+        (&lease, "d"),
+        Lease::Release,
+        &[],
+        outbox::Rows::default(),
+    )
+    .await
+    .expect("save");
+    assert!(saved.is_some(), "the owner's write under its birth lease");
 }
