@@ -78,10 +78,11 @@ pub struct Engine {
     queue: std::sync::Mutex<Vec<Transition>>,
     /// The turn to write the queue.
     writer: tokio::sync::Mutex<()>,
-    /// Sagas this instance started, under its lease: the loop drives them without a claim.
-    handed: tokio::sync::mpsc::UnboundedSender<Saga>,
+    /// Sagas leased by this instance outside a claim (started, or signalled while nobody held
+    /// them), with whether signals wait: the loop drives them without a claim.
+    handed: tokio::sync::mpsc::UnboundedSender<(Saga, bool)>,
     /// Their receiving end, taken by [`Engine::run`].
-    handed_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Saga>>>,
+    handed_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Saga, bool)>>>,
 }
 
 /// A transition waiting for its commit.
@@ -210,7 +211,18 @@ impl Engine {
         self.announce(saga);
         // Without a running loop (it stopped, or never ran) the saga keeps its lease until it
         // expires, and is claimed then.
-        let _ = self.handed.send(saga.clone());
+        let _ = self.handed.send((saga.clone(), false));
+    }
+
+    /// Hands the loop a saga whose lease a committed signal took (see
+    /// [`store::add_signal_once`]): it is driven at once, its signals read first.
+    pub fn take_over(&self, saga: Saga) {
+        let _ = self.handed.send((saga, true));
+    }
+
+    /// How long a lease of this instance lasts.
+    pub fn lease(&self) -> Duration {
+        self.settings.lease
     }
 
     /// Adds a signal for a saga and wakes the loop.
@@ -249,7 +261,7 @@ impl Engine {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(saga) = async {
+                Some((saga, has_signals)) = async {
                     match handed.as_mut() {
                         Some(rx) => rx.recv().await,
                         None => std::future::pending().await,
@@ -258,7 +270,7 @@ impl Engine {
                     // A slot for it, as for a claimed saga: under load this waits, and the
                     // started sagas queue here rather than in the table.
                     let Ok(permit) = permits.clone().acquire_owned().await else { break };
-                    self.spawn_drive(&tasks, permit, saga, false, &shutdown);
+                    self.spawn_drive(&tasks, permit, saga, has_signals, &shutdown);
                     continue;
                 }
                 () = self.wake.notified() => {}

@@ -43,8 +43,8 @@ pub enum Applied {
     Nothing,
     /// A saga was started.
     Started(Box<Saga>),
-    /// A signal waits for a saga.
-    Signalled,
+    /// A signal waits for a saga; with the saga when its lease was taken with it.
+    Signalled(Option<Box<Saga>>),
 }
 
 impl Intake {
@@ -75,10 +75,15 @@ impl Intake {
     ) -> Result<Applied, HandlerError> {
         let entry = inbox::Entry::new(CONSUMER, &event.envelope.event_id, &event.topic)
             .map_err(|error| HandlerError::Permanent(error.to_string()))?;
-        let Some(found) = store::add_signal_once(tx, &entry, target, &signal).await? else {
+        // A saga nobody drives is leased with its signal and driven once the event commits:
+        // no claim needed.
+        let token = store::lease_token(self.engine.owner());
+        let lease = Some((token.as_str(), self.engine.lease()));
+        let Some(signalled) = store::add_signal_once(tx, &entry, target, &signal, lease).await?
+        else {
             return Ok(Applied::Nothing);
         };
-        if !found {
+        if !signalled.found {
             // The saga may not exist yet (its OrderPlaced was lost and reconciliation has not
             // started it): retry, then park the event in the dead-letter queue for a replay.
             return Err(match target {
@@ -90,7 +95,7 @@ impl Intake {
                 }
             });
         }
-        Ok(Applied::Signalled)
+        Ok(Applied::Signalled(signalled.taken.map(Box::new)))
     }
 }
 
@@ -179,15 +184,18 @@ impl EventHandler for Intake {
     }
 
     fn committed(&self, applied: Vec<Applied>) {
-        let mut signalled = false;
+        let mut untaken = false;
         for applied in applied {
             match applied {
                 Applied::Nothing => {}
                 Applied::Started(saga) => self.engine.started(&saga),
-                Applied::Signalled => signalled = true,
+                Applied::Signalled(Some(saga)) => self.engine.take_over(*saga),
+                // Another instance (or a drive of this one) holds the saga: it sees the signal
+                // when it writes next, or a claim finds it once the lease is free.
+                Applied::Signalled(None) => untaken = true,
             }
         }
-        if signalled {
+        if untaken {
             self.engine.wake();
         }
     }

@@ -348,30 +348,62 @@ pub enum SignalTarget {
     Saga(Uuid),
 }
 
+/// What [`add_signal_once`] did on an event's first delivery.
+#[derive(Debug)]
+pub struct Signalled {
+    /// The saga exists and the signal waits for it. When false, the inbox entry was written and
+    /// the caller must roll back.
+    pub found: bool,
+    /// The saga, leased now under the token asked for, because nobody held it: the caller
+    /// drives it once the transaction commits, without a claim.
+    pub taken: Option<Saga>,
+}
+
 /// Claims the event that carries `signal` in the inbox and, on its first delivery, adds the
-/// signal for its saga: one statement. `None`: a redelivery, nothing written. `Some(false)`: no
-/// such saga; the inbox entry was written and the caller must roll back.
+/// signal for its saga and, when `lease` is given and no instance holds the saga, takes the
+/// saga's lease under that token for that long: one statement. `None`: a redelivery, nothing
+/// written.
 pub async fn add_signal_once<C: ConnectionTrait>(
     db: &C,
     entry: &inbox::Entry,
     target: SignalTarget,
     signal: &Signal,
-) -> Result<Option<bool>, DbErr> {
+    lease: Option<(&str, std::time::Duration)>,
+) -> Result<Option<Signalled>, DbErr> {
     let json = serde_json::to_string(signal).map_err(|error| DbErr::Custom(error.to_string()))?;
     let (column, id) = match target {
         SignalTarget::Order(order_id) => ("order_id", order_id),
         SignalTarget::Saga(saga_id) => ("id", saga_id),
     };
+    let (token, lease_ms) = match lease {
+        Some((token, duration)) => (
+            Some(token.to_owned()),
+            i64::try_from(duration.as_millis()).unwrap_or(i64::MAX),
+        ),
+        None => (None, 0),
+    };
     let mut values: Vec<sea_orm::Value> = entry.values().into();
-    values.extend([id.into(), json.into()]);
+    values.extend([id.into(), json.into(), token.into(), lease_ms.into()]);
+    let returned: String = COLUMNS
+        .split(", ")
+        .map(|column| format!("sagas.{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
     let row = db
         .query_one_raw(statement(
             &format!(
                 "WITH claim AS ({}), \
                  added AS (INSERT INTO saga_signals (saga_id, signal) \
                      SELECT id, $5::jsonb FROM sagas WHERE {column} = $4 \
-                     AND EXISTS (SELECT 1 FROM claim) RETURNING 1) \
-                 SELECT EXISTS (SELECT 1 FROM claim) AS first, EXISTS (SELECT 1 FROM added) AS found",
+                     AND EXISTS (SELECT 1 FROM claim) RETURNING saga_id), \
+                 taken AS (UPDATE sagas SET lease_owner = $6, \
+                       lease_until = now() + $7 * interval '1 millisecond' \
+                     WHERE $6::text IS NOT NULL AND id IN (SELECT saga_id FROM added) \
+                       AND (lease_until IS NULL OR lease_until < now()) \
+                     RETURNING {returned}) \
+                 SELECT EXISTS (SELECT 1 FROM claim) AS first, \
+                   EXISTS (SELECT 1 FROM added) AS found, taken.* \
+                 FROM (SELECT 1) AS one LEFT JOIN taken ON true",
                 inbox::Entry::claim_part(1)
             ),
             values,
@@ -380,7 +412,14 @@ pub async fn add_signal_once<C: ConnectionTrait>(
         .ok_or_else(|| DbErr::RecordNotFound("signal statement returned no row".to_owned()))?;
     let first: bool = row.try_get("", "first")?;
     let found: bool = row.try_get("", "found")?;
-    Ok(entry.claimed(first).then_some(found))
+    if !entry.claimed(first) {
+        return Ok(None);
+    }
+    let taken = match row.try_get::<Option<Uuid>>("", "id")? {
+        Some(_) => Some(Saga::try_from(SagaRow::from_query_result(&row, "")?)?),
+        None => None,
+    };
+    Ok(Some(Signalled { found, taken }))
 }
 
 /// How a transition leaves the lease.

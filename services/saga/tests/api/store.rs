@@ -374,3 +374,87 @@ async fn a_saga_born_under_a_lease_is_claimed_by_nobody_else_until_its_owner_giv
     .expect("save");
     assert!(saved.is_some(), "the owner's write under its birth lease");
 }
+
+/// A signal for a saga nobody holds takes the saga's lease in the statement that records it, so
+/// its instance drives the saga without a claim; a saga another instance holds only gets the
+/// signal; a redelivered event writes nothing.
+#[tokio::test]
+async fn a_signal_takes_the_lease_of_a_saga_nobody_holds_and_leaves_a_held_one_to_its_holder() {
+    let database = TestDatabase::create("saga-signal-lease")
+        .await
+        .expect("database");
+    let db = database.connect().await.expect("connect");
+    zentra_runtime::db::migrate(&db, store::migrations::MIGRATIONS)
+        .await
+        .expect("migrate");
+    let entry = || {
+        zentra_runtime::inbox::Entry::new("saga", &Uuid::now_v7().to_string(), "fulfillment.events")
+            .expect("entry")
+    };
+    let lease = Duration::from_secs(30);
+
+    let free = new_saga();
+    assert!(store::insert(&db, &free, "x", lease).await.expect("insert"));
+    let token = store::lease_token("a");
+    let event = entry();
+    let signalled = store::add_signal_once(
+        &db,
+        &event,
+        store::SignalTarget::Order(free.order_id),
+        &Signal::RetryNow,
+        Some((&token, lease)),
+    )
+    .await
+    .expect("signal")
+    .expect("first delivery");
+    assert!(signalled.found);
+    let taken = signalled.taken.expect("the free saga's lease taken");
+    assert_eq!(taken.id, free.id);
+    assert_eq!(taken.lease.as_deref(), Some(token.as_str()));
+    assert!(
+        store::claim_due(&db, "b", lease, 10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "another instance claimed a saga taken with its signal"
+    );
+    assert_eq!(signal_ids(&db, free.id).await.len(), 1);
+    let again = store::add_signal_once(
+        &db,
+        &event,
+        store::SignalTarget::Order(free.order_id),
+        &Signal::RetryNow,
+        Some((&store::lease_token("c"), lease)),
+    )
+    .await
+    .expect("redelivery");
+    assert!(again.is_none(), "a redelivery wrote something");
+    assert_eq!(signal_ids(&db, free.id).await.len(), 1);
+
+    // Held by "b": the signal waits for it, the lease stays b's.
+    let mut held = new_saga();
+    held.lease = Some(store::lease_token("b"));
+    assert!(store::insert(&db, &held, "b", lease).await.expect("insert"));
+    let signalled = store::add_signal_once(
+        &db,
+        &entry(),
+        store::SignalTarget::Saga(held.id),
+        &Signal::RetryNow,
+        Some((&store::lease_token("a"), lease)),
+    )
+    .await
+    .expect("signal")
+    .expect("first delivery");
+    assert!(signalled.found);
+    assert!(
+        signalled.taken.is_none(),
+        "took a lease another instance holds"
+    );
+    assert_eq!(signal_ids(&db, held.id).await.len(), 1);
+    let lease_owner = store::by_id(&db, held.id)
+        .await
+        .expect("read")
+        .expect("saga")
+        .lease;
+    assert_eq!(lease_owner, held.lease);
+}
