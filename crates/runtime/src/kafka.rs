@@ -28,7 +28,7 @@ pub mod wake;
 
 pub use consumer::{ConsumerSettings, EventConsumer, EventHandler, HandlerError, ReceivedEvent};
 pub use lag::{ConsumerLag, ConsumerProblem, PartitionLag};
-pub use leases::{LAST_RECORD_MIGRATION, MIGRATION as LEASES_MIGRATION};
+pub use leases::{Fence, LAST_RECORD_MIGRATION, MIGRATION as LEASES_MIGRATION};
 pub use tail::TopicTail;
 pub use topics::{BrokerTopics, MAX_TOPICS, PartitionInfo, TopicInfo};
 

@@ -17,13 +17,14 @@ use zentra_runtime::{
     CancellationToken,
     config::KafkaConfig,
     events::{EventMeta, envelope, payload},
+    inbox::Claimed,
     kafka::{
-        ConsumerLag, ConsumerSettings, EventConsumer, EventHandler, EventProducer, HandlerError,
-        ReceivedEvent, ensure_topics,
+        ConsumerLag, ConsumerSettings, EventConsumer, EventHandler, EventProducer, Fence,
+        HandlerError, ReceivedEvent, ensure_topics,
     },
 };
 use zentra_test_support::{
-    TestDatabase, delete_topics, eventually, kafka_bootstrap, redis_url, unique_suffix,
+    TestDatabase, count, delete_topics, eventually, kafka_bootstrap, redis_url, unique_suffix,
 };
 
 /// A topic, a migrated database and a producer of one test.
@@ -33,6 +34,8 @@ struct Fixture {
     database: TestDatabase,
     db: DatabaseConnection,
     producer: EventProducer,
+    /// Members handle each message on its own in one statement (`EventHandler::handle_alone`).
+    alone: bool,
 }
 
 impl Fixture {
@@ -65,6 +68,15 @@ impl Fixture {
             database,
             db,
             producer,
+            alone: false,
+        }
+    }
+
+    /// The same fixture whose members handle each message alone, in one statement.
+    fn alone(self) -> Self {
+        Self {
+            alone: true,
+            ..self
         }
     }
 
@@ -92,6 +104,7 @@ impl Fixture {
             Apply {
                 member: member.to_owned(),
                 fail_first: Arc::default(),
+                alone: self.alone,
             },
             stop.clone(),
         ));
@@ -168,22 +181,17 @@ impl Running {
     }
 }
 
-/// Writes each event's SKU into `applied` in the consumer's transaction; SKUs starting
-/// `FLAKY` fail their first attempt.
+/// Writes each event's SKU into `applied` in the consumer's transaction, or, when `alone`, in one
+/// statement that also moves the offset; SKUs starting `FLAKY` fail their first attempt.
 #[derive(Clone)]
 struct Apply {
     member: String,
     fail_first: Arc<Mutex<Vec<String>>>,
+    alone: bool,
 }
 
-impl EventHandler for Apply {
-    type Applied = ();
-
-    async fn handle(
-        &self,
-        event: &ReceivedEvent,
-        tx: &DatabaseTransaction,
-    ) -> Result<(), HandlerError> {
+impl Apply {
+    fn sku(&self, event: &ReceivedEvent) -> Result<String, HandlerError> {
         let sku = payload::<StockLow>(&event.envelope)
             .map(|event| event.sku)
             .ok_or_else(|| HandlerError::Permanent("not StockLow".to_owned()))?;
@@ -194,6 +202,19 @@ impl EventHandler for Apply {
                 return Err(HandlerError::Transient("simulated hiccup".to_owned()));
             }
         }
+        Ok(sku)
+    }
+}
+
+impl EventHandler for Apply {
+    type Applied = ();
+
+    async fn handle(
+        &self,
+        event: &ReceivedEvent,
+        tx: &DatabaseTransaction,
+    ) -> Result<(), HandlerError> {
+        let sku = self.sku(event)?;
         tx.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "INSERT INTO applied (sku, member) VALUES ($1, $2)",
@@ -201,6 +222,40 @@ impl EventHandler for Apply {
         ))
         .await?;
         Ok(())
+    }
+
+    fn handle_alone(
+        &self,
+        event: &ReceivedEvent,
+        db: &DatabaseConnection,
+        fence: Fence,
+    ) -> Option<impl Future<Output = Result<Claimed<()>, HandlerError>> + Send> {
+        if !self.alone {
+            return None;
+        }
+        let sku = self.sku(event);
+        Some(async move {
+            let mut values: Vec<sea_orm::Value> = vec![sku?.into(), self.member.clone().into()];
+            values.extend(fence.values());
+            let row = db
+                .query_one_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    format!(
+                        "WITH {}, effect AS (INSERT INTO applied (sku, member) \
+                           SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM advance)) \
+                         SELECT EXISTS (SELECT 1 FROM advance) AS advanced",
+                        Fence::part(3, "true")
+                    ),
+                    values,
+                ))
+                .await?
+                .expect("one row");
+            Ok(if row.try_get::<bool>("", "advanced")? {
+                Claimed::First(())
+            } else {
+                Claimed::Fenced
+            })
+        })
     }
 
     /// SKUs starting `IGNORED` are not this handler's business (were one handled, it would show
@@ -369,6 +424,66 @@ async fn a_member_with_hints_killed_and_restarted_with_the_same_id_applies_every
     killed_and_restarted_with_the_same_id(fixture).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_applying_each_event_in_one_statement_killed_and_restarted_applies_everything_once()
+ {
+    killed_and_restarted_with_the_same_id(Fixture::new("killalone", 3).await.alone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_one_statement_event_is_retried_and_nothing_is_written_by_a_member_that_lost_its_partition()
+ {
+    let fixture = Fixture::new("alone", 1).await.alone();
+    for sku in ["SKU-1", "FLAKY-2", "SKU-3"] {
+        publish(&fixture.producer, &fixture.topic, sku).await;
+    }
+    let lag = ConsumerLag::default();
+    let member = fixture.start("m-1", quick(&fixture.topic), &lag);
+    assert_eq!(
+        fixture.wait_applied(3).await,
+        ["FLAKY-2", "SKU-1", "SKU-3"],
+        "each once, the flaky one after its retry"
+    );
+
+    // Another member takes the partition over under a new epoch, as after a lease expiry the
+    // first member did not notice yet: whatever it still reads, it must not write.
+    fixture
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE consumer_partitions SET owner = 'thief', epoch = epoch + 1, \
+               lease_until = now() + interval '1 hour' WHERE topic = $1",
+            [fixture.topic.clone().into()],
+        ))
+        .await
+        .expect("take over");
+    for sku in ["SKU-4", "SKU-5"] {
+        publish(&fixture.producer, &fixture.topic, sku).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        fixture.applied().await,
+        ["FLAKY-2", "SKU-1", "SKU-3"],
+        "a member that lost its partition wrote"
+    );
+    assert_eq!(
+        count(
+            &fixture.db,
+            "SELECT next_offset FROM consumer_partitions WHERE owner = 'thief'"
+        )
+        .await,
+        3,
+        "a member that lost its partition moved the offset"
+    );
+    member.stop().await;
+    fixture.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_applying_in_one_statement_split_the_partitions_and_the_survivor_takes_over() {
+    two_members_split(Fixture::new("splitalone", 4).await.alone()).await;
+}
+
 /// Kills a member mid-stream as `kill -9` would, publishes more, restarts it under the same
 /// member id as `just up` does, and checks every event was applied exactly once.
 async fn killed_and_restarted_with_the_same_id(fixture: Fixture) {
@@ -464,7 +579,11 @@ async fn ignored_messages_take_no_transaction_their_offsets_are_stored_later_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_members_split_the_partitions_and_the_survivor_takes_over_a_killed_ones_share() {
-    let fixture = Fixture::new("split", 4).await;
+    two_members_split(Fixture::new("split", 4).await).await;
+}
+
+/// Two members share four partitions; one is killed and the other takes over its share.
+async fn two_members_split(fixture: Fixture) {
     let lag_a = ConsumerLag::default();
     let lag_b = ConsumerLag::default();
     let a = fixture.start("a", quick(&fixture.topic), &lag_a);

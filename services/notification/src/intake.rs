@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use sea_orm::DatabaseTransaction;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction};
 use tokio::sync::Notify;
 use uuid::Uuid;
 use zentra_proto::order::v1 as order;
 use zentra_runtime::{
     events::payload,
-    inbox,
-    kafka::{EventHandler, HandlerError, ReceivedEvent},
+    inbox::{self, Claimed},
+    kafka::{EventHandler, Fence, HandlerError, ReceivedEvent},
     status::Violations,
     validate::check_email,
 };
@@ -38,16 +38,18 @@ impl Intake {
     }
 }
 
-impl EventHandler for Intake {
-    /// Whether a notification was created.
-    type Applied = bool;
+/// What an event asks of the store, read from it before any database work.
+struct Prepared {
+    entry: inbox::Entry,
+    intake: store::Intake,
+    /// The order of the mail asked for, if any.
+    order_id: Option<Uuid>,
+    event_type: String,
+}
 
-    async fn handle(
-        &self,
-        event: &ReceivedEvent,
-        tx: &DatabaseTransaction,
-    ) -> Result<bool, HandlerError> {
-        let transient = |error: sea_orm::DbErr| HandlerError::Transient(error.to_string());
+impl Intake {
+    /// What `event` asks for; `None` when it asks for nothing (no inbox entry either).
+    fn prepare(event: &ReceivedEvent) -> Result<Option<Prepared>, HandlerError> {
         let envelope = &event.envelope;
         let event_id = Uuid::parse_str(&envelope.event_id).map_err(|_| {
             HandlerError::Permanent(format!("event id {} is not a UUID", envelope.event_id))
@@ -55,8 +57,7 @@ impl EventHandler for Intake {
         let placed = payload::<order::OrderPlaced>(envelope);
         let rendered = render(envelope);
         if placed.is_none() && rendered.is_none() {
-            // Nothing to remember or send: no transaction, no inbox entry.
-            return Ok(false);
+            return Ok(None);
         }
         let entry = inbox::Entry::new(CONSUMER, &envelope.event_id, &event.topic)
             .map_err(|error| HandlerError::Permanent(error.to_string()))?;
@@ -89,19 +90,69 @@ impl EventHandler for Intake {
             }),
             None => None,
         };
-        let order_id = mail.as_ref().map(|mail| mail.order_id);
-        let taken = store::take_in(tx, &entry, store::Intake { remember, mail })
+        Ok(Some(Prepared {
+            entry,
+            order_id: mail.as_ref().map(|mail| mail.order_id),
+            intake: store::Intake { remember, mail },
+            event_type: envelope.event_type.clone(),
+        }))
+    }
+
+    /// Writes what `prepared` asks for in one statement; `fence` moves the offset with it.
+    async fn take<C: ConnectionTrait>(
+        prepared: Prepared,
+        db: &C,
+        fence: Option<Fence>,
+    ) -> Result<Claimed<bool>, HandlerError> {
+        let Prepared {
+            entry,
+            intake,
+            order_id,
+            event_type,
+        } = prepared;
+        let entry = entry.fenced(fence);
+        let taken = store::take_in(db, &entry, intake)
             .await
-            .map_err(transient)?;
-        if !entry.claimed(taken.first) {
+            .map_err(|error| HandlerError::Transient(error.to_string()))?;
+        if let (Claimed::First(false), Some(order_id)) = (taken, order_id) {
+            tracing::info!(%order_id, event_type = %event_type, "no e-mail address known for order; not notified");
+        }
+        Ok(taken)
+    }
+}
+
+impl EventHandler for Intake {
+    /// Whether a notification was created.
+    type Applied = bool;
+
+    async fn handle(
+        &self,
+        event: &ReceivedEvent,
+        tx: &DatabaseTransaction,
+    ) -> Result<bool, HandlerError> {
+        let Some(prepared) = Self::prepare(event)? else {
+            // Nothing to remember or send: no inbox entry.
             return Ok(false);
-        }
-        if let Some(order_id) = order_id
-            && !taken.created
-        {
-            tracing::info!(%order_id, event_type = %envelope.event_type, "no e-mail address known for order; not notified");
-        }
-        Ok(taken.created)
+        };
+        Ok(matches!(
+            Self::take(prepared, tx, None).await?,
+            Claimed::First(true)
+        ))
+    }
+
+    fn handle_alone(
+        &self,
+        event: &ReceivedEvent,
+        db: &DatabaseConnection,
+        fence: Fence,
+    ) -> Option<impl Future<Output = Result<Claimed<bool>, HandlerError>> + Send> {
+        // An event that asks for nothing writes nothing: its offset moves with a transaction.
+        let prepared = match Self::prepare(event) {
+            Ok(None) => return None,
+            Ok(Some(prepared)) => Ok(prepared),
+            Err(error) => Err(error),
+        };
+        Some(async move { Self::take(prepared?, db, Some(fence)).await })
     }
 
     fn ignores(&self, event: &ReceivedEvent) -> bool {

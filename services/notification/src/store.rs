@@ -95,23 +95,16 @@ pub struct NewNotification {
     pub body: String,
 }
 
-/// What [`take_in`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TakenIn {
-    /// The event was new to the inbox (else nothing was written).
-    pub first: bool,
-    /// A mail was created.
-    pub created: bool,
-}
-
 /// Claims the event in the inbox and, on its first delivery, remembers the customer and creates
 /// the mail: one statement. A mail goes only to the e-mail address the order was placed with;
 /// one whose order has none (or is unknown) is not created. A customer id is never an address.
+/// On the first delivery it gives whether a mail was created. A fenced `entry` also moves the
+/// consumer's offset, so the statement needs no transaction.
 pub async fn take_in<C: ConnectionTrait>(
     db: &C,
     entry: &inbox::Entry,
     intake: Intake,
-) -> Result<TakenIn, DbErr> {
+) -> Result<inbox::Claimed<bool>, DbErr> {
     let (remember_order, remember_customer, remember_email) = match intake.remember {
         Some((order, customer, email)) => (Some(order), Some(customer), Some(email)),
         None => (None, None, None),
@@ -135,10 +128,12 @@ pub async fn take_in<C: ConnectionTrait>(
             .traceparent
             .into(),
     ]);
+    let fence_at = values.len() + 1;
+    values.extend(entry.fence_values());
     let row = db
         .query_one_raw(statement(
             &format!(
-                "WITH claim AS ({}), \
+                "WITH {}, \
                  remembered AS (INSERT INTO order_customers (order_id, customer_id, email) \
                      SELECT $4, $5, $11 WHERE $4::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM claim) \
                      ON CONFLICT DO NOTHING), \
@@ -152,17 +147,15 @@ pub async fn take_in<C: ConnectionTrait>(
                      FROM customer c WHERE c.id IS NOT NULL AND c.email <> '' \
                          AND EXISTS (SELECT 1 FROM claim) \
                      ON CONFLICT (trigger_event_id) DO NOTHING RETURNING 1) \
-                 SELECT EXISTS (SELECT 1 FROM claim) AS first, EXISTS (SELECT 1 FROM created) AS created",
-                inbox::Entry::claim_part(1)
+                 SELECT {}, EXISTS (SELECT 1 FROM created) AS created",
+                entry.parts(1, fence_at, "true"),
+                entry.columns()
             ),
             values,
         ))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("intake statement returned no row".to_owned()))?;
-    Ok(TakenIn {
-        first: row.try_get("", "first")?,
-        created: row.try_get("", "created")?,
-    })
+    entry.outcome(&row, || row.try_get("", "created"))
 }
 
 /// Locks up to `limit` notifications due for delivery, oldest due first; other workers skip

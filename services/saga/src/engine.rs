@@ -25,6 +25,8 @@ use uuid::Uuid;
 use zentra_proto::order::v1::OrderPlaced;
 use zentra_runtime::{
     events,
+    inbox::Claimed,
+    kafka::Fence,
     outbox::{self, OutboxWaker},
     telemetry,
 };
@@ -165,27 +167,34 @@ impl Engine {
     ) -> Result<(Saga, bool), DbErr> {
         let order_id = Uuid::parse_str(&order.order_id)
             .map_err(|_| DbErr::Custom(format!("order id {} is not a UUID", order.order_id)))?;
-        let tx = self.db.begin().await?;
-        let Some(saga) = self.start_saga_in(&tx, order, cancel_request).await? else {
-            tx.commit().await?;
-            let existing = store::by_order(&self.db, order_id)
-                .await?
-                .ok_or_else(|| DbErr::RecordNotFound(format!("saga of order {order_id}")))?;
-            return Ok((existing, false));
+        // One statement: no transaction.
+        let saga = match self
+            .start_saga_in(&self.db, order, cancel_request, None)
+            .await?
+        {
+            Claimed::First(saga) => saga,
+            Claimed::Duplicate | Claimed::Fenced => {
+                let existing = store::by_order(&self.db, order_id)
+                    .await?
+                    .ok_or_else(|| DbErr::RecordNotFound(format!("saga of order {order_id}")))?;
+                return Ok((existing, false));
+            }
         };
-        tx.commit().await?;
         self.started(&saga);
         Ok((saga, true))
     }
 
-    /// Inserts the saga of `order` in the caller's transaction, unless the order has one; `Some` when it was created. After the commit, hand it to
+    /// Inserts the saga of `order` on `db` (one statement; the caller's transaction, or none),
+    /// unless the order has one (`Duplicate`). A `fence` moves a consumer's offset in the same
+    /// statement (`Fenced`: nothing written). After the commit, hand a new saga to
     /// [`Engine::started`].
     pub async fn start_saga_in<C: sea_orm::ConnectionTrait>(
         &self,
-        tx: &C,
+        db: &C,
         order: OrderPlaced,
         cancel_request: Option<String>,
-    ) -> Result<Option<Saga>, DbErr> {
+        fence: Option<&Fence>,
+    ) -> Result<Claimed<Saga>, DbErr> {
         let order_id = Uuid::parse_str(&order.order_id)
             .map_err(|_| DbErr::Custom(format!("order id {} is not a UUID", order.order_id)))?;
         let mut saga = Saga::new(order_id, order, cancel_request, Utc::now());
@@ -196,10 +205,13 @@ impl Engine {
         // a claim. Should this instance die first, the lease expires (or its restart gives it
         // back) and any instance claims the saga.
         saga.lease = Some(store::lease_token(self.owner()));
-        if !store::insert(tx, &saga, self.owner(), self.settings.lease).await? {
-            return Ok(None);
-        }
-        Ok(Some(saga))
+        Ok(
+            match store::insert_moving(db, &saga, self.owner(), self.settings.lease, fence).await? {
+                Claimed::First(()) => Claimed::First(saga),
+                Claimed::Duplicate => Claimed::Duplicate,
+                Claimed::Fenced => Claimed::Fenced,
+            },
+        )
     }
 
     /// What follows the commit of a saga started by [`Engine::start_saga_in`]: counted,

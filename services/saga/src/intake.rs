@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use prost::Name as _;
-use sea_orm::DatabaseTransaction;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction};
 use uuid::Uuid;
 use zentra_proto::{
     fulfillment::v1::{ShipmentDispatched, ShipmentFailed},
@@ -13,8 +13,9 @@ use zentra_proto::{
     saga::v1::CommandAcknowledged,
 };
 use zentra_runtime::{
-    events, inbox,
-    kafka::{EventHandler, HandlerError, ReceivedEvent},
+    events,
+    inbox::{self, Claimed},
+    kafka::{EventHandler, Fence, HandlerError, ReceivedEvent},
 };
 
 use crate::{
@@ -53,39 +54,61 @@ impl Intake {
         Self { engine }
     }
 
-    async fn start(
+    async fn start<C: ConnectionTrait>(
         &self,
-        tx: &DatabaseTransaction,
+        db: &C,
         order: OrderPlaced,
-    ) -> Result<Applied, HandlerError> {
+        fence: Option<Fence>,
+    ) -> Result<Claimed<Applied>, HandlerError> {
         // Starting is idempotent by order id, so no inbox entry is needed for OrderPlaced.
-        Ok(match self.engine.start_saga_in(tx, order, None).await? {
-            Some(saga) => Applied::Started(Box::new(saga)),
-            None => Applied::Nothing,
-        })
+        Ok(
+            match self
+                .engine
+                .start_saga_in(db, order, None, fence.as_ref())
+                .await?
+            {
+                Claimed::First(saga) => Claimed::First(Applied::Started(Box::new(saga))),
+                Claimed::Duplicate => Claimed::Duplicate,
+                Claimed::Fenced => Claimed::Fenced,
+            },
+        )
     }
 
-    /// Records `signal` for the saga of `order_id` (or `saga_id`), claiming the event first.
-    async fn record(
+    /// Applies what `event` asks for on `db`; a `fence` moves the consumer's offset with it.
+    async fn apply<C: ConnectionTrait>(
         &self,
-        tx: &DatabaseTransaction,
+        db: &C,
         event: &ReceivedEvent,
-        target: Target,
-        signal: Signal,
-    ) -> Result<Applied, HandlerError> {
+        what: What,
+        fence: Option<Fence>,
+    ) -> Result<Claimed<Applied>, HandlerError> {
+        match what {
+            What::Start(order) => self.start(db, order, fence).await,
+            What::Signal(signal) => self.record(db, event, signal, fence).await,
+        }
+    }
+
+    /// Records `signal` for the saga of `order_id` (or `saga_id`), claiming the event first; a
+    /// `fence` moves the consumer's offset in the same statement.
+    async fn record<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        event: &ReceivedEvent,
+        (target, signal): (Target, Signal),
+        fence: Option<Fence>,
+    ) -> Result<Claimed<Applied>, HandlerError> {
         let entry = inbox::Entry::new(CONSUMER, &event.envelope.event_id, &event.topic)
-            .map_err(|error| HandlerError::Permanent(error.to_string()))?;
+            .map_err(|error| HandlerError::Permanent(error.to_string()))?
+            .fenced(fence);
         // A saga nobody drives is leased with its signal and driven once the event commits:
         // no claim needed.
         let token = store::lease_token(self.engine.owner());
         let lease = Some((token.as_str(), self.engine.lease()));
-        let Some(signalled) = store::add_signal_once(tx, &entry, target, &signal, lease).await?
+        let Some(claimed) = store::add_signal_once(db, &entry, target, &signal, lease).await?
         else {
-            return Ok(Applied::Nothing);
-        };
-        if !signalled.found {
             // The saga may not exist yet (its OrderPlaced was lost and reconciliation has not
             // started it): retry, then park the event in the dead-letter queue for a replay.
+            // Nothing was written, and a fenced offset did not move.
             return Err(match target {
                 Target::Order(order_id) => {
                     HandlerError::Transient(format!("order {order_id} has no saga (yet)"))
@@ -94,9 +117,74 @@ impl Intake {
                     HandlerError::Permanent(format!("no saga {saga_id} exists"))
                 }
             });
-        }
-        Ok(Applied::Signalled(signalled.taken.map(Box::new)))
+        };
+        Ok(match claimed {
+            Claimed::First(taken) => Claimed::First(Applied::Signalled(taken.map(Box::new))),
+            Claimed::Duplicate => Claimed::Duplicate,
+            Claimed::Fenced => Claimed::Fenced,
+        })
     }
+}
+
+/// What an event asks of the saga.
+enum What {
+    /// Start the order's saga.
+    Start(OrderPlaced),
+    /// Add a signal for a saga.
+    Signal((Target, Signal)),
+}
+
+/// What `event` asks of the saga, if anything.
+fn what_of(event: &ReceivedEvent) -> Result<Option<What>, HandlerError> {
+    let event_type = event.envelope.event_type.as_str();
+    if event_type == OrderPlaced::full_name() {
+        let order: OrderPlaced = decode(event)?;
+        uuid("order_id", &order.order_id)?;
+        return Ok(Some(What::Start(order)));
+    }
+    Ok(signal_of(event)?.map(What::Signal))
+}
+
+/// The signal `event` carries for a saga, if it is one of those that become signals.
+fn signal_of(event: &ReceivedEvent) -> Result<Option<(Target, Signal)>, HandlerError> {
+    let event_type = event.envelope.event_type.as_str();
+    if event_type == OrderCancellationRequested::full_name() {
+        let request: OrderCancellationRequested = decode(event)?;
+        let order_id = uuid("order_id", &request.order_id)?;
+        let signal = Signal::CustomerCancelled {
+            reason: request.reason,
+        };
+        return Ok(Some((Target::Order(order_id), signal)));
+    }
+    if event_type == ShipmentDispatched::full_name() {
+        let dispatched: ShipmentDispatched = decode(event)?;
+        let order_id = uuid("order_id", &dispatched.order_id)?;
+        let signal = Signal::ShipmentDispatched {
+            shipment_id: dispatched.shipment_id,
+        };
+        return Ok(Some((Target::Order(order_id), signal)));
+    }
+    if event_type == ShipmentFailed::full_name() {
+        let failed: ShipmentFailed = decode(event)?;
+        let order_id = uuid("order_id", &failed.order_id)?;
+        let signal = Signal::ShipmentFailed {
+            shipment_id: failed.shipment_id,
+            reason: failed.failure_reason,
+        };
+        return Ok(Some((Target::Order(order_id), signal)));
+    }
+    if event_type == CommandAcknowledged::full_name() {
+        let ack: CommandAcknowledged = decode(event)?;
+        let saga_id = uuid("saga_id", &ack.saga_id)?;
+        let signal = Signal::CommandAcknowledged {
+            idempotency_key: ack.idempotency_key,
+            outcome: ack.outcome,
+            error: ack.error,
+            command_id: ack.command_id,
+        };
+        return Ok(Some((Target::Saga(saga_id), signal)));
+    }
+    Ok(None)
 }
 
 fn decode<M: prost::Name + Default>(event: &ReceivedEvent) -> Result<M, HandlerError> {
@@ -118,56 +206,31 @@ impl EventHandler for Intake {
         event: &ReceivedEvent,
         tx: &DatabaseTransaction,
     ) -> Result<Applied, HandlerError> {
-        let event_type = event.envelope.event_type.as_str();
-        if event_type == OrderPlaced::full_name() {
-            let order: OrderPlaced = decode(event)?;
-            uuid("order_id", &order.order_id)?;
-            return self.start(tx, order).await;
-        }
-        if event_type == OrderCancellationRequested::full_name() {
-            let request: OrderCancellationRequested = decode(event)?;
-            let order_id = uuid("order_id", &request.order_id)?;
-            let signal = Signal::CustomerCancelled {
-                reason: request.reason,
-            };
-            return self
-                .record(tx, event, Target::Order(order_id), signal)
-                .await;
-        }
-        if event_type == ShipmentDispatched::full_name() {
-            let dispatched: ShipmentDispatched = decode(event)?;
-            let order_id = uuid("order_id", &dispatched.order_id)?;
-            let signal = Signal::ShipmentDispatched {
-                shipment_id: dispatched.shipment_id,
-            };
-            return self
-                .record(tx, event, Target::Order(order_id), signal)
-                .await;
-        }
-        if event_type == ShipmentFailed::full_name() {
-            let failed: ShipmentFailed = decode(event)?;
-            let order_id = uuid("order_id", &failed.order_id)?;
-            let signal = Signal::ShipmentFailed {
-                shipment_id: failed.shipment_id,
-                reason: failed.failure_reason,
-            };
-            return self
-                .record(tx, event, Target::Order(order_id), signal)
-                .await;
-        }
-        if event_type == CommandAcknowledged::full_name() {
-            let ack: CommandAcknowledged = decode(event)?;
-            let saga_id = uuid("saga_id", &ack.saga_id)?;
-            let signal = Signal::CommandAcknowledged {
-                idempotency_key: ack.idempotency_key,
-                outcome: ack.outcome,
-                error: ack.error,
-                command_id: ack.command_id,
-            };
-            return self.record(tx, event, Target::Saga(saga_id), signal).await;
-        }
-        // Other events of these topics do not concern the saga.
-        Ok(Applied::Nothing)
+        let Some(what) = what_of(event)? else {
+            // Other events of these topics do not concern the saga.
+            return Ok(Applied::Nothing);
+        };
+        Ok(match self.apply(tx, event, what, None).await? {
+            Claimed::First(applied) => applied,
+            Claimed::Duplicate | Claimed::Fenced => Applied::Nothing,
+        })
+    }
+
+    /// Starting a saga and recording a signal are one statement each
+    /// (`store::insert_moving`, `store::add_signal_once`).
+    fn handle_alone(
+        &self,
+        event: &ReceivedEvent,
+        db: &DatabaseConnection,
+        fence: Fence,
+    ) -> Option<impl Future<Output = Result<Claimed<Applied>, HandlerError>> + Send> {
+        let what = match what_of(event) {
+            // Nothing to write: the offset moves with a transaction.
+            Ok(None) => return None,
+            Ok(Some(what)) => Ok(what),
+            Err(error) => Err(error),
+        };
+        Some(async move { self.apply(db, event, what?, Some(fence)).await })
     }
 
     fn ignores(&self, event: &ReceivedEvent) -> bool {

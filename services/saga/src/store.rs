@@ -6,7 +6,7 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, FromQueryResult, Statement, Val
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use zentra_proto::order::v1::OrderPlaced;
-use zentra_runtime::{inbox, outbox};
+use zentra_runtime::{inbox, kafka::Fence, outbox};
 
 use crate::{
     domain::{CompensationCause, Saga, SagaState, ShipmentCheck, ShipmentReport, Step, StepType},
@@ -159,28 +159,66 @@ pub async fn insert<C: ConnectionTrait>(
     writer: &str,
     lease: std::time::Duration,
 ) -> Result<bool, DbErr> {
+    Ok(matches!(
+        insert_moving(db, saga, writer, lease, None).await?,
+        inbox::Claimed::First(())
+    ))
+}
+
+/// [`insert`], moving a consumer's offset in the same statement when `fence` is given: then
+/// nothing is written unless the consumer still holds the partition ([`Fence`]), and the
+/// statement needs no transaction. `Duplicate`: the order already has a saga.
+pub async fn insert_moving<C: ConnectionTrait>(
+    db: &C,
+    saga: &Saga,
+    writer: &str,
+    lease: std::time::Duration,
+    fence: Option<&Fence>,
+) -> Result<inbox::Claimed<()>, DbErr> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    let result = db
-        .execute_raw(statement(
-            "INSERT INTO sagas (id, order_id, state, order_data, data, next_run_at, created_at, updated_at, written_by, \
-               lease_owner, lease_until) \
-             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $6, $6, $7, $8, \
-               CASE WHEN $8 IS NULL THEN NULL ELSE now() + $9 * interval '1 millisecond' END) \
-             ON CONFLICT (order_id) DO NOTHING",
-            [
-                saga.id.into(),
-                saga.order_id.into(),
-                saga.state.as_str().into(),
-                saga.order.encode_to_vec().into(),
-                data_json(saga)?.into(),
-                saga.created_at.into(),
-                writer.into(),
-                saga.lease.clone().into(),
-                lease_ms.into(),
-            ],
+    let mut values: Vec<sea_orm::Value> = vec![
+        saga.id.into(),
+        saga.order_id.into(),
+        saga.state.as_str().into(),
+        saga.order.encode_to_vec().into(),
+        data_json(saga)?.into(),
+        saga.created_at.into(),
+        writer.into(),
+        saga.lease.clone().into(),
+        lease_ms.into(),
+    ];
+    let (advance, guard, advanced) = match fence {
+        Some(fence) => {
+            values.extend(fence.values());
+            (
+                format!("{}, ", Fence::part(10, "true")),
+                "WHERE EXISTS (SELECT 1 FROM advance)",
+                "EXISTS (SELECT 1 FROM advance)",
+            )
+        }
+        None => (String::new(), "", "true"),
+    };
+    let row = db
+        .query_one_raw(statement(
+            &format!(
+                "WITH {advance}inserted AS (INSERT INTO sagas (id, order_id, state, order_data, data, \
+                   next_run_at, created_at, updated_at, written_by, lease_owner, lease_until) \
+                 SELECT $1, $2, $3, $4, $5::jsonb, $6, $6, $6, $7, $8, \
+                   CASE WHEN $8::text IS NULL THEN NULL ELSE now() + $9 * interval '1 millisecond' END \
+                 {guard} ON CONFLICT (order_id) DO NOTHING RETURNING 1) \
+                 SELECT {advanced} AS advanced, EXISTS (SELECT 1 FROM inserted) AS inserted"
+            ),
+            values,
         ))
-        .await?;
-    Ok(result.rows_affected() == 1)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("insert statement returned no row".to_owned()))?;
+    Ok(if !row.try_get::<bool>("", "advanced")? {
+        inbox::Claimed::Fenced
+    } else if row.try_get::<bool>("", "inserted")? {
+        inbox::Claimed::First(())
+    } else {
+        inbox::Claimed::Duplicate
+    })
 }
 
 /// A lease token of `owner`: the owner's name and a token of this claim, so that a lease taken
@@ -348,28 +386,19 @@ pub enum SignalTarget {
     Saga(Uuid),
 }
 
-/// What [`add_signal_once`] did on an event's first delivery.
-#[derive(Debug)]
-pub struct Signalled {
-    /// The saga exists and the signal waits for it. When false, the inbox entry was written and
-    /// the caller must roll back.
-    pub found: bool,
-    /// The saga, leased now under the token asked for, because nobody held it: the caller
-    /// drives it once the transaction commits, without a claim.
-    pub taken: Option<Saga>,
-}
-
 /// Claims the event that carries `signal` in the inbox and, on its first delivery, adds the
 /// signal for its saga and, when `lease` is given and no instance holds the saga, takes the
-/// saga's lease under that token for that long: one statement. `None`: a redelivery, nothing
-/// written.
+/// saga's lease under that token for that long: one statement. On the first delivery it gives
+/// the saga when its lease was taken with the signal: the caller drives it once the statement
+/// committed, without a claim. `None`: no saga matches `target`, and nothing was written (nor,
+/// with a fenced `entry`, the offset moved).
 pub async fn add_signal_once<C: ConnectionTrait>(
     db: &C,
     entry: &inbox::Entry,
     target: SignalTarget,
     signal: &Signal,
     lease: Option<(&str, std::time::Duration)>,
-) -> Result<Option<Signalled>, DbErr> {
+) -> Result<Option<inbox::Claimed<Option<Saga>>>, DbErr> {
     let json = serde_json::to_string(signal).map_err(|error| DbErr::Custom(error.to_string()))?;
     let (column, id) = match target {
         SignalTarget::Order(order_id) => ("order_id", order_id),
@@ -384,6 +413,8 @@ pub async fn add_signal_once<C: ConnectionTrait>(
     };
     let mut values: Vec<sea_orm::Value> = entry.values().into();
     values.extend([id.into(), json.into(), token.into(), lease_ms.into()]);
+    let fence_at = values.len() + 1;
+    values.extend(entry.fence_values());
     let returned: String = COLUMNS
         .split(", ")
         .map(|column| format!("sagas.{}", column.trim()))
@@ -392,34 +423,34 @@ pub async fn add_signal_once<C: ConnectionTrait>(
     let row = db
         .query_one_raw(statement(
             &format!(
-                "WITH claim AS ({}), \
+                "WITH target AS (SELECT id FROM sagas WHERE {column} = $4), \
+                 {}, \
                  added AS (INSERT INTO saga_signals (saga_id, signal) \
-                     SELECT id, $5::jsonb FROM sagas WHERE {column} = $4 \
-                     AND EXISTS (SELECT 1 FROM claim) RETURNING saga_id), \
+                     SELECT id, $5::jsonb FROM target WHERE EXISTS (SELECT 1 FROM claim) \
+                     RETURNING saga_id), \
                  taken AS (UPDATE sagas SET lease_owner = $6, \
                        lease_until = now() + $7 * interval '1 millisecond' \
                      WHERE $6::text IS NOT NULL AND id IN (SELECT saga_id FROM added) \
                        AND (lease_until IS NULL OR lease_until < now()) \
                      RETURNING {returned}) \
-                 SELECT EXISTS (SELECT 1 FROM claim) AS first, \
-                   EXISTS (SELECT 1 FROM added) AS found, taken.* \
+                 SELECT EXISTS (SELECT 1 FROM target) AS found, {}, taken.* \
                  FROM (SELECT 1) AS one LEFT JOIN taken ON true",
-                inbox::Entry::claim_part(1)
+                entry.parts(1, fence_at, "EXISTS (SELECT 1 FROM target)"),
+                entry.columns()
             ),
             values,
         ))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("signal statement returned no row".to_owned()))?;
-    let first: bool = row.try_get("", "first")?;
-    let found: bool = row.try_get("", "found")?;
-    if !entry.claimed(first) {
+    if !row.try_get::<bool>("", "found")? {
         return Ok(None);
     }
-    let taken = match row.try_get::<Option<Uuid>>("", "id")? {
-        Some(_) => Some(Saga::try_from(SagaRow::from_query_result(&row, "")?)?),
-        None => None,
-    };
-    Ok(Some(Signalled { found, taken }))
+    entry
+        .outcome(&row, || match row.try_get::<Option<Uuid>>("", "id")? {
+            Some(_) => Ok(Some(Saga::try_from(SagaRow::from_query_result(&row, "")?)?)),
+            None => Ok(None),
+        })
+        .map(Some)
 }
 
 /// How a transition leaves the lease.

@@ -38,10 +38,11 @@ use crate::{
     config::KafkaConfig,
     dead_letters::{DeadLetterSink, FailedRecord},
     events,
+    inbox::Claimed,
     kafka::{
         KafkaFailure, ensure_topics,
         lag::{ConsumerLag, LagContext},
-        leases::{self, Advance, Lease, PartitionLeases},
+        leases::{self, Advance, Fence, Lease, PartitionLeases},
         wake,
     },
     telemetry::{names, span_failed as failed},
@@ -94,6 +95,26 @@ pub trait EventHandler: Send + Sync + 'static {
         event: &ReceivedEvent,
         tx: &DatabaseTransaction,
     ) -> impl Future<Output = Result<Self::Applied, HandlerError>> + Send;
+
+    /// Handles `event` in one statement on `db`, without a transaction, when it can: the
+    /// statement carries the event's inbox entry with `fence`
+    /// ([`crate::inbox::Entry::fenced`]), which moves the partition's offset past the event in
+    /// the same statement, and only while this consumer holds the partition. `None`: the event
+    /// needs a transaction, and [`EventHandler::handle`] gets one. The future gives
+    /// [`Claimed::Fenced`] when nothing was written (the partition's lease moved, or the
+    /// handler's condition did not hold and it returned no error).
+    ///
+    /// The consumer offers this for a message processed on its own; several messages fetched
+    /// together share one transaction through [`EventHandler::handle`].
+    fn handle_alone(
+        &self,
+        event: &ReceivedEvent,
+        db: &DatabaseConnection,
+        fence: Fence,
+    ) -> Option<impl Future<Output = Result<Claimed<Self::Applied>, HandlerError>> + Send> {
+        let _ = (event, db, fence);
+        None::<std::future::Ready<Result<Claimed<Self::Applied>, HandlerError>>>
+    }
 
     /// Called after the transaction holding `applied` committed.
     fn committed(&self, applied: Vec<Self::Applied>) {
@@ -956,6 +977,29 @@ impl EventConsumer {
         }
     }
 
+    /// Runs a handler's single statement ([`EventHandler::handle_alone`]) in the span of the
+    /// event. `Ok(None)`: fenced, nothing written.
+    async fn apply_alone<A>(
+        &self,
+        alone: impl Future<Output = Result<Claimed<A>, HandlerError>>,
+        event: &ReceivedEvent,
+        attempt: u32,
+    ) -> Result<Option<Vec<A>>, HandlerError> {
+        let span = self.process_span(event, attempt);
+        match alone.instrument(span.clone()).await {
+            Ok(Claimed::First(applied)) => Ok(Some(vec![applied])),
+            Ok(Claimed::Duplicate) => Ok(Some(Vec::new())),
+            Ok(Claimed::Fenced) => {
+                failed(&span, "not committed: the partition's lease moved");
+                Ok(None)
+            }
+            Err(error) => {
+                failed(&span, &error.to_string());
+                Err(error)
+            }
+        }
+    }
+
     /// The span of handling `event` (its `attempt`th time): a consumer span continuing the trace
     /// the event carries, with OpenTelemetry's messaging attributes. Everything the handler
     /// does, and every event it emits, belongs to it.
@@ -1017,16 +1061,31 @@ impl EventConsumer {
             if !self.shared.holds(&topic, event.partition, epoch) {
                 return Handled::Fenced;
             }
-            let error = match self
-                .apply_together(
-                    std::slice::from_ref(&event),
-                    &[false],
-                    |_, _| epoch,
-                    handler,
-                    attempt,
-                )
-                .await
-            {
+            let fence = Fence {
+                group: self.leases.group().to_owned(),
+                member: self.leases.member().to_owned(),
+                advance: Advance {
+                    topic: event.topic.clone(),
+                    partition: event.partition,
+                    epoch,
+                    next: event.offset + 1,
+                    last: event.fingerprint,
+                },
+            };
+            let outcome = match handler.handle_alone(&event, &self.db, fence) {
+                Some(alone) => self.apply_alone(alone, &event, attempt).await,
+                None => {
+                    self.apply_together(
+                        std::slice::from_ref(&event),
+                        &[false],
+                        |_, _| epoch,
+                        handler,
+                        attempt,
+                    )
+                    .await
+                }
+            };
+            let error = match outcome {
                 Ok(Some(applied)) => {
                     handler.committed(applied);
                     metrics::counter!(names::CONSUMER_MESSAGES, "topic" => topic, "outcome" => "processed")

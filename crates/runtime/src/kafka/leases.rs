@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement,
-    TransactionTrait as _,
+    TransactionTrait as _, Value,
 };
 
 /// A partition this member holds.
@@ -252,6 +252,26 @@ impl PartitionLeases {
     }
 }
 
+/// The fenced offset update, its parameters from `$first`: group, topic, partition, member,
+/// epoch, next offset, last record. It changes one row only while `member` holds the partition
+/// under `epoch`.
+fn advance_sql(first: usize) -> String {
+    let p = |n: usize| format!("${}", first + n);
+    format!(
+        "UPDATE consumer_partitions SET next_offset = {}::bigint, last_record = {}::bigint, \
+         updated_at = now() \
+         WHERE consumer_group = {}::text AND topic = {}::text AND partition = {}::int \
+           AND owner = {}::text AND epoch = {}::bigint",
+        p(5),
+        p(6),
+        p(0),
+        p(1),
+        p(2),
+        p(3),
+        p(4)
+    )
+}
+
 /// Advances the offsets of `advances` inside the transaction that applied their messages.
 /// `Ok(false)`: this member no longer holds one of the partitions under that epoch; the caller
 /// must roll back.
@@ -263,22 +283,18 @@ pub async fn advance<C: ConnectionTrait>(
 ) -> Result<bool, DbErr> {
     let mut sorted: Vec<&Advance> = advances.iter().collect();
     sorted.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    let sql = advance_sql(1);
     for advance in sorted {
+        let fence = Fence {
+            group: group.to_owned(),
+            member: member.to_owned(),
+            advance: advance.clone(),
+        };
         let result = tx
             .execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "UPDATE consumer_partitions SET next_offset = $6, last_record = $7, updated_at = now() \
-                 WHERE consumer_group = $1 AND topic = $2 AND partition = $3 \
-                   AND owner = $4 AND epoch = $5",
-                [
-                    group.into(),
-                    advance.topic.clone().into(),
-                    advance.partition.into(),
-                    member.into(),
-                    advance.epoch.into(),
-                    advance.next.into(),
-                    advance.last.into(),
-                ],
+                &sql,
+                fence.values(),
             ))
             .await?;
         if result.rows_affected() != 1 {
@@ -286,6 +302,46 @@ pub async fn advance<C: ConnectionTrait>(
         }
     }
     Ok(true)
+}
+
+/// One message's offset advance, fenced by the partition's lease, carried by the statement that
+/// applies the message's effect: a handler of one statement then needs no transaction
+/// ([`crate::kafka::EventHandler::handle_alone`]). The statement writes its effect only when the
+/// advance changed the row, so the effect and the offset commit together or not at all, and a
+/// member that lost the partition writes neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The consumer group (prefix included).
+    pub group: String,
+    /// The member that must hold the partition.
+    pub member: String,
+    /// The advance, with the epoch the partition must still be held under.
+    pub advance: Advance,
+}
+
+impl Fence {
+    /// A data-modifying `WITH` part named `advance`, its parameters `$first` to `$first + 6`
+    /// ([`Fence::values`]): one row when the offset moved, none when `condition` (an SQL boolean
+    /// over earlier parts) is false or the member no longer holds the partition under its epoch.
+    pub fn part(first: usize, condition: &str) -> String {
+        format!(
+            "advance AS ({} AND ({condition}) RETURNING 1)",
+            advance_sql(first)
+        )
+    }
+
+    /// The parameters of [`Fence::part`], in order.
+    pub fn values(&self) -> Vec<Value> {
+        vec![
+            self.group.clone().into(),
+            self.advance.topic.clone().into(),
+            self.advance.partition.into(),
+            self.member.clone().into(),
+            self.advance.epoch.into(),
+            self.advance.next.into(),
+            self.advance.last.into(),
+        ]
+    }
 }
 
 fn columns(leases: &[Lease]) -> (Vec<String>, Vec<i32>, Vec<i64>) {

@@ -4,10 +4,14 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use sea_orm::TransactionTrait as _;
+use sea_orm::{ConnectionTrait as _, TransactionTrait as _};
 use uuid::Uuid;
 use zentra_proto::{events::v1::EventEnvelope, order::v1::OrderPlaced};
-use zentra_runtime::outbox;
+use zentra_runtime::{
+    inbox::Claimed,
+    kafka::{Fence, leases::Advance},
+    outbox,
+};
 use zentra_saga::{
     domain::{Saga, SagaState},
     machine::Signal,
@@ -406,9 +410,10 @@ async fn a_signal_takes_the_lease_of_a_saga_nobody_holds_and_leaves_a_held_one_t
     )
     .await
     .expect("signal")
-    .expect("first delivery");
-    assert!(signalled.found);
-    let taken = signalled.taken.expect("the free saga's lease taken");
+    .expect("the saga exists");
+    let Claimed::First(Some(taken)) = signalled else {
+        panic!("the free saga's lease was not taken with its signal: {signalled:?}");
+    };
     assert_eq!(taken.id, free.id);
     assert_eq!(taken.lease.as_deref(), Some(token.as_str()));
     assert!(
@@ -428,7 +433,10 @@ async fn a_signal_takes_the_lease_of_a_saga_nobody_holds_and_leaves_a_held_one_t
     )
     .await
     .expect("redelivery");
-    assert!(again.is_none(), "a redelivery wrote something");
+    assert!(
+        matches!(again, Some(Claimed::Duplicate)),
+        "a redelivery wrote something: {again:?}"
+    );
     assert_eq!(signal_ids(&db, free.id).await.len(), 1);
 
     // Held by "b": the signal waits for it, the lease stays b's.
@@ -444,11 +452,10 @@ async fn a_signal_takes_the_lease_of_a_saga_nobody_holds_and_leaves_a_held_one_t
     )
     .await
     .expect("signal")
-    .expect("first delivery");
-    assert!(signalled.found);
+    .expect("the saga exists");
     assert!(
-        signalled.taken.is_none(),
-        "took a lease another instance holds"
+        matches!(signalled, Claimed::First(None)),
+        "took a lease another instance holds: {signalled:?}"
     );
     assert_eq!(signal_ids(&db, held.id).await.len(), 1);
     let lease_owner = store::by_id(&db, held.id)
@@ -457,4 +464,122 @@ async fn a_signal_takes_the_lease_of_a_saga_nobody_holds_and_leaves_a_held_one_t
         .expect("saga")
         .lease;
     assert_eq!(lease_owner, held.lease);
+}
+
+/// A signal carrying the consumer's offset (a fenced inbox entry) needs no transaction: the
+/// signal, the inbox entry and the offset are written by one statement, and only while the
+/// consumer holds the partition under its epoch. A stale epoch writes nothing at all, and so does
+/// a signal for a saga that does not exist (its event must be read again).
+#[tokio::test]
+async fn a_signal_moves_the_offset_in_its_own_statement_only_for_the_partitions_holder() {
+    let database = TestDatabase::create("saga-signal-fence")
+        .await
+        .expect("database");
+    let db = database.connect().await.expect("connect");
+    zentra_runtime::db::migrate(&db, store::migrations::MIGRATIONS)
+        .await
+        .expect("migrate");
+    db.execute_unprepared(
+        "INSERT INTO consumer_partitions (consumer_group, topic, partition, next_offset, owner, epoch, lease_until) \
+         VALUES ('saga', 'fulfillment.events', 0, 9, 'a', 3, now() + interval '1 minute')",
+    )
+    .await
+    .expect("partition row");
+    let offset = || {
+        count(
+            &db,
+            "SELECT next_offset FROM consumer_partitions WHERE consumer_group = 'saga'",
+        )
+    };
+    let inbox_entries = || count(&db, "SELECT count(*) FROM inbox");
+    let fence = |epoch: i64, next: i64| Fence {
+        group: "saga".to_owned(),
+        member: "a".to_owned(),
+        advance: Advance {
+            topic: "fulfillment.events".to_owned(),
+            partition: 0,
+            epoch,
+            next,
+            last: 77,
+        },
+    };
+    let fenced = |fence: Fence| {
+        zentra_runtime::inbox::Entry::new("saga", &Uuid::now_v7().to_string(), "fulfillment.events")
+            .expect("entry")
+            .fenced(Some(fence))
+    };
+    let lease = Duration::from_secs(30);
+    let saga = new_saga();
+    // A saga started by its OrderPlaced: the same fence, in the insert.
+    let started = |fence: Fence| {
+        let (db, saga) = (db.clone(), saga.clone());
+        async move {
+            store::insert_moving(&db, &saga, "x", lease, Some(&fence))
+                .await
+                .expect("insert")
+        }
+    };
+    assert_eq!(started(fence(2, 10)).await, Claimed::Fenced);
+    assert!(
+        store::by_id(&db, saga.id).await.expect("read").is_none(),
+        "a stale holder started a saga"
+    );
+    assert_eq!(offset().await, 9);
+    assert_eq!(started(fence(3, 10)).await, Claimed::First(()));
+    assert!(store::by_id(&db, saga.id).await.expect("read").is_some());
+    assert_eq!(
+        started(fence(3, 10)).await,
+        Claimed::Duplicate,
+        "the order has its saga"
+    );
+    assert_eq!(offset().await, 10);
+    let signal = |entry: zentra_runtime::inbox::Entry, target| {
+        let db = db.clone();
+        async move {
+            store::add_signal_once(&db, &entry, target, &Signal::RetryNow, None)
+                .await
+                .expect("statement")
+        }
+    };
+
+    // A stale epoch: the partition was taken over since. Nothing is written.
+    let stale = signal(fenced(fence(2, 11)), store::SignalTarget::Saga(saga.id)).await;
+    assert!(
+        matches!(stale, Some(Claimed::Fenced)),
+        "a stale holder wrote: {stale:?}"
+    );
+    assert_eq!(offset().await, 10);
+    assert_eq!(inbox_entries().await, 0);
+    assert!(signal_ids(&db, saga.id).await.is_empty());
+
+    // No such saga: nothing is written either, so the event is read again.
+    let missing = signal(
+        fenced(fence(3, 11)),
+        store::SignalTarget::Saga(Uuid::now_v7()),
+    )
+    .await;
+    assert!(
+        missing.is_none(),
+        "a missing saga was signalled: {missing:?}"
+    );
+    assert_eq!(offset().await, 10);
+    assert_eq!(inbox_entries().await, 0);
+
+    // The holder: signal, inbox entry and offset together.
+    let entry = fenced(fence(3, 11));
+    let first = signal(entry.clone(), store::SignalTarget::Saga(saga.id)).await;
+    assert!(matches!(first, Some(Claimed::First(None))), "{first:?}");
+    assert_eq!(offset().await, 11);
+    assert_eq!(inbox_entries().await, 1);
+    assert_eq!(signal_ids(&db, saga.id).await.len(), 1);
+
+    // The same event again (read twice): only the offset moves.
+    let again = signal(
+        entry.fenced(Some(fence(3, 12))),
+        store::SignalTarget::Saga(saga.id),
+    )
+    .await;
+    assert!(matches!(again, Some(Claimed::Duplicate)), "{again:?}");
+    assert_eq!(offset().await, 12);
+    assert_eq!(signal_ids(&db, saga.id).await.len(), 1);
 }
