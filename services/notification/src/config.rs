@@ -39,8 +39,9 @@ pub struct NotificationSettings {
     /// Delivery workers, each holding a database connection and the row locks of up to 8 mails
     /// (`delivery::BATCH`) while the SMTP server answers them (at most 8: the pool has 16).
     pub concurrency: usize,
-    /// How often the delivery worker looks for due notifications (retries, and other replicas'
-    /// work); a notification created here wakes it at once.
+    /// How often the service looks for due notifications (retries, and other replicas' work;
+    /// one worker looks, and shares what it finds); a notification created here wakes a worker
+    /// at once.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
 }

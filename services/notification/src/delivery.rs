@@ -207,13 +207,23 @@ fn short_type(event_type: &str) -> &str {
 }
 
 /// Delivers due notifications until `shutdown`: at once when `wake` is notified (new
-/// notifications committed), else every poll interval (retries, other replicas' work).
-pub async fn run(delivery: Delivery, wake: Arc<Notify>, shutdown: CancellationToken) {
+/// notifications committed here). The service's first worker (`polls`) also looks every poll
+/// interval (retries, other replicas' leftovers) and wakes another worker when it finds more than
+/// one round's work; the others wait for wakes only, so an idle service probes once an interval,
+/// not once per worker.
+pub async fn run(delivery: Delivery, wake: Arc<Notify>, polls: bool, shutdown: CancellationToken) {
     let interval = delivery.settings.poll_interval;
     loop {
+        let mut rounds = 0u32;
         loop {
             match delivery.deliver_due().await {
-                Ok(true) => continue,
+                Ok(true) => {
+                    rounds += 1;
+                    if rounds == 1 {
+                        // More is due than one round takes: share it.
+                        wake.notify_one();
+                    }
+                }
                 Ok(false) => break,
                 Err(error) => {
                     tracing::warn!(%error, "notification delivery round failed");
@@ -221,10 +231,17 @@ pub async fn run(delivery: Delivery, wake: Arc<Notify>, shutdown: CancellationTo
                 }
             }
         }
+        let poll = async {
+            if polls {
+                tokio::time::sleep(interval).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = wake.notified() => {}
-            () = tokio::time::sleep(interval) => {}
+            () = poll => {}
         }
     }
 }

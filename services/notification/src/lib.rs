@@ -85,10 +85,11 @@ impl NotificationService {
             platform.event_topic(EVENTS_TOPIC),
             platform.relay.waker(),
         );
-        for _ in 0..workers {
+        for worker in 0..workers {
             platform.spawn(delivery::run(
                 delivery.clone(),
                 Arc::clone(&delivery_wake),
+                worker == 0,
                 platform.shutdown.clone(),
             ));
         }
