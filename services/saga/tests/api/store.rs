@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait as _, TransactionTrait as _};
+use sea_orm::{ConnectionTrait as _, DatabaseConnection, TransactionTrait as _};
 use uuid::Uuid;
 use zentra_proto::{events::v1::EventEnvelope, order::v1::OrderPlaced};
 use zentra_runtime::{
@@ -307,6 +307,18 @@ async fn sagas_not_yet_ended_are_gauged_by_state_with_the_oldest_age_and_ended_o
     database.drop_database().await.expect("cleanup");
 }
 
+/// A new saga inserted under a lease of `owner` for `lease`, as the intake starts one.
+async fn born(db: &DatabaseConnection, owner: &str, lease: Duration) -> Saga {
+    let mut saga = new_saga();
+    saga.lease = Some(store::lease_token(owner));
+    assert!(
+        store::insert(db, &saga, owner, lease)
+            .await
+            .expect("insert")
+    );
+    saga
+}
+
 /// A saga the intake starts is born under its instance's lease and driven without a claim; if
 /// that instance dies before driving it, nothing is lost: its restart gives the lease back at
 /// once, and any other instance claims the saga when the lease expires.
@@ -333,37 +345,19 @@ async fn a_saga_born_under_a_lease_is_claimed_by_nobody_else_until_its_owner_giv
     };
 
     // Held for 30 s by instance "a": "b" finds nothing, until "a" restarts and gives it back.
-    let mut held = new_saga();
-    held.lease = Some(store::lease_token("a"));
-    assert!(
-        store::insert(&db, &held, "a", Duration::from_secs(30))
-            .await
-            .expect("insert")
-    );
+    let held = born(&db, "a", Duration::from_secs(30)).await;
     assert!(claim("b").await.is_empty(), "claimed under a live lease");
     assert_eq!(store::release_leases(&db, "a").await.expect("release"), 1);
     assert_eq!(claim("b").await, vec![held.id]);
 
     // Held briefly by "c", which never comes back: claimable once the lease expires.
-    let mut orphan = new_saga();
-    orphan.lease = Some(store::lease_token("c"));
-    assert!(
-        store::insert(&db, &orphan, "c", Duration::from_millis(300))
-            .await
-            .expect("insert")
-    );
+    let orphan = born(&db, "c", Duration::from_millis(300)).await;
     assert!(claim("b").await.is_empty(), "claimed under a live lease");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(claim("b").await, vec![orphan.id]);
 
     // Its owner writes under the lease it was born with, which a claim by another would end.
-    let mut mine = new_saga();
-    mine.lease = Some(store::lease_token("d"));
-    assert!(
-        store::insert(&db, &mine, "d", Duration::from_secs(30))
-            .await
-            .expect("insert")
-    );
+    let mut mine = born(&db, "d", Duration::from_secs(30)).await;
     let lease = mine.lease.clone().expect("lease");
     mine.state = SagaState::Running;
     let saved = store::save(
