@@ -57,11 +57,7 @@ async fn signal_ids(db: &sea_orm::DatabaseConnection, saga_id: Uuid) -> Vec<i64>
 #[tokio::test]
 async fn a_transition_whose_lease_is_lost_writes_nothing_and_leaves_the_rest_of_its_transaction_alone()
  {
-    let database = TestDatabase::create("saga-store").await.expect("database");
-    let db = database.connect().await.expect("connect");
-    zentra_runtime::db::migrate(&db, store::migrations::MIGRATIONS)
-        .await
-        .expect("migrate");
+    let (database, db) = migrated("saga-store").await;
     let (kept, lost) = (new_saga(), new_saga());
     for saga in [&kept, &lost] {
         assert!(
@@ -166,13 +162,7 @@ async fn a_transition_whose_lease_is_lost_writes_nothing_and_leaves_the_rest_of_
 
 #[tokio::test]
 async fn a_transition_alone_is_written_without_a_transaction_and_only_under_its_lease() {
-    let database = TestDatabase::create("saga-store-alone")
-        .await
-        .expect("database");
-    let db = database.connect().await.expect("connect");
-    zentra_runtime::db::migrate(&db, store::migrations::MIGRATIONS)
-        .await
-        .expect("migrate");
+    let (database, db) = migrated("saga-store-alone").await;
     let saga = new_saga();
     assert!(
         store::insert(&db, &saga, "test", std::time::Duration::from_secs(30))
@@ -243,11 +233,7 @@ fn rendered_value(rendered: &str, line_start: &str) -> Option<f64> {
 async fn sagas_not_yet_ended_are_gauged_by_state_with_the_oldest_age_and_ended_ones_are_not() {
     use zentra_runtime::gauges::Sampler as _;
 
-    let database = TestDatabase::create("saga-gauges").await.expect("database");
-    let db = database.connect().await.expect("connect");
-    zentra_runtime::db::migrate(&db, store::migrations::MIGRATIONS)
-        .await
-        .expect("migrate");
+    let (database, db) = migrated("saga-gauges").await;
     // (state, started, last changed): a running saga's age counts from its start however
     // recently it retried; a parked one's from when it parked.
     for (state, started, changed) in [
@@ -307,6 +293,16 @@ async fn sagas_not_yet_ended_are_gauged_by_state_with_the_oldest_age_and_ended_o
     database.drop_database().await.expect("cleanup");
 }
 
+/// A fresh database of its own with the saga's schema, and a connection to it.
+async fn migrated(label: &str) -> (TestDatabase, DatabaseConnection) {
+    let database = TestDatabase::create(label).await.expect("database");
+    let db = database.connect().await.expect("connect");
+    zentra_runtime::db::migrate(&db, store::migrations::MIGRATIONS)
+        .await
+        .expect("migrate");
+    (database, db)
+}
+
 /// A new saga inserted under a lease of `owner` for `lease`, as the intake starts one.
 async fn born(db: &DatabaseConnection, owner: &str, lease: Duration) -> Saga {
     let mut saga = new_saga();
@@ -325,13 +321,7 @@ async fn born(db: &DatabaseConnection, owner: &str, lease: Duration) -> Saga {
 #[tokio::test]
 async fn a_saga_born_under_a_lease_is_claimed_by_nobody_else_until_its_owner_gives_it_back_or_the_lease_expires()
  {
-    let database = TestDatabase::create("saga-born-leased")
-        .await
-        .expect("database");
-    let db = database.connect().await.expect("connect");
-    zentra_runtime::db::migrate(&db, store::migrations::MIGRATIONS)
-        .await
-        .expect("migrate");
+    let (_database, db) = migrated("saga-born-leased").await;
     let claim = |owner: &'static str| {
         let db = db.clone();
         async move {
@@ -378,13 +368,7 @@ async fn a_saga_born_under_a_lease_is_claimed_by_nobody_else_until_its_owner_giv
 /// signal; a redelivered event writes nothing.
 #[tokio::test]
 async fn a_signal_takes_the_lease_of_a_saga_nobody_holds_and_leaves_a_held_one_to_its_holder() {
-    let database = TestDatabase::create("saga-signal-lease")
-        .await
-        .expect("database");
-    let db = database.connect().await.expect("connect");
-    zentra_runtime::db::migrate(&db, store::migrations::MIGRATIONS)
-        .await
-        .expect("migrate");
+    let (_database, db) = migrated("saga-signal-lease").await;
     let entry = || {
         zentra_runtime::inbox::Entry::new("saga", &Uuid::now_v7().to_string(), "fulfillment.events")
             .expect("entry")
@@ -466,13 +450,7 @@ async fn a_signal_takes_the_lease_of_a_saga_nobody_holds_and_leaves_a_held_one_t
 /// a signal for a saga that does not exist (its event must be read again).
 #[tokio::test]
 async fn a_signal_moves_the_offset_in_its_own_statement_only_for_the_partitions_holder() {
-    let database = TestDatabase::create("saga-signal-fence")
-        .await
-        .expect("database");
-    let db = database.connect().await.expect("connect");
-    zentra_runtime::db::migrate(&db, store::migrations::MIGRATIONS)
-        .await
-        .expect("migrate");
+    let (_database, db) = migrated("saga-signal-fence").await;
     db.execute_unprepared(
         "INSERT INTO consumer_partitions (consumer_group, topic, partition, next_offset, owner, epoch, lease_until) \
          VALUES ('saga', 'fulfillment.events', 0, 9, 'a', 3, now() + interval '1 minute')",
