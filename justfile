@@ -44,6 +44,10 @@ chaos *args:
     cargo build -q --profile ${ZENTRA_UP_PROFILE:-dev} -p zentra-bench --bin zentra-chaos
     profile=${ZENTRA_UP_PROFILE:-dev}; ${CARGO_TARGET_DIR:-target}/${profile/#dev/debug}/zentra-chaos "$@"
 
+# One bench run of the release binaries in BINDIR on a fresh stack of their own (fresh databases and broker); alternate two builds to compare them in one sitting
+bench-ab label bindir *args:
+    deploy/local/bench-ab.sh "$@"
+
 # Flame graph of every process (PostgreSQL, broker, services) for N seconds, while `just bench` runs: docs/bench/flamegraph.svg
 flamegraph seconds="10" output="docs/bench/flamegraph.svg":
     deploy/local/flamegraph.sh {{seconds}} {{output}}
