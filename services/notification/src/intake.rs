@@ -147,11 +147,7 @@ impl EventHandler for Intake {
         fence: Fence,
     ) -> Option<impl Future<Output = Result<Claimed<bool>, HandlerError>> + Send> {
         // An event that asks for nothing writes nothing: its offset moves with a transaction.
-        let prepared = match Self::prepare(event) {
-            Ok(None) => return None,
-            Ok(Some(prepared)) => Ok(prepared),
-            Err(error) => Err(error),
-        };
+        let prepared = Self::prepare(event).transpose()?;
         Some(async move { Self::take(prepared?, db, Some(fence)).await })
     }
 

@@ -224,12 +224,8 @@ impl EventHandler for Intake {
         db: &DatabaseConnection,
         fence: Fence,
     ) -> Option<impl Future<Output = Result<Claimed<Applied>, HandlerError>> + Send> {
-        let what = match what_of(event) {
-            // Nothing to write: the offset moves with a transaction.
-            Ok(None) => return None,
-            Ok(Some(what)) => Ok(what),
-            Err(error) => Err(error),
-        };
+        // Nothing to write: the offset moves with a transaction.
+        let what = what_of(event).transpose()?;
         Some(async move { self.apply(db, event, what?, Some(fence)).await })
     }
 
