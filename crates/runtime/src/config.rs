@@ -204,6 +204,9 @@ pub struct DatabaseConfig {
     /// How long to wait for a connection from the pool.
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// Mutating RPCs that arrive together share one transaction, at most this many: one commit
+    /// instead of many under load. 1 gives every call a transaction of its own.
+    pub max_batch: usize,
 }
 
 impl Default for DatabaseConfig {
@@ -213,6 +216,7 @@ impl Default for DatabaseConfig {
             max_connections: 16,
             min_connections: 1,
             acquire_timeout: Duration::from_secs(5),
+            max_batch: 64,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod deadline;
 pub mod events;
 pub mod faults;
 pub mod gauges;
+pub mod group_commit;
 pub mod idempotency;
 pub mod inbox;
 pub mod kafka;

@@ -164,6 +164,16 @@ impl Platform {
         ));
     }
 
+    /// This service's group commit over its database, its runner stopping at shutdown.
+    pub fn group_commit(&self) -> crate::group_commit::GroupCommit {
+        let (group, runner) =
+            crate::group_commit::GroupCommit::new(self.db.clone(), self.config.database.max_batch);
+        if let Some(runner) = runner {
+            self.spawn(runner.run(self.shutdown.clone()));
+        }
+        group
+    }
+
     /// Samples `samplers` every `telemetry.gauge_interval` until shutdown (the runtime's own
     /// start with the platform; a service adds its domain's).
     pub fn spawn_gauges(&self, samplers: Vec<Box<dyn crate::gauges::Sampler>>) {

@@ -171,12 +171,16 @@ pub fn parse_uuid(field: &str, value: &str, violations: &mut Violations) -> Opti
 }
 
 /// The status for a database failure: UNAVAILABLE when no pooled connection came free in time (the
-/// service is overloaded; the call may be retried), else INTERNAL. The detail goes to the log, not
-/// to the caller.
+/// service is overloaded) or the connection failed (a transaction shared with other calls did
+/// not commit, or the service is stopping): the call may be retried. Else INTERNAL. The detail
+/// goes to the log, not to the caller.
 pub fn database_error(error: &sea_orm::DbErr) -> Status {
     if matches!(error, sea_orm::DbErr::ConnectionAcquire(_)) {
         tracing::warn!(%error, "no database connection free");
         Status::unavailable("overloaded: no database connection came free in time; retry later")
+    } else if matches!(error, sea_orm::DbErr::Conn(_)) {
+        tracing::warn!(%error, "database connection failed");
+        Status::unavailable("the database connection failed; retry later")
     } else {
         tracing::error!(%error, "database error");
         Status::internal("internal error")

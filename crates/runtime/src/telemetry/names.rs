@@ -32,6 +32,8 @@ pub const CONSUMER_OFFSET_RESETS: &str = "zentra_consumer_offset_resets_total";
 pub const KAFKA_RECOVERIES: &str = "zentra_kafka_recoveries_total";
 /// Events skipped because the inbox had already applied them.
 pub const INBOX_DUPLICATES: &str = "zentra_inbox_duplicates_total";
+/// Pieces of work committed together by a service's group commit, per transaction.
+pub const DB_BATCH_SIZE: &str = "zentra_db_group_commit_batch_size";
 /// Faults injected into RPCs, by kind.
 pub const FAULTS_APPLIED: &str = "zentra_faults_applied_total";
 
@@ -61,6 +63,10 @@ pub fn describe() {
         GRPC_DURATION,
         metrics::Unit::Seconds,
         "gRPC request handling time"
+    );
+    metrics::describe_histogram!(
+        DB_BATCH_SIZE,
+        "pieces of work (mutating RPCs) committed together in one transaction"
     );
     metrics::describe_counter!(OUTBOX_PUBLISHED, "outbox events published to Kafka");
     metrics::describe_counter!(OUTBOX_FAILURES, "outbox publish rounds that failed");
