@@ -22,6 +22,7 @@ use std::{future::Future, pin::Pin};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, RuntimeErr, TransactionTrait as _};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::idempotency::{self, Claim, IdempotencyError, IdempotentRequest};
 
@@ -61,6 +62,8 @@ trait Ran: Send {
 struct Pending<T, E, F> {
     work: F,
     reply: oneshot::Sender<Result<Committed<T>, E>>,
+    /// The caller's span: the work's spans, logs and events' trace context continue it.
+    span: tracing::Span,
 }
 
 impl<T, E, F> Job for Pending<T, E, F>
@@ -77,9 +80,10 @@ where
         self: Box<Self>,
         transaction: &'t DatabaseTransaction,
     ) -> Pin<Box<dyn Future<Output = Box<dyn Ran>> + Send + 't>> {
-        let Pending { work, reply } = *self;
+        let Pending { work, reply, span } = *self;
         Box::pin(async move {
-            let (result, emitted) = crate::events::tracked(work(transaction)).await;
+            let work = work(transaction).instrument(span);
+            let (result, emitted) = crate::events::tracked(work).await;
             let result = result.map(|value| Committed { value, emitted });
             Box::new(Outcome { result, reply }) as Box<dyn Ran>
         })
@@ -178,7 +182,11 @@ impl GroupCommit {
             return alone(&self.db, work).await;
         };
         let (reply, answer) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Pending { work, reply });
+        let job: Box<dyn Job> = Box::new(Pending {
+            work,
+            reply,
+            span: tracing::Span::current(),
+        });
         if queue.send(job).await.is_err() {
             return Err(stopped());
         }

@@ -5,8 +5,6 @@ use std::collections::BTreeSet;
 use tonic::{Request, Response, Status};
 use zentra_proto::{common::v1::PageResponse, fulfillment::v1 as pb};
 use zentra_runtime::{
-    events::tracked,
-    fresh_or_replay,
     paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
     validate::{Sku, check_address},
@@ -78,26 +76,24 @@ impl pb::fulfillment_service_server::FulfillmentService for FulfillmentApi {
         ) else {
             return Err(violations.into_status());
         };
-        let tx = fresh_or_replay!(
-            self.shipments.db(),
-            "CreateShipment",
-            request,
-            FulfillmentError
-        );
-        let (shipment, emitted) =
-            tracked(
-                self.shipments
-                    .create(tx.transaction(), order_id, address, &lines),
-            )
-            .await;
-        let shipment = shipment?;
-        let response = pb::CreateShipmentResponse {
-            shipment: Some(convert::shipment(&shipment)),
-        };
-        tx.commit(&response).await.map_err(FulfillmentError::from)?;
-        self.shipments.committed(emitted);
-        tracing::info!(shipment_id = %shipment.row.id, order_id = %order_id, "shipment created");
-        Ok(Response::new(response))
+        let shipments = self.shipments.clone();
+        let address = address.clone();
+        let done = self
+            .shipments
+            .group()
+            .idempotent("CreateShipment", &request, move |tx| {
+                Box::pin(async move {
+                    let shipment = shipments.create(tx, order_id, &address, &lines).await?;
+                    Ok::<_, FulfillmentError>(pb::CreateShipmentResponse {
+                        shipment: Some(convert::shipment(&shipment)),
+                    })
+                })
+            })
+            .await?;
+        self.shipments.committed(done.emitted);
+        let shipment_id = done.value.shipment.as_ref().map(|s| s.shipment_id.as_str());
+        tracing::info!(shipment_id, order_id = %order_id, "shipment created");
+        Ok(Response::new(done.value))
     }
 
     async fn cancel_shipment(
@@ -112,26 +108,23 @@ impl pb::fulfillment_service_server::FulfillmentService for FulfillmentApi {
         let (Some(id), true) = (id, violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let tx = fresh_or_replay!(
-            self.shipments.db(),
-            "CancelShipment",
-            request,
-            FulfillmentError
-        );
-        let (shipment, emitted) = tracked(self.shipments.cancel(
-            tx.transaction(),
-            id,
-            request.reason.trim(),
-        ))
-        .await;
-        let shipment = shipment?;
-        let response = pb::CancelShipmentResponse {
-            shipment: Some(convert::shipment(&shipment)),
-        };
-        tx.commit(&response).await.map_err(FulfillmentError::from)?;
-        self.shipments.committed(emitted);
+        let shipments = self.shipments.clone();
+        let reason = request.reason.trim().to_owned();
+        let done = self
+            .shipments
+            .group()
+            .idempotent("CancelShipment", &request, move |tx| {
+                Box::pin(async move {
+                    let shipment = shipments.cancel(tx, id, &reason).await?;
+                    Ok::<_, FulfillmentError>(pb::CancelShipmentResponse {
+                        shipment: Some(convert::shipment(&shipment)),
+                    })
+                })
+            })
+            .await?;
+        self.shipments.committed(done.emitted);
         tracing::info!(shipment_id = %id, "shipment cancelled");
-        Ok(Response::new(response))
+        Ok(Response::new(done.value))
     }
 
     async fn get_shipment(

@@ -59,6 +59,7 @@ impl FulfillmentService {
             platform.event_topic(EVENTS_TOPIC),
             platform.relay.waker(),
             settings,
+            platform.group_commit(),
         );
         platform.spawn_relay();
         platform.spawn(shipments::run_worker(

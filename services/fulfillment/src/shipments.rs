@@ -13,6 +13,7 @@ use zentra_proto::{common::v1::Address, fulfillment::v1 as pb};
 use zentra_runtime::{
     CancellationToken,
     events::{EventMeta, EventTopic},
+    group_commit::GroupCommit,
     outbox::OutboxWaker,
 };
 
@@ -37,6 +38,7 @@ pub struct Shipments {
     waker: OutboxWaker,
     settings: FulfillmentSettings,
     worker: Arc<Notify>,
+    group: GroupCommit,
 }
 
 impl Shipments {
@@ -46,6 +48,7 @@ impl Shipments {
         events_topic: EventTopic,
         waker: OutboxWaker,
         settings: FulfillmentSettings,
+        group: GroupCommit,
     ) -> Self {
         Self {
             db,
@@ -53,12 +56,18 @@ impl Shipments {
             waker,
             settings,
             worker: Arc::new(Notify::new()),
+            group,
         }
     }
 
     /// The database.
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// Where shipments are created and cancelled, together when calls come together.
+    pub fn group(&self) -> &GroupCommit {
+        &self.group
     }
 
     /// After a commit: wakes the relay when `emitted` events, and the worker, as a shipment

@@ -25,7 +25,8 @@ pub struct InventoryApi {
 }
 
 impl InventoryApi {
-    /// The API over `stock`.
+    /// The API over `stock`. The saga's calls (reserve, pin, confirm, release) commit through
+    /// its group, together when they come together.
     pub fn new(stock: Stock, settings: InventorySettings) -> Self {
         Self { stock, settings }
     }
@@ -184,25 +185,30 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let request = request.into_inner();
         let reserve =
             ReserveStock::parse(&request, self.settings.max_hold).map_err(InventoryError::from)?;
-        let tx = zentra_runtime::fresh_or_replay!(
-            self.stock.db(),
-            "ReserveStock",
-            request,
-            InventoryError
-        );
         let hold = reserve.hold.unwrap_or(self.settings.default_hold);
-        let (reservation, emitted) =
-            tracked(self.stock.reserve(tx.transaction(), &reserve, hold)).await;
-        let reservation = reservation?;
-        let response = pb::ReserveStockResponse {
-            reservation: Some(convert::reservation(&reservation)),
-        };
-        tx.commit(&response).await.map_err(InventoryError::from)?;
-        if emitted {
+        let stock = self.stock.clone();
+        let done = self
+            .stock
+            .group()
+            .idempotent("ReserveStock", &request, move |tx| {
+                Box::pin(async move {
+                    let reservation = stock.reserve(tx, &reserve, hold).await?;
+                    Ok::<_, InventoryError>(pb::ReserveStockResponse {
+                        reservation: Some(convert::reservation(&reservation)),
+                    })
+                })
+            })
+            .await?;
+        if done.emitted {
             self.stock.committed();
         }
-        tracing::info!(reservation_id = %reservation.id, order_id = %reservation.order_id, "stock reserved");
-        Ok(Response::new(response))
+        let reservation = done.value.reservation.as_ref();
+        tracing::info!(
+            reservation_id = reservation.map_or("", |r| r.reservation_id.as_str()),
+            order_id = reservation.map_or("", |r| r.order_id.as_str()),
+            "stock reserved"
+        );
+        Ok(Response::new(done.value))
     }
 
     async fn pin_reservation(
@@ -216,19 +222,24 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let Some(id) = id.filter(|_| violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let tx = zentra_runtime::fresh_or_replay!(
-            self.stock.db(),
-            "PinReservation",
-            request,
-            InventoryError
-        );
-        let reservation = self.stock.pin(tx.transaction(), id).await?;
-        let response = pb::PinReservationResponse {
-            reservation: Some(convert::reservation(&reservation)),
-        };
-        tx.commit(&response).await.map_err(InventoryError::from)?;
+        let stock = self.stock.clone();
+        let done = self
+            .stock
+            .group()
+            .idempotent("PinReservation", &request, move |tx| {
+                Box::pin(async move {
+                    let reservation = stock.pin(tx, id).await?;
+                    Ok::<_, InventoryError>(pb::PinReservationResponse {
+                        reservation: Some(convert::reservation(&reservation)),
+                    })
+                })
+            })
+            .await?;
+        if done.emitted {
+            self.stock.committed();
+        }
         tracing::info!(reservation_id = %id, "reservation pinned");
-        Ok(Response::new(response))
+        Ok(Response::new(done.value))
     }
 
     async fn confirm_reservation(
@@ -242,23 +253,24 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let Some(id) = id.filter(|_| violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let tx = zentra_runtime::fresh_or_replay!(
-            self.stock.db(),
-            "ConfirmReservation",
-            request,
-            InventoryError
-        );
-        let (reservation, emitted) = tracked(self.stock.confirm(tx.transaction(), id)).await;
-        let reservation = reservation?;
-        let response = pb::ConfirmReservationResponse {
-            reservation: Some(convert::reservation(&reservation)),
-        };
-        tx.commit(&response).await.map_err(InventoryError::from)?;
-        if emitted {
+        let stock = self.stock.clone();
+        let done = self
+            .stock
+            .group()
+            .idempotent("ConfirmReservation", &request, move |tx| {
+                Box::pin(async move {
+                    let reservation = stock.confirm(tx, id).await?;
+                    Ok::<_, InventoryError>(pb::ConfirmReservationResponse {
+                        reservation: Some(convert::reservation(&reservation)),
+                    })
+                })
+            })
+            .await?;
+        if done.emitted {
             self.stock.committed();
         }
         tracing::info!(reservation_id = %id, "reservation confirmed");
-        Ok(Response::new(response))
+        Ok(Response::new(done.value))
     }
 
     async fn release_reservation(
@@ -274,24 +286,25 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let Some(id) = id.filter(|_| violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let tx = zentra_runtime::fresh_or_replay!(
-            self.stock.db(),
-            "ReleaseReservation",
-            request,
-            InventoryError
-        );
-        let (reservation, emitted) =
-            tracked(self.stock.release(tx.transaction(), id, reason)).await;
-        let reservation = reservation?;
-        let response = pb::ReleaseReservationResponse {
-            reservation: Some(convert::reservation(&reservation)),
-        };
-        tx.commit(&response).await.map_err(InventoryError::from)?;
-        if emitted {
+        let stock = self.stock.clone();
+        let why = reason.to_owned();
+        let done = self
+            .stock
+            .group()
+            .idempotent("ReleaseReservation", &request, move |tx| {
+                Box::pin(async move {
+                    let reservation = stock.release(tx, id, &why).await?;
+                    Ok::<_, InventoryError>(pb::ReleaseReservationResponse {
+                        reservation: Some(convert::reservation(&reservation)),
+                    })
+                })
+            })
+            .await?;
+        if done.emitted {
             self.stock.committed();
         }
         tracing::info!(reservation_id = %id, reason, "reservation released");
-        Ok(Response::new(response))
+        Ok(Response::new(done.value))
     }
 
     async fn get_reservation(

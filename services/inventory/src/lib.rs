@@ -57,7 +57,7 @@ impl Inventory {
             events: platform.event_topic(EVENTS_TOPIC),
         };
         let waker = settings.run_outbox_relay.then(|| platform.relay.waker());
-        let stock = stock::Stock::new(platform.db.clone(), topics, waker);
+        let stock = stock::Stock::new(platform.db.clone(), topics, waker, platform.group_commit());
         if settings.run_outbox_relay {
             platform.spawn_relay();
         }

@@ -2,11 +2,12 @@
 //! (outbox), so state and events never disagree.
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait as _};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 use uuid::Uuid;
 use zentra_proto::{common::v1::Money, inventory::v1 as pb};
 use zentra_runtime::{
     events::{EventMeta, EventTopic},
+    group_commit::GroupCommit,
     outbox::OutboxWaker,
 };
 
@@ -33,17 +34,35 @@ pub struct Stock {
     db: DatabaseConnection,
     topics: Topics,
     waker: Option<OutboxWaker>,
+    group: GroupCommit,
 }
 
 impl Stock {
-    /// Operations over `db`, emitting to `topics`, waking the relay after each commit.
-    pub fn new(db: DatabaseConnection, topics: Topics, waker: Option<OutboxWaker>) -> Self {
-        Self { db, topics, waker }
+    /// Operations over `db`, emitting to `topics`, waking the relay after each commit. Writes
+    /// that lock several products commit through `group`, which runs them one after another: a
+    /// batch takes products in no fixed order, and with one writer no two can deadlock.
+    pub fn new(
+        db: DatabaseConnection,
+        topics: Topics,
+        waker: Option<OutboxWaker>,
+        group: GroupCommit,
+    ) -> Self {
+        Self {
+            db,
+            topics,
+            waker,
+            group,
+        }
     }
 
     /// The database.
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// Where writes that lock products commit.
+    pub fn group(&self) -> &GroupCommit {
+        &self.group
     }
 
     /// Tells the relay that events were committed.
@@ -200,29 +219,43 @@ impl Stock {
     }
 
     /// Returns the stock of up to `limit` expired pending reservations, one transaction each
-    /// (a transaction then locks only one reservation's products); returns how many.
+    /// (shared with the calls of the moment, through the group); returns how many.
     pub async fn expire_due(&self, limit: u64) -> Result<usize, InventoryError> {
         let mut expired = 0;
         while (expired as u64) < limit {
-            let tx = self.db.begin().await?;
-            let Some(id) = store::lock_expired(&tx, 1).await?.pop() else {
+            let stock = self.clone();
+            let done = self
+                .group
+                .run(move |tx| Box::pin(async move { stock.expire_one(tx).await }))
+                .await?;
+            let Some(reservation) = done.value else {
                 break;
             };
-            let reservation = store::reservation(&tx, id, false).await?;
-            store::settle(&tx, &reservation, ReservationState::Expired, "hold expired").await?;
-            let event = pb::ReservationExpired {
-                reservation_id: id.to_string(),
-                order_id: reservation.order_id.to_string(),
-            };
-            let emitted = self.emit(&tx, &event, &reservation).await?;
-            tx.commit().await?;
-            if emitted {
+            if done.emitted {
                 self.committed();
             }
             expired += 1;
-            tracing::info!(reservation_id = %id, order_id = %reservation.order_id, "reservation expired");
+            tracing::info!(reservation_id = %reservation.id, order_id = %reservation.order_id, "reservation expired");
         }
         Ok(expired)
+    }
+
+    /// Expires one due pending reservation, if there is one.
+    async fn expire_one<C: ConnectionTrait>(
+        &self,
+        tx: &C,
+    ) -> Result<Option<Reservation>, InventoryError> {
+        let Some(id) = store::lock_expired(tx, 1).await?.pop() else {
+            return Ok(None);
+        };
+        let reservation = store::reservation(tx, id, false).await?;
+        store::settle(tx, &reservation, ReservationState::Expired, "hold expired").await?;
+        let event = pb::ReservationExpired {
+            reservation_id: id.to_string(),
+            order_id: reservation.order_id.to_string(),
+        };
+        self.emit(tx, &event, &reservation).await?;
+        Ok(Some(reservation))
     }
 
     async fn emit<C: ConnectionTrait, M: prost::Name>(

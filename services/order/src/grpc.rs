@@ -55,26 +55,47 @@ impl OrderApi {
         }
     }
 
-    /// Applies a validated status change idempotently and answers with the order after it.
+    /// Applies a validated status change idempotently, in the orders' group commit, and answers
+    /// with the order after it.
     async fn apply_change<Q, R>(
         &self,
         scope: &'static str,
         request: &Q,
         id: Uuid,
         change: Change<'_>,
-        respond: impl FnOnce(pb::Order) -> R,
+        respond: fn(pb::Order) -> R,
     ) -> Result<Response<R>, Status>
     where
         Q: IdempotentRequest + Sync,
-        R: prost::Message + Default,
+        R: prost::Message + Default + 'static,
     {
-        let tx = fresh_or_replay!(self.orders.db(), scope, *request, OrderError);
-        let order = self.orders.change(tx.transaction(), id, change).await?;
-        let response = respond(convert::order(&order));
-        tx.commit(&response).await.map_err(OrderError::from)?;
-        self.orders.committed();
-        tracing::info!(order_id = %id, status = order.state.as_str(), "order status changed");
-        Ok(Response::new(response))
+        let orders = self.orders.clone();
+        let (to, expected_version) = (change.to, change.expected_version);
+        let cause = change.cause.to_owned();
+        let reason = change.reason.to_owned();
+        let key = change.idempotency_key.to_owned();
+        let done = self
+            .orders
+            .group()
+            .idempotent(scope, request, move |tx| {
+                Box::pin(async move {
+                    let change = Change {
+                        to,
+                        cause: &cause,
+                        reason: &reason,
+                        expected_version,
+                        idempotency_key: &key,
+                    };
+                    let order = orders.change(tx, id, change).await?;
+                    Ok::<_, OrderError>(respond(convert::order(&order)))
+                })
+            })
+            .await?;
+        if done.emitted {
+            self.orders.committed();
+        }
+        tracing::info!(order_id = %id, to = to.as_str(), scope, "order status changed");
+        Ok(Response::new(done.value))
     }
 }
 

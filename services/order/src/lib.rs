@@ -52,6 +52,7 @@ impl OrderService {
             platform.db.clone(),
             platform.event_topic(EVENTS_TOPIC),
             platform.relay.waker(),
+            platform.group_commit(),
         );
         let catalogue =
             catalogue::Catalogue::new(&config.domain.order, config.common.client_tls.as_ref())?;

@@ -6,6 +6,7 @@ use uuid::Uuid;
 use zentra_proto::order::v1 as pb;
 use zentra_runtime::{
     events::{EventMeta, EventTopic},
+    group_commit::GroupCommit,
     outbox::OutboxWaker,
 };
 
@@ -25,21 +26,33 @@ pub struct Orders {
     db: DatabaseConnection,
     events_topic: EventTopic,
     waker: OutboxWaker,
+    group: GroupCommit,
 }
 
 impl Orders {
-    /// Operations over `db`, emitting to `events_topic`.
-    pub fn new(db: DatabaseConnection, events_topic: EventTopic, waker: OutboxWaker) -> Self {
+    /// Operations over `db`, emitting to `events_topic`; status changes commit through `group`.
+    pub fn new(
+        db: DatabaseConnection,
+        events_topic: EventTopic,
+        waker: OutboxWaker,
+        group: GroupCommit,
+    ) -> Self {
         Self {
             db,
             events_topic,
             waker,
+            group,
         }
     }
 
     /// The database.
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// Where status changes commit, together when they come together.
+    pub fn group(&self) -> &GroupCommit {
+        &self.group
     }
 
     /// Tells the relay that events were committed.

@@ -1,5 +1,6 @@
 //! The gRPC face of the payment service: validate, run the operation idempotently, convert.
 
+use sea_orm::DatabaseTransaction;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 use zentra_proto::{
@@ -7,7 +8,8 @@ use zentra_proto::{
     payment::v1 as pb,
 };
 use zentra_runtime::{
-    fresh_or_replay,
+    group_commit::Work,
+    idempotency::IdempotentRequest,
     paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
     validate::check_currency,
@@ -17,7 +19,7 @@ use crate::{
     convert,
     error::PaymentError,
     payments::{Authorize, Payments},
-    store,
+    store::{self, Payment},
 };
 
 /// Largest amount one payment may carry, in minor units.
@@ -38,7 +40,46 @@ impl PaymentApi {
     pub fn db(&self) -> &sea_orm::DatabaseConnection {
         self.payments.db()
     }
+
+    /// Runs `change` (of the payment `id`) idempotently under the request's key in the payments'
+    /// group commit, and answers with the payment after it, as `respond` wraps it.
+    async fn change<Q, R, F>(
+        &self,
+        scope: &'static str,
+        request: &Q,
+        change: F,
+        (respond, payment_of): PaymentResponse<R>,
+    ) -> Result<Response<R>, Status>
+    where
+        Q: IdempotentRequest,
+        R: prost::Message + Default + 'static,
+        F: for<'t> FnOnce(Payments, &'t DatabaseTransaction) -> Work<'t, Payment, PaymentError>
+            + Send
+            + 'static,
+    {
+        let payments = self.payments.clone();
+        let done = self
+            .payments
+            .group()
+            .idempotent(scope, request, move |tx| {
+                Box::pin(async move {
+                    let payment = change(payments, tx).await?;
+                    Ok::<_, PaymentError>(respond(Some(convert::payment(&payment))))
+                })
+            })
+            .await?;
+        if done.emitted {
+            self.payments.committed();
+        }
+        if let Some(payment) = payment_of(&done.value) {
+            tracing::info!(payment_id = %payment.payment_id, status = payment.status().as_str_name(), scope, "payment changed");
+        }
+        Ok(Response::new(done.value))
+    }
 }
+
+/// How a response carries the payment: built around it, and read back for the log.
+type PaymentResponse<R> = (fn(Option<pb::Payment>) -> R, fn(&R) -> Option<&pb::Payment>);
 
 /// Validates a required amount: supported currency, 1..=MAX_AMOUNT minor units.
 fn check_amount(
@@ -70,23 +111,6 @@ fn parse_id(field: &str, value: &str, key: &str, violations: &mut Violations) ->
     parse_uuid(field, value, violations)
 }
 
-macro_rules! respond {
-    ($self:ident, $tx:ident, $change:expr, $response:ident) => {{
-        // The change, still to be awaited: whether it wrote an event decides the relay's wake.
-        let (payment, emitted) = zentra_runtime::events::tracked($change).await;
-        let payment = payment?;
-        let response = pb::$response {
-            payment: Some(convert::payment(&payment)),
-        };
-        $tx.commit(&response).await.map_err(PaymentError::from)?;
-        if emitted {
-            $self.payments.committed();
-        }
-        tracing::info!(payment_id = %payment.id, status = %payment.status, "payment changed");
-        Ok(Response::new(response))
-    }};
-}
-
 #[tonic::async_trait]
 impl pb::payment_service_server::PaymentService for PaymentApi {
     async fn authorize(
@@ -113,7 +137,6 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
         else {
             return Err(violations.into_status());
         };
-        let tx = fresh_or_replay!(self.payments.db(), "Authorize", request, PaymentError);
         let authorize = Authorize {
             order_id,
             currency,
@@ -121,12 +144,19 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
             token: request.payment_method_token.clone(),
             idempotency_key: request.idempotency_key.clone(),
         };
-        respond!(
-            self,
-            tx,
-            self.payments.authorize(tx.transaction(), &authorize),
-            AuthorizeResponse
+        let outcome = self.payments.ask_processor(&authorize).await?;
+        self.change(
+            "Authorize",
+            &request,
+            move |payments, tx| {
+                Box::pin(async move { payments.authorize(tx, &authorize, &outcome).await })
+            },
+            (
+                |payment| pb::AuthorizeResponse { payment },
+                |response| response.payment.as_ref(),
+            ),
         )
+        .await
     }
 
     async fn capture(
@@ -149,14 +179,20 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
         let (Some(id), true) = (id, violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let tx = fresh_or_replay!(self.payments.db(), "Capture", request, PaymentError);
-        let change = self.payments.capture(
-            tx.transaction(),
-            id,
-            amount.flatten(),
-            &request.idempotency_key,
-        );
-        respond!(self, tx, change, CaptureResponse)
+        let amount = amount.flatten();
+        let key = request.idempotency_key.clone();
+        self.change(
+            "Capture",
+            &request,
+            move |payments, tx| {
+                Box::pin(async move { payments.capture(tx, id, amount, &key).await })
+            },
+            (
+                |payment| pb::CaptureResponse { payment },
+                |response| response.payment.as_ref(),
+            ),
+        )
+        .await
     }
 
     async fn void(
@@ -175,14 +211,18 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
         let (Some(id), true) = (id, violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let tx = fresh_or_replay!(self.payments.db(), "Void", request, PaymentError);
-        let change = self.payments.void(
-            tx.transaction(),
-            id,
-            request.reason.trim(),
-            &request.idempotency_key,
-        );
-        respond!(self, tx, change, VoidResponse)
+        let reason = request.reason.trim().to_owned();
+        let key = request.idempotency_key.clone();
+        self.change(
+            "Void",
+            &request,
+            move |payments, tx| Box::pin(async move { payments.void(tx, id, &reason, &key).await }),
+            (
+                |payment| pb::VoidResponse { payment },
+                |response| response.payment.as_ref(),
+            ),
+        )
+        .await
     }
 
     async fn refund(
@@ -202,15 +242,20 @@ impl pb::payment_service_server::PaymentService for PaymentApi {
         let (Some(id), Some(amount), true) = (id, amount, violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let tx = fresh_or_replay!(self.payments.db(), "Refund", request, PaymentError);
-        let change = self.payments.refund(
-            tx.transaction(),
-            id,
-            amount,
-            request.reason.trim(),
-            &request.idempotency_key,
-        );
-        respond!(self, tx, change, RefundResponse)
+        let reason = request.reason.trim().to_owned();
+        let key = request.idempotency_key.clone();
+        self.change(
+            "Refund",
+            &request,
+            move |payments, tx| {
+                Box::pin(async move { payments.refund(tx, id, amount, &reason, &key).await })
+            },
+            (
+                |payment| pb::RefundResponse { payment },
+                |response| response.payment.as_ref(),
+            ),
+        )
+        .await
     }
 
     async fn get_payment(

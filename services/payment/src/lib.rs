@@ -62,6 +62,7 @@ impl PaymentService {
             platform.event_topic(EVENTS_TOPIC),
             platform.relay.waker(),
             settings.authorization_validity,
+            platform.group_commit(),
         );
         platform.spawn_relay();
         let api = Arc::new(grpc::PaymentApi::new(payments));

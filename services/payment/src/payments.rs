@@ -8,6 +8,7 @@ use uuid::Uuid;
 use zentra_proto::payment::v1 as pb;
 use zentra_runtime::{
     events::{EventMeta, EventTopic},
+    group_commit::GroupCommit,
     outbox::OutboxWaker,
 };
 
@@ -44,6 +45,7 @@ pub struct Payments {
     events_topic: EventTopic,
     waker: OutboxWaker,
     authorization_validity: Duration,
+    group: GroupCommit,
 }
 
 impl Payments {
@@ -54,6 +56,7 @@ impl Payments {
         events_topic: EventTopic,
         waker: OutboxWaker,
         authorization_validity: Duration,
+        group: GroupCommit,
     ) -> Self {
         Self {
             db,
@@ -61,6 +64,7 @@ impl Payments {
             events_topic,
             waker,
             authorization_validity,
+            group,
         }
     }
 
@@ -69,19 +73,21 @@ impl Payments {
         &self.db
     }
 
+    /// Where the payment changes commit, together when they come together.
+    pub fn group(&self) -> &GroupCommit {
+        &self.group
+    }
+
     /// Tells the relay that events were committed.
     pub fn committed(&self) {
         self.waker.wake();
     }
 
-    /// Asks the processor and records the outcome: AUTHORIZED or DECLINED.
-    pub async fn authorize<C: ConnectionTrait>(
-        &self,
-        tx: &C,
-        request: &Authorize,
-    ) -> Result<Payment, PaymentError> {
-        // The processor is idempotent by our key, so a retry after a crash cannot charge twice.
-        let outcome = self
+    /// Asks the processor, outside any transaction: a slow processor holds no connection and
+    /// no one else's commit. The processor is idempotent by our key, so asking again (a retry,
+    /// a replay) cannot charge twice.
+    pub async fn ask_processor(&self, request: &Authorize) -> Result<Authorization, PaymentError> {
+        Ok(self
             .processor
             .authorize(
                 &request.token,
@@ -89,7 +95,16 @@ impl Payments {
                 request.amount_minor,
                 &request.idempotency_key,
             )
-            .await?;
+            .await?)
+    }
+
+    /// Records the processor's `outcome`: AUTHORIZED or DECLINED.
+    pub async fn authorize<C: ConnectionTrait>(
+        &self,
+        tx: &C,
+        request: &Authorize,
+        outcome: &Authorization,
+    ) -> Result<Payment, PaymentError> {
         let id = Uuid::now_v7();
         let mut new = NewPayment {
             id,
@@ -102,7 +117,7 @@ impl Payments {
             processor_reference: "",
             expires_at: None,
         };
-        let payment = match &outcome {
+        let payment = match outcome {
             Authorization::Approved { reference } => {
                 new.processor_reference = reference;
                 new.expires_at = chrono::Duration::from_std(self.authorization_validity)
