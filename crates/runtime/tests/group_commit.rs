@@ -7,10 +7,11 @@ use std::time::Duration;
 use sea_orm::{
     ConnectionTrait as _, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
 };
+use tokio::task::JoinHandle;
 use zentra_proto::{common::v1::Money, payment::v1::VoidRequest};
 use zentra_runtime::{
     CancellationToken,
-    group_commit::{GroupCommit, Work},
+    group_commit::{Committed, GroupCommit, Work},
     idempotency::IdempotencyError,
 };
 use zentra_test_support::{TestDatabase, count};
@@ -54,6 +55,14 @@ impl Fixture {
             group,
             shutdown,
         }
+    }
+
+    /// Holds the runner for `pause` with item 1, so the work that comes next queues behind it.
+    async fn hold_runner(&self, pause: Duration) -> JoinHandle<Result<Committed<i64>, TestError>> {
+        let group = self.group.clone();
+        let held = tokio::spawn(async move { group.run(insert(1, pause, false)).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        held
     }
 
     async fn items(&self) -> Vec<i32> {
@@ -142,15 +151,7 @@ const NONE: Duration = Duration::ZERO;
 async fn work_that_comes_together_commits_together_and_a_failure_keeps_only_itself_out() {
     let fixture = Fixture::new("group_together", 64).await;
     // The first piece holds the runner, so the others queue and go in one batch after it.
-    let first = tokio::spawn({
-        let group = fixture.group.clone();
-        async move {
-            group
-                .run(insert(1, Duration::from_millis(300), false))
-                .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first = fixture.hold_runner(Duration::from_millis(300)).await;
     let group = &fixture.group;
     let (two, refused, duplicate, four, five) = tokio::join!(
         group.run(insert(2, NONE, false)),
@@ -189,15 +190,7 @@ async fn work_that_comes_together_commits_together_and_a_failure_keeps_only_itse
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_hears_of_work_whose_shared_commit_failed() {
     let fixture = Fixture::new("group_lost", 64).await;
-    let blocker = tokio::spawn({
-        let group = fixture.group.clone();
-        async move {
-            group
-                .run(insert(1, Duration::from_millis(300), false))
-                .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let blocker = fixture.hold_runner(Duration::from_millis(300)).await;
     // Two pieces that are each fine alone, but clash at commit, and one bystander.
     let group = &fixture.group;
     let (one, other, bystander) = tokio::join!(
@@ -228,15 +221,7 @@ async fn nobody_hears_of_work_whose_shared_commit_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_leaves_either_never_starts_its_work_or_lets_it_finish() {
     let fixture = Fixture::new("group_leave", 64).await;
-    let blocker = tokio::spawn({
-        let group = fixture.group.clone();
-        async move {
-            group
-                .run(insert(1, Duration::from_millis(400), false))
-                .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let blocker = fixture.hold_runner(Duration::from_millis(400)).await;
     // Gives up while its work still waits in the queue: the work never runs.
     let gone = tokio::time::timeout(
         Duration::from_millis(50),
@@ -266,15 +251,7 @@ async fn a_caller_that_leaves_either_never_starts_its_work_or_lets_it_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_claimed_in_one_batch_replay_and_refuse_as_they_would_alone() {
     let fixture = Fixture::new("group_keys", 64).await;
-    let blocker = tokio::spawn({
-        let group = fixture.group.clone();
-        async move {
-            group
-                .run(insert(1, Duration::from_millis(300), false))
-                .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let blocker = fixture.hold_runner(Duration::from_millis(300)).await;
     let request = |reason: &str| VoidRequest {
         payment_id: "p".to_owned(),
         idempotency_key: "k".to_owned(),

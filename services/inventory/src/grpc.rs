@@ -1,10 +1,13 @@
 //! The gRPC face of inventory: validate, run the operation (idempotently where it mutates),
 //! convert. Every failure becomes a precise status through [`InventoryError`].
 
+use sea_orm::DatabaseTransaction;
 use tonic::{Request, Response, Status};
 use zentra_proto::{common::v1::PageResponse, inventory::v1 as pb};
 use zentra_runtime::{
     events::tracked,
+    group_commit::Work,
+    idempotency::IdempotentRequest,
     paging::Page,
     status::{Violations, check_idempotency_key, check_text, parse_uuid},
 };
@@ -15,7 +18,7 @@ use crate::{
     domain::{CreateProduct, ReserveStock, SetProductPrice, Sku, parse_batch_skus},
     error::InventoryError,
     stock::Stock,
-    store::{self, ReservationState},
+    store::{self, Reservation, ReservationState},
 };
 
 /// Implements `zentra.inventory.v1.InventoryService`.
@@ -34,6 +37,39 @@ impl InventoryApi {
     /// The inventory database.
     pub fn db(&self) -> &sea_orm::DatabaseConnection {
         self.stock.db()
+    }
+
+    /// Runs `change` idempotently under the request's key in the stock's group commit, and
+    /// answers with the reservation after it, as `respond` wraps it.
+    async fn change_reservation<Q, R, F>(
+        &self,
+        scope: &'static str,
+        request: &Q,
+        change: F,
+        respond: fn(Option<pb::Reservation>) -> R,
+    ) -> Result<R, Status>
+    where
+        Q: IdempotentRequest,
+        R: prost::Message + Default + 'static,
+        F: for<'t> FnOnce(Stock, &'t DatabaseTransaction) -> Work<'t, Reservation, InventoryError>
+            + Send
+            + 'static,
+    {
+        let stock = self.stock.clone();
+        let done = self
+            .stock
+            .group()
+            .idempotent(scope, request, move |tx| {
+                Box::pin(async move {
+                    let reservation = change(stock, tx).await?;
+                    Ok::<_, InventoryError>(respond(Some(convert::reservation(&reservation))))
+                })
+            })
+            .await?;
+        if done.emitted {
+            self.stock.committed();
+        }
+        Ok(done.value)
     }
 }
 
@@ -186,29 +222,21 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let reserve =
             ReserveStock::parse(&request, self.settings.max_hold).map_err(InventoryError::from)?;
         let hold = reserve.hold.unwrap_or(self.settings.default_hold);
-        let stock = self.stock.clone();
-        let done = self
-            .stock
-            .group()
-            .idempotent("ReserveStock", &request, move |tx| {
-                Box::pin(async move {
-                    let reservation = stock.reserve(tx, &reserve, hold).await?;
-                    Ok::<_, InventoryError>(pb::ReserveStockResponse {
-                        reservation: Some(convert::reservation(&reservation)),
-                    })
-                })
-            })
+        let response = self
+            .change_reservation(
+                "ReserveStock",
+                &request,
+                move |stock, tx| Box::pin(async move { stock.reserve(tx, &reserve, hold).await }),
+                |reservation| pb::ReserveStockResponse { reservation },
+            )
             .await?;
-        if done.emitted {
-            self.stock.committed();
-        }
-        let reservation = done.value.reservation.as_ref();
+        let reservation = response.reservation.as_ref();
         tracing::info!(
             reservation_id = reservation.map_or("", |r| r.reservation_id.as_str()),
             order_id = reservation.map_or("", |r| r.order_id.as_str()),
             "stock reserved"
         );
-        Ok(Response::new(done.value))
+        Ok(Response::new(response))
     }
 
     async fn pin_reservation(
@@ -222,24 +250,16 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let Some(id) = id.filter(|_| violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let stock = self.stock.clone();
-        let done = self
-            .stock
-            .group()
-            .idempotent("PinReservation", &request, move |tx| {
-                Box::pin(async move {
-                    let reservation = stock.pin(tx, id).await?;
-                    Ok::<_, InventoryError>(pb::PinReservationResponse {
-                        reservation: Some(convert::reservation(&reservation)),
-                    })
-                })
-            })
+        let response = self
+            .change_reservation(
+                "PinReservation",
+                &request,
+                move |stock, tx| Box::pin(async move { stock.pin(tx, id).await }),
+                |reservation| pb::PinReservationResponse { reservation },
+            )
             .await?;
-        if done.emitted {
-            self.stock.committed();
-        }
         tracing::info!(reservation_id = %id, "reservation pinned");
-        Ok(Response::new(done.value))
+        Ok(Response::new(response))
     }
 
     async fn confirm_reservation(
@@ -253,24 +273,16 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let Some(id) = id.filter(|_| violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let stock = self.stock.clone();
-        let done = self
-            .stock
-            .group()
-            .idempotent("ConfirmReservation", &request, move |tx| {
-                Box::pin(async move {
-                    let reservation = stock.confirm(tx, id).await?;
-                    Ok::<_, InventoryError>(pb::ConfirmReservationResponse {
-                        reservation: Some(convert::reservation(&reservation)),
-                    })
-                })
-            })
+        let response = self
+            .change_reservation(
+                "ConfirmReservation",
+                &request,
+                move |stock, tx| Box::pin(async move { stock.confirm(tx, id).await }),
+                |reservation| pb::ConfirmReservationResponse { reservation },
+            )
             .await?;
-        if done.emitted {
-            self.stock.committed();
-        }
         tracing::info!(reservation_id = %id, "reservation confirmed");
-        Ok(Response::new(done.value))
+        Ok(Response::new(response))
     }
 
     async fn release_reservation(
@@ -286,25 +298,17 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let Some(id) = id.filter(|_| violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let stock = self.stock.clone();
         let why = reason.to_owned();
-        let done = self
-            .stock
-            .group()
-            .idempotent("ReleaseReservation", &request, move |tx| {
-                Box::pin(async move {
-                    let reservation = stock.release(tx, id, &why).await?;
-                    Ok::<_, InventoryError>(pb::ReleaseReservationResponse {
-                        reservation: Some(convert::reservation(&reservation)),
-                    })
-                })
-            })
+        let response = self
+            .change_reservation(
+                "ReleaseReservation",
+                &request,
+                move |stock, tx| Box::pin(async move { stock.release(tx, id, &why).await }),
+                |reservation| pb::ReleaseReservationResponse { reservation },
+            )
             .await?;
-        if done.emitted {
-            self.stock.committed();
-        }
         tracing::info!(reservation_id = %id, reason, "reservation released");
-        Ok(Response::new(done.value))
+        Ok(Response::new(response))
     }
 
     async fn get_reservation(
