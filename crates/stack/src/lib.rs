@@ -13,6 +13,7 @@ use anyhow::Context as _;
 
 pub mod health;
 pub mod keys;
+pub mod mail;
 pub mod prometheus;
 pub mod settings;
 pub mod supervisor;
@@ -212,19 +213,21 @@ fn launch(
             })
         }
         Component::Mail => {
-            let program = find(&settings.tools_dir, "aiosmtpd").context(
-                "aiosmtpd is not installed: run `deploy/local/install-tools.sh aiosmtpd` (or `just tools`)",
-            )?;
+            // The sink is this binary's `mail-sink` command (see `mail.rs`).
+            let program = settings.bin_dir.join("zentra-stack");
+            anyhow::ensure!(
+                program.is_file(),
+                "{} is not built: run `cargo build --workspace --bins` (or `just up`, which does)",
+                program.display()
+            );
+            let mut args = vec!["mail-sink".to_owned(), listen];
+            if settings.mail_log {
+                args.push("--log".to_owned());
+            }
             Ok(Launch {
                 name,
                 program,
-                args: if settings.mail_log {
-                    vec!["-n".to_owned(), "-l".to_owned(), listen]
-                } else {
-                    ["-n", "-c", "aiosmtpd.handlers.Sink", "-l", &listen]
-                        .map(str::to_owned)
-                        .to_vec()
-                },
+                args,
                 env: Vec::new(),
             })
         }

@@ -86,7 +86,7 @@ pub struct Settings {
     pub only: Option<Vec<String>>,
     /// Where the service binaries are (default: beside this one).
     pub bin_dir: PathBuf,
-    /// Where tools are (tansu, aiosmtpd).
+    /// Where tools are (tansu, prometheus).
     pub tools_dir: PathBuf,
     /// Generated config, development keys and the combined log.
     pub state_dir: PathBuf,
