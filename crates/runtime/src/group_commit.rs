@@ -213,9 +213,7 @@ impl GroupCommit {
         self.run(move |transaction| {
             Box::pin(async move {
                 match idempotency::claim(transaction, scope, &key, &fingerprint).await? {
-                    Claim::Replay(bytes) => R::decode(bytes.as_slice()).map_err(|error| {
-                        DbErr::Custom(format!("stored response undecodable: {error}")).into()
-                    }),
+                    Claim::Replay(bytes) => Ok(idempotency::stored(&bytes)?),
                     Claim::New => {
                         let response = work(transaction).await?;
                         idempotency::store_response(

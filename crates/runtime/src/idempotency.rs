@@ -73,6 +73,11 @@ pub async fn claim<C: ConnectionTrait>(
     Ok(Claim::Replay(response.unwrap_or_default()))
 }
 
+/// The response a [`Claim::Replay`] carried, decoded.
+pub fn stored<R: prost::Message + Default>(bytes: &[u8]) -> Result<R, DbErr> {
+    R::decode(bytes).map_err(|error| DbErr::Custom(format!("stored response undecodable: {error}")))
+}
+
 /// Stores the response of a [`Claim::New`] operation, in the same transaction.
 pub async fn store_response<C: ConnectionTrait>(
     transaction: &C,
@@ -141,9 +146,7 @@ pub async fn begin<R: prost::Message + Default>(
         })),
         Claim::Replay(bytes) => {
             transaction.commit().await?;
-            let response = R::decode(bytes.as_slice())
-                .map_err(|error| DbErr::Custom(format!("stored response undecodable: {error}")))?;
-            Ok(Begin::Replay(response))
+            Ok(Begin::Replay(stored(&bytes)?))
         }
     }
 }
