@@ -209,6 +209,23 @@ pub struct DatabaseConfig {
     pub max_batch: usize,
 }
 
+/// The most pieces of work one shared transaction may carry: each after the first holds a
+/// savepoint until the commit, and PostgreSQL keeps the subtransactions of a transaction in a
+/// cache of 64 per connection, beyond which every snapshot in the server grows slower.
+pub const MAX_BATCH_LIMIT: usize = 64;
+
+impl DatabaseConfig {
+    /// Values that parse but cannot work well.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_batch == 0 || self.max_batch > MAX_BATCH_LIMIT {
+            return Err(format!(
+                "database.max_batch must be between 1 and {MAX_BATCH_LIMIT}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
@@ -563,6 +580,7 @@ where
     let invalid = |error: figment::Error| ConfigError::Invalid(one_line(&error));
     let common = figment.extract::<CommonConfig>().map_err(invalid)?;
     common.kafka.check().map_err(ConfigError::Invalid)?;
+    common.database.check().map_err(ConfigError::Invalid)?;
     common.outbox.check().map_err(ConfigError::Invalid)?;
     common
         .retention
@@ -655,6 +673,21 @@ mod tests {
                     "invalid config: kafka.idle_after and kafka.idle_fetch must be above zero when kafka.wake_url is set"
                 )
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_batch_past_the_subtransaction_cache_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ZENTRA_DATABASE__MAX_BATCH", "65");
+            let error = load::<NoSettings>(None).err().map(|e| e.to_string());
+            assert_eq!(
+                error.as_deref(),
+                Some("invalid config: database.max_batch must be between 1 and 64")
+            );
+            jail.set_env("ZENTRA_DATABASE__MAX_BATCH", "64");
+            assert!(load::<NoSettings>(None).is_ok());
             Ok(())
         });
     }

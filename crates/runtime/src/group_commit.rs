@@ -4,7 +4,8 @@
 //! A caller hands its work to the service's [`GroupCommit`] and waits. One runner task takes
 //! what is queued (up to `database.max_batch` pieces of work), runs each piece in turn inside one
 //! transaction, each under its own savepoint, and commits once. Work that fails rolls back to its
-//! savepoint, so it leaves nothing behind and the others are kept. Every caller hears its result
+//! savepoint, so it leaves nothing behind and the others are kept. Savepoints are not released:
+//! the commit ends them all, and a release would only be one more round trip. Every caller hears its result
 //! only after the commit: a value is never returned for work that could still be rolled back.
 //!
 //! Nothing waits for company: the runner takes what is queued when it is free, so a lone call
@@ -19,12 +20,15 @@
 
 use std::{future::Future, pin::Pin};
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, RuntimeErr, TransactionTrait as _};
+use sea_orm::{
+    ConnectionTrait as _, DatabaseConnection, DatabaseTransaction, DbErr, RuntimeErr,
+    TransactionTrait as _,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::idempotency::{self, Claim, IdempotencyError, IdempotentRequest};
+use crate::idempotency::{self, IdempotencyError, IdempotentRequest, Recorded};
 
 /// What a piece of work returns: a future borrowing the transaction it runs in.
 pub type Work<'t, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 't>>;
@@ -105,9 +109,11 @@ impl<T: Send, E: From<DbErr> + Send> Ran for Outcome<T, E> {
     }
 
     fn finish(self: Box<Self>, lost_with: Option<&DbErr>) {
+        // A failure in a lost batch is lost too: it may rest on what the batch's earlier pieces
+        // wrote (stock they took, a key they claimed), which no longer exists.
         let result = match (self.result, lost_with) {
-            (Ok(_), Some(error)) => Err(lost(error)),
-            (result, _) => result,
+            (_, Some(error)) => Err(lost(error)),
+            (result, None) => result,
         };
         let _ = self.reply.send(result);
     }
@@ -193,9 +199,15 @@ impl GroupCommit {
         answer.await.unwrap_or_else(|_| Err(stopped()))
     }
 
-    /// [`GroupCommit::run`] for a mutating RPC under an idempotency key: the key is claimed in the
-    /// same transaction, an earlier identical call gets its stored response back, and the
-    /// response of `work` is stored with its writes.
+    /// [`GroupCommit::run`] for a mutating RPC under an idempotency key: an earlier identical
+    /// call gets its stored response back, a reuse of the key for another request is refused,
+    /// and the response of `work` is stored with its writes.
+    ///
+    /// The work runs first and the key is claimed with its response in one statement after it
+    /// ([`idempotency::record`]). A replay (rare: the saga's retries) finds the key taken, and its
+    /// writes are rolled back. Work that fails may be a retry whose re-run no longer fits the
+    /// state its first run left (an order's version moved on, a shipment exists): when the same
+    /// request committed before, its stored response is the answer, not the failure.
     pub async fn idempotent<Q, R, E, F>(
         &self,
         scope: &'static str,
@@ -210,25 +222,58 @@ impl GroupCommit {
     {
         let fingerprint = idempotency::fingerprint(&request.without_key());
         let key = request.idempotency_key().to_owned();
-        self.run(move |transaction| {
-            Box::pin(async move {
-                match idempotency::claim(transaction, scope, &key, &fingerprint).await? {
-                    Claim::Replay(bytes) => Ok(idempotency::stored(&bytes)?),
-                    Claim::New => {
-                        let response = work(transaction).await?;
-                        idempotency::store_response(
-                            transaction,
-                            scope,
-                            &key,
-                            &response.encode_to_vec(),
-                        )
-                        .await?;
-                        Ok(response)
+        let claim = (key.clone(), fingerprint.clone());
+        let result = self
+            .run(move |transaction| {
+                Box::pin(async move {
+                    let (key, fingerprint) = claim;
+                    let response = work(transaction).await.map_err(Keyed::Failed)?;
+                    let recorded = idempotency::record(
+                        transaction,
+                        scope,
+                        &key,
+                        &fingerprint,
+                        &response.encode_to_vec(),
+                    )
+                    .await
+                    .map_err(|error| Keyed::Failed(error.into()))?;
+                    match recorded {
+                        Recorded::Stored => Ok(response),
+                        // An error, so that the runner rolls this run's writes back.
+                        Recorded::Replay(bytes) => Err(Keyed::Replay(bytes)),
                     }
-                }
+                })
             })
+            .await;
+        let earlier = match result {
+            Ok(committed) => return Ok(committed),
+            Err(Keyed::Replay(bytes)) => bytes,
+            Err(Keyed::Failed(error)) => {
+                match idempotency::lookup(&self.db, scope, &key, &fingerprint).await {
+                    Ok(Some(bytes)) => bytes,
+                    Err(reused @ IdempotencyError::KeyReused { .. }) => return Err(reused.into()),
+                    Ok(None) | Err(IdempotencyError::Database(_)) => return Err(error),
+                }
+            }
+        };
+        Ok(Committed {
+            value: idempotency::stored(&earlier)?,
+            emitted: false,
         })
-        .await
+    }
+}
+
+/// How idempotent work ended, when it did not commit its own response.
+enum Keyed<E> {
+    /// The work, or claiming its key, failed.
+    Failed(E),
+    /// The same request committed before: its stored response.
+    Replay(Vec<u8>),
+}
+
+impl<E: From<DbErr>> From<DbErr> for Keyed<E> {
+    fn from(error: DbErr) -> Self {
+        Self::Failed(error.into())
     }
 }
 
@@ -295,46 +340,54 @@ impl Runner {
 }
 
 /// Runs `jobs` in one transaction and answers each.
+///
+/// The first piece runs with no savepoint: if it fails, the transaction holds nothing else, so it
+/// is rolled back whole and the rest start over in a new one. Each later piece runs under a
+/// savepoint of its own, which is never released: releasing costs a round trip and gains
+/// nothing, since the commit ends them all. A failed piece rolls back to its savepoint (the
+/// newest of that name), which leaves the pieces before it in place.
+///
+/// Work must return the database errors it meets: one it swallowed would leave the transaction
+/// aborted, and PostgreSQL answers COMMIT on an aborted transaction by rolling back, without an
+/// error (the next piece's SAVEPOINT would fail, but the last piece has none after it).
 async fn batch(db: &DatabaseConnection, jobs: Vec<Box<dyn Job>>) {
-    let transaction = match db.begin().await {
-        Ok(transaction) => transaction,
-        Err(error) => {
-            for job in jobs {
-                job.refuse(&error);
-            }
-            return;
-        }
-    };
     let mut jobs = jobs.into_iter();
-    if jobs.len() == 1 {
-        // Alone, the work needs no savepoint: its failure rolls back the whole transaction.
-        let Some(job) = jobs.next() else { return };
-        let ran = job.run(&transaction).await;
-        if ran.succeeded() {
-            let committed = transaction.commit().await;
-            ran.finish(committed.err().as_ref());
-        } else {
-            let _ = transaction.rollback().await;
-            ran.finish(None);
-        }
-        return;
-    }
-    let mut done: Vec<Box<dyn Ran>> = Vec::with_capacity(jobs.len());
-    let mut broken = None;
-    for job in jobs.by_ref() {
-        let savepoint = match transaction.begin().await {
-            Ok(savepoint) => savepoint,
+    let (transaction, first) = loop {
+        let Some(first) = jobs.next() else { return };
+        let transaction = match db.begin().await {
+            Ok(transaction) => transaction,
             Err(error) => {
-                job.refuse(&error);
-                broken = Some(error);
-                break;
+                first.refuse(&error);
+                for job in jobs {
+                    job.refuse(&error);
+                }
+                return;
             }
         };
-        let ran = job.run(&savepoint).await;
+        let ran = first.run(&transaction).await;
+        if ran.succeeded() {
+            break (transaction, ran);
+        }
+        let _ = transaction.rollback().await;
+        ran.finish(None);
+    };
+    let mut done: Vec<Box<dyn Ran>> = Vec::with_capacity(jobs.len() + 1);
+    done.push(first);
+    let mut broken = None;
+    for job in jobs.by_ref() {
+        if let Err(error) = transaction.execute_unprepared("SAVEPOINT piece").await {
+            job.refuse(&error);
+            broken = Some(error);
+            break;
+        }
+        let ran = job.run(&transaction).await;
         let kept = if ran.succeeded() {
-            savepoint.commit().await
+            Ok(())
         } else {
-            savepoint.rollback().await
+            transaction
+                .execute_unprepared("ROLLBACK TO SAVEPOINT piece")
+                .await
+                .map(|_| ())
         };
         done.push(ran);
         if let Err(error) = kept {

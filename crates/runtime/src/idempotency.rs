@@ -1,6 +1,12 @@
-//! Idempotency keys for mutating RPCs. Inside the operation's transaction the key is claimed; a
-//! retry with the same key and the same request gets the stored response, a reuse of the key with
-//! a different request is refused. Concurrent calls with one key serialise on the key's row.
+//! Idempotency keys for mutating RPCs. A retry with the same key and the same request gets the
+//! stored response, a reuse of the key with a different request is refused, and concurrent calls
+//! with one key serialise on the key's row. Two ways to hold a key:
+//!
+//! - [`begin`] (and [`fresh_or_replay!`]) claims it before the work and stores the response
+//!   after: two statements, and a replay never runs the work.
+//! - [`record`] claims it and stores the response in one statement after the work, in the same
+//!   transaction; a replay finds the key taken and rolls its work back. The group commit's
+//!   `idempotent` uses it: its calls are the saga's steps, whose retries are rare.
 
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
@@ -55,14 +61,30 @@ pub async fn claim<C: ConnectionTrait>(
     if inserted.rows_affected() == 1 {
         return Ok(Claim::New);
     }
-    let row = transaction
+    let earlier = lookup(transaction, scope, key, fingerprint)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("idempotency key {key}")))?;
+    Ok(Claim::Replay(earlier))
+}
+
+/// The stored response of an earlier call that used `key` within `scope` for the request with
+/// `fingerprint`, if one committed; KeyReused if the key went to a different request.
+pub async fn lookup<C: ConnectionTrait>(
+    connection: &C,
+    scope: &str,
+    key: &str,
+    fingerprint: &[u8],
+) -> Result<Option<Vec<u8>>, IdempotencyError> {
+    let Some(row) = connection
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT fingerprint, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
             [scope.into(), key.into()],
         ))
         .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("idempotency key {key}")))?;
+    else {
+        return Ok(None);
+    };
     let stored: Vec<u8> = row.try_get("", "fingerprint")?;
     if stored != fingerprint {
         return Err(IdempotencyError::KeyReused {
@@ -70,7 +92,49 @@ pub async fn claim<C: ConnectionTrait>(
         });
     }
     let response: Option<Vec<u8>> = row.try_get("", "response")?;
-    Ok(Claim::Replay(response.unwrap_or_default()))
+    Ok(Some(response.unwrap_or_default()))
+}
+
+/// What recording a key with its response found.
+#[derive(Debug)]
+pub enum Recorded {
+    /// The key was free: it now holds this call's response, in the caller's transaction.
+    Stored,
+    /// The same request already holds the key: its response, which the caller returns instead
+    /// of its own after rolling its own writes back.
+    Replay(Vec<u8>),
+}
+
+/// Claims `key` and stores `response` in one statement, after the work that produced it: the
+/// claim of an operation that did its work first. A concurrent holder of the key makes it wait
+/// for that holder's commit (the key's unique index), then reads what it stored.
+pub async fn record<C: ConnectionTrait>(
+    transaction: &C,
+    scope: &str,
+    key: &str,
+    fingerprint: &[u8],
+    response: &[u8],
+) -> Result<Recorded, IdempotencyError> {
+    let inserted = transaction
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, response) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            [
+                scope.into(),
+                key.into(),
+                fingerprint.to_vec().into(),
+                response.to_vec().into(),
+            ],
+        ))
+        .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(Recorded::Stored);
+    }
+    let earlier = lookup(transaction, scope, key, fingerprint)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("idempotency key {key}")))?;
+    Ok(Recorded::Replay(earlier))
 }
 
 /// The response a [`Claim::Replay`] carried, decoded.

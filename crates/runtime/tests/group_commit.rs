@@ -252,18 +252,9 @@ async fn a_caller_that_leaves_either_never_starts_its_work_or_lets_it_finish() {
 async fn keys_claimed_in_one_batch_replay_and_refuse_as_they_would_alone() {
     let fixture = Fixture::new("group_keys", 64).await;
     let blocker = fixture.hold_runner(Duration::from_millis(300)).await;
-    let request = |reason: &str| VoidRequest {
-        payment_id: "p".to_owned(),
-        idempotency_key: "k".to_owned(),
-        reason: reason.to_owned(),
-    };
     let call = |reason: &'static str, item: i32| {
         let group = fixture.group.clone();
-        async move {
-            group
-                .idempotent("Test", &request(reason), answered(item))
-                .await
-        }
+        async move { group.idempotent("Test", &void(reason), answered(item)).await }
     };
     let (first, again, reused) = tokio::join!(call("a", 2), call("a", 3), call("b", 4));
     blocker.await.expect("task").expect("blocker");
@@ -280,7 +271,109 @@ async fn keys_claimed_in_one_batch_replay_and_refuse_as_they_would_alone() {
         ),
         "{reused:?}"
     );
-    assert_eq!(fixture.items().await, [1, 2], "the work ran once");
+    assert_eq!(
+        fixture.items().await,
+        [1, 2],
+        "the replay's and the refused call's writes were rolled back"
+    );
+    fixture.finish().await;
+}
+
+/// The same void request each time, under key "k", with `reason` as what tells two apart.
+fn void(reason: &str) -> VoidRequest {
+    VoidRequest {
+        payment_id: "p".to_owned(),
+        idempotency_key: "k".to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_whose_rerun_fails_gets_the_answer_its_first_run_committed() {
+    // The retries run first in a transaction of their own (no savepoint), or behind a piece that
+    // succeeds in a shared one (each under a savepoint).
+    for (label, behind) in [("group_rerun_alone", false), ("group_rerun_batched", true)] {
+        let fixture = Fixture::new(label, 64).await;
+        let group = &fixture.group;
+        let first = group
+            .idempotent("Test", &void("a"), answered(2))
+            .await
+            .expect("first");
+        let blocker = if behind {
+            Some(fixture.hold_runner(Duration::from_millis(300)).await)
+        } else {
+            None
+        };
+        let ahead = async {
+            if behind {
+                Some(group.run(insert(3, NONE, false)).await)
+            } else {
+                None
+            }
+        };
+        // Each retry's work inserts item 2 again, which fails: the first answer stands.
+        let (same, other) = (void("a"), void("b"));
+        let (ahead, again, reused) = tokio::join!(
+            ahead,
+            group.idempotent("Test", &same, answered(2)),
+            group.idempotent("Test", &other, answered(2)),
+        );
+        if let Some(blocker) = blocker {
+            blocker.await.expect("task").expect("blocker");
+        }
+        let again = again.expect("the stored answer");
+        assert_eq!(again.value, first.value, "{label}");
+        assert!(
+            matches!(
+                reused,
+                Err(TestError::Key(IdempotencyError::KeyReused { .. }))
+            ),
+            "another request under the key is refused, not given its work's failure: {reused:?}"
+        );
+        let expected: &[i32] = if let Some(ahead) = ahead {
+            ahead.expect("the piece ahead committed");
+            &[1, 2, 3]
+        } else {
+            &[2]
+        };
+        assert_eq!(fixture.items().await, expected, "{label}");
+        fixture.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_work_in_a_lost_batch_is_lost_too() {
+    let fixture = Fixture::new("group_replay_lost", 64).await;
+    let blocker = fixture.hold_runner(Duration::from_millis(300)).await;
+    let group = &fixture.group;
+    // The retry finds the key its first run claimed earlier in the same transaction; the pair
+    // breaks that transaction at commit, so neither run happened.
+    let request = void("a");
+    let (first, again, one, other) = tokio::join!(
+        group.idempotent("Test", &request, answered(2)),
+        group.idempotent("Test", &request, answered(3)),
+        group.run(pair(7)),
+        group.run(pair(7)),
+    );
+    blocker.await.expect("task").expect("blocker");
+    let outcomes = [
+        first.map(|_| ()),
+        again.map(|_| ()),
+        one.map(|_| ()),
+        other.map(|_| ()),
+    ];
+    for result in outcomes {
+        assert!(
+            matches!(result, Err(TestError::Database(DbErr::Conn(_)))),
+            "{result:?}"
+        );
+    }
+    assert_eq!(fixture.items().await, [1]);
+    let retried = group
+        .idempotent("Test", &void("a"), answered(2))
+        .await
+        .expect("the retry runs afresh");
+    assert_eq!(retried.value.amount_minor, 2);
     fixture.finish().await;
 }
 
