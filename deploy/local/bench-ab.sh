@@ -10,7 +10,7 @@
 #
 # BINDIR holds a release build's binaries (copy them out of target/release after each build, and
 # compare checksums: two checkouts sharing one CARGO_TARGET_DIR can leave the second build
-# untouched). Output: $ZENTRA_CACHE/bench/LABEL/{stack.log,bench.txt,report.json}.
+# untouched). Output: $ZENTRA_CACHE/bench/LABEL/{stack.log,bench.txt,report.json,statements.tsv}.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -48,9 +48,18 @@ mkdir -p "$out/ui"
 ZENTRA_STACK_DB_PREFIX=$prefix ZENTRA_FULFILLMENT__STEP_DELAY=0s ZENTRA_STACK_MAIL_LOG=0 \
   ZENTRA_STACK_STATIC_DIR="$out/ui" setsid "$bin/zentra-stack" >>"$out/stack.log" 2>&1 &
 stack=$!
+# Every statement the run's databases executed, most frequent first (when pg_stat_statements is
+# loaded): where a saga's statements go.
+statements() {
+  psql "$pg_url" -qAt -F $'\t' -c "SELECT d.datname, s.calls, round(s.total_exec_time::numeric, 1), \
+      left(regexp_replace(s.query, '\s+', ' ', 'g'), 300) \
+    FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+    WHERE d.datname LIKE '${prefix}%' ORDER BY s.calls DESC" >"$out/statements.tsv" 2>/dev/null || true
+}
 stop() {
   kill -INT "$stack" 2>/dev/null || true
   wait "$stack" 2>/dev/null || true
+  statements
   drop
 }
 trap stop EXIT
