@@ -254,7 +254,11 @@ async fn keys_claimed_in_one_batch_replay_and_refuse_as_they_would_alone() {
     let blocker = fixture.hold_runner(Duration::from_millis(300)).await;
     let call = |reason: &'static str, item: i32| {
         let group = fixture.group.clone();
-        async move { group.idempotent("Test", &void(reason), answered(item)).await }
+        async move {
+            group
+                .idempotent("Test", &void(reason), answered(item))
+                .await
+        }
     };
     let (first, again, reused) = tokio::join!(call("a", 2), call("a", 3), call("b", 4));
     blocker.await.expect("task").expect("blocker");
