@@ -50,21 +50,44 @@ pub async fn claim<C: ConnectionTrait>(
     key: &str,
     fingerprint: &[u8],
 ) -> Result<Claim, IdempotencyError> {
+    Ok(
+        match take(transaction, scope, key, fingerprint, None).await? {
+            None => Claim::New,
+            Some(earlier) => Claim::Replay(earlier),
+        },
+    )
+}
+
+/// Inserts `key` (with `response`, when there is one yet) unless it is taken; returns the
+/// response its earlier holder stored when it is, waiting for a concurrent holder's commit on
+/// the key's unique index. KeyReused when the holder's request was a different one.
+async fn take<C: ConnectionTrait>(
+    transaction: &C,
+    scope: &str,
+    key: &str,
+    fingerprint: &[u8],
+    response: Option<&[u8]>,
+) -> Result<Option<Vec<u8>>, IdempotencyError> {
     let inserted = transaction
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
-            [scope.into(), key.into(), fingerprint.to_vec().into()],
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, response) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            [
+                scope.into(),
+                key.into(),
+                fingerprint.to_vec().into(),
+                response.map(<[u8]>::to_vec).into(),
+            ],
         ))
         .await?;
     if inserted.rows_affected() == 1 {
-        return Ok(Claim::New);
+        return Ok(None);
     }
     let earlier = lookup(transaction, scope, key, fingerprint)
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("idempotency key {key}")))?;
-    Ok(Claim::Replay(earlier))
+    Ok(Some(earlier))
 }
 
 /// The stored response of an earlier call that used `key` within `scope` for the request with
@@ -115,26 +138,12 @@ pub async fn record<C: ConnectionTrait>(
     fingerprint: &[u8],
     response: &[u8],
 ) -> Result<Recorded, IdempotencyError> {
-    let inserted = transaction
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "INSERT INTO idempotency_keys (scope, key, fingerprint, response) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            [
-                scope.into(),
-                key.into(),
-                fingerprint.to_vec().into(),
-                response.to_vec().into(),
-            ],
-        ))
-        .await?;
-    if inserted.rows_affected() == 1 {
-        return Ok(Recorded::Stored);
-    }
-    let earlier = lookup(transaction, scope, key, fingerprint)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("idempotency key {key}")))?;
-    Ok(Recorded::Replay(earlier))
+    Ok(
+        match take(transaction, scope, key, fingerprint, Some(response)).await? {
+            None => Recorded::Stored,
+            Some(earlier) => Recorded::Replay(earlier),
+        },
+    )
 }
 
 /// The response a [`Claim::Replay`] carried, decoded.
