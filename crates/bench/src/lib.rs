@@ -192,10 +192,13 @@ async fn caught_up(databases: &audit::Databases) -> anyhow::Result<()> {
     }
 }
 
-/// Raises the rate by half a step at a time until p99 passes the bound or a backlog builds,
-/// narrows the gap between the last sustainable rate and the first that was not with
-/// [`REFINEMENTS`] steps between them, then measures latency at 25, 50, 75 and 100 % of the
-/// highest sustainable rate.
+/// Raises the rate by half a step at a time until a rate does not hold, narrows the gap between
+/// the last rate that held and the first that did not with [`REFINEMENTS`] steps between them,
+/// then measures latency at 25, 50, 75 and 100 % of the highest rate that held.
+///
+/// A rate holds when two steps at it, each on a stack that has caught up, are both sustainable
+/// ([`Verdict`]): on a 2-core machine one 10 s step passes or fails on whether a checkpoint or an
+/// autovacuum lands in it, and single steps put one build's peak 65 % apart (session 19).
 async fn sweep(
     clients: &Clients,
     settings: &Settings,
@@ -207,7 +210,7 @@ async fn sweep(
     let mut peak = None;
     let mut failed = None;
     while rate <= 5000.0 {
-        if sweep_step(clients, settings, rate, report).await? {
+        if holds(clients, settings, &databases, rate, report).await? {
             peak = Some(rate);
             rate *= 1.5;
         } else {
@@ -218,10 +221,8 @@ async fn sweep(
     // A step of 1.5× leaves the peak known to a third of itself; each bisection halves that.
     if let (Some(mut low), Some(mut high)) = (peak, failed) {
         for _ in 0..REFINEMENTS {
-            // An overloaded step leaves a backlog behind that would be charged to the next.
-            caught_up(&databases).await?;
             let rate = (low * high).sqrt();
-            if sweep_step(clients, settings, rate, report).await? {
+            if holds(clients, settings, &databases, rate, report).await? {
                 low = rate;
                 peak = Some(rate);
             } else {
@@ -258,18 +259,112 @@ async fn sweep(
         report.runs.push(run.clone());
         at_peak = Some(run);
     }
+    // The run at 100 % is a third trial of the peak, with its cost measured: say whether it held.
+    if let Some(run) = &at_peak {
+        let verdict = Verdict::of(
+            peak,
+            settings,
+            run.end_to_end_ms.p99,
+            run.outstanding,
+            run.sent,
+            run.sagas_per_second,
+        );
+        report.peak_held = Some(verdict.sustainable());
+        println!("the peak's own run: {verdict}");
+    }
     Ok(at_peak)
 }
 
-/// Bisections between the last sustainable step of the sweep and the first that was not.
+/// Bisections between the last rate of the sweep that held and the first that did not.
 const REFINEMENTS: usize = 2;
 
-/// One step of the sweep at `rate`: whether p99 stayed under the bound, nothing was left
-/// outstanding and at least 90 % of the offered rate completed.
+/// Whether `rate` holds: a step at it is sustainable, and so is a second one after the stack
+/// has caught up. A step that fails is not repeated.
+async fn holds(
+    clients: &Clients,
+    settings: &Settings,
+    databases: &audit::Databases,
+    rate: f64,
+    report: &mut Report,
+) -> anyhow::Result<bool> {
+    for trial in 1..=2 {
+        // An overloaded or lucky step leaves a backlog behind that would be charged to the next.
+        caught_up(databases).await?;
+        if !sweep_step(clients, settings, rate, trial, report).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The judgement of one step: sustainable when p99 stayed under the bound, nothing was left
+/// outstanding and at least 90 % of the offered rate (or of what was sent, when the sender fell
+/// behind) completed.
+struct Verdict {
+    rate: f64,
+    p99_ms: f64,
+    p99_bound_ms: f64,
+    outstanding: u64,
+    sagas_per_second: f64,
+    expected: f64,
+}
+
+impl Verdict {
+    fn of(
+        rate: f64,
+        settings: &Settings,
+        p99_ms: f64,
+        outstanding: u64,
+        sent: u64,
+        sagas_per_second: f64,
+    ) -> Self {
+        Self {
+            rate,
+            p99_ms,
+            p99_bound_ms: settings.p99_bound.as_secs_f64() * 1000.0,
+            outstanding,
+            sagas_per_second,
+            expected: 0.9 * rate.min(sent as f64 / settings.step.as_secs_f64()),
+        }
+    }
+
+    fn sustainable(&self) -> bool {
+        self.p99_ms <= self.p99_bound_ms
+            && self.outstanding == 0
+            && self.sagas_per_second >= self.expected
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>7.1}/s  p99 {:>9.1} ms  {:>7.1} sagas/s  ",
+            self.rate, self.p99_ms, self.sagas_per_second
+        )?;
+        if self.sustainable() {
+            return f.write_str("sustainable");
+        }
+        let mut reasons = Vec::new();
+        if self.p99_ms > self.p99_bound_ms {
+            reasons.push("p99 over the bound".to_owned());
+        }
+        if self.outstanding > 0 {
+            reasons.push(format!("{} sagas outstanding", self.outstanding));
+        }
+        if self.sagas_per_second < self.expected {
+            reasons.push("under 90 % of the offered rate completed".to_owned());
+        }
+        write!(f, "not sustainable ({})", reasons.join(", "))
+    }
+}
+
+/// One step of the sweep at `rate`, its `trial`th: whether it was sustainable ([`Verdict`]).
 async fn sweep_step(
     clients: &Clients,
     settings: &Settings,
     rate: f64,
+    trial: u32,
     report: &mut Report,
 ) -> anyhow::Result<bool> {
     let seconds = settings.step.as_secs_f64();
@@ -281,26 +376,23 @@ async fn sweep_step(
         settings.step,
     )
     .await?;
-    let p99 = run.end_to_end.value_at_quantile(0.99) as f64 / 1000.0;
-    let sustainable = p99 <= settings.p99_bound.as_secs_f64() * 1000.0
-        && run.outstanding == 0
-        && run.throughput() >= 0.9 * rate.min(run.sent as f64 / seconds);
-    println!(
-        "sweep {rate:>7.1}/s  p99 {p99:>9.1} ms  {:>7.1} sagas/s  {}",
+    let verdict = Verdict::of(
+        rate,
+        settings,
+        run.end_to_end.value_at_quantile(0.99) as f64 / 1000.0,
+        run.outstanding,
+        run.sent,
         run.throughput(),
-        if sustainable {
-            "sustainable"
-        } else {
-            "not sustainable"
-        }
     );
+    println!("sweep {verdict}{}", if trial > 1 { ", again" } else { "" });
     report.sweep.push(SweepStep {
         rate,
-        p99_ms: p99,
-        sagas_per_second: run.throughput(),
-        sustainable,
+        trial,
+        p99_ms: verdict.p99_ms,
+        sagas_per_second: verdict.sagas_per_second,
+        sustainable: verdict.sustainable(),
     });
-    Ok(sustainable)
+    Ok(verdict.sustainable())
 }
 
 fn print_summary(report: &Report) {
@@ -320,6 +412,11 @@ fn print_summary(report: &Report) {
         );
     }
     if let Some(peak) = report.peak_rate {
-        println!("peak sustainable rate: {peak:.1} orders/s");
+        let held = match report.peak_held {
+            Some(true) => " (its own run held)",
+            Some(false) => " (its own run did NOT hold: see the 100 % run)",
+            None => "",
+        };
+        println!("peak sustainable rate: {peak:.1} orders/s{held}");
     }
 }

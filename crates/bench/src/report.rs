@@ -269,11 +269,13 @@ impl RunReport {
 pub struct SweepStep {
     /// Offered rate.
     pub rate: f64,
+    /// 1 for a rate's first step, 2 for the step that confirms it.
+    pub trial: u32,
     /// Its p99 in ms.
     pub p99_ms: f64,
     /// Ended sagas per second.
     pub sagas_per_second: f64,
-    /// p99 under the bound and no backlog.
+    /// p99 under the bound, no backlog, and 90 % of the offered rate completed.
     pub sustainable: bool,
 }
 
@@ -345,8 +347,10 @@ pub struct Report {
     pub runs: Vec<RunReport>,
     /// The sweep's ladder.
     pub sweep: Vec<SweepStep>,
-    /// The highest sustainable rate found.
+    /// The highest rate that held twice in the sweep.
     pub peak_rate: Option<f64>,
+    /// Whether the sweep's measured run at 100 % of the peak was sustainable too.
+    pub peak_held: Option<bool>,
     /// pgbench simple-update TPS on this machine.
     pub pgbench_tps: Option<f64>,
     /// pgbench TPS ÷ commits per saga.
