@@ -410,6 +410,73 @@ async fn a_failed_event_is_retried_and_a_successor_resumes_after_what_was_proces
     fixture.cleanup().await;
 }
 
+/// nextest runs each test in its own process: this one's telemetry meets no other test's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_event_shows_each_attempt_and_the_backoff_between_them_in_its_trace() {
+    use zentra_runtime::{config::TelemetryConfig, telemetry};
+    let collector = zentra_test_support::otlp::Collector::start().await;
+    let guard = telemetry::init(
+        "kafka-retry-trace",
+        &TelemetryConfig {
+            log_filter: "off".to_owned(),
+            otlp_endpoint: Some(collector.endpoint()),
+            ..TelemetryConfig::default()
+        },
+    )
+    .expect("telemetry");
+    let fixture = Fixture::new("retrytrace", 1).await;
+    // Built inside a span, the event carries its trace.
+    let published = tracing::info_span!("publish the flaky event");
+    let trace_id = {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        published.context().span().span_context().trace_id().to_string()
+    };
+    let bytes = published.in_scope(|| record("FLAKY-1"));
+    send(&fixture.producer, &fixture.topic, "FLAKY-1", &bytes).await;
+    let lag = ConsumerLag::default();
+    let member = fixture.start("m-1", quick(&fixture.topic), &lag);
+    assert_eq!(fixture.wait_applied(1).await, ["FLAKY-1"]);
+    member.stop().await;
+    let flushing = guard.telemetry().clone();
+    tokio::task::spawn_blocking(move || flushing.flush())
+        .await
+        .expect("flushed");
+
+    let process = format!("process {}", fixture.topic);
+    let backoff = format!("backoff {}", fixture.topic);
+    let spans = eventually(Duration::from_secs(10), || {
+        let spans = collector.trace(&trace_id);
+        let complete = spans.iter().filter(|span| span.name == process).count() >= 2
+            && spans.iter().any(|span| span.name == backoff);
+        async move { complete.then_some(spans) }
+    })
+    .await
+    .unwrap_or_else(|| panic!("two attempts and a backoff in the trace: {:#?}", collector.spans()));
+    let attempt = |n: &str| {
+        spans
+            .iter()
+            .find(|span| span.name == process && span.attribute("zentra.attempt") == n)
+            .unwrap_or_else(|| panic!("attempt {n}: {spans:#?}"))
+    };
+    let (first, second) = (attempt("1"), attempt("2"));
+    let wait = spans
+        .iter()
+        .find(|span| span.name == backoff)
+        .expect("backoff span");
+    assert!(first.error && !second.error, "{first:?} {second:?}");
+    assert_eq!(wait.attribute("zentra.attempt"), "1");
+    assert_eq!(wait.attribute("zentra.backoff_ms"), "20");
+    assert_eq!(
+        wait.attribute("messaging.message.id"),
+        first.attribute("messaging.message.id")
+    );
+    // In time, between the failed attempt and the one that succeeded.
+    assert!(first.end_ns <= wait.start_ns && wait.end_ns <= second.start_ns);
+    assert!(wait.end_ns - wait.start_ns >= 20_000_000, "{wait:?}");
+    fixture.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_killed_mid_stream_and_restarted_with_the_same_id_resumes_at_once_and_applies_nothing_twice()
  {

@@ -1127,9 +1127,29 @@ impl EventConsumer {
                     )
                     .await;
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return Handled::Stopped,
-                () = tokio::time::sleep(backoff) => {}
+            // The wait before the next attempt is a span of the event's trace, between the
+            // failed attempt's span and the next one's.
+            let wait = tracing::info_span!(
+                "retry backoff",
+                otel.name = %format_args!("backoff {}", event.topic),
+                otel.kind = "internal",
+                messaging.destination.name = %event.topic,
+                messaging.message.id = %event.envelope.event_id,
+                zentra.attempt = attempt,
+                zentra.backoff_ms = backoff.as_millis() as u64,
+                zentra.error = %error,
+            );
+            if let Some(trace) = &event.envelope.trace_context {
+                events::continue_trace(&wait, &trace.traceparent, &trace.tracestate);
+            }
+            let waited = async {
+                tokio::select! {
+                    () = shutdown.cancelled() => false,
+                    () = tokio::time::sleep(backoff) => true,
+                }
+            };
+            if !waited.instrument(wait).await {
+                return Handled::Stopped;
             }
             backoff = (backoff * 2).min(self.settings.max_backoff);
             attempt += 1;
