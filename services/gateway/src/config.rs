@@ -35,6 +35,10 @@ pub struct GatewaySettings {
     pub static_dir: Option<PathBuf>,
     /// Operator tools the control center links to, by name (`grafana`, `tracing`, `prometheus`).
     pub links: BTreeMap<String, String>,
+    /// The Prometheus that scrapes this deployment, `http://host:port` as the gateway reaches
+    /// it: `GetServiceHistory` reads the control center's chart history from it. Unset: the
+    /// charts keep only what the page saw.
+    pub prometheus_url: Option<String>,
 }
 
 /// The services behind the gateway.
@@ -278,6 +282,10 @@ pub fn validate(settings: &GatewaySettings) -> Result<(), String> {
                 key.name
             ));
         }
+    }
+    if let Some(url) = &settings.prometheus_url {
+        crate::history::Prometheus::new(url)
+            .map_err(|error| format!("invalid config: gateway.prometheus_url: {error}"))?;
     }
     if let Some(jwt) = &settings.auth.jwt
         && jwt.hs256_secret.is_some() == jwt.public_key_pem.is_some()

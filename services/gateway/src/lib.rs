@@ -16,6 +16,7 @@ pub mod auth;
 pub mod config;
 pub mod forward;
 pub mod front;
+pub mod history;
 pub mod metric_names;
 pub mod rate_limit;
 pub mod routes;
@@ -73,6 +74,12 @@ impl Gateway {
         )?;
         let table = RouteTable::from_contracts();
         let routed = table.routed_services();
+        let prometheus = settings
+            .prometheus_url
+            .as_deref()
+            .map(history::Prometheus::new)
+            .transpose()
+            .map_err(|error| anyhow::anyhow!("invalid config: gateway.prometheus_url: {error}"))?;
 
         let mut probes: Vec<Arc<dyn DependencyProbe>> = Vec::new();
         if settings.rate_limit.enabled {
@@ -107,6 +114,7 @@ impl Gateway {
             .also_record(["zentra.ops.v1.OpsService".to_owned()])
             .add_service(GatewayServiceServer::new(SessionApi::new(
                 settings.links.clone(),
+                prometheus,
             )))
             .front(routed, move |local| {
                 let front = Front::new(gatekeeper, local, static_dir.as_deref());

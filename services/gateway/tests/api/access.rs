@@ -411,5 +411,19 @@ async fn the_session_names_the_caller_and_its_role_and_cannot_be_forged() {
         .await
         .expect_err("no key");
     assert_eq!(anonymous.code(), Code::Unauthenticated);
+
+    // History needs a Prometheus, and this gateway has none configured.
+    let history = sessions
+        .get_service_history(with_key(
+            gateway::GetServiceHistoryRequest {
+                service: "order".to_owned(),
+                window: None,
+            },
+            &platform.keys.viewer,
+        ))
+        .await
+        .expect_err("no Prometheus");
+    assert_eq!(history.code(), Code::FailedPrecondition, "{history:?}");
+    assert!(history.message().contains("prometheus_url"), "{history:?}");
     platform.stop().await;
 }
