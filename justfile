@@ -24,6 +24,8 @@ infra-down:
 # Build and run the whole platform: broker, mail sink, every service and the gateway on :8080 (Ctrl-C stops it)
 up *args:
     deploy/local/install-tools.sh tansu
+    # Prometheus too, when asked for (Debian's package, unpacked into the tools directory).
+    if [[ " $* " == *" --prometheus "* ]]; then deploy/local/install-tools.sh prometheus; fi
     # The control center too, when it was never built (ZENTRA_UP_UI=0 skips it; a build made while the stack runs is served at once).
     if [ "${ZENTRA_UP_UI:-1}" != 0 ] && [ -z "${ZENTRA_STACK_STATIC_DIR:-}" ] && [ ! -f control-center/dist/index.html ]; then just control-center; fi
     ZENTRA_INFRA_BROKER=0 deploy/local/infra-up.sh $(for service in inventory order payment fulfillment notification saga; do printf '%s ' "${ZENTRA_STACK_DB_PREFIX:-zentra_}$service"; done)

@@ -56,6 +56,27 @@ test('the overview shows every service live, with its numbers', async () => {
   await page.close();
 });
 
+test('with Prometheus beside the stack, charts show its history and the tools link to it', {
+  skip: process.env.ZENTRA_E2E_PROMETHEUS !== '1' && 'the stack runs no Prometheus (ZENTRA_E2E_PROMETHEUS=1)',
+}, async () => {
+  const page = await signedIn(browser, keys.viewer);
+  await page.waitForSelector('.card[data-service="order"] .charts[data-history="prometheus"]', { timeout: 30_000 });
+  assert.match(await page.locator('.overview .hint').innerText(), /last 30 minutes from Prometheus/);
+  // The orders the smoke test placed are in order's request rate, read from Prometheus.
+  await page.waitForFunction(
+    () => [...document.querySelectorAll('.card[data-service="order"] figure:first-child polyline')]
+      .some((line) => line.getAttribute('points').split(' ').length >= 2),
+    null,
+    { timeout: 60_000 },
+  );
+  await visit(page, 'infrastructure', '.infrastructure');
+  const link = page.locator('.links a', { hasText: 'prometheus' });
+  await link.waitFor();
+  assert.match(await link.getAttribute('href'), /^http:\/\/127\.0\.0\.1:\d+$/);
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
 test('the overview is usable in a narrow window', async () => {
   const page = await signedIn(browser, keys.viewer, { width: 420, height: 900 });
   await page.waitForSelector('.card[data-service="saga"] .badge.ok', { timeout: 30_000 });

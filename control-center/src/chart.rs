@@ -2,29 +2,49 @@
 
 use leptos::prelude::*;
 
-/// A sparkline of `values` (oldest first), `width` × `height` pixels.
+/// A sparkline of `values` (oldest first, evenly spaced), `width` × `height` pixels. A value that
+/// is not a number (no sample there) breaks the line.
 pub fn sparkline(values: &[f64], width: f64, height: f64) -> impl IntoView + use<> {
-    let max = values.iter().copied().fold(0.0_f64, f64::max);
+    let max = values
+        .iter()
+        .copied()
+        .filter(|value| value.is_finite())
+        .fold(0.0_f64, f64::max);
     let step = if values.len() > 1 {
         width / (values.len() - 1) as f64
     } else {
         0.0
     };
-    let points: Vec<String> = values
-        .iter()
-        .enumerate()
-        .map(|(index, value)| {
-            let y = if max > 0.0 {
-                height - 1.0 - (value / max) * (height - 2.0)
-            } else {
-                height - 1.0
-            };
-            format!("{:.1},{:.1}", index as f64 * step, y)
-        })
-        .collect();
+    let point = |index: usize, value: f64| {
+        let y = if max > 0.0 {
+            height - 1.0 - (value / max) * (height - 2.0)
+        } else {
+            height - 1.0
+        };
+        format!("{:.1},{:.1}", index as f64 * step, y)
+    };
+    // Runs of finite values, each its own line.
+    let mut lines: Vec<Vec<String>> = Vec::new();
+    let mut open = false;
+    for (index, value) in values.iter().copied().enumerate() {
+        if !value.is_finite() {
+            open = false;
+            continue;
+        }
+        if !open {
+            lines.push(Vec::new());
+            open = true;
+        }
+        if let Some(line) = lines.last_mut() {
+            line.push(point(index, value));
+        }
+    }
     view! {
         <svg class="spark" width=width height=height viewBox=format!("0 0 {width} {height}")>
-            <polyline points=points.join(" ") />
+            {lines
+                .into_iter()
+                .map(|line| view! { <polyline points=line.join(" ") /> })
+                .collect_view()}
         </svg>
     }
 }

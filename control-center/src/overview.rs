@@ -1,11 +1,13 @@
 //! Overview: every service's health, request rate, error rate, p50/p99 latency and consumer lag,
-//! polled every two seconds, with the last two minutes as small charts.
+//! polled every two seconds, with small charts: the last half hour from Prometheus when the
+//! deployment runs one (read through the gateway's `GetServiceHistory`), else the last two
+//! minutes this page saw.
 
 use std::time::Duration;
 
 use gloo_timers::future::TimeoutFuture;
 use leptos::{prelude::*, task::spawn_local};
-use zentra_proto::ops::v1 as ops;
+use zentra_proto::{gateway::v1 as gateway, ops::v1 as ops};
 
 use crate::{
     api::{Api, SERVICES, describe},
@@ -16,8 +18,12 @@ use crate::{
 };
 
 const POLL_MS: u32 = 2_000;
-/// Samples kept for the charts (two minutes).
+/// Samples kept for the charts when the page keeps them (two minutes).
 const HISTORY: usize = 60;
+/// The charts' window when Prometheus keeps the history.
+const PROMETHEUS_WINDOW: Duration = Duration::from_secs(30 * 60);
+/// How often that history is read again (Prometheus scrapes every 15 s by default).
+const PROMETHEUS_POLL_MS: u32 = 15_000;
 /// The window the rates and percentiles summarise.
 const WINDOW: Duration = Duration::from_secs(10);
 
@@ -46,6 +52,9 @@ struct Row {
     health: Option<Result<Health, String>>,
     rate_history: Vec<f64>,
     p99_history: Vec<f64>,
+    /// Where the charts come from: Ok(true) Prometheus, Ok(false) this page's samples,
+    /// Err(why) this page's samples because Prometheus could not be read.
+    from_prometheus: Result<bool, String>,
 }
 
 impl Row {
@@ -55,6 +64,25 @@ impl Row {
             health: None,
             rate_history: Vec::new(),
             p99_history: Vec::new(),
+            from_prometheus: Ok(false),
+        }
+    }
+
+    /// The charts from Prometheus's history, or this page's samples when it failed.
+    fn apply_history(&mut self, result: Result<gateway::GetServiceHistoryResponse, String>) {
+        match result {
+            Ok(history) => {
+                self.rate_history = history.requests_per_second;
+                self.p99_history = history.latency_p99_ms;
+                self.from_prometheus = Ok(true);
+            }
+            Err(error) => {
+                if self.from_prometheus == Ok(true) {
+                    self.rate_history.clear();
+                    self.p99_history.clear();
+                }
+                self.from_prometheus = Err(error);
+            }
         }
     }
 
@@ -66,6 +94,10 @@ impl Row {
             ),
             Err(_) => (0.0, 0.0),
         };
+        if self.from_prometheus == Ok(true) {
+            self.health = Some(result);
+            return;
+        }
         for (history, value) in [(&mut self.rate_history, rate), (&mut self.p99_history, p99)] {
             history.push(value);
             if history.len() > HISTORY {
@@ -114,10 +146,26 @@ async fn fetch(api: &Api, service: &'static str) -> Result<Health, String> {
     })
 }
 
+async fn fetch_history(
+    api: &Api,
+    service: &'static str,
+) -> Result<gateway::GetServiceHistoryResponse, String> {
+    api.gateway()
+        .get_service_history(api.call(gateway::GetServiceHistoryRequest {
+            service: service.to_owned(),
+            window: prost_types::Duration::try_from(PROMETHEUS_WINDOW).ok(),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| describe(&status))
+}
+
 /// The overview page.
 #[component]
 pub fn Overview() -> impl IntoView {
-    let api = use_session().api();
+    let session = use_session();
+    let api = session.api();
+    let prometheus = session.links.iter().any(|(name, _)| name == "prometheus");
     let rows = RwSignal::new(
         SERVICES
             .iter()
@@ -125,6 +173,27 @@ pub fn Overview() -> impl IntoView {
             .collect::<Vec<_>>(),
     );
     let alive = page_alive();
+    if prometheus {
+        let api = api.clone();
+        let alive = alive.clone();
+        spawn_local(async move {
+            while shown(&alive) {
+                let results = futures::future::join_all(
+                    SERVICES.iter().map(|service| fetch_history(&api, service)),
+                )
+                .await;
+                let updated = rows.try_update(|rows| {
+                    for (row, result) in rows.iter_mut().zip(results) {
+                        row.apply_history(result);
+                    }
+                });
+                if updated.is_none() {
+                    break;
+                }
+                TimeoutFuture::new(PROMETHEUS_POLL_MS).await;
+            }
+        });
+    }
     spawn_local(async move {
         while shown(&alive) {
             let results =
@@ -144,13 +213,28 @@ pub fn Overview() -> impl IntoView {
     view! {
         <section class="overview">
             <h2>"Services"</h2>
-            <p class="hint">"Live: every two seconds; rates and latencies over the last 10 s; charts show two minutes."</p>
+            <p class="hint">
+                "Live: every two seconds; rates and latencies over the last 10 s; "
+                {if prometheus {
+                    "charts show the last 30 minutes from Prometheus."
+                } else {
+                    "charts show the two minutes this page saw."
+                }}
+            </p>
             <div class="cards">{move || rows.get().into_iter().map(card).collect_view()}</div>
         </section>
     }
 }
 
 fn card(row: Row) -> impl IntoView {
+    let (history, note) = match &row.from_prometheus {
+        Ok(true) => ("prometheus", "the last 30 minutes, from Prometheus".to_owned()),
+        Ok(false) => ("page", "the last two minutes this page saw".to_owned()),
+        Err(error) => (
+            "page",
+            format!("the last two minutes this page saw (Prometheus: {error})"),
+        ),
+    };
     let (class, label) = match &row.health {
         None => ("badge wait", "…"),
         Some(Ok(health)) if health.serving => ("badge ok", "SERVING"),
@@ -191,7 +275,7 @@ fn card(row: Row) -> impl IntoView {
         <article class="card" data-service=row.name>
             <header><h3>{row.name}</h3><span class=class>{label}</span></header>
             {body}
-            <div class="charts">
+            <div class="charts" data-history=history title=note>
                 <figure><figcaption>"req/s"</figcaption>{sparkline(&row.rate_history, 120.0, 28.0)}</figure>
                 <figure><figcaption>"p99 ms"</figcaption>{sparkline(&row.p99_history, 120.0, 28.0)}</figure>
             </div>

@@ -29,6 +29,10 @@ export ZENTRA_STACK_BASE_PORT=$((base + 50))
 export ZENTRA_STACK_GATEWAY_PORT=$((base + 80))
 export ZENTRA_STACK_KAFKA_PORT=$((base + 92))
 export ZENTRA_STACK_SMTP_PORT=$((base + 25))
+# Prometheus beside the stack, as `just up --prometheus` runs it: the control center's charts
+# read their history from it (a short interval, so it has some within the run).
+export ZENTRA_STACK_PROMETHEUS_PORT=$((base + 90))
+export ZENTRA_STACK_PROMETHEUS_INTERVAL=2s
 pg_url=${ZENTRA_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 # A short shipment timeout, so the chaos audit's freeze can outlast it in seconds, not minutes.
 shipment_timeout_s=15
@@ -52,7 +56,7 @@ cleanup() {
 }
 
 say "starting the platform with just up (state in $state)"
-just up --state-dir "$state" >"$log" 2>&1 &
+just up --state-dir "$state" --prometheus >"$log" 2>&1 &
 up=$!
 trap cleanup EXIT
 
@@ -130,7 +134,7 @@ if [ "${ZENTRA_SMOKE_BROWSER:-1}" != 0 ]; then
     | tansu cat produce --broker "tcp://127.0.0.1:$ZENTRA_STACK_KAFKA_PORT" "${ZENTRA_STACK_TOPIC_PREFIX}inventory.commands" >/dev/null \
     || fail "producing a poison message"
   (cd control-center/e2e && npm ci --silent --no-audit --no-fund)
-  ZENTRA_E2E_URL="$gateway" node --test --test-concurrency=1 control-center/e2e/ >"$state/e2e.log" 2>&1 \
+  ZENTRA_E2E_URL="$gateway" ZENTRA_E2E_PROMETHEUS=1 node --test --test-concurrency=1 control-center/e2e/ >"$state/e2e.log" 2>&1 \
     || { cat "$state/e2e.log" >&2; fail "browser tests"; }
   grep -E '^# (tests|pass|fail)' "$state/e2e.log" >&2 || true
 fi

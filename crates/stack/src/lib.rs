@@ -347,11 +347,14 @@ fn launch(
                 format!("zentra:{}", settings.topic_prefix),
             ));
             if let Some(port) = settings.prometheus_port {
-                // The control center's Infrastructure page links to it.
-                env.push((
-                    "ZENTRA_GATEWAY__LINKS__PROMETHEUS".to_owned(),
-                    format!("http://127.0.0.1:{port}"),
-                ));
+                // The control center's Infrastructure page links to it, and its charts read
+                // their history from it through the gateway.
+                for key in [
+                    "ZENTRA_GATEWAY__LINKS__PROMETHEUS",
+                    "ZENTRA_GATEWAY__PROMETHEUS_URL",
+                ] {
+                    env.push((key.to_owned(), format!("http://127.0.0.1:{port}")));
+                }
             }
             if let Some(dir) = &settings.static_dir {
                 env.push((
