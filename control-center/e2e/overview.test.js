@@ -62,10 +62,14 @@ test('with Prometheus beside the stack, charts show its history and the tools li
   const page = await signedIn(browser, keys.viewer);
   await page.waitForSelector('.card[data-service="order"] .charts[data-history="prometheus"]', { timeout: 30_000 });
   assert.match(await page.locator('.overview .hint').innerText(), /last 30 minutes from Prometheus/);
-  // The orders the smoke test placed are in order's request rate, read from Prometheus.
+  // The orders the smoke test placed are in order's request rate, read from Prometheus: a line
+  // with a point above the chart's floor (y = 27 is zero on a 28-pixel chart).
   await page.waitForFunction(
     () => [...document.querySelectorAll('.card[data-service="order"] figure:first-child polyline')]
-      .some((line) => line.getAttribute('points').split(' ').length >= 2),
+      .some((line) => {
+        const points = line.getAttribute('points').split(' ').map((point) => Number(point.split(',')[1]));
+        return points.length >= 2 && points.some((y) => y < 27);
+      }),
     null,
     { timeout: 60_000 },
   );

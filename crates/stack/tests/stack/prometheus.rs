@@ -338,9 +338,23 @@ async fn every_dashboard_query_and_alert_expression_returns_series_after_an_orde
                 None,
             )
         };
+        // The order went through before Prometheus's first scrape, which a rate cannot see:
+        // keep order busy meanwhile (a refused read is a request like any other).
+        let orders = zentra_proto::order::v1::order_service_client::OrderServiceClient::new(
+            gateway.clone(),
+        );
         let history = eventually(Duration::from_secs(30), || {
             let mut sessions = sessions.clone();
+            let mut orders = orders.clone();
+            let read = keyed(
+                zentra_proto::order::v1::GetOrderRequest {
+                    order_id: "not-an-order-id".to_owned(),
+                },
+                &viewer,
+                None,
+            );
             async move {
+                let _ = orders.get_order(read).await;
                 let history = sessions
                     .get_service_history(request("order"))
                     .await
@@ -351,8 +365,19 @@ async fn every_dashboard_query_and_alert_expression_returns_series_after_an_orde
                     .then_some(history)
             }
         })
-        .await
-        .expect("order's requests and p99 in its history");
+        .await;
+        let Some(history) = history else {
+            let last = sessions
+                .get_service_history(request("order"))
+                .await
+                .expect("history")
+                .into_inner();
+            let query = "sum(rate(zentra_grpc_server_requests_total{job=\"order\"}[1m]))";
+            panic!(
+                "order's requests and p99 are not in its history: {last:?}\nPrometheus: {}",
+                returns_series(prometheus, query).await.err().unwrap_or_default()
+            );
+        };
         assert_eq!(history.step.expect("step").seconds, 3, "300 s over 120 points");
         assert_eq!(history.requests_per_second.len(), 101);
         assert_eq!(history.latency_p99_ms.len(), 101);
