@@ -61,7 +61,7 @@ test('with Prometheus beside the stack, charts show its history and the tools li
 }, async () => {
   const page = await signedIn(browser, keys.viewer);
   await page.waitForSelector('.card[data-service="order"] .charts[data-history="prometheus"]', { timeout: 30_000 });
-  assert.match(await page.locator('.overview .hint').innerText(), /last 30 minutes from Prometheus/);
+  assert.match(await page.locator('.overview > p.hint').innerText(), /last 30 minutes from Prometheus/);
   // The orders the smoke test placed are in order's request rate, read from Prometheus: a line
   // with a point above the chart's floor (y = 27 is zero on a 28-pixel chart).
   await page.waitForFunction(
