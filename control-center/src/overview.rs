@@ -228,7 +228,10 @@ pub fn Overview() -> impl IntoView {
 
 fn card(row: Row) -> impl IntoView {
     let (history, note) = match &row.from_prometheus {
-        Ok(true) => ("prometheus", "the last 30 minutes, from Prometheus".to_owned()),
+        Ok(true) => (
+            "prometheus",
+            "the last 30 minutes, from Prometheus".to_owned(),
+        ),
         Ok(false) => ("page", "the last two minutes this page saw".to_owned()),
         Err(error) => (
             "page",

@@ -430,7 +430,12 @@ async fn a_retried_event_shows_each_attempt_and_the_backoff_between_them_in_its_
     let trace_id = {
         use opentelemetry::trace::TraceContextExt as _;
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-        published.context().span().span_context().trace_id().to_string()
+        published
+            .context()
+            .span()
+            .span_context()
+            .trace_id()
+            .to_string()
     };
     let bytes = published.in_scope(|| record("FLAKY-1"));
     send(&fixture.producer, &fixture.topic, "FLAKY-1", &bytes).await;
@@ -452,7 +457,12 @@ async fn a_retried_event_shows_each_attempt_and_the_backoff_between_them_in_its_
         async move { complete.then_some(spans) }
     })
     .await
-    .unwrap_or_else(|| panic!("two attempts and a backoff in the trace: {:#?}", collector.spans()));
+    .unwrap_or_else(|| {
+        panic!(
+            "two attempts and a backoff in the trace: {:#?}",
+            collector.spans()
+        )
+    });
     let attempt = |n: &str| {
         spans
             .iter()

@@ -87,9 +87,7 @@ impl Prometheus {
             Some(window) => Duration::try_from(window)
                 .ok()
                 .filter(|window| (WINDOW.0..=WINDOW.1).contains(window))
-                .ok_or_else(|| {
-                    Status::invalid_argument("window: between 1 minute and 24 hours")
-                })?,
+                .ok_or_else(|| Status::invalid_argument("window: between 1 minute and 24 hours"))?,
         };
         let step = window.as_secs().div_ceil(POINTS).max(1);
         let now = SystemTime::now()
@@ -237,7 +235,12 @@ mod tests {
         assert_eq!(values[2], 2.0);
         assert!(values[3].is_nan() && values[4].is_nan());
         let empty = br#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
-        assert!(parse_matrix(empty, 0, 1, 3).expect("parsed").iter().all(|v| v.is_nan()));
+        assert!(
+            parse_matrix(empty, 0, 1, 3)
+                .expect("parsed")
+                .iter()
+                .all(|v| v.is_nan())
+        );
         let error = br#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
         assert!(parse_matrix(error, 0, 1, 3).is_err());
     }
@@ -246,7 +249,10 @@ mod tests {
     async fn bad_requests_are_refused_before_prometheus_is_asked() {
         // Nothing listens there: a request that reached it would be UNAVAILABLE.
         let prometheus = Prometheus::new("http://127.0.0.1:9").expect("url");
-        let unknown = prometheus.history("billing", None).await.expect_err("unknown");
+        let unknown = prometheus
+            .history("billing", None)
+            .await
+            .expect_err("unknown");
         assert_eq!(unknown.code(), tonic::Code::InvalidArgument, "{unknown:?}");
         for (seconds, nanos) in [(59, 0), (24 * 3600 + 1, 0), (-60, 0), (0, 0)] {
             let refused = prometheus

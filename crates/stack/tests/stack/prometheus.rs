@@ -340,9 +340,8 @@ async fn every_dashboard_query_and_alert_expression_returns_series_after_an_orde
         };
         // The order went through before Prometheus's first scrape, which a rate cannot see:
         // keep order busy meanwhile (a refused read is a request like any other).
-        let orders = zentra_proto::order::v1::order_service_client::OrderServiceClient::new(
-            gateway.clone(),
-        );
+        let orders =
+            zentra_proto::order::v1::order_service_client::OrderServiceClient::new(gateway.clone());
         let history = eventually(Duration::from_secs(30), || {
             let mut sessions = sessions.clone();
             let mut orders = orders.clone();
@@ -375,10 +374,17 @@ async fn every_dashboard_query_and_alert_expression_returns_series_after_an_orde
             let query = "sum(rate(zentra_grpc_server_requests_total{job=\"order\"}[1m]))";
             panic!(
                 "order's requests and p99 are not in its history: {last:?}\nPrometheus: {}",
-                returns_series(prometheus, query).await.err().unwrap_or_default()
+                returns_series(prometheus, query)
+                    .await
+                    .err()
+                    .unwrap_or_default()
             );
         };
-        assert_eq!(history.step.expect("step").seconds, 3, "300 s over 120 points");
+        assert_eq!(
+            history.step.expect("step").seconds,
+            3,
+            "300 s over 120 points"
+        );
         assert_eq!(history.requests_per_second.len(), 101);
         assert_eq!(history.latency_p99_ms.len(), 101);
         let unknown = sessions
