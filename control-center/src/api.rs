@@ -16,15 +16,7 @@ use zentra_proto::{
 };
 
 /// Every process behind the gateway, the gateway first.
-pub const SERVICES: [&str; 7] = [
-    "gateway",
-    "inventory",
-    "order",
-    "payment",
-    "fulfillment",
-    "notification",
-    "saga",
-];
+pub use zentra_proto::PROCESSES as SERVICES;
 
 /// The services with Kafka consumers and so with dead letters.
 pub const CONSUMING_SERVICES: [&str; 5] = [

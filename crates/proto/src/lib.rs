@@ -27,6 +27,19 @@ pub trait IdempotentRequest: prost::Message + Clone {
 
 include!(concat!(env!("OUT_DIR"), "/idempotent_requests.rs"));
 
+/// The platform's processes by name, the gateway first: the name a caller puts in
+/// `x-zentra-service` to reach one through the gateway, its Prometheus job, and what
+/// `GatewayService.GetServiceHistory` accepts.
+pub const PROCESSES: [&str; 7] = [
+    "gateway",
+    "inventory",
+    "order",
+    "payment",
+    "fulfillment",
+    "notification",
+    "saga",
+];
+
 /// The event types another part of the platform reads, by full name: the saga orchestrator
 /// (the order's placement and cancellation, the shipment's outcome), notification (what it mails
 /// about) and outside subscribers of saga outcomes. Services always publish these; any other

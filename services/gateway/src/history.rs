@@ -11,18 +11,8 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use tonic::Status;
-use zentra_proto::gateway::v1::GetServiceHistoryResponse;
-
-/// The processes a history can be asked for: Prometheus's job names, as the stack writes them.
-pub const SERVICES: [&str; 7] = [
-    "gateway",
-    "inventory",
-    "order",
-    "payment",
-    "fulfillment",
-    "notification",
-    "saga",
-];
+// The processes a history can be asked for are Prometheus's job names, as the stack writes them.
+use zentra_proto::{PROCESSES as SERVICES, gateway::v1::GetServiceHistoryResponse};
 
 /// Points a history has at most, whatever its window (one more for the window's end).
 const POINTS: u64 = 120;
