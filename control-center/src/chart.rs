@@ -39,6 +39,17 @@ pub fn sparkline(values: &[f64], width: f64, height: f64) -> impl IntoView + use
             line.push(point(index, value));
         }
     }
+    // A lone sample between gaps is drawn as a short dash, not lost.
+    for line in &mut lines {
+        if let [only] = line.as_slice()
+            && let Some((x, y)) = only.split_once(',')
+            && let Ok(x) = x.parse::<f64>()
+        {
+            let next = format!("{:.1},{y}", (x + 2.0).min(width));
+            let previous = format!("{:.1},{y}", (x - 2.0).max(0.0));
+            *line = vec![previous, next];
+        }
+    }
     view! {
         <svg class="spark" width=width height=height viewBox=format!("0 0 {width} {height}")>
             {lines

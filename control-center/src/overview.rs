@@ -165,7 +165,7 @@ async fn fetch_history(
 pub fn Overview() -> impl IntoView {
     let session = use_session();
     let api = session.api();
-    let prometheus = session.links.iter().any(|(name, _)| name == "prometheus");
+    let prometheus = session.service_history;
     let rows = RwSignal::new(
         SERVICES
             .iter()

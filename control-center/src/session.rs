@@ -40,6 +40,8 @@ pub struct Session {
     pub role: Role,
     /// Operator tools: name and URL.
     pub links: Vec<(String, String)>,
+    /// Whether the gateway reads the processes' history from a Prometheus.
+    pub service_history: bool,
 }
 
 impl Session {
@@ -76,6 +78,7 @@ impl Session {
                 .into_iter()
                 .map(|link| (link.name, link.url))
                 .collect(),
+            service_history: session.service_history,
         })
     }
 }

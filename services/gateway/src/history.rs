@@ -22,8 +22,11 @@ const WINDOW: (Duration, Duration) = (Duration::from_secs(60), Duration::from_se
 const DEFAULT_WINDOW: Duration = Duration::from_secs(30 * 60);
 /// How long Prometheus may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// The RPCs the history counts: not health, reflection or ops, as the live numbers.
+/// The RPCs a service's history counts, as its live numbers do: not health, reflection or ops.
 const DOMAIN_ONLY: &str = r#"service!~"grpc\\..+|zentra\\.ops\\..+""#;
+/// The gateway's live numbers count the ops calls it forwards too: only health and reflection
+/// are left out.
+const GATEWAY_ONLY: &str = r#"service!~"grpc\\..+""#;
 
 /// A Prometheus to ask.
 #[derive(Clone)]
@@ -86,9 +89,14 @@ impl Prometheus {
             .as_secs();
         // Aligned to the step, so two pages asking alike get the same points.
         let end = now - now % step;
-        let start = end - window.as_secs().div_ceil(step) * step;
+        let start = end.saturating_sub(window.as_secs().div_ceil(step) * step);
         let range = (2 * step).max(60);
-        let selector = format!("{{job=\"{service}\",{DOMAIN_ONLY}}}");
+        let counted = if service == "gateway" {
+            GATEWAY_ONLY
+        } else {
+            DOMAIN_ONLY
+        };
+        let selector = format!("{{job=\"{service}\",{counted}}}");
         let rate = format!("sum(rate(zentra_grpc_server_requests_total{selector}[{range}s]))");
         let p99 = format!(
             "histogram_quantile(0.99, sum by (le) \
@@ -129,8 +137,12 @@ impl Prometheus {
             encode(query)
         );
         let unavailable = |what: String| {
-            tracing::warn!(prometheus = %self.base, "{what}");
-            Status::unavailable(format!("Prometheus at {}: {what}", self.base))
+            // The details name an internal address and its answer: the log has them, callers
+            // (viewers) do not.
+            tracing::warn!(prometheus = %self.base, "history not read: {what}");
+            Status::unavailable(
+                "Prometheus did not answer as expected (the gateway's log says why)",
+            )
         };
         let uri: http::Uri = url
             .parse()

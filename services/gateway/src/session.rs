@@ -68,6 +68,7 @@ impl GatewayService for SessionApi {
                     url: url.clone(),
                 })
                 .collect(),
+            service_history: self.prometheus.is_some(),
         }))
     }
 

@@ -390,6 +390,7 @@ async fn the_session_names_the_caller_and_its_role_and_cannot_be_forged() {
         .into_inner();
     assert_eq!(session.caller_id, "key:operator");
     assert_eq!(session.role, gateway::Role::Operator as i32);
+    assert!(!session.service_history, "no Prometheus is configured");
 
     let mut forged = with_key(gateway::GetSessionRequest {}, &platform.keys.viewer);
     forged
