@@ -11,6 +11,12 @@
 # BINDIR holds a release build's binaries (copy them out of target/release after each build, and
 # compare checksums: two checkouts sharing one CARGO_TARGET_DIR can leave the second build
 # untouched). Output: $ZENTRA_CACHE/bench/LABEL/{stack.log,bench.txt,report.json,statements.tsv}.
+#
+# A PostgreSQL with autovacuum off (some CI machines set it so) gets it switched on for the run
+# (ALTER SYSTEM, reset afterwards): without it every saga transition leaves a dead row that
+# nothing removes, and a run of minutes measures the pile-up, not the platform
+# (docs/BENCHMARKS.md, session 20). ZENTRA_BENCH_KEEP_AUTOVACUUM=1 leaves the server as it is;
+# the report records the setting either way (postgres_settings).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -33,6 +39,21 @@ drop() {
   done
 }
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+autovacuum_switched=0
+if [ "${ZENTRA_BENCH_KEEP_AUTOVACUUM:-0}" != 1 ] \
+  && [ "$(psql "$pg_url" -qAtc 'SHOW autovacuum')" = off ]; then
+  echo "bench-ab: switching autovacuum on for this run (ALTER SYSTEM; reset when it ends)" >&2
+  psql "$pg_url" -qc "ALTER SYSTEM SET autovacuum = on" -c "SELECT pg_reload_conf()" >/dev/null
+  autovacuum_switched=1
+fi
+restore_autovacuum() {
+  if [ "$autovacuum_switched" = 1 ]; then
+    psql "$pg_url" -qc "ALTER SYSTEM RESET autovacuum" -c "SELECT pg_reload_conf()" >/dev/null || true
+    autovacuum_switched=0
+  fi
+}
+trap restore_autovacuum EXIT
 
 drop
 "$here/infra-down.sh" >/dev/null 2>&1 || true
@@ -61,6 +82,7 @@ stop() {
   wait "$stack" 2>/dev/null || true
   statements
   drop
+  restore_autovacuum
 }
 trap stop EXIT
 for _ in $(seq 300); do

@@ -27,6 +27,11 @@ pub struct Counters {
     pub grpc_calls: f64,
     /// Statements per database, when `pg_stat_statements` is loaded (empty otherwise).
     pub statements: BTreeMap<String, Statements>,
+    /// Seconds summed by the Kafka hops' histograms: `publish` (outbox to acknowledgement) and
+    /// `fetch <topic>` (production to a consumer receiving it).
+    pub hop_seconds: BTreeMap<String, f64>,
+    /// How many records those sums cover.
+    pub hop_records: BTreeMap<String, f64>,
 }
 
 /// What `pg_stat_statements` counted in one database: every statement the server ran,
@@ -75,6 +80,8 @@ impl Counters {
             produced_by_topic: difference(self.produced_by_topic, &earlier.produced_by_topic),
             grpc_calls: self.grpc_calls - earlier.grpc_calls,
             statements: difference(self.statements, &earlier.statements),
+            hop_seconds: difference(self.hop_seconds, &earlier.hop_seconds),
+            hop_records: difference(self.hop_records, &earlier.hop_records),
         }
     }
 }
@@ -160,12 +167,61 @@ impl CostProbe {
                 *counters.produced_by_topic.entry(topic).or_default() += records;
             }
             counters.grpc_calls += sum(&page, "zentra_grpc_server_requests_total");
+            for (suffix, into) in [
+                ("_sum", &mut counters.hop_seconds),
+                ("_count", &mut counters.hop_records),
+            ] {
+                *into.entry("publish".to_owned()).or_default() += sum(
+                    &page,
+                    &format!("zentra_outbox_publish_delay_seconds{suffix}"),
+                );
+                let name = format!("zentra_consumer_fetch_delay_seconds{suffix}");
+                for (topic, value) in by_label(&page, &name, "topic") {
+                    *into.entry(format!("fetch {topic}")).or_default() += value;
+                }
+            }
         }
         Ok(counters)
     }
 }
 
+/// The server settings a report records.
+const RECORDED_SETTINGS: &[&str] = &[
+    "autovacuum",
+    "autovacuum_naptime",
+    "server_version",
+    "shared_buffers",
+    "synchronous_commit",
+    "max_wal_size",
+    "checkpoint_timeout",
+];
+
 impl CostProbe {
+    /// The PostgreSQL settings that change what a run measures, by name.
+    pub async fn postgres_settings(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        // The names are this file's constants, not input.
+        let names = RECORDED_SETTINGS
+            .iter()
+            .map(|name| format!("'{name}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = self
+            .pg
+            .query_all_raw(Statement::from_string(
+                DbBackend::Postgres,
+                format!(
+                    "SELECT name::text, setting || coalesce(unit, '') FROM pg_settings \
+                     WHERE name IN ({names})"
+                ),
+            ))
+            .await?;
+        let mut settings = BTreeMap::new();
+        for row in rows {
+            settings.insert(row.try_get_by_index(0)?, row.try_get_by_index(1)?);
+        }
+        Ok(settings)
+    }
+
     /// Statements per database of the stack from `pg_stat_statements`; empty when the server
     /// does not load it (`shared_preload_libraries`), so a run without it still works.
     async fn statements(&self, pattern: &str) -> BTreeMap<String, Statements> {

@@ -35,8 +35,20 @@ pub async fn run(settings: Settings, command: String) -> anyhow::Result<Report> 
             .map(|elapsed| elapsed.as_secs())
             .unwrap_or_default(),
         command,
+        postgres_settings: probe.postgres_settings().await?,
         ..Report::default()
     };
+    if report
+        .postgres_settings
+        .get("autovacuum")
+        .is_some_and(|setting| setting == "off")
+    {
+        println!(
+            "warning: this PostgreSQL runs with autovacuum off; every saga transition leaves a dead \
+             row that nothing removes and a long run slows as they pile up (docs/BENCHMARKS.md). \
+             deploy/local/bench-ab.sh switches it on for its run."
+        );
+    }
 
     if let Some(window) = settings.idle {
         let idle = measure_idle(&probe, window).await?;

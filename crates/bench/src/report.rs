@@ -62,6 +62,10 @@ pub struct CostPerSaga {
     /// CPU milliseconds of the harness around the platform (mail sink, supervisor, this
     /// bench), not counted in `cpu_ms`.
     pub harness_cpu_ms: BTreeMap<String, f64>,
+    /// The Kafka hops' mean milliseconds per record (not per saga): `publish`, from an outbox
+    /// event's transaction to the broker's acknowledgement, and `fetch <topic>`, from a record's
+    /// production to a consumer receiving it.
+    pub kafka_hop_ms: BTreeMap<String, f64>,
 }
 
 impl CostPerSaga {
@@ -91,6 +95,14 @@ impl CostPerSaga {
                 .collect(),
             cpu_ms: per_saga(cpu_ms),
             harness_cpu_ms: per_saga(harness_cpu_ms),
+            kafka_hop_ms: spent
+                .hop_seconds
+                .iter()
+                .filter_map(|(hop, seconds)| {
+                    let records = spent.hop_records.get(hop).copied().unwrap_or_default();
+                    (records > 0.0).then(|| (hop.clone(), seconds / records * 1000.0))
+                })
+                .collect(),
         }
     }
 
@@ -228,6 +240,9 @@ impl RunReport {
             );
             println!("  commits      {}", breakdown(&cost.commits_by_database));
             println!("  records      {}", breakdown(&cost.kafka_records_by_topic));
+            if !cost.kafka_hop_ms.is_empty() {
+                println!("  hop ms       {}", breakdown(&cost.kafka_hop_ms));
+            }
             if !cost.statements_by_database.is_empty() {
                 let all =
                     cost.statements_by_database
@@ -351,6 +366,9 @@ pub struct Report {
     pub peak_rate: Option<f64>,
     /// Whether the sweep's measured run at 100 % of the peak was sustainable too.
     pub peak_held: Option<bool>,
+    /// The PostgreSQL server's settings that change what a run measures (autovacuum above all:
+    /// without it every saga transition leaves a dead row that nothing removes).
+    pub postgres_settings: BTreeMap<String, String>,
     /// pgbench simple-update TPS on this machine.
     pub pgbench_tps: Option<f64>,
     /// pgbench TPS ÷ commits per saga.

@@ -195,7 +195,7 @@ impl OutboxRelay {
                 "WITH relay AS MATERIALIZED \
                    (SELECT pg_try_advisory_xact_lock(hashtext('zentra.outbox.relay')) AS locked) \
                  SELECT o.* FROM relay, LATERAL \
-                   (SELECT seq, event_id, topic, record_key, event_type, envelope, traceparent, tracestate \
+                   (SELECT seq, event_id, topic, record_key, event_type, envelope, traceparent, tracestate, created_at \
                     FROM outbox WHERE relay.locked AND published_at IS NULL \
                     ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) o",
                 [i64::from(self.config.batch_size).into()],
@@ -215,6 +215,7 @@ impl OutboxRelay {
                 envelope: row.try_get("", "envelope")?,
                 traceparent: row.try_get("", "traceparent")?,
                 tracestate: row.try_get("", "tracestate")?,
+                created_at: row.try_get("", "created_at")?,
             });
         }
         // Sent together, so the producer pipelines them; per-partition order is kept by the
@@ -237,6 +238,17 @@ impl OutboxRelay {
             }
         });
         let results = futures::future::join_all(sends).await;
+        let acknowledged_at = chrono::Utc::now();
+        for (row, _) in pending
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_ok())
+        {
+            let delay = (acknowledged_at - row.created_at)
+                .to_std()
+                .unwrap_or_default();
+            metrics::histogram!(names::OUTBOX_PUBLISH_DELAY).record(delay.as_secs_f64());
+        }
         // Mark only the acknowledged prefix: a gap would let a later event overtake an earlier
         // one of the same aggregate on retry.
         let acknowledged: Vec<i64> = pending
@@ -363,4 +375,6 @@ struct PendingRow {
     envelope: Vec<u8>,
     traceparent: String,
     tracestate: String,
+    /// When its transaction began: the event's first moment.
+    created_at: chrono::DateTime<chrono::Utc>,
 }

@@ -257,6 +257,23 @@ fn partition_list(assigned: &Assignment) -> TopicPartitionList {
     list
 }
 
+/// How long each record new to this consumer took from its production (the producer's
+/// timestamp) to arriving here: a Kafka hop's share of an event's latency. The record each fetch
+/// starts with, read again as a check, is not new and not counted.
+fn record_fetch_delays(batch: &[OwnedMessage], assigned: &Assignment) {
+    let now = chrono::Utc::now().timestamp_millis();
+    for message in batch {
+        let new = assigned
+            .get(&(message.topic().to_owned(), message.partition()))
+            .is_none_or(|slot| slot.next.is_none_or(|next| message.offset() >= next));
+        if let (true, Some(produced)) = (new, message.timestamp().to_millis()) {
+            let delay = Duration::from_millis(u64::try_from(now - produced).unwrap_or(0));
+            metrics::histogram!(names::CONSUMER_FETCH_DELAY, "topic" => message.topic().to_owned())
+                .record(delay.as_secs_f64());
+        }
+    }
+}
+
 /// Whether the consumer fetches, and since when it has (or has not).
 #[derive(Debug, Clone, Copy)]
 struct Fetching {
@@ -512,6 +529,7 @@ impl EventConsumer {
                         slot.last.is_some() && slot.next == Some(message.offset() + 1)
                     })
             });
+            record_fetch_delays(&batch, &assigned);
             if !self
                 .process_batch(batch, &mut assigned, &handler, &shutdown)
                 .await

@@ -8,6 +8,11 @@ pub const GRPC_ERRORS: &str = "zentra_grpc_server_errors_total";
 pub const GRPC_DURATION: &str = "zentra_grpc_server_request_duration_seconds";
 /// Outbox events published to Kafka.
 pub const OUTBOX_PUBLISHED: &str = "zentra_outbox_published_total";
+/// Histogram: seconds from an outbox event's transaction to the broker's acknowledgement.
+pub const OUTBOX_PUBLISH_DELAY: &str = "zentra_outbox_publish_delay_seconds";
+/// Histogram: seconds from a record's production (its Kafka timestamp) to a consumer
+/// receiving it, by topic.
+pub const CONSUMER_FETCH_DELAY: &str = "zentra_consumer_fetch_delay_seconds";
 /// Outbox publish rounds that failed.
 pub const OUTBOX_FAILURES: &str = "zentra_outbox_publish_failures_total";
 /// Events waiting in the outbox, as of the last relay round.
@@ -69,6 +74,16 @@ pub fn describe() {
         "pieces of work (mutating RPCs) committed together in one transaction"
     );
     metrics::describe_counter!(OUTBOX_PUBLISHED, "outbox events published to Kafka");
+    metrics::describe_histogram!(
+        OUTBOX_PUBLISH_DELAY,
+        metrics::Unit::Seconds,
+        "time from an outbox event's transaction to the broker's acknowledgement"
+    );
+    metrics::describe_histogram!(
+        CONSUMER_FETCH_DELAY,
+        metrics::Unit::Seconds,
+        "time from a record's production to a consumer receiving it, by topic"
+    );
     metrics::describe_counter!(OUTBOX_FAILURES, "outbox publish rounds that failed");
     metrics::describe_gauge!(OUTBOX_PENDING, "events waiting in the outbox");
     metrics::describe_gauge!(
