@@ -20,7 +20,7 @@ pub mod supervisor;
 
 use crate::{
     keys::DevKeys,
-    settings::{Component, Kafka, Settings},
+    settings::{BrokerStorage, Component, Kafka, Settings},
     supervisor::{CombinedLog, Launch, Supervised},
 };
 
@@ -195,6 +195,29 @@ fn launch(
                 "tansu is not installed: run `deploy/local/install-tools.sh tansu` (or `just tools`)",
             )?;
             let url = format!("tcp://{listen}");
+            // tansu opens a SQLite file relative to its working directory, which is the state
+            // directory then. A fresh log, as in memory: an old one's events would reach the
+            // consumers of fresh databases from offset 0.
+            let (storage, cwd) = match settings.broker_storage {
+                BrokerStorage::Memory => ("memory://tansu/".to_owned(), None),
+                BrokerStorage::Sqlite => {
+                    let file = format!("broker-{port}.db");
+                    std::fs::create_dir_all(&settings.state_dir)
+                        .with_context(|| format!("creating {}", settings.state_dir.display()))?;
+                    for suffix in ["", "-wal", "-shm"] {
+                        let path = settings.state_dir.join(format!("{file}{suffix}"));
+                        match std::fs::remove_file(&path) {
+                            Ok(()) => {}
+                            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(error) => {
+                                return Err(error)
+                                    .with_context(|| format!("removing {}", path.display()));
+                            }
+                        }
+                    }
+                    (format!("sqlite://{file}"), Some(settings.state_dir.clone()))
+                }
+            };
             Ok(Launch {
                 name,
                 program,
@@ -205,11 +228,12 @@ fn launch(
                     "--advertised-listener-url",
                     &url,
                     "--storage-engine",
-                    "memory://tansu/",
+                    &storage,
                 ]
                 .map(str::to_owned)
                 .to_vec(),
                 env: Vec::new(),
+                cwd,
             })
         }
         Component::Mail => {
@@ -229,6 +253,7 @@ fn launch(
                 program,
                 args,
                 env: Vec::new(),
+                cwd: None,
             })
         }
         Component::Service(..) => {
@@ -301,6 +326,7 @@ fn launch(
                 program,
                 args: Vec::new(),
                 env,
+                cwd: None,
             })
         }
         Component::Prometheus => {
@@ -312,6 +338,7 @@ fn launch(
                 program,
                 args: prometheus::args(&settings.state_dir, port),
                 env: Vec::new(),
+                cwd: None,
             })
         }
         Component::Gateway => {
@@ -374,6 +401,7 @@ fn launch(
                         .to_string(),
                 ],
                 env,
+                cwd: None,
             })
         }
     }

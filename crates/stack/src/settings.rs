@@ -79,6 +79,15 @@ pub enum Kafka {
     External(String),
 }
 
+/// Where a broker the stack starts keeps its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerStorage {
+    /// tansu's in-memory object store (`memory://`).
+    Memory,
+    /// A SQLite file (`sqlite://`; tansu built with its `libsql` feature).
+    Sqlite,
+}
+
 /// The stack's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -96,6 +105,10 @@ pub struct Settings {
     pub base_port: u16,
     /// The broker.
     pub kafka: Kafka,
+    /// Where the started broker keeps its log (`ZENTRA_STACK_BROKER_STORAGE`): in memory, or in
+    /// a SQLite file in the state directory, which tansu reads by offset rather than listing
+    /// every batch on each fetch (docs/BENCHMARKS.md, session 21). Either starts empty.
+    pub broker_storage: BrokerStorage,
     /// The SMTP sink's port.
     pub smtp_port: u16,
     /// PostgreSQL without a database (`postgres://postgres@127.0.0.1:5432`).
@@ -124,7 +137,7 @@ pub struct Settings {
 
 const USAGE: &str = "usage: zentra-stack [--only svc,svc] [--bin-dir DIR] [--state-dir DIR] [--prometheus] \
 (ports and URLs: ZENTRA_STACK_GATEWAY_PORT, ZENTRA_STACK_BASE_PORT, ZENTRA_STACK_KAFKA_PORT, \
-ZENTRA_STACK_KAFKA=host:port, ZENTRA_STACK_SMTP_PORT, ZENTRA_STACK_PG_URL, ZENTRA_STACK_DB_PREFIX, \
+ZENTRA_STACK_KAFKA=host:port, ZENTRA_STACK_BROKER_STORAGE=memory|sqlite, ZENTRA_STACK_SMTP_PORT, ZENTRA_STACK_PG_URL, ZENTRA_STACK_DB_PREFIX, \
 ZENTRA_STACK_TOPIC_PREFIX, ZENTRA_STACK_REDIS_URL, ZENTRA_STACK_STATIC_DIR, ZENTRA_STACK_WAKE_HINTS=0|1, \
 ZENTRA_STACK_MAIL_LOG=0|1, ZENTRA_STACK_PROMETHEUS_PORT (9090), ZENTRA_STACK_PROMETHEUS_INTERVAL (15 s); \
 ZENTRA_STACK_SAGA_INSTANCES=2 adds a second orchestrator on base + 7)";
@@ -157,6 +170,15 @@ impl Settings {
             kafka: match var("ZENTRA_STACK_KAFKA") {
                 Some(external) => Kafka::External(external),
                 None => Kafka::Start(port("ZENTRA_STACK_KAFKA_PORT", 9092)?),
+            },
+            broker_storage: match var("ZENTRA_STACK_BROKER_STORAGE").as_deref() {
+                None | Some("memory") => BrokerStorage::Memory,
+                Some("sqlite") => BrokerStorage::Sqlite,
+                Some(other) => {
+                    return Err(format!(
+                        "ZENTRA_STACK_BROKER_STORAGE={other}: memory or sqlite"
+                    ));
+                }
             },
             smtp_port: port("ZENTRA_STACK_SMTP_PORT", 2525)?,
             pg_url: var("ZENTRA_STACK_PG_URL")

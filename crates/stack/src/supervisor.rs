@@ -4,7 +4,7 @@
 
 use std::{
     io::Write as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -28,6 +28,8 @@ pub struct Launch {
     pub args: Vec<String>,
     /// Variables added to the environment.
     pub env: Vec<(String, String)>,
+    /// Its working directory, when not the stack's.
+    pub cwd: Option<PathBuf>,
 }
 
 /// Where every process's lines go: the terminal and one file, each line prefixed by its source.
@@ -159,6 +161,7 @@ fn spawn(launch: &Launch, log: &CombinedLog) -> std::io::Result<Child> {
     command
         .args(&launch.args)
         .envs(launch.env.iter().map(|(key, value)| (key, value)))
+        .current_dir(launch.cwd.as_deref().unwrap_or(Path::new(".")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
