@@ -269,6 +269,46 @@ impl AuditTrail {
         result
     }
 
+    /// Records an action already admitted and taken on the caller's behalf by work they
+    /// started (one saga of a bulk operation), complete with its outcome, in `db`: a
+    /// transaction's record commits or vanishes with the action.
+    pub async fn record_taken<C: sea_orm::ConnectionTrait>(
+        db: &C,
+        actor: &Actor,
+        action: &Action,
+        refused: Option<&str>,
+    ) -> Result<Uuid, DbErr> {
+        let id = Uuid::now_v7();
+        let (outcome, code, message) = match refused {
+            None => (AuditOutcome::Succeeded, tonic::Code::Ok, ""),
+            Some(message) => (
+                AuditOutcome::Failed,
+                tonic::Code::FailedPrecondition,
+                message,
+            ),
+        };
+        db.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO audit_records (id, action, caller, role, peer, target, reason, \
+               finished_at, outcome, status_code, status_message) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8, $9, $10)",
+            [
+                id.into(),
+                action.rpc.into(),
+                actor.caller.clone().into(),
+                actor.role.clone().into(),
+                actor.peer.clone().into(),
+                action.target.clone().into(),
+                action.reason.clone().into(),
+                outcome.as_str_name().into(),
+                code_name(code).into(),
+                clean(message, 1000).into(),
+            ],
+        ))
+        .await?;
+        Ok(id)
+    }
+
     async fn begin(&self, actor: &Actor, action: &Action) -> Result<Uuid, DbErr> {
         let id = Uuid::now_v7();
         self.db

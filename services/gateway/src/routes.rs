@@ -105,6 +105,8 @@ const OPERATOR: &[&str] = &[
     "zentra.saga.v1.SagaService/RetrySaga",
     "zentra.saga.v1.SagaService/CancelSaga",
     "zentra.saga.v1.SagaService/ResumeSaga",
+    "zentra.saga.v1.SagaService/CreateBulkOperation",
+    "zentra.saga.v1.SagaService/CancelBulkOperation",
     "zentra.saga.v1.CircuitBreakerService/ResetCircuitBreaker",
     "zentra.saga.v1.DeadLetterService/ReplayDeadLetter",
     "zentra.saga.v1.DeadLetterService/DismissDeadLetter",

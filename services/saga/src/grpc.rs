@@ -21,8 +21,8 @@ use zentra_runtime::{
 };
 
 use crate::{
-    convert,
-    domain::{Saga, SagaState, StepStatus, StepType},
+    bulk, convert,
+    domain::{Saga, SagaState, StepType},
     engine::Engine,
     error::SagaError,
     machine::{self, Signal},
@@ -38,6 +38,7 @@ pub struct SagaApi {
     feed: watch::ChangeFeed,
     audit: AuditTrail,
     step_key_horizon: Duration,
+    bulk: Option<bulk::BulkRunner>,
 }
 
 impl SagaApi {
@@ -49,7 +50,16 @@ impl SagaApi {
             feed,
             audit,
             step_key_horizon: Duration::from_secs(30 * 24 * 3600),
+            bulk: None,
         }
+    }
+
+    /// Wakes `runner` when a bulk operation is created (else operations wait for a runner's
+    /// periodic look).
+    #[must_use]
+    pub fn with_bulk_runner(mut self, runner: bulk::BulkRunner) -> Self {
+        self.bulk = Some(runner);
+        self
     }
 
     /// Refuses to resume or retry a step first called longer ago than `horizon`.
@@ -57,22 +67,6 @@ impl SagaApi {
     pub fn with_step_key_horizon(mut self, horizon: Duration) -> Self {
         self.step_key_horizon = horizon;
         self
-    }
-
-    /// Refused when the saga's current step was first called so long ago that its participant
-    /// may have forgotten the step's idempotency key: calling it again could act twice.
-    fn check_key_remembered(&self, saga: &Saga) -> Result<(), SagaError> {
-        let first = saga.steps.last().and_then(|step| step.first_start());
-        if !key_may_be_forgotten(first, chrono::Utc::now(), self.step_key_horizon) {
-            return Ok(());
-        }
-        Err(SagaError::Refused(format!(
-            "saga {}: its step was first called at {}, longer ago than the {} its participants \
-             remember keys for; check the step by hand, then resume with skip_failed_step",
-            saga.id,
-            first.map(|time| time.to_rfc3339()).unwrap_or_default(),
-            humantime_serde::re::humantime::format_duration(self.step_key_horizon)
-        )))
     }
 
     /// The saga a request names by `saga_id` or by `order_id`: exactly one of them.
@@ -147,16 +141,6 @@ impl SagaApi {
             }
         }
     }
-}
-
-/// Whether a step first called at `first` is older than `horizon` at `now`.
-fn key_may_be_forgotten(
-    first: Option<chrono::DateTime<chrono::Utc>>,
-    now: chrono::DateTime<chrono::Utc>,
-    horizon: Duration,
-) -> bool {
-    let horizon = chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::MAX);
-    first.is_some_and(|first| now - first > horizon)
 }
 
 /// What a saga needs of an order, from the order itself (StartSaga and reconciliation).
@@ -370,10 +354,238 @@ impl SagaService for SagaApi {
         );
         self.audit.run(&actor, action, self.resume(request)).await
     }
+
+    async fn create_bulk_operation(
+        &self,
+        request: Request<pb::CreateBulkOperationRequest>,
+    ) -> Result<Response<pb::CreateBulkOperationResponse>, Status> {
+        let actor = Actor::of(&request);
+        let request = request.into_inner();
+        let action = Action::new(
+            "zentra.saga.v1.SagaService/CreateBulkOperation",
+            Role::Operator,
+            if request.validate_only {
+                "bulk-operations (dry run)"
+            } else {
+                "bulk-operations"
+            },
+            &request.reason,
+        );
+        let work = self.create_bulk(request, actor.clone());
+        self.audit.run(&actor, action, work).await
+    }
+
+    async fn get_bulk_operation(
+        &self,
+        request: Request<pb::GetBulkOperationRequest>,
+    ) -> Result<Response<pb::GetBulkOperationResponse>, Status> {
+        let mut violations = Violations::new();
+        let id = parse_uuid(
+            "operation_id",
+            &request.get_ref().operation_id,
+            &mut violations,
+        );
+        let Some(id) = id else {
+            return Err(violations.into_status());
+        };
+        Ok(Response::new(pb::GetBulkOperationResponse {
+            operation: Some(self.bulk_operation(id).await?),
+        }))
+    }
+
+    async fn list_bulk_operations(
+        &self,
+        request: Request<pb::ListBulkOperationsRequest>,
+    ) -> Result<Response<pb::ListBulkOperationsResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let page = Page::parse(request.page.as_ref(), &mut violations);
+        let after = page.uuid_cursor(&mut violations);
+        let state = pb::BulkOperationState::try_from(request.state).unwrap_or_else(|_| {
+            violations.add("state", "is not a BulkOperationState");
+            pb::BulkOperationState::Unspecified
+        });
+        violations.into_result()?;
+        let mut operations = bulk::list(self.engine.db(), state, after, page.size + 1)
+            .await
+            .map_err(SagaError::from)?;
+        let next_page_token =
+            page.finish(&mut operations, |operation| operation.operation_id.clone());
+        Ok(Response::new(pb::ListBulkOperationsResponse {
+            operations,
+            page: Some(PageResponse { next_page_token }),
+        }))
+    }
+
+    async fn list_bulk_operation_results(
+        &self,
+        request: Request<pb::ListBulkOperationResultsRequest>,
+    ) -> Result<Response<pb::ListBulkOperationResultsResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let id = parse_uuid("operation_id", &request.operation_id, &mut violations);
+        let page = Page::parse(request.page.as_ref(), &mut violations);
+        let after = page.uuid_cursor(&mut violations);
+        let outcome = pb::BulkResultOutcome::try_from(request.outcome).unwrap_or_else(|_| {
+            violations.add("outcome", "is not a BulkResultOutcome");
+            pb::BulkResultOutcome::Unspecified
+        });
+        let (Some(id), true) = (id, violations.is_empty()) else {
+            return Err(violations.into_status());
+        };
+        // NOT_FOUND for an unknown operation rather than an empty page.
+        self.bulk_operation(id).await?;
+        let mut results = bulk::results(self.engine.db(), id, outcome, after, page.size + 1)
+            .await
+            .map_err(SagaError::from)?;
+        let next_page_token = page.finish(&mut results, |result| result.saga_id.clone());
+        Ok(Response::new(pb::ListBulkOperationResultsResponse {
+            results,
+            page: Some(PageResponse { next_page_token }),
+        }))
+    }
+
+    async fn cancel_bulk_operation(
+        &self,
+        request: Request<pb::CancelBulkOperationRequest>,
+    ) -> Result<Response<pb::CancelBulkOperationResponse>, Status> {
+        let actor = Actor::of(&request);
+        let request = request.into_inner();
+        let action = Action::new(
+            "zentra.saga.v1.SagaService/CancelBulkOperation",
+            Role::Operator,
+            format!("bulk-operations/{}", request.operation_id),
+            &request.reason,
+        );
+        let work = self.cancel_bulk(request, actor.caller.clone());
+        self.audit.run(&actor, action, work).await
+    }
 }
 
 /// The operator actions, run inside the audit trail.
 impl SagaApi {
+    async fn bulk_operation(&self, id: Uuid) -> Result<pb::BulkOperation, SagaError> {
+        bulk::get(self.engine.db(), id)
+            .await?
+            .ok_or_else(|| SagaError::NotFound {
+                what: "bulk operation",
+                id: id.to_string(),
+            })
+    }
+
+    async fn create_bulk(
+        &self,
+        request: pb::CreateBulkOperationRequest,
+        actor: Actor,
+    ) -> Result<Response<pb::CreateBulkOperationResponse>, Status> {
+        let mut violations = Violations::new();
+        let action = match pb::BulkAction::try_from(request.action) {
+            Ok(action) => bulk::BulkAction::from_proto(action),
+            Err(_) => None,
+        };
+        if action.is_none() {
+            violations.add("action", "must be RETRY, CANCEL, RESUME or SKIP");
+        }
+        let filter = bulk::BulkFilter::parse(request.filter.as_ref(), action, &mut violations);
+        let rate = match request.sagas_per_second {
+            0 => bulk::DEFAULT_RATE,
+            rate if (1..=bulk::MAX_RATE).contains(&rate) => rate,
+            _ => {
+                violations.add(
+                    "sagas_per_second",
+                    format!(
+                        "must be 1..={} (0 for {})",
+                        bulk::MAX_RATE,
+                        bulk::DEFAULT_RATE
+                    ),
+                );
+                bulk::DEFAULT_RATE
+            }
+        };
+        check_text("reason", &request.reason, 500, &mut violations);
+        if !request.validate_only {
+            check_idempotency_key(&request.idempotency_key, &mut violations);
+        }
+        let (Some(action), true) = (action, violations.is_empty()) else {
+            return Err(violations.into_status());
+        };
+        if request.validate_only {
+            let targets =
+                bulk::targets(self.engine.db(), action, &filter, self.step_key_horizon).await?;
+            return Ok(Response::new(pb::CreateBulkOperationResponse {
+                matched_count: targets.len() as i64,
+                operation: None,
+            }));
+        }
+        let tx = fresh_or_replay!(self.engine.db(), "CreateBulkOperation", request, SagaError);
+        let targets =
+            bulk::targets(self.engine.db(), action, &filter, self.step_key_horizon).await?;
+        let reason = request.reason.trim();
+        let filter_asked = request.filter.clone().unwrap_or_default();
+        let id = bulk::create(
+            tx.transaction(),
+            &bulk::NewOperation {
+                action,
+                filter: &filter_asked,
+                rate,
+                actor: &actor,
+                reason,
+            },
+            &targets,
+        )
+        .await
+        .map_err(SagaError::from)?;
+        let operation = bulk::get(tx.transaction(), id)
+            .await
+            .map_err(SagaError::from)?;
+        let response = pb::CreateBulkOperationResponse {
+            matched_count: targets.len() as i64,
+            operation,
+        };
+        tx.commit(&response).await.map_err(SagaError::from)?;
+        tracing::info!(operation_id = %id, sagas = targets.len(), rate, "bulk operation created");
+        if let Some(runner) = &self.bulk {
+            runner.wake();
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn cancel_bulk(
+        &self,
+        request: pb::CancelBulkOperationRequest,
+        caller: String,
+    ) -> Result<Response<pb::CancelBulkOperationResponse>, Status> {
+        let mut violations = Violations::new();
+        check_idempotency_key(&request.idempotency_key, &mut violations);
+        check_reason(&request.reason, &mut violations);
+        let id = parse_uuid("operation_id", &request.operation_id, &mut violations);
+        let (Some(id), true) = (id, violations.is_empty()) else {
+            return Err(violations.into_status());
+        };
+        let existing = self.bulk_operation(id).await?;
+        let tx = fresh_or_replay!(self.engine.db(), "CancelBulkOperation", request, SagaError);
+        if !bulk::cancel(tx.transaction(), id, &caller)
+            .await
+            .map_err(SagaError::from)?
+        {
+            return Err(SagaError::Refused(format!(
+                "bulk operation {id} is {} already",
+                pb::BulkOperationState::try_from(existing.state)
+                    .unwrap_or_default()
+                    .as_str_name()
+                    .trim_start_matches("BULK_OPERATION_STATE_")
+            ))
+            .into());
+        }
+        let operation = bulk::get(tx.transaction(), id)
+            .await
+            .map_err(SagaError::from)?;
+        let response = pb::CancelBulkOperationResponse { operation };
+        tx.commit(&response).await.map_err(SagaError::from)?;
+        tracing::info!(operation_id = %id, "bulk operation cancelled");
+        Ok(Response::new(response))
+    }
+
     async fn retry(
         &self,
         request: pb::RetrySagaRequest,
@@ -387,16 +599,8 @@ impl SagaApi {
         };
         let saga = self.load(id).await?;
         let tx = fresh_or_replay!(self.engine.db(), "RetrySaga", request, SagaError);
-        let scheduled = saga
-            .steps
-            .last()
-            .is_some_and(|step| step.status == StepStatus::RetryScheduled);
-        if !saga.state.is_active() || !scheduled {
-            return Err(SagaError::Refused(format!(
-                "saga {id} has no retry scheduled (it is {})",
-                saga.state
-            ))
-            .into());
+        if let Some(refusal) = bulk::retry_refusal(&saga) {
+            return Err(SagaError::Refused(refusal).into());
         }
         let response = pb::RetrySagaResponse {
             saga: Some(convert::saga(&saga)),
@@ -458,15 +662,13 @@ impl SagaApi {
         };
         let saga = self.load(id).await?;
         let tx = fresh_or_replay!(self.engine.db(), "ResumeSaga", request, SagaError);
-        if saga.state != SagaState::CompensationFailed {
-            return Err(SagaError::Refused(format!(
-                "saga {id} is {}; only a COMPENSATION_FAILED saga can be resumed",
-                saga.state
-            ))
-            .into());
-        }
-        if !request.skip_failed_step {
-            self.check_key_remembered(&saga)?;
+        if let Some(refusal) = bulk::resume_refusal(
+            &saga,
+            request.skip_failed_step,
+            self.step_key_horizon,
+            chrono::Utc::now(),
+        ) {
+            return Err(SagaError::Refused(refusal).into());
         }
         let response = pb::ResumeSagaResponse {
             saga: Some(convert::saga(&saga)),
@@ -480,20 +682,5 @@ impl SagaApi {
         Ok(Response::new(pb::ResumeSagaResponse {
             saga: Some(convert::saga(&saga)),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_step_first_called_beyond_the_horizon_may_have_a_forgotten_key() {
-        let now = chrono::Utc::now();
-        let day = Duration::from_secs(24 * 3600);
-        let days_ago = |days: i64| Some(now - chrono::Duration::days(days));
-        assert!(!key_may_be_forgotten(days_ago(29), now, 30 * day));
-        assert!(key_may_be_forgotten(days_ago(31), now, 30 * day));
-        assert!(!key_may_be_forgotten(None, now, 30 * day));
     }
 }

@@ -18,6 +18,7 @@ use zentra_runtime::{
 };
 
 pub mod breakers;
+pub mod bulk;
 pub mod config;
 pub mod convert;
 pub mod domain;
@@ -141,6 +142,8 @@ impl SagaOrchestrator {
             settings.reconcile_after,
             platform.shutdown.clone(),
         ));
+        let bulk = bulk::BulkRunner::new(engine.clone(), settings.step_key_horizon);
+        platform.spawn(bulk.clone().run(platform.shutdown.clone()));
         let server = platform
             .server()
             .add_service(SagaServiceServer::new(
@@ -153,7 +156,8 @@ impl SagaOrchestrator {
                     ),
                     platform.audit.clone(),
                 )
-                .with_step_key_horizon(settings.step_key_horizon),
+                .with_step_key_horizon(settings.step_key_horizon)
+                .with_bulk_runner(bulk),
             ))
             .add_service(CircuitBreakerServiceServer::new(breakers::BreakerApi::new(
                 engine,

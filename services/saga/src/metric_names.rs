@@ -24,6 +24,10 @@ pub const WATCH_READS: &str = "zentra_saga_watch_reads_total";
 /// Watch streams open in this process (gauge).
 pub const WATCH_STREAMS: &str = "zentra_saga_watch_streams";
 
+/// Sagas given a result by bulk operations, by `outcome`: APPLIED, REFUSED (moved on since the
+/// operation started) or CANCELLED (counter).
+pub const BULK_RESULTS: &str = "zentra_saga_bulk_results_total";
+
 /// Gauge: sagas not yet ended, by state (COMPENSATION_FAILED: parked, waiting for an operator).
 pub const SAGAS_BY_STATE: &str = "zentra_sagas";
 /// Gauge: age of the oldest saga in each state not yet ended, by state (0 when none is): since it
@@ -33,6 +37,10 @@ pub const SAGA_OLDEST_SECONDS: &str = "zentra_saga_oldest_seconds";
 /// Describes every metric for the Prometheus exposition.
 pub fn describe() {
     metrics::describe_counter!(SAGAS_STARTED, "sagas started");
+    metrics::describe_counter!(
+        BULK_RESULTS,
+        "sagas given a result by bulk operations, by outcome"
+    );
     metrics::describe_counter!(
         WATCH_READS,
         "saga database reads made for watch streams, by the shared feed or by a stream"

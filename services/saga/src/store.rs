@@ -602,6 +602,47 @@ pub async fn list<C: ConnectionTrait>(
     rows(found)
 }
 
+/// Sagas in one of `states` that match `filter` and, when `order_ids` is not empty, belong to
+/// one of those orders; oldest first, after the cursor id: what a bulk operation takes.
+pub async fn matching<C: ConnectionTrait>(
+    db: &C,
+    states: &[SagaState],
+    filter: &ListFilter,
+    order_ids: &[Uuid],
+    after: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<Saga>, DbErr> {
+    let states: Vec<String> = states
+        .iter()
+        .map(|state| state.as_str().to_owned())
+        .collect();
+    let found = SagaRow::find_by_statement(statement(
+        &format!(
+            "SELECT {COLUMNS} FROM sagas WHERE state = ANY($1) AND ($2::uuid IS NULL OR id > $2) \
+             AND ($3::text IS NULL OR failing_step = $3) \
+             AND ($4::timestamptz IS NULL OR created_at >= $4) \
+             AND ($5::timestamptz IS NULL OR created_at < $5) \
+             AND (cardinality($6::uuid[]) = 0 OR order_id = ANY($6)) \
+             ORDER BY id LIMIT $7"
+        ),
+        [
+            states.into(),
+            after.into(),
+            filter
+                .failing_step
+                .map(|step| step.as_str().to_owned())
+                .into(),
+            filter.created_from.into(),
+            filter.created_to.into(),
+            order_ids.to_vec().into(),
+            i64::try_from(limit).unwrap_or(i64::MAX).into(),
+        ],
+    ))
+    .all(db)
+    .await?;
+    rows(found)
+}
+
 /// A saga's identity and version as of a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, FromQueryResult)]
 pub struct Change {

@@ -8,7 +8,10 @@ use zentra_proto::{
     inventory::v1::{self as inventory, inventory_service_client::InventoryServiceClient},
     ops::v1::{self as ops, ops_service_client::OpsServiceClient},
     order::v1::{self as order, order_service_client::OrderServiceClient},
-    saga::v1::{self as saga, dead_letter_service_client::DeadLetterServiceClient},
+    saga::v1::{
+        self as saga, dead_letter_service_client::DeadLetterServiceClient,
+        saga_service_client::SagaServiceClient,
+    },
 };
 use zentra_test_support::count;
 
@@ -53,6 +56,67 @@ async fn callers_without_valid_credentials_are_unauthenticated() {
     assert_eq!(refused.code(), Code::Unauthenticated);
 
     assert_eq!(orders_stored(&platform).await, 0);
+    platform.stop().await;
+}
+
+/// A bulk operation acts on many sagas at once: only an operator may start or cancel one; a
+/// viewer may follow it.
+#[tokio::test]
+async fn a_viewer_is_refused_a_bulk_operation_before_it_reaches_the_saga_service() {
+    let mut platform = Platform::start("gw-bulk").await;
+    let (_, channel) = platform.gateway(&GatewayOptions::default()).await;
+    let mut sagas = SagaServiceClient::new(channel);
+    let keys = platform.keys.clone();
+    let create = saga::CreateBulkOperationRequest {
+        action: saga::BulkAction::Resume as i32,
+        filter: Some(saga::SagaFilter {
+            state: saga::SagaState::CompensationFailed as i32,
+            ..Default::default()
+        }),
+        reason: "processor is back".to_owned(),
+        idempotency_key: "bulk-1".to_owned(),
+        ..Default::default()
+    };
+    for validate_only in [true, false] {
+        let denied = sagas
+            .create_bulk_operation(with_key(
+                saga::CreateBulkOperationRequest {
+                    validate_only,
+                    ..create.clone()
+                },
+                &keys.viewer,
+            ))
+            .await
+            .expect_err("a viewer starts a bulk operation");
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        assert!(denied.message().contains("operator"), "{denied:?}");
+    }
+    let denied = sagas
+        .cancel_bulk_operation(with_key(
+            saga::CancelBulkOperationRequest {
+                operation_id: uuid::Uuid::now_v7().to_string(),
+                reason: "stop".to_owned(),
+                idempotency_key: "bulk-2".to_owned(),
+            },
+            &keys.viewer,
+        ))
+        .await
+        .expect_err("a viewer cancels a bulk operation");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    // An operator's call and a viewer's read are let through, to a saga service that is down here.
+    let forwarded = sagas
+        .create_bulk_operation(with_key(create, &keys.operator))
+        .await
+        .expect_err("the saga service is down");
+    assert_eq!(forwarded.code(), Code::Unavailable, "{forwarded:?}");
+    let read = sagas
+        .list_bulk_operations(with_key(
+            saga::ListBulkOperationsRequest::default(),
+            &keys.viewer,
+        ))
+        .await
+        .expect_err("the saga service is down");
+    assert_eq!(read.code(), Code::Unavailable, "{read:?}");
     platform.stop().await;
 }
 

@@ -54,4 +54,40 @@ CREATE INDEX saga_signals_by_saga ON saga_signals (saga_id, id);
 ALTER TABLE sagas ADD COLUMN written_by TEXT NOT NULL DEFAULT '';
 "#,
     },
+    SqlMigration {
+        name: "m0003_bulk_operations",
+        up: r#"
+-- An operator action on many sagas (crate::bulk): the sagas are fixed when it starts, one item
+-- each, and acted on one at a time by the instance holding the operation's lease.
+CREATE TABLE bulk_operations (
+    id                UUID PRIMARY KEY,
+    action            TEXT        NOT NULL CHECK (action IN ('RETRY', 'CANCEL', 'RESUME', 'SKIP')),
+    -- The SagaFilter as asked, encoded.
+    filter            BYTEA       NOT NULL,
+    state             TEXT        NOT NULL CHECK (state IN ('RUNNING', 'SUCCEEDED', 'CANCELLED')),
+    sagas_per_second  INT         NOT NULL CHECK (sagas_per_second > 0),
+    caller            TEXT        NOT NULL,
+    role              TEXT        NOT NULL,
+    reason            TEXT        NOT NULL,
+    cancelled_by      TEXT        NOT NULL DEFAULT '',
+    lease_owner       TEXT,
+    lease_until       TIMESTAMPTZ,
+    created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+    ended_at          TIMESTAMPTZ
+);
+CREATE INDEX bulk_operations_running ON bulk_operations (id) WHERE state = 'RUNNING';
+
+CREATE TABLE bulk_operation_items (
+    operation_id  UUID        NOT NULL REFERENCES bulk_operations (id),
+    saga_id       UUID        NOT NULL,
+    order_id      UUID        NOT NULL,
+    outcome       TEXT        NOT NULL DEFAULT 'PENDING'
+                      CHECK (outcome IN ('PENDING', 'APPLIED', 'REFUSED', 'CANCELLED')),
+    message       TEXT        NOT NULL DEFAULT '',
+    done_at       TIMESTAMPTZ,
+    PRIMARY KEY (operation_id, saga_id)
+);
+"#,
+    },
 ];
