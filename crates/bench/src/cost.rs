@@ -210,7 +210,7 @@ impl CostProbe {
             .query_all_raw(Statement::from_string(
                 DbBackend::Postgres,
                 format!(
-                    "SELECT name::text, setting || coalesce(unit, '') FROM pg_settings \
+                    "SELECT name::text, current_setting(name) FROM pg_settings \
                      WHERE name IN ({names})"
                 ),
             ))
