@@ -118,6 +118,10 @@ const OPERATOR: &[&str] = &[
 /// Reads for operators: who did what, and what costs the broker a round of requests.
 const OPERATOR_READS: &[&str] = &[
     "zentra.ops.v1.OpsService/ListAuditRecords",
+    // Who acted on which sagas, and why, as the audit records say.
+    "zentra.saga.v1.SagaService/GetBulkOperation",
+    "zentra.saga.v1.SagaService/ListBulkOperations",
+    "zentra.saga.v1.SagaService/ListBulkOperationResults",
     "zentra.ops.v1.OpsService/ListBrokerTopics",
 ];
 

@@ -36,6 +36,10 @@ use crate::{
 pub const MAX_SAGAS: usize = 10_000;
 /// Most order ids a filter lists.
 pub const MAX_ORDER_IDS: usize = 1_000;
+/// Bad order ids named one by one in a refusal; more are counted.
+const MAX_NAMED_VIOLATIONS: usize = 5;
+/// Most sagas read while looking for those an operation applies to.
+const MAX_SCANNED: usize = 50_000;
 /// The rate when the request gives none.
 pub const DEFAULT_RATE: i32 = 10;
 /// The highest rate a request may ask for.
@@ -270,13 +274,41 @@ impl BulkFilter {
                 format!("must list at most {MAX_ORDER_IDS} orders"),
             );
         } else {
+            // A few bad ids are named one by one; a list of many is summed up, so the refusal
+            // stays small enough to travel in a status.
+            let mut bad = 0;
             for (index, order_id) in filter.order_ids.iter().enumerate() {
-                if let Some(id) =
-                    parse_uuid(&format!("filter.order_ids[{index}]"), order_id, violations)
-                {
-                    parsed.order_ids.push(id);
+                match Uuid::parse_str(order_id) {
+                    Ok(id) => parsed.order_ids.push(id),
+                    Err(_) if bad < MAX_NAMED_VIOLATIONS => {
+                        bad += 1;
+                        parse_uuid(&format!("filter.order_ids[{index}]"), order_id, violations);
+                    }
+                    Err(_) => bad += 1,
                 }
             }
+            if bad > MAX_NAMED_VIOLATIONS {
+                violations.add("filter.order_ids", format!("{bad} of them are not UUIDs"));
+            }
+        }
+        if let (Some(from), Some(to)) = (parsed.list.created_from, parsed.list.created_to)
+            && from >= to
+        {
+            violations.add(
+                "filter.create_time_range",
+                "start_time must be before end_time",
+            );
+        }
+        let narrowed = parsed.list.state.is_some()
+            || parsed.list.failing_step.is_some()
+            || parsed.list.created_from.is_some()
+            || parsed.list.created_to.is_some()
+            || !filter.order_ids.is_empty();
+        if !narrowed {
+            violations.add(
+                "filter",
+                "must set at least one of state, failing_step, create_time_range, order_ids",
+            );
         }
         parsed
     }
@@ -303,8 +335,8 @@ pub struct Target {
 
 /// The sagas `filter` matches that `action` applies to now, oldest first; refused when there are
 /// more than [`MAX_SAGAS`].
-pub async fn targets(
-    db: &DatabaseConnection,
+pub async fn targets<C: sea_orm::ConnectionTrait>(
+    db: &C,
     action: BulkAction,
     filter: &BulkFilter,
     horizon: Duration,
@@ -313,6 +345,7 @@ pub async fn targets(
     let now = Utc::now();
     let mut targets = Vec::new();
     let mut after = None;
+    let mut scanned = 0;
     loop {
         let page = store::matching(
             db,
@@ -324,6 +357,7 @@ pub async fn targets(
         )
         .await?;
         after = page.last().map(|saga| saga.id);
+        scanned += page.len();
         for saga in &page {
             if decide(action, saga, "", horizon, now).is_ok() {
                 targets.push(Target {
@@ -340,6 +374,12 @@ pub async fn targets(
         }
         if (page.len() as u64) < SCAN_PAGE {
             return Ok(targets);
+        }
+        if scanned >= MAX_SCANNED {
+            return Err(SagaError::Refused(format!(
+                "the filter takes in more than {MAX_SCANNED} sagas to check; narrow it (by \
+                 creation time or failing step, for example)"
+            )));
         }
     }
 }
@@ -577,13 +617,13 @@ pub async fn results(
         .collect())
 }
 
-/// Ends a RUNNING operation as CANCELLED, its sagas not yet acted on marked CANCELLED; `false`
-/// when it is not running (done already, or unknown).
+/// Ends a RUNNING operation as CANCELLED, its sagas not yet acted on marked CANCELLED; how many
+/// were, or `None` when it is not running (done already, or unknown).
 pub async fn cancel<C: sea_orm::ConnectionTrait>(
     db: &C,
     id: Uuid,
     by: &str,
-) -> Result<bool, DbErr> {
+) -> Result<Option<u64>, DbErr> {
     let ended = db
         .execute_raw(statement(
             "UPDATE bulk_operations SET state = 'CANCELLED', cancelled_by = $2, ended_at = now(), \
@@ -594,7 +634,7 @@ pub async fn cancel<C: sea_orm::ConnectionTrait>(
         .await?
         .rows_affected();
     if ended == 0 {
-        return Ok(false);
+        return Ok(None);
     }
     let left = db
         .execute_raw(statement(
@@ -604,8 +644,7 @@ pub async fn cancel<C: sea_orm::ConnectionTrait>(
         ))
         .await?
         .rows_affected();
-    metrics::counter!(metric_names::BULK_RESULTS, "outcome" => "CANCELLED").increment(left);
-    Ok(true)
+    Ok(Some(left))
 }
 
 /// An operation a runner drives.
@@ -756,7 +795,7 @@ impl BulkRunner {
         let next = tx
             .query_one_raw(statement(
                 "SELECT saga_id FROM bulk_operation_items WHERE operation_id = $1 \
-                 AND outcome = 'PENDING' ORDER BY saga_id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                 AND outcome = 'PENDING' ORDER BY saga_id LIMIT 1 FOR UPDATE",
                 [operation.id.into()],
             ))
             .await?;
@@ -771,9 +810,13 @@ impl BulkRunner {
             return Ok(Round::Finished);
         };
         let saga_id: Uuid = next.try_get("", "saga_id")?;
-        let decision = match store::by_id(&tx, saga_id).await? {
-            Some(saga) => decide(action, &saga, &operation.reason, self.horizon, Utc::now()),
-            None => Err(format!("saga {saga_id} no longer exists")),
+        let decision = match store::by_id(&tx, saga_id).await {
+            Ok(Some(saga)) => decide(action, &saga, &operation.reason, self.horizon, Utc::now()),
+            Ok(None) => Err(format!("saga {saga_id} no longer exists")),
+            // A stored saga that cannot be read would fail every round the same way: it is
+            // refused, and the operation goes on.
+            Err(DbErr::Custom(unreadable)) => Err(unreadable),
+            Err(error) => return Err(error),
         };
         let signalled = matches!(decision, Ok(Some(_)));
         let (outcome, message) = match decision {
@@ -895,6 +938,44 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         let fields = zentra_test_support::violated_fields(&status);
         assert_eq!(fields, ["filter.state", "filter.order_ids[0]"]);
+    }
+
+    #[test]
+    fn a_filter_must_narrow_and_a_long_list_of_bad_ids_is_summed_up() {
+        let mut violations = Violations::new();
+        BulkFilter::parse(
+            Some(&pb::SagaFilter::default()),
+            Some(BulkAction::Cancel),
+            &mut violations,
+        );
+        assert_eq!(
+            zentra_test_support::violated_fields(&violations.into_status()),
+            ["filter"]
+        );
+
+        let mut violations = Violations::new();
+        let filter = pb::SagaFilter {
+            order_ids: vec!["x".to_owned(); MAX_ORDER_IDS],
+            create_time_range: Some(zentra_proto::common::v1::TimeRange {
+                start_time: Some(chrono_to_timestamp(Utc::now())),
+                end_time: Some(chrono_to_timestamp(Utc::now() - chrono::Duration::hours(1))),
+            }),
+            ..Default::default()
+        };
+        BulkFilter::parse(Some(&filter), Some(BulkAction::Cancel), &mut violations);
+        let fields = zentra_test_support::violated_fields(&violations.into_status());
+        assert_eq!(
+            fields,
+            [
+                "filter.order_ids[0]",
+                "filter.order_ids[1]",
+                "filter.order_ids[2]",
+                "filter.order_ids[3]",
+                "filter.order_ids[4]",
+                "filter.order_ids",
+                "filter.create_time_range",
+            ]
+        );
     }
 
     #[test]

@@ -518,8 +518,9 @@ impl SagaApi {
             }));
         }
         let tx = fresh_or_replay!(self.engine.db(), "CreateBulkOperation", request, SagaError);
+        // Read on the key's own connection: one connection per call, however many arrive.
         let targets =
-            bulk::targets(self.engine.db(), action, &filter, self.step_key_horizon).await?;
+            bulk::targets(tx.transaction(), action, &filter, self.step_key_horizon).await?;
         let reason = request.reason.trim();
         let filter_asked = request.filter.clone().unwrap_or_default();
         let id = bulk::create(
@@ -562,26 +563,29 @@ impl SagaApi {
         let (Some(id), true) = (id, violations.is_empty()) else {
             return Err(violations.into_status());
         };
-        let existing = self.bulk_operation(id).await?;
+        self.bulk_operation(id).await?;
         let tx = fresh_or_replay!(self.engine.db(), "CancelBulkOperation", request, SagaError);
-        if !bulk::cancel(tx.transaction(), id, &caller)
+        let cancelled = bulk::cancel(tx.transaction(), id, &caller)
             .await
-            .map_err(SagaError::from)?
-        {
-            return Err(SagaError::Refused(format!(
-                "bulk operation {id} is {} already",
-                pb::BulkOperationState::try_from(existing.state)
-                    .unwrap_or_default()
-                    .as_str_name()
-                    .trim_start_matches("BULK_OPERATION_STATE_")
-            ))
-            .into());
-        }
+            .map_err(SagaError::from)?;
         let operation = bulk::get(tx.transaction(), id)
             .await
             .map_err(SagaError::from)?;
+        let Some(cancelled) = cancelled else {
+            let state = operation.map_or("gone", |operation| {
+                pb::BulkOperationState::try_from(operation.state)
+                    .unwrap_or_default()
+                    .as_str_name()
+                    .trim_start_matches("BULK_OPERATION_STATE_")
+            });
+            return Err(
+                SagaError::Refused(format!("bulk operation {id} is {state} already")).into(),
+            );
+        };
         let response = pb::CancelBulkOperationResponse { operation };
         tx.commit(&response).await.map_err(SagaError::from)?;
+        metrics::counter!(crate::metric_names::BULK_RESULTS, "outcome" => "CANCELLED")
+            .increment(cancelled);
         tracing::info!(operation_id = %id, "bulk operation cancelled");
         Ok(Response::new(response))
     }

@@ -86,6 +86,14 @@ async fn a_bulk_cancel_counts_first_then_acts_at_its_rate_and_a_cancel_leaves_th
         .await
         .expect_err("no filter");
     assert_eq!(violated_fields(&missing), ["filter"]);
+    let everything = sagas
+        .create_bulk_operation(pb::CreateBulkOperationRequest {
+            filter: Some(pb::SagaFilter::default()),
+            ..cancel_all(true, "")
+        })
+        .await
+        .expect_err("a filter that takes every saga");
+    assert_eq!(violated_fields(&everything), ["filter"]);
 
     // The dry run counts exactly the sagas the action applies to, and changes nothing.
     let dry = sagas
