@@ -616,3 +616,111 @@ fn meta(order_id: &str) -> EventMeta<'static> {
         causation_id: String::new(),
     }
 }
+
+/// A bulk operation outlives its orchestrator: killed with SIGKILL mid-way and restarted with the
+/// same instance id, it takes the operation back and finishes it, acting on each saga once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_operation_killed_mid_way_finishes_after_the_restart_and_acts_on_each_saga_once() {
+    let options = StackOptions {
+        in_process_saga: false,
+        // The shipments never leave in time: every saga waits, cancellable.
+        shipment_step_delay: Duration::from_secs(120),
+        shipment_timeout: Duration::from_secs(600),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start("saga-bulk-kill", options).await;
+    stack.create_product("BULKKILL-1", 100).await;
+    let config = process_config(&stack, "bulk-1");
+    let orchestrator = SagaProcess::start(&config);
+    let orders = place_orders(&stack, "BULKKILL-1", 8).await;
+    let awaiting = pb::SagaState::AwaitingShipment as i32;
+    for order_id in &orders {
+        stack
+            .await_saga(by_order(order_id), Duration::from_secs(30), |saga| {
+                saga.state == awaiting
+            })
+            .await
+            .expect("the saga waits for its shipment");
+    }
+    let mut sagas = stack.sagas.clone();
+    let operation = sagas
+        .create_bulk_operation(pb::CreateBulkOperationRequest {
+            action: pb::BulkAction::Cancel as i32,
+            filter: Some(pb::SagaFilter {
+                state: awaiting,
+                order_ids: orders.clone(),
+                ..Default::default()
+            }),
+            sagas_per_second: 2,
+            reason: "warehouse flooded".to_owned(),
+            idempotency_key: "flood-1".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("created")
+        .into_inner()
+        .operation
+        .expect("operation");
+    let id = operation.operation_id;
+    let get = || {
+        let mut sagas = stack.sagas.clone();
+        let id = id.clone();
+        async move {
+            sagas
+                .get_bulk_operation(pb::GetBulkOperationRequest { operation_id: id })
+                .await
+                .ok()
+                .and_then(|response| response.into_inner().operation)
+        }
+    };
+    eventually(Duration::from_secs(30), || async {
+        get().await.filter(|operation| operation.applied_count >= 2)
+    })
+    .await
+    .expect("two sagas acted on before the kill");
+    orchestrator.kill_9();
+
+    let orchestrator = SagaProcess::start(&config);
+    let done = eventually(Duration::from_secs(60), || async {
+        get().await.filter(|operation| operation.done)
+    })
+    .await
+    .expect("the operation finishes after the restart");
+    assert_eq!(done.state, pb::BulkOperationState::Succeeded as i32);
+    assert_eq!(
+        (done.applied_count, done.refused_count, done.cancelled_count),
+        (8, 0, 0),
+        "{done:?}"
+    );
+
+    for order_id in &orders {
+        let saga = stack.finished_saga(order_id, Duration::from_secs(60)).await;
+        assert_eq!(state_name(&saga), "SAGA_STATE_COMPENSATED", "{saga:#?}");
+        assert_eq!(
+            stack.ledger_of(order_id).await,
+            [
+                "LEDGER_ENTRY_TYPE_AUTHORIZATION",
+                "LEDGER_ENTRY_TYPE_RELEASE"
+            ],
+            "authorized once, voided once"
+        );
+    }
+    // One audit record per saga: none acted on twice, none forgotten.
+    let db = stack.database("saga").await;
+    let records = zentra_test_support::count(
+        &db,
+        &format!("SELECT count(*) FROM audit_records WHERE reason LIKE 'bulk operation {id}:%'"),
+    )
+    .await;
+    let targets = zentra_test_support::count(
+        &db,
+        &format!(
+            "SELECT count(DISTINCT target) FROM audit_records \
+             WHERE reason LIKE 'bulk operation {id}:%'"
+        ),
+    )
+    .await;
+    assert_eq!((records, targets), (8, 8));
+    orchestrator.kill_9();
+    stack.stop().await;
+}
