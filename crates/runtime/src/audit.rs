@@ -278,8 +278,7 @@ impl AuditTrail {
         action: &Action,
         refused: Option<&str>,
     ) -> Result<Uuid, DbErr> {
-        let id = Uuid::now_v7();
-        let (outcome, code, message) = match refused {
+        let outcome = match refused {
             None => (AuditOutcome::Succeeded, tonic::Code::Ok, ""),
             Some(message) => (
                 AuditOutcome::Failed,
@@ -287,47 +286,11 @@ impl AuditTrail {
                 message,
             ),
         };
-        db.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "INSERT INTO audit_records (id, action, caller, role, peer, target, reason, \
-               finished_at, outcome, status_code, status_message) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8, $9, $10)",
-            [
-                id.into(),
-                action.rpc.into(),
-                actor.caller.clone().into(),
-                actor.role.clone().into(),
-                actor.peer.clone().into(),
-                action.target.clone().into(),
-                action.reason.clone().into(),
-                outcome.as_str_name().into(),
-                code_name(code).into(),
-                clean(message, 1000).into(),
-            ],
-        ))
-        .await?;
-        Ok(id)
+        insert(db, actor, action, Some(outcome)).await
     }
 
     async fn begin(&self, actor: &Actor, action: &Action) -> Result<Uuid, DbErr> {
-        let id = Uuid::now_v7();
-        self.db
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "INSERT INTO audit_records (id, action, caller, role, peer, target, reason) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                [
-                    id.into(),
-                    action.rpc.into(),
-                    actor.caller.clone().into(),
-                    actor.role.clone().into(),
-                    actor.peer.clone().into(),
-                    action.target.clone().into(),
-                    action.reason.clone().into(),
-                ],
-            ))
-            .await?;
-        Ok(id)
+        insert(&self.db, actor, action, None).await
     }
 
     async fn finish(
@@ -483,6 +446,45 @@ fn code_name(code: tonic::Code) -> &'static str {
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
+}
+
+/// Writes a record of `action` by `actor`: PENDING, or finished with `outcome` when given.
+async fn insert<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    actor: &Actor,
+    action: &Action,
+    outcome: Option<(AuditOutcome, tonic::Code, &str)>,
+) -> Result<Uuid, DbErr> {
+    let id = Uuid::now_v7();
+    let (outcome, code, message) = match outcome {
+        Some((outcome, code, message)) => (
+            Some(outcome.as_str_name()),
+            Some(code_name(code)),
+            Some(clean(message, 1000)),
+        ),
+        None => (None, None, None),
+    };
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "INSERT INTO audit_records (id, action, caller, role, peer, target, reason, \
+           finished_at, outcome, status_code, status_message) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $8::text IS NULL THEN NULL ELSE now() END, \
+           $8, $9, $10)",
+        [
+            id.into(),
+            action.rpc.into(),
+            actor.caller.clone().into(),
+            actor.role.clone().into(),
+            actor.peer.clone().into(),
+            action.target.clone().into(),
+            action.reason.clone().into(),
+            outcome.map(str::to_owned).into(),
+            code.map(str::to_owned).into(),
+            message.into(),
+        ],
+    ))
+    .await?;
+    Ok(id)
 }
 
 /// The table, created with the runtime's other tables.

@@ -8,7 +8,7 @@ use tonic::Code;
 use zentra_proto::saga::v1 as pb;
 use zentra_test_support::{count, eventually, violated_fields};
 
-use crate::helpers::{Stack, StackOptions, by_order, state_name};
+use crate::helpers::{Stack, StackOptions, state_name};
 
 /// How many sagas the operation takes.
 const SAGAS: usize = 10;
@@ -27,15 +27,8 @@ async fn a_bulk_cancel_counts_first_then_acts_at_its_rate_and_a_cancel_leaves_th
     for _ in 0..SAGAS {
         orders.push(stack.place_order("BULK-1", 1, "tok_approve", "US").await);
     }
+    stack.await_shipments_waiting(&orders).await;
     let awaiting = pb::SagaState::AwaitingShipment as i32;
-    for order_id in &orders {
-        stack
-            .await_saga(by_order(order_id), Duration::from_secs(30), |saga| {
-                saga.state == awaiting
-            })
-            .await
-            .expect("the saga waits for its shipment");
-    }
     let mut sagas = stack.sagas.clone();
     let cancel_all = |validate_only: bool, key: &str| pb::CreateBulkOperationRequest {
         action: pb::BulkAction::Cancel as i32,

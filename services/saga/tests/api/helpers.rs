@@ -471,6 +471,18 @@ impl Stack {
         .await
     }
 
+    /// Waits until every order's saga waits for its shipment (AWAITING_SHIPMENT).
+    pub async fn await_shipments_waiting(&self, orders: &[String]) {
+        let awaiting = saga::SagaState::AwaitingShipment as i32;
+        for order_id in orders {
+            self.await_saga(by_order(order_id), Duration::from_secs(30), |found| {
+                found.state == awaiting
+            })
+            .await
+            .unwrap_or_else(|| panic!("the saga of {order_id} does not wait for its shipment"));
+        }
+    }
+
     /// The order's saga once it exists.
     pub async fn saga_of(&self, order_id: &str) -> saga::Saga {
         self.await_saga(by_order(order_id), Duration::from_secs(20), |_| true)

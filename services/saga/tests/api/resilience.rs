@@ -633,15 +633,8 @@ async fn a_bulk_operation_killed_mid_way_finishes_after_the_restart_and_acts_on_
     let config = process_config(&stack, "bulk-1");
     let orchestrator = SagaProcess::start(&config);
     let orders = place_orders(&stack, "BULKKILL-1", 8).await;
+    stack.await_shipments_waiting(&orders).await;
     let awaiting = pb::SagaState::AwaitingShipment as i32;
-    for order_id in &orders {
-        stack
-            .await_saga(by_order(order_id), Duration::from_secs(30), |saga| {
-                saga.state == awaiting
-            })
-            .await
-            .expect("the saga waits for its shipment");
-    }
     let mut sagas = stack.sagas.clone();
     let operation = sagas
         .create_bulk_operation(pb::CreateBulkOperationRequest {
